@@ -1,0 +1,13 @@
+"""Exceptions that the command line turns into a one-line message and exit code 2."""
+
+
+class IsybError(Exception):
+    """Bad input or a refused operation: reported as one line, exit code 2."""
+
+
+class RegistrationError(IsybError):
+    """Template-to-subject registration failed its quality check (fail closed)."""
+
+
+class BrainExtractionError(IsybError):
+    """The brain mask looks wrong, so the brain could not be protected (fail closed)."""

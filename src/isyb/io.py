@@ -1,0 +1,233 @@
+"""Image input and output at the edges of isyb.
+
+Every image is read into a :class:`Volume`: a float32 array in the closest
+canonical RAS orientation (axis 0 runs left->Right, axis 1 posterior->Anterior,
+axis 2 inferior->Superior) plus the matching affine. Results are written back
+on the input's own grid, voxel order, dtype, affine and header, atomically
+(a temporary file in the same folder, then a rename), so that a crash never
+leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from isyb.errors import IsybError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+
+
+@dataclass
+class Volume:
+    """A 3-D image in canonical RAS voxel order.
+
+    ``data`` is float32 in RAS order; ``affine`` maps its voxel indices to
+    scanner millimetres; ``source`` is the image as stored on disk, kept so that
+    results can be written back on its grid, orientation and dtype.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source: nib.spatialimages.SpatialImage
+    path: Path | None = None
+
+    @property
+    def zooms(self) -> np.ndarray:
+        """Voxel size in mm along the RAS array axes."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.shape  # type: ignore[return-value]
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image extension of ``path`` (``.nii.gz``, ``.nii``, ``.mgz`` or ``.mgh``)."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise IsybError(f"{path}: not a NIfTI or MGZ file name (expected one of {IMAGE_SUFFIXES})")
+
+
+def strip_image_suffix(path: str | os.PathLike) -> str:
+    """``path`` as a string without its image extension."""
+    text = str(path)
+    return text[: len(text) - len(image_suffix(text))]
+
+
+def _check_gzip(path: Path) -> None:
+    """Read a gzip stream to the end so that truncation is caught before nibabel."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IsybError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+def load_image(path: str | os.PathLike, *,
+               allow_4d: bool = False) -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI or MGZ file, with one-line errors for the ways it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise IsybError(f"{path}: no such file")
+    if path.is_dir():
+        raise IsybError(f"{path}: is a folder, expected an image file")
+    suffix = image_suffix(path)
+    if suffix in (".nii.gz", ".mgz"):
+        _check_gzip(path)
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise IsybError(f"{path}: cannot be read as an image ({exc})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3 and not allow_4d:
+        raise IsybError(f"{path}: expected a 3-D image, got shape {tuple(img.shape)}")
+    return img
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3-D head image into a RAS :class:`Volume` and check it is usable.
+
+    Raises :class:`IsybError` for a missing, corrupt or 4-D file, for NaN or
+    infinite voxels, and for an image without any signal.
+    """
+    img = load_image(path)
+    volume = volume_from_image(img)
+    volume.path = Path(path)
+    if not np.isfinite(volume.data).all():
+        raise IsybError(f"{path}: image contains NaN or infinite voxels")
+    if not np.any(volume.data):
+        raise IsybError(f"{path}: image is all zero")
+    return volume
+
+
+def volume_from_image(img: nib.spatialimages.SpatialImage) -> Volume:
+    """Reorient an in-memory image to the closest canonical RAS view."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4:
+        data = data[..., 0]
+    ornt = nib.orientations.io_orientation(img.affine)
+    to_ras = nib.orientations.ornt_transform(ornt, RAS)
+    ras = nib.orientations.apply_orientation(data, to_ras)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(to_ras, data.shape)
+    return Volume(np.ascontiguousarray(ras, dtype=np.float32), affine, img)
+
+
+def to_source_order(array: np.ndarray, source: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """Bring a RAS-ordered array back to the voxel order of ``source``."""
+    ornt = nib.orientations.io_orientation(source.affine)
+    from_ras = nib.orientations.ornt_transform(RAS, ornt)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(array, from_ras))
+
+
+def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip float values into an integer ``dtype``; pass floats through."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the file's extension, so that writers that pick a
+    format from the name (nibabel) still work. On error the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def stored_data(img: nib.spatialimages.SpatialImage) -> tuple[np.ndarray, float, float]:
+    """The voxel values as stored on disk, with the scaling nibabel would apply.
+
+    Returns ``(raw, slope, inter)`` with ``raw * slope + inter`` the image's values.
+    """
+    proxy = img.dataobj
+    if nib.is_proxy(proxy) and hasattr(proxy, "get_unscaled"):
+        return np.asarray(proxy.get_unscaled()), float(proxy.slope), float(proxy.inter)
+    return np.asarray(proxy), 1.0, 0.0
+
+
+def edit_stored(reference: Volume, new_ras: np.ndarray, mask_ras: np.ndarray) -> np.ndarray:
+    """The reference's stored array with the voxels of ``mask_ras`` set from ``new_ras``.
+
+    Voxels outside the mask keep their stored bits exactly; edited values are
+    unscaled, rounded and clipped to the stored dtype. The result is in the
+    stored voxel order.
+    """
+    raw, slope, inter = stored_data(reference.source)
+    mask = to_source_order(mask_ras, reference.source)
+    values = to_source_order(new_ras, reference.source)[mask]
+    out = raw.copy()
+    view = out[..., 0] if out.ndim == 4 else out
+    view[mask] = cast_like((values.astype(np.float64) - inter) / slope, raw.dtype)
+    return out
+
+
+def write_stored(raw: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
+    """Write a stored-order array with the reference's affine, header and scaling, atomically."""
+    _, slope, inter = stored_data(reference.source)
+    header = reference.source.header.copy()
+    header.set_data_dtype(raw.dtype)
+    image = type(reference.source)(raw, reference.source.affine, header)
+    if hasattr(image.header, "set_slope_inter"):
+        image.header.set_slope_inter(slope, inter)
+    with atomic_path(path) as tmp:
+        image.to_filename(str(tmp))
+
+
+def save_like(ras_data: np.ndarray, reference: Volume, path: str | os.PathLike, *,
+              dtype: np.dtype | str = np.float32) -> None:
+    """Write a derived RAS array (a mask, a map) on the grid and orientation of ``reference``.
+
+    Values are cast to ``dtype`` (integers are rounded and clipped), unscaled.
+    """
+    source = reference.source
+    data = cast_like(to_source_order(ras_data, source), np.dtype(dtype))
+    header = source.header.copy()
+    header.set_data_dtype(data.dtype)
+    image = type(source)(data, source.affine, header)
+    if hasattr(image.header, "set_slope_inter"):
+        image.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path) as tmp:
+        image.to_filename(str(tmp))
+
+
+def save_mask_like(mask_ras: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
+    """Write a binary RAS mask as uint8 on the grid of ``reference``."""
+    save_like(mask_ras.astype(np.uint8), reference, path, dtype=np.uint8)

@@ -1,0 +1,84 @@
+"""Fixtures shared by the isyb tests.
+
+Real data (scans and templates) live outside the repository, in
+``../shared/data`` seen from the project root, or wherever ``ISYB_TEST_DATA``
+points. Tests that need them skip with a reason when the folder is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+
+TEMPLATEFLOW_FILES: dict[str, tuple[str, ...]] = {
+    "MNI152NLin6Asym": (
+        "tpl-MNI152NLin6Asym_res-01_T1w.nii.gz",
+        "tpl-MNI152NLin6Asym_res-01_desc-brain_mask.nii.gz",
+    ),
+    "MNI152NLin2009cAsym": (
+        "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz",
+        "tpl-MNI152NLin2009cAsym_res-01_desc-brain_mask.nii.gz",
+    ),
+}
+"""Template files of ``<data root>/templates`` that make up the test TemplateFlow home."""
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real test data folder: ``$ISYB_TEST_DATA``, else ``../shared/data``."""
+    env = os.environ.get("ISYB_TEST_DATA")
+    root = Path(env).expanduser().resolve() if env else DEFAULT_DATA_ROOT
+    if not root.is_dir():
+        pytest.skip(f"real test data folder {root} not found "
+                    "(set ISYB_TEST_DATA to the shared data folder)")
+    return root
+
+
+def build_templateflow_home(data_root: Path, home: Path,
+                            templates: Mapping[str, Sequence[str]] = TEMPLATEFLOW_FILES) -> Path:
+    """Lay out a sparse TemplateFlow home in ``home`` from ``<data_root>/templates``.
+
+    Each file is symlinked (copied where symlinks are not possible) into
+    ``home/tpl-<name>/``, with a minimal ``template_description.json`` per
+    template and a ``dataset_description.json`` at the top. Skips the test if
+    a file is missing.
+    """
+    source_dir = data_root / "templates"
+    for name, files in templates.items():
+        folder = home / f"tpl-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename in files:
+            source = source_dir / filename
+            if not source.is_file():
+                pytest.skip(f"template file {source} not found in the test data")
+            target = folder / filename
+            try:
+                target.symlink_to(source)
+            except OSError:
+                shutil.copyfile(source, target)
+        description = {"Identifier": name, "Name": f"{name} (isyb test subset)"}
+        (folder / "template_description.json").write_text(json.dumps(description))
+    dataset = {"Name": "TemplateFlow (isyb test subset)", "BIDSVersion": "1.1.0"}
+    (home / "dataset_description.json").write_text(json.dumps(dataset))
+    return home
+
+
+@pytest.fixture
+def templateflow_home(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local TemplateFlow home with MNI152NLin6Asym and MNI152NLin2009cAsym at res-01.
+
+    ``TEMPLATEFLOW_HOME`` points at it for the duration of the test and
+    ``TEMPLATEFLOW_AUTOUPDATE`` is off, so TemplateFlow uses it as it is.
+    """
+    home = build_templateflow_home(data_root, tmp_path / "templateflow")
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
+    return home

@@ -199,14 +199,32 @@ def edit_stored(reference: Volume, new_ras: np.ndarray, mask_ras: np.ndarray) ->
     return out
 
 
+def _build_image(data: np.ndarray, reference: Volume, path: str | os.PathLike,
+                 slope: float = 1.0, inter: float = 0.0) -> nib.spatialimages.SpatialImage:
+    """An image of the format that ``path``'s extension names, on the reference grid.
+
+    The reference header is kept when the format is the same; otherwise
+    (MGZ in, NIfTI out, or the reverse) a fresh header of the target format
+    is made from the affine and the data.
+    """
+    source = reference.source
+    target = (nib.MGHImage if image_suffix(path) in (".mgz", ".mgh")
+              else type(source) if isinstance(source, nib.Nifti1Image) else nib.Nifti1Image)
+    if isinstance(source, target):
+        header = source.header.copy()
+        header.set_data_dtype(data.dtype)
+        image = target(data, source.affine, header)
+    else:
+        image = target(data, source.affine)
+    if hasattr(image.header, "set_slope_inter"):
+        image.header.set_slope_inter(slope, inter)
+    return image
+
+
 def write_stored(raw: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
     """Write a stored-order array with the reference's affine, header and scaling, atomically."""
     _, slope, inter = stored_data(reference.source)
-    header = reference.source.header.copy()
-    header.set_data_dtype(raw.dtype)
-    image = type(reference.source)(raw, reference.source.affine, header)
-    if hasattr(image.header, "set_slope_inter"):
-        image.header.set_slope_inter(slope, inter)
+    image = _build_image(raw, reference, path, slope, inter)
     with atomic_path(path) as tmp:
         image.to_filename(str(tmp))
 
@@ -217,13 +235,8 @@ def save_like(ras_data: np.ndarray, reference: Volume, path: str | os.PathLike, 
 
     Values are cast to ``dtype`` (integers are rounded and clipped), unscaled.
     """
-    source = reference.source
-    data = cast_like(to_source_order(ras_data, source), np.dtype(dtype))
-    header = source.header.copy()
-    header.set_data_dtype(data.dtype)
-    image = type(source)(data, source.affine, header)
-    if hasattr(image.header, "set_slope_inter"):
-        image.header.set_slope_inter(1.0, 0.0)
+    data = cast_like(to_source_order(ras_data, reference.source), np.dtype(dtype))
+    image = _build_image(data, reference, path)
     with atomic_path(path) as tmp:
         image.to_filename(str(tmp))
 

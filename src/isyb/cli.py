@@ -1,0 +1,204 @@
+"""The ``isyb`` command line.
+
+Every user error is one line on stderr, ``isyb: error: ...``, with exit
+code 2; nothing is written in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from isyb import __version__
+from isyb.errors import IsybError
+
+EXAMPLES_DEFACE = """examples:
+  isyb deface sub-01_T1w.nii.gz sub-01_defaced.nii.gz
+  isyb deface sub-01_T1w.nii.gz out.nii.gz --template MNI152NLin6Asym --method remove
+  isyb deface sub-01_T1w.nii.gz out.nii.gz --template /data/my_head.nii.gz --ears \\
+      --save-mask out_mask.nii.gz
+  isyb deface bids/ bids_defaced/ --participant-label 01 02 --nprocs 2
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be ≥ 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isyb", description="Get MRI datasets ready for public sharing: template-aware "
+        "face masking with a brain guard, checked and documented.")
+    parser.add_argument("--version", action="version", version=f"isyb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    deface = commands.add_parser(
+        "deface", help="obscure the face of one image, or of every anatomical image of a "
+        "BIDS dataset", epilog=EXAMPLES_DEFACE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deface IN into OUT. IN and OUT are NIfTI/MGZ files, or BIDS dataset "
+        "folders (dataset mode: a complete copy of IN with every anat/ image defaced, and "
+        "masks, provenance and an HTML summary in OUT/derivatives/isyb).")
+    deface.add_argument("input", metavar="IN", type=Path)
+    deface.add_argument("output", metavar="OUT", type=Path)
+    deface.add_argument("--template", default="default",
+                        help="built-in name (see `isyb templates list`) or a head image path "
+                        "(default: %(default)s)")
+    deface.add_argument("--method", choices=("blur", "remove", "noise"), default="blur",
+                        help="how the face is obscured (default: %(default)s)")
+    deface.add_argument("--ears", action="store_true", help="also obscure the ears")
+    deface.add_argument("--neck", action="store_true",
+                        help="also obscure the front of the neck below the chin")
+    deface.add_argument("--guard-mm", type=float, default=10.0,
+                        help="brain guard: brain mask dilated by this margin is never "
+                        "changed (default: %(default)s mm)")
+    deface.add_argument("--save-mask", type=Path, metavar="MASK.nii.gz",
+                        help="write the mask of voxels the method was allowed to change "
+                        "(single-file mode)")
+    deface.add_argument("--force", action="store_true",
+                        help="overwrite OUT if it exists, even when OUT is IN")
+    deface.add_argument("--no-png", action="store_true", help="skip the QC picture")
+    deface.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="dataset mode: only these subjects (with or without sub-)")
+    deface.add_argument("--nprocs", type=_positive_int, default=1,
+                        help="dataset mode: subjects processed in parallel (default: 1)")
+    deface.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    templates = commands.add_parser("templates", help="list, show and prepare head templates")
+    tsub = templates.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tsub.add_parser("list", help="built-in templates and whether they are prepared")
+    show = tsub.add_parser("show", help="the prepared template's files and face rule")
+    show.add_argument("name", metavar="NAME|PATH")
+    prepare = tsub.add_parser("prepare", help="derive brain mask and face rule, and cache")
+    prepare.add_argument("name", metavar="NAME|PATH")
+
+    demo = commands.add_parser(
+        "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
+        description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
+        "orientation and voxel size) and OUT_DIR/bids_defaced with an HTML summary.")
+    demo.add_argument("output", metavar="OUT_DIR", type=Path)
+    demo.add_argument("--subjects", type=_positive_int, default=3,
+                      help="number of phantom subjects (default: %(default)s)")
+    demo.add_argument("--nprocs", type=_positive_int, default=1)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _note(message: str) -> None:
+    print(f"isyb: {message}", file=sys.stderr)
+
+
+def cmd_deface(args: argparse.Namespace) -> int:
+    from isyb.deface.dataset import deface_dataset
+    from isyb.deface.engine import DefaceOptions
+    from isyb.deface.run import deface_file
+    from isyb.templates.registry import resolve
+
+    options = DefaceOptions(method=args.method, ears=args.ears, neck=args.neck,
+                            guard_mm=args.guard_mm)
+    if args.input.is_dir():
+        if args.save_mask:
+            raise IsybError("--save-mask is for single files; dataset mode writes every mask "
+                            "to OUT/derivatives/isyb")
+        template = resolve(args.template, progress=_note)
+        records = deface_dataset(args.input, args.output, template, options,
+                                 labels=args.participant_label, nprocs=args.nprocs,
+                                 progress=not args.quiet)
+        failed = [i for r in records for i in r["images"] if i["status"] != "ok"]
+        _note(f"defaced {sum(len(r['images']) for r in records) - len(failed)} image(s) of "
+              f"{len(records)} subject(s); summary: "
+              f"{args.output / 'derivatives' / 'isyb' / 'index.html'}")
+        for image in failed:
+            _note(f"failed: {image['file']}: {image['error']}")
+        return 1 if failed else 0
+    if args.participant_label:
+        raise IsybError("--participant-label needs a BIDS dataset folder as IN")
+    from isyb.deface.run import check_paths
+
+    check_paths(args.input, args.output, force=args.force)
+    template = resolve(args.template, progress=_note)
+    record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
+                         force=args.force, qc_png=not args.no_png)
+    summary = {key: record[key] for key in ("output", "method", "changed_voxels",
+                                            "face_surface_changed_fraction",
+                                            "little_or_no_face")}
+    summary["registration_score"] = record["registration"]["score_brain_dice"]
+    summary["brain_guard_passed"] = record["brain_guard"]["passed"]
+    print(json.dumps(summary))
+    if record.get("note"):
+        _note(record["note"])
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from isyb.templates.registry import BUILTINS, cached, resolve
+
+    if args.action == "list":
+        print(f"{'name':<22}{'kind':<14}{'prepared':<10}description")
+        for entry in BUILTINS.values():
+            prepared = "yes" if cached(entry.name) else "no"
+            print(f"{entry.name:<22}{entry.kind:<14}{prepared:<10}{entry.description}")
+        return 0
+    template = resolve(args.name, progress=_note)
+    if args.action == "prepare":
+        print(f"{template.name}: prepared in {template.head.parent}")
+        return 0
+    info = dict(template.info)
+    info.update(head=str(template.head), brain_mask_file=str(template.brain_mask),
+                face_mask_file=str(template.face_mask))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from isyb.deface.dataset import deface_dataset
+    from isyb.deface.engine import DefaceOptions
+    from isyb.demo import build_demo_dataset
+    from isyb.templates.registry import resolve
+
+    bids = build_demo_dataset(args.output / "bids", n_subjects=args.subjects)
+    _note(f"phantom BIDS dataset written to {bids}")
+    template = resolve("default", progress=_note)
+    out = args.output / "bids_defaced"
+    records = deface_dataset(bids, out, template, DefaceOptions(), nprocs=args.nprocs,
+                             progress=not args.quiet)
+    images = [i for r in records for i in r["images"]]
+    failed = [i for i in images if i["status"] != "ok"]
+    for image in images:
+        if image["status"] == "ok":
+            p = image["provenance"]
+            _note(f"{image['file']}: registration Dice {p['registration']['score_brain_dice']}, "
+                  f"{p['changed_voxels']} voxels changed, "
+                  f"{p['brain_guard']['changed_voxels_in_guard']} in the brain guard")
+        else:
+            _note(f"{image['file']}: failed: {image['error']}")
+    print(out / "derivatives" / "isyb" / "index.html")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not os.environ.get("ISYB_DEBUG"):
+        warnings.filterwarnings("ignore")
+    handlers = {"deface": cmd_deface, "templates": cmd_templates, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except IsybError as exc:
+        print(f"isyb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("isyb: interrupted; finished files are complete, rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

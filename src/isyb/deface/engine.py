@@ -1,0 +1,170 @@
+"""Face masking of one head volume: brain, registration, face region, obscuring, checks.
+
+This module is pure numerics on a :class:`isyb.io.Volume` and a prepared
+:class:`isyb.templates.registry.Template`; reading and writing files is the
+business of :mod:`isyb.deface.run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isyb.brain import check_brain_mask, extract_brain
+from isyb.deface.guard import bounding_box, brain_guard
+from isyb.deface.obscure import METHODS, head_mask, obscure, skin_surface
+from isyb.deface.region import face_region
+from isyb.errors import IsybError
+from isyb.io import Volume
+from isyb.register import Registration, register_template, resample_to
+from isyb.render import skin_threshold
+from isyb.templates.registry import Template
+
+#: Below this ratio of face tissue found to face tissue expected from the
+#: template, the input is reported as having little or no face to mask.
+LITTLE_FACE_RATIO = 0.35
+
+
+@dataclass(frozen=True)
+class DefaceOptions:
+    """Settings of one defacing run (see ``isyb deface --help``)."""
+
+    method: str = "blur"
+    ears: bool = False
+    neck: bool = False
+    guard_mm: float = 10.0
+    layer_mm: float = 8.0
+    smooth_mm: float = 12.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise IsybError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.guard_mm < 0:
+            raise IsybError("the brain guard margin must be ≥ 0 mm")
+
+
+@dataclass
+class DefaceResult:
+    """Outputs of :func:`deface_volume`, all RAS arrays on the input grid.
+
+    ``guard``, ``head`` and ``skin`` (skin-surface voxels) are computed in the
+    work box around the face region, where every change happens, and are
+    False elsewhere.
+    """
+
+    data: np.ndarray
+    allowed: np.ndarray
+    region: np.ndarray
+    guard: np.ndarray
+    brain: np.ndarray
+    head: np.ndarray
+    skin: np.ndarray
+    report: dict = field(default_factory=dict)
+
+
+@dataclass
+class Alignment:
+    """What defacing needs of a subject besides the method: brain mask and registration.
+
+    It does not depend on the method or its options, so one alignment can
+    serve several defacings of the same image (``isyb study``, the tests).
+    """
+
+    brain: np.ndarray
+    brain_ml: float
+    registration: Registration
+    template_head: Volume
+    template_brain: np.ndarray
+    timings: dict[str, float]
+
+
+def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None) -> Alignment:
+    """Brain-extract ``volume`` (unless ``brain`` is given) and register ``template`` to it.
+
+    Raises :class:`isyb.errors.BrainExtractionError` or
+    :class:`isyb.errors.RegistrationError` when either looks wrong.
+    """
+    clock = time.perf_counter()
+    if brain is None:
+        brain = extract_brain(volume.data, volume.zooms)
+    brain_ml = check_brain_mask(brain, volume.zooms, in_fov_fraction=0.3)
+    brain_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    tmpl_head, tmpl_brain = template.load()
+    registration = register_template(volume.data, volume.affine, brain, tmpl_head.data,
+                                     tmpl_head.affine, tmpl_brain)
+    timings = {"brain_s": brain_s, "registration_s": time.perf_counter() - clock}
+    return Alignment(brain, brain_ml, registration, tmpl_head, tmpl_brain, timings)
+
+
+def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
+                  *, alignment: Alignment | None = None) -> DefaceResult:
+    """Obscure the face of ``volume`` with ``template``'s face rule.
+
+    ``alignment`` may be reused from :func:`align`; by default it is
+    computed. The report holds timings, the registration score and the face
+    statistics; the brain-guard check is done on the written file by the
+    caller (:func:`isyb.deface.run.deface_file`).
+    """
+    alignment = alignment if alignment is not None else align(volume, template)
+    registration, brain = alignment.registration, alignment.brain
+    tmpl_head, tmpl_brain = alignment.template_head, alignment.template_brain
+    timings = dict(alignment.timings)
+    zooms = volume.zooms
+    clock = time.perf_counter()
+    voxel_to_template = registration.subject_to_template @ volume.affine
+    full_region = face_region(template.rule, volume.shape, voxel_to_template,
+                              ears=options.ears, neck=options.neck)
+    # Only the face region's bounding box can change. Grown by the guard margin
+    # and the smoothing reach, it holds every brain voxel within the margin of a
+    # changeable voxel, so the guard computed inside it is exact where it matters.
+    reach = max(options.guard_mm, options.layer_mm + 3 * options.smooth_mm)
+    box = bounding_box(full_region, np.ceil(reach / zooms).astype(int) + 1)
+    box_affine = volume.affine.copy()
+    box_affine[:3, 3] = volume.affine[:3, :3] @ [s.start for s in box] + volume.affine[:3, 3]
+    box_shape = full_region[box].shape
+    template_brain_here = resample_to(tmpl_brain.astype(np.float32), tmpl_head.affine,
+                                      box_shape, box_affine,
+                                      registration.subject_to_template) > 0.5
+    guard = np.zeros(volume.shape, dtype=bool)
+    guard[box] = brain_guard(brain[box] | template_brain_here, zooms, options.guard_mm)
+    region = full_region & ~guard
+    head = np.zeros(volume.shape, dtype=bool)
+    head[box] = head_mask(volume.data[box], skin_threshold(volume.data))
+    new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
+                                   head=head[box], layer_mm=options.layer_mm,
+                                   smooth_mm=options.smooth_mm, seed=options.seed)
+    new_data = volume.data.copy()
+    new_data[box] = new_box
+    allowed = np.zeros(volume.shape, dtype=bool)
+    allowed[box] = allowed_box
+    timings["mask_s"] = time.perf_counter() - clock
+
+    voxel_ml = float(np.prod(zooms)) / 1000.0
+    face_tissue_ml = float((region & head).sum()) * voxel_ml
+    scale = abs(np.linalg.det(np.linalg.inv(registration.subject_to_template)[:3, :3]))
+    expected_ml = float(template.info.get("face_tissue_ml", 0.0)) * scale
+    skin = np.zeros(volume.shape, dtype=bool)
+    skin[box] = skin_surface(head[box])
+    report = {
+        "registration": {
+            "score_brain_dice": round(registration.score, 4),
+            "start": registration.start,
+            "attempts": registration.attempts,
+            "subject_to_template_mm": np.round(registration.subject_to_template, 6).tolist(),
+        },
+        "brain_mask_ml": round(alignment.brain_ml, 1),
+        "face_region_voxels": int(region.sum()),
+        "allowed_voxels": int(allowed.sum()),
+        "face_tissue_ml": round(face_tissue_ml, 1),
+        "template_face_tissue_ml": round(expected_ml, 1),
+        "little_or_no_face": bool(expected_ml > 0
+                                  and face_tissue_ml < LITTLE_FACE_RATIO * expected_ml),
+        "face_surface_voxels": int((skin & region).sum()),
+        "face_surface_voxels_in_guard": int((skin & full_region & guard).sum()),
+        "timings_s": {key: round(value, 2) for key, value in timings.items()},
+    }
+    return DefaceResult(new_data, allowed, region, guard, brain, head, skin, report)

@@ -1,0 +1,65 @@
+"""A self-contained HTML summary of a defacing run (QC pictures embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from isyb import __version__
+from isyb.io import write_text
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:2em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}.failed{background:#fde2e2}.warn{background:#fff4d6}
+img{max-width:720px;display:block;margin:0.5em 0 2em 0}
+"""
+
+
+def _embed(png: str | None) -> str:
+    if not png or not Path(png).is_file():
+        return ""
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return f'<img alt="QC of the defaced image" src="data:image/png;base64,{data}">'
+
+
+def _row(subject: str, image: dict) -> tuple[str, str]:
+    name = html.escape(image["file"])
+    if image["status"] != "ok":
+        cells = (f"<td>{html.escape(subject)}</td><td>{name}</td>"
+                 f"<td colspan='6'>failed: {html.escape(image['error'])}</td>")
+        return f"<tr class='failed'>{cells}</tr>", ""
+    p = image["provenance"]
+    note = "little or no face found" if p.get("little_or_no_face") else ""
+    fraction = p.get("face_surface_changed_fraction")
+    cells = "".join(f"<td>{html.escape(str(value))}</td>" for value in (
+        subject, image["file"], p["template"]["name"], p["method"],
+        p["registration"]["score_brain_dice"], p["changed_voxels"],
+        p["brain_guard"]["changed_voxels_in_guard"],
+        "n/a" if fraction is None else f"{100 * fraction:.1f}%", note))
+    css = " class='warn'" if note else ""
+    return f"<tr{css}>{cells}</tr>", f"<h3>{name}</h3>{_embed(p.get('qc_png'))}"
+
+
+def write_summary(path: Path, records: list[dict], root: Path) -> None:
+    """Write ``index.html`` summarising per-subject records of :func:`run_subject`."""
+    rows, figures = [], []
+    counts = {"ok": 0, "failed": 0}
+    for record in records:
+        for image in record["images"]:
+            counts[image["status"]] = counts.get(image["status"], 0) + 1
+            row, figure = _row(record["subject"], image)
+            rows.append(row)
+            figures.append(figure)
+    header = "".join(f"<th>{h}</th>" for h in (
+        "subject", "image", "template", "method", "registration (brain Dice)",
+        "changed voxels", "changed in brain guard", "face surface changed", "note"))
+    body = (f"<h1>isyb defacing summary</h1><p>isyb {__version__}; {len(records)} subjects; "
+            f"{counts['ok']} images defaced, {counts['failed']} failed (failed images were "
+            f"not copied to the release). Outputs under {html.escape(str(root))}.</p>"
+            f"<table><tr>{header}</tr>{''.join(rows)}</table>{''.join(figures)}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>isyb defacing summary"
+            f"</title><style>{STYLE}</style></head><body>{body}</body></html>\n")
+    write_text(path, page)

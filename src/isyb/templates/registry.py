@@ -1,0 +1,236 @@
+"""Head templates: where they come from, how they are prepared, where they are cached.
+
+A prepared template is a head image with a brain mask and a face rule
+(:class:`isyb.deface.region.FaceRule`). Sources:
+
+* ``default``: the mean head that ships with the ``pydeface`` package from
+  PyPI (MIT licence; full face and neck; installs offline). It has no brain
+  mask, so one is derived.
+* ``MNI152NLin6Asym`` and ``MNI152NLin2009cAsym``: through TemplateFlow
+  (``TEMPLATEFLOW_HOME`` may point at a local copy), with their brain masks.
+* ``CN200`` and ``Chinese2020``: downloaded from the copies in the
+  zuoxinian/CCS repository, which the ISYB data descriptor used. Their
+  SHA-256 digests could not be learned where isyb was written (no internet),
+  so they are recorded on first download and enforced afterwards; see
+  :func:`isyb.templates.fetch.fetch_pinned`.
+* any head image given by path. A ``<stem>_desc-brain_mask`` file beside it
+  (TemplateFlow naming) is used when present, else a mask is derived.
+
+Preparation derives what is missing (brain mask by deepbet, face rule from
+the brain mask) and caches the result under ``$ISYB_HOME/templates`` (default
+``~/.cache/isyb/templates``) in a TemplateFlow-like layout::
+
+    tpl-<name>/tpl-<name>_T1w.nii.gz
+    tpl-<name>/tpl-<name>_desc-brain_mask.nii.gz
+    tpl-<name>/tpl-<name>_desc-face_mask.nii.gz   (the rule on the template grid)
+    tpl-<name>/template.json                      (provenance, face rule)
+
+A cache entry is reused while the head's SHA-256 is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from isyb import __version__
+from isyb.brain import check_brain_mask, extract_brain
+from isyb.deface.obscure import head_mask
+from isyb.deface.region import FaceRule, derive_face_rule, face_region
+from isyb.errors import IsybError
+from isyb.io import Volume, atomic_path, load_volume, save_mask_like, strip_image_suffix, write_text
+from isyb.render import skin_threshold
+from isyb.templates.fetch import fetch_pinned, sha256_file, templateflow_files
+
+CCS_TEMPLATES = ("https://github.com/zuoxinian/CCS/raw/master/projects/isybdemo/"
+                 "face_masking_CN/bin/Template/")
+ALIASES = {"pydeface": "default", "CN2020": "Chinese2020", "cn200": "CN200"}
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    """A named template: ``kind`` is package, templateflow or url."""
+
+    name: str
+    kind: str
+    description: str
+    url: str | None = None
+    sha256: str | None = None
+
+
+BUILTINS: dict[str, BuiltIn] = {
+    entry.name: entry for entry in (
+        BuiltIn("default", "package", "pydeface mean head (pydeface package data, MIT): "
+                "full face and neck, installs offline"),
+        BuiltIn("MNI152NLin6Asym", "templateflow", "MNI152 6th generation (FSL), TemplateFlow"),
+        BuiltIn("MNI152NLin2009cAsym", "templateflow", "ICBM 2009c nonlinear asymmetric, "
+                "TemplateFlow"),
+        BuiltIn("CN200", "url", "Chinese head template of 200 adults (zuoxinian/CCS)",
+                url=CCS_TEMPLATES + "CN200.nii.gz"),
+        BuiltIn("Chinese2020", "url", "Chinese2020 head template, Liang et al. 2015 "
+                "(zuoxinian/CCS copy CN2020.nii.gz)", url=CCS_TEMPLATES + "CN2020.nii.gz"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prepared head template, as cached on disk."""
+
+    name: str
+    head: Path
+    brain_mask: Path
+    face_mask: Path
+    rule: FaceRule
+    info: dict
+
+    def load(self) -> tuple[Volume, np.ndarray]:
+        """The head volume and its boolean brain mask (RAS)."""
+        head = load_volume(self.head)
+        brain = load_volume(self.brain_mask).data > 0
+        return head, brain
+
+
+def isyb_home() -> Path:
+    """``$ISYB_HOME``, else ``~/.cache/isyb``."""
+    return Path(os.environ.get("ISYB_HOME", Path.home() / ".cache" / "isyb")).expanduser()
+
+
+def cache_dir(name: str) -> Path:
+    return isyb_home() / "templates" / f"tpl-{name}"
+
+
+def canonical_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def _package_head() -> Path:
+    try:
+        path = resources.files("pydeface") / "data" / "mean_reg2mean.nii.gz"
+    except ModuleNotFoundError:
+        raise IsybError("the default template needs the pydeface package: "
+                        "pip install pydeface") from None
+    return Path(str(path))
+
+
+def _sources(entry: BuiltIn) -> tuple[Path, Path | None, str]:
+    """Head path, optional brain-mask path and a source note for a built-in."""
+    if entry.kind == "package":
+        return _package_head(), None, "pydeface package data (mean_reg2mean.nii.gz)"
+    if entry.kind == "templateflow":
+        head, mask = templateflow_files(entry.name, resolution=1)
+        return head, mask, f"TemplateFlow {head}"
+    assert entry.url is not None
+    target = isyb_home() / "downloads" / Path(entry.url).name
+    return fetch_pinned(entry.url, target, entry.sha256), None, entry.url
+
+
+def _sibling_mask(head: Path) -> Path | None:
+    stem = strip_image_suffix(head)
+    stem = re.sub(r"_(T1w|T2w|PD|head)$", "", stem)
+    for suffix in (".nii.gz", ".nii"):
+        candidate = Path(f"{stem}_desc-brain_mask{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _path_key(head: Path, digest: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9]+", "", Path(strip_image_suffix(head)).name) or "template"
+    return f"{stem[:40]}{digest[:12]}"
+
+
+def resolve(name_or_path: str, *, progress: Callable[[str], None] | None = None) -> Template:
+    """Prepare (or load from cache) a template given by name or by path."""
+    name = canonical_name(name_or_path)
+    if name in BUILTINS:
+        head, mask, source = _sources(BUILTINS[name])
+        key = name
+    elif Path(name_or_path).expanduser().is_file():
+        head = Path(name_or_path).expanduser().resolve()
+        mask, source = _sibling_mask(head), str(head)
+        key = _path_key(head, sha256_file(head))
+    else:
+        known = ", ".join(BUILTINS)
+        raise IsybError(f"unknown template {name_or_path!r}: use one of {known}, "
+                        "or the path of a head image")
+    return prepare(key, head, mask, source=source, progress=progress)
+
+
+def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
+            progress: Callable[[str], None] | None = None) -> Template:
+    """Derive the brain mask and face rule of a head image and cache them under ``key``."""
+    folder = cache_dir(key)
+    digest = sha256_file(head)
+    meta_path = folder / "template.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("head_sha256") == digest and meta.get("isyb_rule_version") == RULE_VERSION:
+            return _from_meta(key, folder, meta)
+    if progress:
+        progress(f"preparing template {key} (first use; cached in {folder})")
+    volume = load_volume(head)
+    if brain_mask is not None:
+        brain = load_volume(brain_mask).data > 0
+        if brain.shape != volume.shape:
+            raise IsybError(f"{brain_mask}: brain mask grid {brain.shape} differs from the "
+                            f"template head {volume.shape}")
+        mask_source = str(brain_mask)
+    else:
+        brain = extract_brain(volume.data, volume.zooms)
+        mask_source = "derived by deepbet"
+    check_brain_mask(brain, volume.zooms)
+    rule = derive_face_rule(brain, volume.affine)
+    region = face_region(rule, volume.shape, volume.affine)
+    head_tissue = head_mask(volume.data, skin_threshold(volume.data))
+    face_tissue_ml = float((region & head_tissue).sum() * np.prod(volume.zooms) / 1000.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    head_copy = folder / f"tpl-{key}_T1w.nii.gz"
+    with atomic_path(head_copy) as tmp:
+        if "".join(head.suffixes[-2:]) == ".nii.gz":
+            shutil.copyfile(head, tmp)
+        else:
+            volume.source.to_filename(str(tmp))
+    save_mask_like(brain, volume, folder / f"tpl-{key}_desc-brain_mask.nii.gz")
+    save_mask_like(region, volume, folder / f"tpl-{key}_desc-face_mask.nii.gz")
+    meta = {
+        "name": key,
+        "source": source,
+        "head_sha256": digest,
+        "brain_mask": mask_source,
+        "face_rule": rule.to_json(),
+        "face_tissue_ml": round(face_tissue_ml, 1),
+        "isyb_version": __version__,
+        "isyb_rule_version": RULE_VERSION,
+    }
+    write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return _from_meta(key, folder, meta)
+
+
+#: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt.
+RULE_VERSION = 1
+
+
+def _from_meta(key: str, folder: Path, meta: dict) -> Template:
+    return Template(
+        name=key,
+        head=folder / f"tpl-{key}_T1w.nii.gz",
+        brain_mask=folder / f"tpl-{key}_desc-brain_mask.nii.gz",
+        face_mask=folder / f"tpl-{key}_desc-face_mask.nii.gz",
+        rule=FaceRule.from_json(meta["face_rule"]),
+        info=meta,
+    )
+
+
+def cached(name: str) -> dict | None:
+    """The cached ``template.json`` of a built-in name, or None if never prepared."""
+    meta = cache_dir(canonical_name(name)) / "template.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,3 +82,20 @@ def templateflow_home(data_root: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
     monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
     return home
+
+
+@pytest.fixture(scope="session")
+def isyb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide ``ISYB_HOME``, so each template is prepared once per test run."""
+    home = tmp_path_factory.mktemp("isyb_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ISYB_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def default_template(isyb_home: Path):
+    """The default (pydeface mean head) template, prepared in the session's ISYB_HOME."""
+    from isyb.templates.registry import resolve
+
+    return resolve("default")

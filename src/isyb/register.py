@@ -1,6 +1,7 @@
 """Robust affine registration of a head template to a subject (ANTsPy).
 
-Both images are brought to a coarse isotropic working grid and placed in a
+Both images are brought to a coarse isotropic working grid (4 mm: as good a
+brain-mask Dice as 3 mm on the real test heads, about twice as fast) and placed in a
 frame whose origin is the centroid of their brain mask, so the starting point
 never depends on header origins. ANTs then fits a 12-parameter affine
 (Mattes mutual information, so any contrast works). The fit is scored by the
@@ -153,7 +154,7 @@ def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
 
 def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_brain: np.ndarray,
                       template: np.ndarray, template_affine: np.ndarray,
-                      template_brain: np.ndarray, *, spacing_mm: float = 3.0,
+                      template_brain: np.ndarray, *, spacing_mm: float = 4.0,
                       accept: float = 0.80, fail_below: float = 0.65,
                       seed: int = 42) -> Registration:
     """Fit a template->subject affine; retry other starts while the score is poor.
@@ -164,11 +165,14 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
     """
     import ants
 
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(os.cpu_count() or 1))
-    os.environ["ANTS_RANDOM_SEED"] = str(seed)  # ANTs reads it for its metric sampling
-    subj, subj_aff = working_grid(_normalise(subject), subject_affine, spacing_mm)
+    # One ITK thread and a fixed seed make ANTs' sampled metric reproducible:
+    # with two threads, two runs on the same input differed by up to 0.26 mm.
+    ants.config.set_ants_deterministic(True, seed)
+    subj, subj_aff = working_grid(subject, subject_affine, spacing_mm)
+    subj = _normalise(subj)
     subj_brain = working_grid(subject_brain.astype(np.float32), subject_affine, spacing_mm)[0] > 0.5
-    tmpl, tmpl_aff = working_grid(_normalise(template), template_affine, spacing_mm)
+    tmpl, tmpl_aff = working_grid(template, template_affine, spacing_mm)
+    tmpl = _normalise(tmpl)
     tmpl_brain_f = working_grid(template_brain.astype(np.float32), template_affine,
                                 spacing_mm)[0]
     subj_frame = _frame(subj_aff, _centroid_world(subj_brain, subj_aff))

@@ -18,7 +18,7 @@ from isyb.deface.obscure import METHODS, head_mask, obscure, skin_surface
 from isyb.deface.region import face_region
 from isyb.errors import IsybError
 from isyb.io import Volume
-from isyb.register import Registration, register_template, resample_to
+from isyb.register import Registration, register_template
 from isyb.render import skin_threshold
 from isyb.templates.registry import Template
 
@@ -36,7 +36,7 @@ class DefaceOptions:
     neck: bool = False
     guard_mm: float = 10.0
     layer_mm: float = 8.0
-    smooth_mm: float = 12.0
+    smooth_mm: float = 16.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -50,9 +50,9 @@ class DefaceOptions:
 class DefaceResult:
     """Outputs of :func:`deface_volume`, all RAS arrays on the input grid.
 
-    ``guard``, ``head`` and ``skin`` (skin-surface voxels) are computed in the
-    work box around the face region, where every change happens, and are
-    False elsewhere.
+    ``guard`` and ``skin`` (skin-surface voxels) are computed in the work box
+    around the face region, where every change happens, and are False
+    elsewhere.
     """
 
     data: np.ndarray
@@ -76,8 +76,6 @@ class Alignment:
     brain: np.ndarray
     brain_ml: float
     registration: Registration
-    template_head: Volume
-    template_brain: np.ndarray
     timings: dict[str, float]
 
 
@@ -97,7 +95,7 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
     registration = register_template(volume.data, volume.affine, brain, tmpl_head.data,
                                      tmpl_head.affine, tmpl_brain)
     timings = {"brain_s": brain_s, "registration_s": time.perf_counter() - clock}
-    return Alignment(brain, brain_ml, registration, tmpl_head, tmpl_brain, timings)
+    return Alignment(brain, brain_ml, registration, timings)
 
 
 def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
@@ -111,7 +109,6 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     """
     alignment = alignment if alignment is not None else align(volume, template)
     registration, brain = alignment.registration, alignment.brain
-    tmpl_head, tmpl_brain = alignment.template_head, alignment.template_brain
     timings = dict(alignment.timings)
     zooms = volume.zooms
     clock = time.perf_counter()
@@ -123,17 +120,10 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     # changeable voxel, so the guard computed inside it is exact where it matters.
     reach = max(options.guard_mm, options.layer_mm + 3 * options.smooth_mm)
     box = bounding_box(full_region, np.ceil(reach / zooms).astype(int) + 1)
-    box_affine = volume.affine.copy()
-    box_affine[:3, 3] = volume.affine[:3, :3] @ [s.start for s in box] + volume.affine[:3, 3]
-    box_shape = full_region[box].shape
-    template_brain_here = resample_to(tmpl_brain.astype(np.float32), tmpl_head.affine,
-                                      box_shape, box_affine,
-                                      registration.subject_to_template) > 0.5
     guard = np.zeros(volume.shape, dtype=bool)
-    guard[box] = brain_guard(brain[box] | template_brain_here, zooms, options.guard_mm)
+    guard[box] = brain_guard(brain[box], zooms, options.guard_mm)
     region = full_region & ~guard
-    head = np.zeros(volume.shape, dtype=bool)
-    head[box] = head_mask(volume.data[box], skin_threshold(volume.data))
+    head = head_mask(volume.data, skin_threshold(volume.data))
     new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
                                    head=head[box], layer_mm=options.layer_mm,
                                    smooth_mm=options.smooth_mm, seed=options.seed)

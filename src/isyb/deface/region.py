@@ -53,7 +53,7 @@ class FaceRule:
 
 
 def derive_face_rule(brain: np.ndarray, affine: np.ndarray, *, back_fraction: float = 0.42,
-                     chin_fraction: float = 0.45, plane_inset_mm: float = 6.0) -> FaceRule:
+                     chin_fraction: float = 0.45, plane_inset_mm: float = 16.0) -> FaceRule:
     """Place the face rule relative to a template's brain mask.
 
     ``brain`` is a boolean RAS array with voxel->world ``affine``. Only the

@@ -216,7 +216,7 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
 
 
 #: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt.
-RULE_VERSION = 1
+RULE_VERSION = 2
 
 
 def _from_meta(key: str, folder: Path, meta: dict) -> Template:

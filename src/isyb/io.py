@@ -10,7 +10,6 @@ leaves a half-written output behind.
 
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
 import zlib
@@ -67,16 +66,6 @@ def strip_image_suffix(path: str | os.PathLike) -> str:
     return text[: len(text) - len(image_suffix(text))]
 
 
-def _check_gzip(path: Path) -> None:
-    """Read a gzip stream to the end so that truncation is caught before nibabel."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 24):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise IsybError(f"{path}: not a readable gzip file ({exc})") from None
-
-
 def load_image(path: str | os.PathLike, *,
                allow_4d: bool = False) -> nib.spatialimages.SpatialImage:
     """Open a NIfTI or MGZ file, with one-line errors for the ways it can be wrong."""
@@ -85,9 +74,7 @@ def load_image(path: str | os.PathLike, *,
         raise IsybError(f"{path}: no such file")
     if path.is_dir():
         raise IsybError(f"{path}: is a folder, expected an image file")
-    suffix = image_suffix(path)
-    if suffix in (".nii.gz", ".mgz"):
-        _check_gzip(path)
+    image_suffix(path)
     try:
         img = nib.load(str(path))
         shape = img.shape
@@ -107,7 +94,10 @@ def load_volume(path: str | os.PathLike) -> Volume:
     infinite voxels, and for an image without any signal.
     """
     img = load_image(path)
-    volume = volume_from_image(img)
+    try:
+        volume = volume_from_image(img)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # truncated or corrupt data
+        raise IsybError(f"{path}: cannot be read as an image ({exc})") from None
     volume.path = Path(path)
     if not np.isfinite(volume.data).all():
         raise IsybError(f"{path}: image contains NaN or infinite voxels")

@@ -30,6 +30,7 @@ A cache entry is reused while the head's SHA-256 is unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -93,10 +94,14 @@ class Template:
     info: dict
 
     def load(self) -> tuple[Volume, np.ndarray]:
-        """The head volume and its boolean brain mask (RAS)."""
-        head = load_volume(self.head)
-        brain = load_volume(self.brain_mask).data > 0
-        return head, brain
+        """The head volume and its boolean brain mask (RAS), cached per process."""
+        return _load_prepared(self.head, self.brain_mask, self.info["head_sha256"])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_prepared(head: Path, brain_mask: Path, digest: str) -> tuple[Volume, np.ndarray]:
+    """Read a prepared template once per process (``digest`` keys the cache)."""
+    return load_volume(head), load_volume(brain_mask).data > 0
 
 
 def isyb_home() -> Path:

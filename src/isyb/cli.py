@@ -79,6 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = tsub.add_parser("prepare", help="derive brain mask and face rule, and cache")
     prepare.add_argument("name", metavar="NAME|PATH")
 
+    evaluate = commands.add_parser(
+        "evaluate", help="measure one defacing: NMI of the removed face, brain changes, "
+        "face detection",
+        description="Compare ORIG with DEFACED (same grid) inside FACE_MASK (the mask from "
+        "`isyb deface --save-mask`). Prints one JSON object and writes a PNG of the *defaced* "
+        "head rendered at yaw -15, 0 and +15 degrees.")
+    evaluate.add_argument("original", metavar="ORIG", type=Path)
+    evaluate.add_argument("defaced", metavar="DEFACED", type=Path)
+    evaluate.add_argument("--mask", required=True, type=Path, metavar="FACE_MASK",
+                          help="voxels the defacing was allowed to change")
+    evaluate.add_argument("--brain-mask", type=Path, metavar="BRAIN",
+                          help="reference brain mask (default: deepbet on ORIG)")
+    evaluate.add_argument("--nmi", choices=("arithmetic", "studholme"), default="arithmetic",
+                          help="NMI normalisation (default: %(default)s, 0..1; studholme is "
+                          "(H(A)+H(R))/H(A,R), 1..2)")
+    evaluate.add_argument("--renders", type=Path, metavar="PNG",
+                          help="where to write the renders (default: DEFACED stem + "
+                          "_renders.png)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the JSON object indented (it is always JSON)")
+
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
         description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
@@ -121,8 +142,10 @@ def cmd_deface(args: argparse.Namespace) -> int:
     if args.participant_label:
         raise IsybError("--participant-label needs a BIDS dataset folder as IN")
     from isyb.deface.run import check_paths
+    from isyb.io import load_image
 
-    check_paths(args.input, args.output, force=args.force)
+    check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
+    load_image(args.input)  # a bad input fails now, not after a first template preparation
     template = resolve(args.template, progress=_note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png)
@@ -157,6 +180,28 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from isyb.evaluate.anonymization import check_same_grid, evaluate_defacing, save_renders
+    from isyb.io import load_volume, strip_image_suffix
+
+    original, defaced = load_volume(args.original), load_volume(args.defaced)
+    check_same_grid(original, defaced, ("ORIG", "DEFACED"))
+    mask_volume = load_volume(args.mask)
+    check_same_grid(original, mask_volume, ("ORIG", "FACE_MASK"))
+    brain = None
+    if args.brain_mask:
+        brain_volume = load_volume(args.brain_mask)
+        check_same_grid(original, brain_volume, ("ORIG", "BRAIN"))
+        brain = brain_volume.data > 0
+    record = evaluate_defacing(original, defaced, mask_volume.data > 0, brain=brain,
+                               nmi_method=args.nmi)
+    renders = args.renders or Path(f"{strip_image_suffix(args.defaced)}_renders.png")
+    save_renders(defaced, renders)
+    record["renders_png"] = str(renders)
+    print(json.dumps(record, indent=2 if args.json else None))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
@@ -188,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
-    handlers = {"deface": cmd_deface, "templates": cmd_templates, "demo": cmd_demo}
+    handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
+                "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except IsybError as exc:
-        print(f"isyb: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the library said
+        print(f"isyb: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("isyb: interrupted; finished files are complete, rerun to resume",

@@ -64,16 +64,32 @@ def sidecar_paths(out: Path) -> tuple[Path, Path]:
     return Path(f"{stem}_isyb.json"), Path(f"{stem}_isyb.png")
 
 
-def check_paths(in_path: Path, out_path: Path, *, force: bool) -> None:
-    """Refuse to overwrite the input or an existing output without ``force``."""
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_paths(in_path: Path, out_path: Path, *, force: bool,
+                save_mask: Path | None = None) -> None:
+    """Refuse bad output names, and overwriting the input or an output without ``force``.
+
+    The mask path, when given, must be an image name and must not be the input
+    or the output, even with ``force``.
+    """
     image_suffix(out_path)
     if not in_path.exists():
         raise IsybError(f"{in_path}: no such file")
-    same = out_path.exists() and os.path.samefile(in_path, out_path)
-    if (same or in_path.resolve() == out_path.resolve()) and not force:
+    if _same_file(in_path, out_path) and not force:
         raise IsybError(f"{out_path}: output is the input; pass --force to overwrite the input")
     if out_path.exists() and not force:
         raise IsybError(f"{out_path}: exists; pass --force to overwrite it")
+    if save_mask is not None:
+        image_suffix(save_mask)
+        if _same_file(save_mask, in_path) or _same_file(save_mask, out_path):
+            raise IsybError(f"{save_mask}: the mask path must differ from IN and OUT")
+        if save_mask.exists() and not force:
+            raise IsybError(f"{save_mask}: exists; pass --force to overwrite it")
 
 
 def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, template: Template,
@@ -89,7 +105,8 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
     ``alignment`` reuses a brain mask and registration of the same input.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    check_paths(in_path, out_path, force=force)
+    save_mask = Path(save_mask) if save_mask is not None else None
+    check_paths(in_path, out_path, force=force, save_mask=save_mask)
     start = time.perf_counter()
     volume = load_volume(in_path)
     result = deface_volume(volume, template, options, alignment=alignment)

@@ -100,6 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON object indented (it is always JSON)")
 
+    study = commands.add_parser(
+        "study", help="template-effect study: deface a cohort with several templates, "
+        "NMI, ANOVA, post-hoc tests, Table 1 and Fig. 6",
+        description="For every subject (first T1w) × template: deface, keep the face mask, "
+        "compute NMI and the other metrics (cached in OUT_DIR/work). Then a mixed ANOVA "
+        "(template within × subset between), repeated-measures ANOVAs per subset and pooled "
+        "(Mauchly, Greenhouse-Geisser), post-hoc paired tests, marginal means, Table 1, "
+        "violins and report.html.",
+        epilog="example:\n  isyb study bids/ study_out/ --templates default,"
+        "MNI152NLin6Asym,MNI152NLin2009cAsym --split discovery:89,validation:126 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    study.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    study.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    study.add_argument("--templates", required=True,
+                       help="comma-separated template names or paths (at least two)")
+    study.add_argument("--method", choices=("blur", "remove", "noise"), default="blur")
+    split = study.add_mutually_exclusive_group()
+    split.add_argument("--split", help="subset sizes, counts or fractions, e.g. "
+                       "discovery:89,validation:126 (default: two halves)")
+    split.add_argument("--split-column", help="participants.tsv column giving the subset")
+    study.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    study.add_argument("--padjust", choices=("bonf", "holm"), default="bonf",
+                       help="multiple-comparison correction of the post-hoc tests")
+    study.add_argument("--wilcoxon", action="store_true",
+                       help="Wilcoxon signed-rank post-hoc tests instead of paired t-tests")
+    study.add_argument("--dv", choices=("nmi", "face_surface_changed_fraction"),
+                       default="nmi", help="dependent variable (default: %(default)s)")
+    study.add_argument("--nprocs", type=_positive_int, default=1)
+    study.add_argument("--note", default="", help="a caption printed on the figure and tables")
+    study.add_argument("--quiet", action="store_true", help="no progress bar")
+
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
         description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
@@ -202,6 +233,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from isyb.study.study import StudyOptions, run_study
+    from isyb.templates.registry import resolve
+
+    names = [name.strip() for name in args.templates.split(",") if name.strip()]
+    templates = [resolve(name, progress=_note) for name in names]
+    options = StudyOptions(method=args.method, dv=args.dv, split=args.split,
+                           split_column=args.split_column, seed=args.seed,
+                           padjust=args.padjust, parametric=not args.wilcoxon,
+                           nprocs=args.nprocs, note=args.note)
+    result = run_study(args.bids_dir, args.out_dir, templates, options,
+                       progress=not args.quiet, log=_note)
+    print(json.dumps(result["summary"]))
+    _note(f"report: {args.out_dir / 'report.html'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
@@ -234,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
-                "demo": cmd_demo}
+                "study": cmd_study, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except IsybError as exc:

@@ -1,0 +1,1 @@
+"""The template-effect study: deface a cohort with several templates, compare with statistics."""

@@ -1,0 +1,134 @@
+"""Outputs of the template-effect study: Table 1, the Fig. 6 violins, and report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from isyb import __version__
+from isyb.io import atomic_path, write_text
+from isyb.study.stats import POOLED
+
+DV_LABELS = {"nmi": "NMI (removed face vs original face)",
+             "face_surface_changed_fraction": "fraction of face skin surface changed"}
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if isinstance(value, float | np.floating):
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.2e}" if 0 < abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join([header, rule, *rows])
+
+
+def table1(means: pd.DataFrame, anova: pd.DataFrame, posthoc: pd.DataFrame,
+           dv: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three parts of Table 1: descriptives, ANOVA effects, post-hoc pairs."""
+    descriptive = means.assign(**{
+        f"{dv} mean ± SD": [f"{m:.4f} ± {s:.4f}" if np.isfinite(s) else f"{m:.4f}"
+                            for m, s in zip(means["mean"], means["sd"], strict=True)],
+        "95% CI": [f"[{lo:.4f}, {hi:.4f}]" for lo, hi in
+                   zip(means["ci_low"], means["ci_high"], strict=True)],
+    })[["subset", "template", "n", f"{dv} mean ± SD", "95% CI"]]
+    effect = [c for c in ("np2", "ng2") if c in anova]
+    effects = anova[anova["Source"] != "Error"].copy()
+    effects["effect size"] = effects[effect].bfill(axis=1).iloc[:, 0] if effect else np.nan
+    effects["df"] = [_degrees(anova, row) for _, row in effects.iterrows()]
+    # two templates: sphericity holds trivially and pingouin has no GG columns
+    effects = effects.reindex(columns=["analysis", "Source", "df", "F", "p_unc", "p_GG_corr",
+                                       "eps", "effect size"])
+    stat = "T" if "T" in posthoc else "W_val"
+    pairs = posthoc.reindex(columns=["subset", "A", "B", stat, "p_unc", "p_corr", "p_adjust",
+                                     "hedges"])  # one pair: pingouin adds no correction
+    return descriptive, effects, pairs
+
+
+def _degrees(anova: pd.DataFrame, row: pd.Series) -> str:
+    """"df1, df2" of an effect: the mixed ANOVA has both; a one-way repeated-measures
+    ANOVA has the effect's DF and its Error row's DF."""
+    if "DF1" in row and pd.notna(row["DF1"]):
+        return f"{row['DF1']:g}, {row['DF2']:g}"
+    error = anova[(anova["analysis"] == row["analysis"]) & (anova["Source"] == "Error")]
+    return f"{row['DF']:g}, {error['DF'].iloc[0]:g}"
+
+
+def violin_figure(metrics: pd.DataFrame, dv: str, path: Path, *, order: list[str] | None = None,
+                  note: str = "") -> None:
+    """Violins per template with one line per subject, one panel per subset plus pooled.
+
+    ``order`` is the templates' order on the x axis (default: sorted names).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    templates = order or sorted(metrics["template"].unique())
+    panels = [*sorted(metrics["subset"].unique()), POOLED]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6),
+                                sharey=True, squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        data = metrics if panel == POOLED else metrics[metrics["subset"] == panel]
+        wide = data.pivot(index="subject", columns="template", values=dv)[templates]
+        positions = np.arange(len(templates))
+        parts = axis.violinplot([wide[t].dropna() for t in templates], positions,
+                                showmeans=True, widths=0.8)
+        for body in parts["bodies"]:
+            body.set_alpha(0.35)
+        for _, row in wide.iterrows():
+            axis.plot(positions, row.to_numpy(), color="0.35", alpha=0.5, linewidth=0.8,
+                      marker="o", markersize=2.5)
+        axis.set_xticks(positions, templates, rotation=20)
+        axis.set_title(f"{panel} (n = {len(wide)})")
+        axis.set_xlabel("head template")
+    axes[0, 0].set_ylabel(DV_LABELS.get(dv, dv))
+    if note:
+        figure.suptitle(note, fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
+
+
+def write_report(out_dir: Path, *, dv: str, summary: dict, parts: tuple[pd.DataFrame, ...],
+                 note: str = "") -> None:
+    """``table1.md``, ``table1.html`` and ``report.html`` (figure embedded, files linked)."""
+    titles = ("Descriptives (mean ± SD, 95% CI)", "ANOVA (Greenhouse–Geisser corrected p)",
+              "Post-hoc paired tests between templates")
+    markdown = [f"# Table 1: effect of the head template on {dv}", ""]
+    if note:
+        markdown += [f"*{note}*", ""]
+    for title, table in zip(titles, parts, strict=True):
+        markdown += [f"## {title}", "", _markdown(table), ""]
+    write_text(out_dir / "table1.md", "\n".join(markdown))
+    tables_html = "".join(f"<h2>{html.escape(t)}</h2>{table.to_html(index=False, na_rep='–')}"
+                          for t, table in zip(titles, parts, strict=True))
+    note_html = f"<p><em>{html.escape(note)}</em></p>" if note else ""
+    style = ("<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>")
+    write_text(out_dir / "table1.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+               f"<title>Table 1</title>{style}</head><body>{note_html}{tables_html}"
+               "</body></html>\n")
+    figure = base64.b64encode((out_dir / "fig6_violin.png").read_bytes()).decode("ascii")
+    facts = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>"
+                    for k, v in summary.items())
+    links = "".join(f"<li><a href='{name}'>{name}</a></li>" for name in (
+        "metrics.tsv", "anova.tsv", "posthoc.tsv", "marginal_means.tsv", "table1.md",
+        "table1.html", "fig6_violin.png"))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>isyb study</title>"
+            f"{style}</head><body><h1>Template-effect study</h1>{note_html}<ul>{facts}</ul>"
+            f"<img alt='Fig. 6 violins' src='data:image/png;base64,{figure}' "
+            f"style='max-width:100%'>{tables_html}<h2>Files</h2><ul>{links}</ul>"
+            f"<p>isyb {__version__}</p></body></html>\n")
+    write_text(out_dir / "report.html", page)

@@ -1,0 +1,93 @@
+"""``isyb study``: the whole template-effect analysis on a BIDS dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from isyb.errors import IsybError
+from isyb.io import atomic_path
+from isyb.study.cohort import assign_subsets, find_t1w, read_participants
+from isyb.study.report import table1, violin_figure, write_report
+from isyb.study.run import collect_metrics
+from isyb.study.stats import (
+    anova_tables,
+    check_subsets,
+    complete_cases,
+    marginal_means,
+    posthoc_tables,
+)
+from isyb.templates.registry import Template
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Settings of ``isyb study`` (see its ``--help``)."""
+
+    method: str = "blur"
+    dv: str = "nmi"
+    split: str | None = None
+    split_column: str | None = None
+    seed: int = 0
+    padjust: str = "bonf"
+    parametric: bool = True
+    nprocs: int = 1
+    note: str = ""
+
+
+def write_tsv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+
+
+def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options: StudyOptions,
+              *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Deface every subject with every template, then the statistics and the report."""
+    if len({t.name for t in templates}) < 2:
+        raise IsybError("--templates needs at least two different templates")
+    images = find_t1w(bids_dir)
+    subsets = assign_subsets(sorted(images), split=options.split, column=options.split_column,
+                             participants=read_participants(bids_dir), seed=options.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = collect_metrics(images, templates, out_dir / "work", options.method,
+                              nprocs=options.nprocs, progress=progress)
+    metrics.insert(1, "subset", metrics["subject"].map(subsets))
+    write_tsv(metrics, out_dir / "metrics.tsv")
+    failed = metrics[metrics["status"] != "ok"]
+    data, dropped = complete_cases(metrics[metrics["status"] == "ok"].assign(
+        **{options.dv: lambda t: t[options.dv].astype(float)}), options.dv)
+    if log:
+        for row in failed.itertuples():
+            log(f"failed: sub-{row.subject} × {row.template}: {row.error}")
+        if dropped:
+            log(f"{len(dropped)} subject(s) dropped from the statistics (a template failed): "
+                f"{', '.join(dropped)}")
+    check_subsets(data)
+    anova = anova_tables(data, options.dv)
+    posthoc = posthoc_tables(data, options.dv, padjust=options.padjust,
+                             parametric=options.parametric)
+    means = marginal_means(data, options.dv)
+    write_tsv(anova, out_dir / "anova.tsv")
+    write_tsv(posthoc, out_dir / "posthoc.tsv")
+    write_tsv(means, out_dir / "marginal_means.tsv")
+    violin_figure(data, options.dv, out_dir / "fig6_violin.png",
+                  order=[t.name for t in templates], note=options.note)
+    summary = {
+        "subjects": len(images),
+        "templates": ", ".join(t.name for t in templates),
+        "method": options.method,
+        "dependent variable": options.dv,
+        "subsets": ", ".join(f"{k} ({v})" for k, v in
+                             data.groupby("subset")["subject"].nunique().items()),
+        "failed subject × template pairs": len(failed),
+        "subjects dropped from the statistics": len(dropped),
+        "post-hoc": f"{'paired t' if options.parametric else 'Wilcoxon'}, "
+                    f"{options.padjust} correction",
+        "seed": options.seed,
+    }
+    write_report(out_dir, dv=options.dv, summary=summary,
+                 parts=table1(means, anova, posthoc, options.dv), note=options.note)
+    return {"summary": summary, "anova": anova, "posthoc": posthoc, "metrics": metrics}

@@ -1,0 +1,161 @@
+"""`isyb study`: cohort splits, statistics equal to pingouin, the end-to-end run and its cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pingouin as pg
+import pytest
+
+from isyb.cli import main
+from isyb.demo import build_demo_dataset
+from isyb.errors import IsybError, RegistrationError
+from isyb.study.cohort import assign_subsets, parse_split, split_counts
+from isyb.study.stats import anova_tables, check_subsets, marginal_means, posthoc_tables
+from isyb.study.study import StudyOptions, run_study
+from isyb.templates.registry import resolve
+
+
+def _tidy(n: int = 12, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(n):
+        base = rng.normal(0.5, 0.05)
+        for template, effect in (("CN200", 0.04), ("MNI152", 0.0), ("Chinese2020", 0.02)):
+            rows.append(dict(subject=f"{index:02d}", subset="a" if index < n // 2 else "b",
+                             template=template, nmi=base + effect + rng.normal(0, 0.02)))
+    return pd.DataFrame(rows)
+
+
+def test_split_by_counts_and_fractions() -> None:
+    assert split_counts(parse_split("discovery:89,validation:126"), 215) == [
+        ("discovery", 89), ("validation", 126)]
+    assert split_counts(parse_split("a:0.5,b:0.5"), 7) == [("a", 4), ("b", 3)]
+    with pytest.raises(IsybError, match="sum to 10"):
+        split_counts(parse_split("a:4,b:6"), 9)
+    with pytest.raises(IsybError, match="NAME:SIZE"):
+        parse_split("discovery=89")
+
+
+def test_random_split_is_seeded() -> None:
+    subjects = [f"{i:03d}" for i in range(20)]
+    first = assign_subsets(subjects, split="d:8,v:12", seed=3)
+    assert first == assign_subsets(subjects, split="d:8,v:12", seed=3)
+    assert first != assign_subsets(subjects, split="d:8,v:12", seed=4)
+    assert sum(v == "d" for v in first.values()) == 8
+
+
+def test_split_from_a_participants_column() -> None:
+    table = pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "site": ["x", "y"]})
+    table.index = ["01", "02"]
+    assert assign_subsets(["01", "02"], column="site", participants=table) == {
+        "01": "x", "02": "y"}
+    with pytest.raises(IsybError, match="no such column"):
+        assign_subsets(["01"], column="age", participants=table)
+
+
+def test_anova_and_posthoc_equal_pingouin_called_directly() -> None:
+    data = _tidy()
+    anova = anova_tables(data, "nmi")
+    mixed = pg.mixed_anova(data=data, dv="nmi", within="template", between="subset",
+                           subject="subject", correction=True)
+    ours = anova[anova["analysis"] == "mixed"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours[mixed.columns], mixed, check_dtype=False)
+    pooled = pg.rm_anova(data=data, dv="nmi", within="template", subject="subject",
+                         detailed=True, correction=True)
+    ours = anova[anova["analysis"] == "rm:pooled"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours[pooled.columns], pooled, check_dtype=False)
+    posthoc = posthoc_tables(data, "nmi", padjust="holm")
+    direct = pg.pairwise_tests(data=data[data["subset"] == "a"], dv="nmi", within="template",
+                               subject="subject", padjust="holm")
+    ours = posthoc[posthoc["subset"] == "a"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours[direct.columns], direct, check_dtype=False)
+    wilcoxon = posthoc_tables(data, "nmi", parametric=False)
+    assert "W_val" in wilcoxon
+
+
+def test_marginal_means_have_t_intervals() -> None:
+    data = _tidy()
+    means = marginal_means(data, "nmi")
+    cell = means[(means["subset"] == "a") & (means["template"] == "CN200")].iloc[0]
+    values = data[(data["subset"] == "a") & (data["template"] == "CN200")]["nmi"]
+    assert cell["mean"] == pytest.approx(values.mean())
+    half = 2.5705818366147395 * values.std(ddof=1) / np.sqrt(6)  # t(0.975, 5)
+    assert cell["ci_high"] - cell["mean"] == pytest.approx(half)
+    assert set(means["subset"]) == {"a", "b", "pooled", "emm"}
+
+
+def test_small_subsets_are_a_clear_error() -> None:
+    data = _tidy(n=4)
+    with pytest.raises(IsybError, match="fewer than 3 complete subjects"):
+        check_subsets(data)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cohort") / "bids"
+    build_demo_dataset(root, n_subjects=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study_run(cohort: Path, default_template, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("study") / "out"
+    phantom_template = cohort / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    args = ["study", str(cohort), str(out), "--templates", f"default,{phantom_template}",
+            "--split", "a:2,b:2", "--seed", "1", "--quiet"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_study_writes_every_output(study_run) -> None:
+    out, _ = study_run
+    for name in ("metrics.tsv", "anova.tsv", "posthoc.tsv", "marginal_means.tsv", "table1.md",
+                 "table1.html", "fig6_violin.png", "report.html"):
+        assert (out / name).is_file(), name
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert len(metrics) == 8 and (metrics["status"] == "ok").all()
+    assert metrics["brain_changed_voxels"].eq(0).all()
+    assert metrics["nmi"].between(0, 1).all()
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "anova.tsv" in report
+
+
+def test_study_statistics_equal_pingouin_on_metrics_tsv(study_run) -> None:
+    out, _ = study_run
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t", dtype={"subject": str})
+    anova = pd.read_csv(out / "anova.tsv", sep="\t")
+    direct = pg.rm_anova(data=metrics, dv="nmi", within="template", subject="subject",
+                         detailed=True, correction=True)
+    ours = anova[anova["analysis"] == "rm:pooled"].reset_index(drop=True)
+    assert np.allclose(ours["F"].to_numpy(float)[:1], direct["F"].to_numpy(float)[:1])
+    assert np.allclose(ours["p_unc"].to_numpy(float)[:1], direct["p_unc"].to_numpy(float)[:1])
+
+
+def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run, monkeypatch) -> None:
+    out, args = study_run
+    calls = []
+
+    def fail(volume, template, brain=None):
+        calls.append(template.name)
+        raise RegistrationError("registration failed: simulated")
+
+    monkeypatch.setattr("isyb.study.run.align", fail)
+    assert main(args) == 0  # everything cached: align is never called
+    assert calls == []
+    metrics_file = next((out / "work" / "sub-03" / "blur").glob("tpl-*/metrics.json"))
+    metrics_file.unlink()
+    templates = [resolve(t) for t in args[4].split(",")]
+    result = run_study(Path(args[1]), out, templates, StudyOptions(split="all:4", seed=1),
+                       progress=False)
+    assert len(calls) == 1
+    record = json.loads(metrics_file.read_text())
+    assert record["status"] == "failed" and "simulated" in record["error"]
+    assert result["summary"]["failed subject × template pairs"] == 1
+    assert result["summary"]["subjects dropped from the statistics"] == 1
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t", dtype={"subject": str})
+    assert (metrics["status"] == "failed").sum() == 1
+    assert "dropped from the statistics: 1" in (out / "report.html").read_text()

@@ -131,6 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    qc = commands.add_parser("qc", help="image quality metrics of one T1w/T2w or BOLD image")
+    qsub = qc.add_subparsers(dest="kind", required=True, metavar="KIND")
+    qc_anat = qsub.add_parser(
+        "anat", help="SNR, SNRd, CNR, FBER, EFC, FWHM, CJV, WM2max of a T1w/T2w image",
+        description="MRIQC-style anatomical metrics (definitions and every difference to "
+        "MRIQC in isyb.qc.anat). Prints one JSON object.")
+    qc_anat.add_argument("image", metavar="IMAGE", type=Path)
+    qc_anat.add_argument("--contrast", choices=("T1w", "T2w"), default="T1w")
+    qc_anat.add_argument("--json", action="store_true", help="indent the JSON output")
+    qc_bold = qsub.add_parser(
+        "bold", help="motion (FD), DVARS, GCOR, tSNR, SNR, FBER, EFC, FWHM of a BOLD run",
+        description="Rigid motion per volume, then MRIQC-style functional metrics. Prints "
+        "one JSON object and writes the motion parameters, FD and DVARS per frame to a TSV.")
+    qc_bold.add_argument("image", metavar="IMAGE", type=Path)
+    qc_bold.add_argument("--tr", type=float, help="repetition time in s (default: the JSON "
+                         "sidecar's RepetitionTime, else the NIfTI header)")
+    qc_bold.add_argument("--fd-threshold", type=float, default=0.2,
+                         help="FD threshold for fd_num and fd_perc (default: %(default)s mm)")
+    qc_bold.add_argument("--tsv", type=Path, help="per-frame table (default: "
+                         "<image stem>_qc-frames.tsv in the current folder)")
+    qc_bold.add_argument("--json", action="store_true", help="indent the JSON output")
+
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
         description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
@@ -250,6 +272,46 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qc(args: argparse.Namespace) -> int:
+    from isyb.io import load_image, load_volume, strip_image_suffix
+
+    if args.kind == "anat":
+        from isyb.qc.anat import anat_masks, anat_metrics
+
+        volume = load_volume(args.image)
+        masks = anat_masks(volume.data, volume.zooms, contrast=args.contrast)
+        record = anat_metrics(volume.data, volume.zooms, contrast=args.contrast, masks=masks)
+        record["noise_source"] = masks.noise_source
+        if masks.note:
+            record["note"] = masks.note
+        print(json.dumps(record, indent=2 if args.json else None))
+        return 0
+    import numpy as np
+    import pandas as pd
+
+    from isyb.io import atomic_path
+    from isyb.qc.bold import bold_metrics, repetition_time
+
+    image = load_image(args.image, allow_4d=True)
+    if len(image.shape) != 4 or image.shape[3] < 2:
+        raise IsybError(f"{args.image}: expected a 4-D BOLD series, got shape {image.shape}")
+    sidecar = Path(f"{strip_image_suffix(args.image)}.json")
+    metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    tr = args.tr if args.tr is not None else repetition_time(image.header, metadata)
+    series = np.asarray(image.dataobj, dtype=np.float32)
+    metrics, table = bold_metrics(series, image.header.get_zooms()[:3], tr,
+                                  fd_threshold=args.fd_threshold)
+    tsv = args.tsv or Path(f"{Path(strip_image_suffix(args.image)).name}_qc-frames.tsv")
+    with atomic_path(tsv) as tmp:
+        pd.DataFrame(table).to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    record = {key: (float(value) if isinstance(value, float | np.floating) else value)
+              for key, value in metrics.items()}
+    record["tr_s"] = tr
+    record["frames_tsv"] = str(tsv)
+    print(json.dumps(record, indent=2 if args.json else None, default=int))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
@@ -282,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
-                "study": cmd_study, "demo": cmd_demo}
+                "study": cmd_study, "qc": cmd_qc, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except IsybError as exc:

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Wilcoxon signed-rank post-hoc tests instead of paired t-tests")
     study.add_argument("--dv", choices=("nmi", "face_surface_changed_fraction"),
                        default="nmi", help="dependent variable (default: %(default)s)")
+    study.add_argument("--study-iterations", type=_positive_int, default=3,
+                       help="template `study`: ANTs template-construction iterations "
+                       "(default: %(default)s)")
+    study.add_argument("--study-subjects", type=_positive_int,
+                       help="template `study`: build it from this many subjects, drawn with "
+                       "--seed (default: all)")
     study.add_argument("--nprocs", type=_positive_int, default=1)
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -255,12 +261,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_template(args: argparse.Namespace):
+    """Build (once; cached in OUT_DIR) and prepare a head template from the cohort itself."""
+    from isyb.study.cohort import find_t1w
+    from isyb.study.template import build_study_template
+    from isyb.templates.fetch import sha256_file
+    from isyb.templates.registry import prepare
+
+    path = args.out_dir / "work" / (f"study_template_it{args.study_iterations}_n"
+                                    f"{args.study_subjects or 'all'}_seed{args.seed}.nii.gz")
+    if not path.is_file():
+        _note(f"building the study template from the cohort ({path})")
+        build_study_template(sorted(find_t1w(args.bids_dir).values()), path,
+                             n_subjects=args.study_subjects,
+                             iterations=args.study_iterations, seed=args.seed, progress=_note)
+    return prepare(f"study{sha256_file(path)[:12]}", path, None,
+                   source=f"study template built from {args.bids_dir}", progress=_note)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
-    templates = [resolve(name, progress=_note) for name in names]
+    templates = [_study_template(args) if name == "study" else resolve(name, progress=_note)
+                 for name in names]
     options = StudyOptions(method=args.method, dv=args.dv, split=args.split,
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon,

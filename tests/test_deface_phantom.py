@@ -112,3 +112,19 @@ def test_guard_dilation_matches_brute_force() -> None:
     points = np.argwhere(mask) * zooms
     nearest = np.min(np.linalg.norm(grid[:, None, :] - points[None, :, :], axis=2), axis=1)
     assert np.array_equal(guard.ravel(), nearest <= 5.0)
+
+
+def test_a_face_cut_off_from_the_head_is_still_obscured(phantom, case, default_template) -> None:
+    """A dark gap between face and head must not leave the face untouched (fail open)."""
+    volume, alignment = case
+    data = volume.data.copy()
+    labels = phantom.labels
+    face = np.isin(labels, [Label.NOSE, Label.LIPS])
+    gap = ndimage.binary_dilation(face, iterations=2) & ~face & (labels != Label.BACKGROUND)
+    data[gap] = 0.0
+    from isyb.io import Volume
+
+    cut = Volume(data, volume.affine, volume.source)
+    result = deface_volume(cut, default_template, DefaceOptions(method="blur"),
+                           alignment=alignment)
+    assert (result.data != data)[labels == Label.NOSE].mean() > 0.95

@@ -123,7 +123,10 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     guard = np.zeros(volume.shape, dtype=bool)
     guard[box] = brain_guard(brain[box], zooms, options.guard_mm)
     region = full_region & ~guard
-    head = head_mask(volume.data, skin_threshold(volume.data))
+    threshold = skin_threshold(volume.data)
+    # Tissue in the face region counts as head even when a dark gap cuts it off
+    # from the largest piece: otherwise blur and noise would leave it untouched.
+    head = head_mask(volume.data, threshold) | ((volume.data > threshold) & full_region)
     new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
                                    head=head[box], layer_mm=options.layer_mm,
                                    smooth_mm=options.smooth_mm, seed=options.seed)

@@ -99,3 +99,14 @@ def default_template(isyb_home: Path):
     from isyb.templates.registry import resolve
 
     return resolve("default")
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Check a CLI failure: exit 2 and exactly one ``isyb: error:`` line naming ``fragments``."""
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("isyb: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import isyb
+from conftest import assert_one_line_error
 from isyb.cli import main
 from isyb.phantom import make_phantom, to_nifti
 
@@ -46,16 +47,6 @@ def call(argv: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     elapsed = time.perf_counter() - start
     out, err = capsys.readouterr()
     return code, out, err, elapsed
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
-    assert code == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("isyb: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def stray_files(folder: Path) -> list[Path]:

@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
 from isyb.cli import main
 from isyb.deface import dataset as dataset_mod
 from isyb.deface import run as run_mod
@@ -59,15 +60,6 @@ def cli(argv: list[object]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main([str(a) for a in argv])
     return code, stdout.getvalue(), stderr.getvalue()
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("isyb: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def umask() -> int:

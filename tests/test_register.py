@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from isyb.errors import RegistrationError
 from isyb.phantom import make_phantom
-from isyb.register import STARTS, register_template, resample_to
+from isyb.register import STARTS, TemplateGrid, register_template, resample_to
 
 # Linear part of the ISYB team's CAPIIO -> CN200 matrix (zuoxinian/CCS): a
 # Chinese head is wider, shorter front to back and lower than the Western atlas.
@@ -22,6 +22,10 @@ CN200_SHAPE = np.array([[1.045734549, -0.008453204487, -0.01772608509],
 @pytest.fixture(scope="module")
 def template():
     return make_phantom(voxel_size=2.0, seed=0)
+
+
+def _grid(template) -> TemplateGrid:
+    return TemplateGrid.from_arrays(template.image, template.affine, template.brain_mask)
 
 
 def _subject(template, matrix: np.ndarray, shift: np.ndarray):
@@ -56,8 +60,7 @@ def test_recovers_a_known_affine(template, case: str) -> None:
         matrix = Rotation.from_euler("xyz", [12, -6, 8], degrees=True).as_matrix() * 1.05
         shift = np.array([25.0, -40.0, 60.0])
     image, affine, brain, truth = _subject(template, matrix, shift)
-    result = register_template(image, affine, brain, template.image, template.affine,
-                               template.brain_mask)
+    result = register_template(image, affine, brain, _grid(template))
     assert result.score > 0.9
     assert _landmark_error(template, result.subject_to_template, truth) < 3.0
 
@@ -67,8 +70,7 @@ def test_poor_scores_try_every_start_and_keep_the_best(template,
     starts = STARTS[:3]
     monkeypatch.setattr("isyb.register.STARTS", starts)
     image, affine, brain, _ = _subject(template, np.eye(3), np.zeros(3))
-    result = register_template(image, affine, brain, template.image, template.affine,
-                               template.brain_mask, accept=1.01)
+    result = register_template(image, affine, brain, _grid(template), accept=1.01)
     assert [a["start"] for a in result.attempts] == [s[0] for s in starts]
     assert round(result.score, 4) == max(a["brain_dice"] for a in result.attempts)
 
@@ -78,10 +80,27 @@ def test_fails_closed_when_nothing_fits(template) -> None:
     wrong = np.zeros_like(brain)
     wrong[:30, :30, :30] = True  # a "brain" in a corner of the FOV
     with pytest.raises(RegistrationError, match="registration failed"):
-        register_template(image, affine, wrong, template.image, template.affine,
-                          template.brain_mask)
+        register_template(image, affine, wrong, _grid(template))
 
 
 def test_cn200_matrix_in_the_test_data_is_the_one_used_here(data_root: Path) -> None:
     matrix = np.loadtxt(data_root / "transforms" / "CAPIIO_to_CN200.mat")
     assert np.allclose(matrix[:3, :3], CN200_SHAPE)
+
+
+def test_prepared_template_keeps_its_working_grid_on_disk(default_template) -> None:
+    head, brain = default_template.load()
+    expected = TemplateGrid.from_arrays(head.data, head.affine, brain)
+    path = default_template.head.parent / f"tpl-{default_template.name}_res-4mm_grid.npz"
+    path.unlink(missing_ok=True)
+    first = default_template.working_grid()
+    assert path.is_file()
+    second = default_template.working_grid()
+    for grid in (first, second):
+        np.testing.assert_array_equal(grid.head, expected.head)
+        np.testing.assert_array_equal(grid.brain, expected.brain)
+        np.testing.assert_array_equal(grid.affine, expected.affine)
+    path.write_bytes(b"not an npz")  # a damaged cache entry is recomputed, not trusted
+    np.testing.assert_array_equal(default_template.working_grid().head, expected.head)
+    with np.load(path) as stored:
+        assert str(stored["stamp"]).startswith(default_template.info["head_sha256"])

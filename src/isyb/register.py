@@ -26,6 +26,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from isyb.errors import RegistrationError
+from isyb.grid import strided_box_mean
 
 #: Starts tried in order, as (name, pitch, yaw, roll) in degrees about the
 #: brain centroid (pitch about Right, yaw about Superior, roll about Anterior).
@@ -57,22 +58,52 @@ class Registration:
     attempts: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TemplateGrid:
+    """A template on the registration working grid: what :func:`register_template` needs.
+
+    ``head`` is the head block-averaged onto ``spacing_mm`` and scaled to
+    0..~1.2 (99.5th percentile = 1); ``brain`` is the block-averaged brain mask
+    (fraction of brain in each cell, 0..1); ``affine`` is their voxel->RAS mm.
+    Computing it from a 1 mm template takes ~0.7 s, so prepared templates keep
+    it on disk (:meth:`isyb.templates.registry.Template.working_grid`).
+    """
+
+    head: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray
+    spacing_mm: float
+
+    @classmethod
+    def from_arrays(cls, head: np.ndarray, affine: np.ndarray, brain: np.ndarray,
+                    spacing_mm: float = 4.0) -> TemplateGrid:
+        """Bring a RAS head array and its boolean brain mask onto the working grid."""
+        grid, grid_affine = working_grid(head, affine, spacing_mm)
+        brain_grid = working_grid(brain.astype(np.float32), affine, spacing_mm)[0]
+        return cls(_normalise(grid), brain_grid, grid_affine, float(spacing_mm))
+
+
 def working_grid(data: np.ndarray, affine: np.ndarray, spacing_mm: float,
                  *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Resample a RAS array onto an isotropic grid of ``spacing_mm`` (same extent).
 
     Returns the resampled array and its voxel->world affine. Downsampling is
-    anti-aliased by a box filter one step wide (block means).
+    anti-aliased by a box filter one step wide (block means). When every step
+    is a whole number of voxels, the block means are computed only where they
+    are kept (:func:`isyb.grid.strided_box_mean`, same values, ~10x faster).
     """
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     step = spacing_mm / zooms
     shape = np.maximum(np.ceil(np.array(data.shape) / step).astype(int), 1)
-    source = data.astype(np.float32)
     size = np.maximum(np.rint(step).astype(int), 1)
-    if order > 0 and np.any(size > 1):
-        source = ndimage.uniform_filter(source, size)
-    out = ndimage.affine_transform(source, np.diag(step), output_shape=tuple(shape), order=order,
-                                   mode="constant", cval=0.0)
+    if order > 0 and np.allclose(step, size, rtol=0, atol=1e-6):
+        out = strided_box_mean(data, size, np.zeros(3, dtype=int))
+    else:
+        source = data.astype(np.float32)
+        if order > 0 and np.any(size > 1):
+            source = ndimage.uniform_filter(source, size)
+        out = ndimage.affine_transform(source, np.diag(step), output_shape=tuple(shape),
+                                       order=order, mode="constant", cval=0.0)
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] @ np.diag(step)
     return out, new_affine
@@ -153,28 +184,25 @@ def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
 
 
 def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_brain: np.ndarray,
-                      template: np.ndarray, template_affine: np.ndarray,
-                      template_brain: np.ndarray, *, spacing_mm: float = 4.0,
-                      accept: float = 0.80, fail_below: float = 0.65,
-                      seed: int = 42) -> Registration:
+                      template: TemplateGrid, *, accept: float = 0.80,
+                      fail_below: float = 0.65, seed: int = 42) -> Registration:
     """Fit a template->subject affine; retry other starts while the score is poor.
 
-    ``subject``/``template`` are RAS arrays with their affines and boolean
-    brain masks on the same grids. ``accept`` is the Dice at which the search
-    stops; ``fail_below`` the Dice under which the best start is rejected.
+    ``subject`` is a RAS array with its affine and boolean brain mask;
+    ``template`` is already on the working grid, whose spacing the subject is
+    brought to. ``accept`` is the Dice at which the search stops;
+    ``fail_below`` the Dice under which the best start is rejected.
     """
     import ants
 
     # One ITK thread and a fixed seed make ANTs' sampled metric reproducible:
     # with two threads, two runs on the same input differed by up to 0.26 mm.
     ants.config.set_ants_deterministic(True, seed)
+    spacing_mm = template.spacing_mm
     subj, subj_aff = working_grid(subject, subject_affine, spacing_mm)
     subj = _normalise(subj)
     subj_brain = working_grid(subject_brain.astype(np.float32), subject_affine, spacing_mm)[0] > 0.5
-    tmpl, tmpl_aff = working_grid(template, template_affine, spacing_mm)
-    tmpl = _normalise(tmpl)
-    tmpl_brain_f = working_grid(template_brain.astype(np.float32), template_affine,
-                                spacing_mm)[0]
+    tmpl, tmpl_aff, tmpl_brain_f = template.head, template.affine, template.brain
     subj_frame = _frame(subj_aff, _centroid_world(subj_brain, subj_aff))
     tmpl_frame = _frame(tmpl_aff, _centroid_world(tmpl_brain_f > 0.5, tmpl_aff))
     fixed_origin = (subj_frame @ subj_aff)[:3, 3]

@@ -91,9 +91,7 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
     brain_ml = check_brain_mask(brain, volume.zooms, in_fov_fraction=0.3)
     brain_s = time.perf_counter() - clock
     clock = time.perf_counter()
-    tmpl_head, tmpl_brain = template.load()
-    registration = register_template(volume.data, volume.affine, brain, tmpl_head.data,
-                                     tmpl_head.affine, tmpl_brain)
+    registration = register_template(volume.data, volume.affine, brain, template.working_grid())
     timings = {"brain_s": brain_s, "registration_s": time.perf_counter() - clock}
     return Alignment(brain, brain_ml, registration, timings)
 

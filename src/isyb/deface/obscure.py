@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from isyb.deface.guard import bounding_box
+from isyb.grid import strided_box_mean
 
 METHODS = ("blur", "remove", "noise")
 #: Grid spacing (mm) of the smooth fields.
@@ -67,10 +68,7 @@ def coarse_factors(zooms: np.ndarray, target_mm: float = COARSE_MM) -> np.ndarra
 
 def downsample(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Block means of ``factors`` voxels (box filter, then every factor-th voxel)."""
-    out = array.astype(np.float32)
-    if np.any(factors > 1):
-        out = ndimage.uniform_filter(out, size=factors, mode="nearest")
-    return out[tuple(slice(f // 2, None, f) for f in factors)]
+    return strided_box_mean(array, factors, np.asarray(factors) // 2, mode="nearest")
 
 
 def upsample(coarse: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

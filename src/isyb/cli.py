@@ -25,6 +25,25 @@ EXAMPLES_DEFACE = """examples:
 """
 
 
+EXAMPLES_QC = """examples:
+  isyb qc anat sub-01_T1w.nii.gz --json
+  isyb qc bold sub-01_task-rest_bold.nii.gz --tsv frames.tsv
+  isyb qc bids/ qc_out/ participant --nprocs 2
+  isyb qc bids/ qc_out/ group --sd-threshold 3 --fd-threshold 0.2
+"""
+
+#: Name of the hidden ``qc`` sub-command that ``isyb qc BIDS_DIR OUT_DIR LEVEL`` maps to.
+QC_DATASET = "dataset"
+
+
+def _qc_dataset_argv(argv: list[str]) -> list[str]:
+    """Route ``qc BIDS_DIR ...`` (a path, not anat/bold/an option) to the dataset form."""
+    if len(argv) >= 2 and argv[0] == "qc" and not argv[1].startswith("-") \
+            and argv[1] not in ("anat", "bold", QC_DATASET):
+        return ["qc", QC_DATASET, *argv[1:]]
+    return argv
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -137,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    qc = commands.add_parser("qc", help="image quality metrics of one T1w/T2w or BOLD image")
+    qc = commands.add_parser(
+        "qc", help="image quality metrics of one image, or of a whole BIDS dataset",
+        description="isyb qc anat IMAGE | isyb qc bold IMAGE | "
+        "isyb qc BIDS_DIR OUT_DIR participant|group (dataset mode)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_QC)
     qsub = qc.add_subparsers(dest="kind", required=True, metavar="KIND")
     qc_anat = qsub.add_parser(
         "anat", help="SNR, SNRd, CNR, FBER, EFC, FWHM, CJV, WM2max of a T1w/T2w image",
@@ -158,6 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
     qc_bold.add_argument("--tsv", type=Path, help="per-frame table (default: "
                          "<image stem>_qc-frames.tsv in the current folder)")
     qc_bold.add_argument("--json", action="store_true", help="indent the JSON output")
+    qc_set = qsub.add_parser(
+        QC_DATASET, usage="isyb qc BIDS_DIR OUT_DIR {participant,group} [options]",
+        help="dataset mode: isyb qc BIDS_DIR OUT_DIR participant|group",
+        description="Dataset mode. participant: metrics JSON, per-frame TSV (BOLD) and an "
+        "HTML page for every T1w, T2w and BOLD run, under OUT_DIR/derivatives/isyb (resumes "
+        "finished runs). group: group_T1w.tsv, group_bold.tsv, exclusions.tsv and "
+        "group_qc.html. Exclusion rules: a metric beyond ±SD-THRESHOLD sample SDs of the "
+        "group mean (computed once, over all runs of the modality, not iteratively), and a "
+        "BOLD mean FD above FD-THRESHOLD mm.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_QC)
+    qc_set.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    qc_set.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    qc_set.add_argument("level", choices=("participant", "group"))
+    qc_set.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="participant level: only these subjects (with or without sub-)")
+    qc_set.add_argument("--nprocs", type=_positive_int, default=1,
+                        help="participant level: runs processed in parallel (default: 1)")
+    qc_set.add_argument("--sd-threshold", type=float, default=3.0,
+                        help="SD rule: exclude beyond ± this many SDs (default: %(default)s)")
+    qc_set.add_argument("--no-sd-rule", action="store_true", help="turn the SD rule off")
+    qc_set.add_argument("--sd-metrics", metavar="LIST",
+                        help="comma-separated metrics the SD rule checks (default: the "
+                        "descriptor's: snr,fber,cnr,efc,fwhm_avg for T1w/T2w and "
+                        "snr,fber,efc,fwhm_avg,fd_mean,dvars_std,gcor for BOLD)")
+    qc_set.add_argument("--fd-threshold", type=float, default=0.2,
+                        help="FD rule: exclude BOLD runs with mean FD above this (mm; also "
+                        "the fd_num/fd_perc threshold; default: %(default)s)")
+    qc_set.add_argument("--no-fd-rule", action="store_true", help="turn the FD rule off")
+    qc_set.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
@@ -297,9 +349,39 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qc_dataset(args: argparse.Namespace) -> int:
+    from isyb.qc.dataset import qc_group, qc_participants
+    from isyb.qc.rules import ExclusionRules
+
+    if args.level == "participant":
+        records = qc_participants(args.bids_dir, args.out_dir, labels=args.participant_label,
+                                  fd_threshold=args.fd_threshold, nprocs=args.nprocs,
+                                  progress=not args.quiet)
+        failed = [r for r in records if r["status"] != "ok"]
+        for record in failed:
+            _note(f"failed: {record['source']}: {record['error']}")
+        print(json.dumps({"runs": len(records), "failed": len(failed),
+                          "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
+        return 1 if failed else 0
+    if args.participant_label:
+        raise IsybError("--participant-label is for the participant level")
+    metrics = None
+    if args.sd_metrics is not None:
+        metrics = tuple(m.strip() for m in args.sd_metrics.split(",") if m.strip())
+    rules = ExclusionRules(sd_threshold=None if args.no_sd_rule else args.sd_threshold,
+                           fd_threshold=None if args.no_fd_rule else args.fd_threshold,
+                           sd_metrics=metrics)
+    summary = qc_group(args.out_dir, rules)
+    print(json.dumps(summary))
+    _note(f"report: {summary['report']}")
+    return 0
+
+
 def cmd_qc(args: argparse.Namespace) -> int:
     from isyb.io import load_image, load_volume, strip_image_suffix
 
+    if args.kind == QC_DATASET:
+        return cmd_qc_dataset(args)
     if args.kind == "anat":
         from isyb.qc.anat import anat_masks, anat_metrics
 
@@ -365,7 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_qc_dataset_argv(sys.argv[1:] if argv is None else list(argv)))
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,

@@ -1,0 +1,129 @@
+"""Exclusion rules of the data descriptor, applied to a group table of QC metrics.
+
+Two rules, as in the ISYB data descriptor:
+
+1. **SD rule.** A run is excluded when a metric lies strictly beyond
+   ``sd_threshold`` standard deviations of the group mean:
+   ``|x - mean| > k * SD``. Mean and SD are computed **once**, over every run
+   of the same modality that has a value (SD with ``ddof=1``, the sample SD),
+   and are not recomputed after removing the outliers. This is what "values
+   beyond ±3 SD of the group mean" says; an iterative (re-estimated) SD
+   would exclude more runs in a skewed distribution, and a run's fate would
+   depend on the order of removals. A metric with fewer than
+   :data:`MIN_RUNS_FOR_SD` values, or with SD = 0, triggers nothing.
+2. **FD rule** (BOLD only). A run is excluded when its mean framewise
+   displacement ``fd_mean`` is strictly above ``fd_threshold`` mm.
+
+Both rules look at the same, unfiltered group: the FD rule does not change
+the mean and SD that the SD rule uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Metrics the descriptor screened with the SD rule, per modality
+#: (its Figs. 1-2: SNR, FBER, CNR, EFC, FWHM for T1w; SNR, FBER, EFC, FWHM,
+#: mean FD, standardized DVARS, GCOR for resting-state BOLD).
+SD_METRICS: dict[str, tuple[str, ...]] = {
+    "T1w": ("snr", "fber", "cnr", "efc", "fwhm_avg"),
+    "T2w": ("snr", "fber", "cnr", "efc", "fwhm_avg"),
+    "bold": ("snr", "fber", "efc", "fwhm_avg", "fd_mean", "dvars_std", "gcor"),
+}
+
+#: Fewest runs with a value for the SD rule to apply to a metric.
+MIN_RUNS_FOR_SD = 3
+
+REASON_COLUMNS = ["bids_name", "participant_id", "modality", "rule", "metric", "value",
+                  "group_mean", "group_sd", "z", "threshold"]
+EXCLUSION_COLUMNS = ["bids_name", "participant_id", "modality", "rules", "metrics", "values",
+                     "reasons"]
+
+
+@dataclass(frozen=True)
+class ExclusionRules:
+    """Rule settings. ``sd_threshold`` or ``fd_threshold`` = None turns that rule off.
+
+    ``sd_metrics`` replaces :data:`SD_METRICS` for every modality (only the
+    metrics a modality has are used); an empty tuple turns the SD rule off.
+    """
+
+    sd_threshold: float | None = 3.0
+    fd_threshold: float | None = 0.2
+    sd_metrics: tuple[str, ...] | None = None
+
+    def metrics_for(self, modality: str, available: Sequence[str]) -> list[str]:
+        """The SD-rule metrics of ``modality`` that the table has."""
+        wanted = self.sd_metrics if self.sd_metrics is not None else SD_METRICS.get(modality, ())
+        return [m for m in wanted if m in available]
+
+
+def exclusion_reasons(table: pd.DataFrame, modality: str, rules: ExclusionRules) -> pd.DataFrame:
+    """Every (run, rule, metric) that excludes a run: one row each (:data:`REASON_COLUMNS`).
+
+    ``table`` has one row per run with ``bids_name``, ``participant_id`` and
+    metric columns (a group TSV). ``z`` is ``(value - mean) / SD`` for the SD
+    rule and empty for the FD rule; ``threshold`` is the rule's bound in the
+    metric's units (``mean ± k SD``) or in mm.
+    """
+    rows: list[dict] = []
+    if rules.sd_threshold is not None:
+        k = float(rules.sd_threshold)
+        for metric in rules.metrics_for(modality, list(table.columns)):
+            values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
+            valid = np.isfinite(values)
+            if valid.sum() < MIN_RUNS_FOR_SD:
+                continue
+            mean = float(values[valid].mean())
+            sd = float(values[valid].std(ddof=1))
+            if sd == 0.0:
+                continue
+            z = (values - mean) / sd
+            for i in np.flatnonzero(valid & (np.abs(values - mean) > k * sd)):
+                rows.append(_reason(table.iloc[i], modality, "sd", metric, values[i], mean, sd,
+                                    z[i], f"{mean - k * sd:.6g}..{mean + k * sd:.6g}"))
+    if rules.fd_threshold is not None and modality == "bold" and "fd_mean" in table:
+        fd = pd.to_numeric(table["fd_mean"], errors="coerce").to_numpy(dtype=float)
+        for i in np.flatnonzero(np.isfinite(fd) & (fd > rules.fd_threshold)):
+            rows.append(_reason(table.iloc[i], modality, "fd", "fd_mean", fd[i], None, None, None,
+                                f">{rules.fd_threshold:g}"))
+    return pd.DataFrame(rows, columns=REASON_COLUMNS)
+
+
+def _reason(row: pd.Series, modality: str, rule: str, metric: str, value: float,
+            mean: float | None, sd: float | None, z: float | None, threshold: str) -> dict:
+    return {"bids_name": row["bids_name"], "participant_id": row["participant_id"],
+            "modality": modality, "rule": rule, "metric": metric, "value": float(value),
+            "group_mean": mean, "group_sd": sd, "z": z, "threshold": threshold}
+
+
+def exclusions(reasons: pd.DataFrame) -> pd.DataFrame:
+    """One row per excluded run (:data:`EXCLUSION_COLUMNS`), from :func:`exclusion_reasons`.
+
+    ``rules``, ``metrics`` and ``values`` list every reason of the run in
+    the same order, separated by ``;``. ``reasons`` says them in words, for
+    example ``snr = 4.1 outside 5.4..18.6 (mean 12, SD 2.2, z = -3.59)`` or
+    ``fd_mean = 0.31 mm > 0.2 mm``.
+    """
+    rows = []
+    for (name, participant, modality), group in reasons.groupby(
+            ["bids_name", "participant_id", "modality"], sort=True):
+        rows.append({
+            "bids_name": name, "participant_id": participant, "modality": modality,
+            "rules": ";".join(group["rule"]),
+            "metrics": ";".join(group["metric"]),
+            "values": ";".join(f"{v:.6g}" for v in group["value"]),
+            "reasons": "; ".join(_words(r) for r in group.itertuples()),
+        })
+    return pd.DataFrame(rows, columns=EXCLUSION_COLUMNS)
+
+
+def _words(reason) -> str:
+    if reason.rule == "fd":
+        return f"fd_mean = {reason.value:.3g} mm {reason.threshold.replace('>', '> ')} mm"
+    return (f"{reason.metric} = {reason.value:.4g} outside {reason.threshold} "
+            f"(mean {reason.group_mean:.4g}, SD {reason.group_sd:.4g}, z = {reason.z:+.2f})")

@@ -10,10 +10,11 @@ import pandas as pd
 import pingouin as pg
 import pytest
 
+from isyb.bids.participants import parse_split, split_counts
 from isyb.cli import main
 from isyb.demo import build_demo_dataset
 from isyb.errors import IsybError, RegistrationError
-from isyb.study.cohort import assign_subsets, parse_split, split_counts
+from isyb.study.cohort import assign_subsets
 from isyb.study.stats import anova_tables, check_subsets, marginal_means, posthoc_tables
 from isyb.study.study import StudyOptions, run_study
 from isyb.templates.registry import resolve

@@ -44,6 +44,12 @@ def _qc_dataset_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+EXAMPLES_SPLIT = """examples:
+  isyb split bids/ --sizes discovery:89,validation:126 --seed 1 --stratify sex --in-place
+  isyb split bids/ --sizes a:0.4,b:0.6 --stratify sex,age --output participants_split.tsv
+"""
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -210,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "the fd_num/fd_perc threshold; default: %(default)s)")
     qc_set.add_argument("--no-fd-rule", action="store_true", help="turn the FD rule off")
     qc_set.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    split = commands.add_parser(
+        "split", help="add a seeded discovery/validation column to participants.tsv",
+        description="Assign every subject of BIDS_DIR to a subset (seeded, optionally "
+        "stratified) and write participants.tsv with the new column. participants.tsv is "
+        "checked against the subjects on disk first; without one, a table of the subjects "
+        "is made. The input is not changed unless --in-place is given.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_SPLIT)
+    split.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    split.add_argument("--sizes", default="discovery:0.5,validation:0.5",
+                       help="NAME:SIZE,... as counts (discovery:89,validation:126) or "
+                       "fractions (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    split.add_argument("--stratify", metavar="COLUMNS",
+                       help="comma-separated participants.tsv columns to stratify by, e.g. "
+                       "sex,age (numeric columns are cut into --age-bins quantile bins)")
+    split.add_argument("--age-bins", type=_positive_int, default=4,
+                       help="quantile bins of a numeric stratification column (default: 4)")
+    split.add_argument("--column", default="subset", help="name of the new column "
+                       "(default: %(default)s)")
+    target = split.add_mutually_exclusive_group()
+    target.add_argument("--output", type=Path, help="write the table here (default: stdout)")
+    target.add_argument("--in-place", action="store_true",
+                        help="rewrite BIDS_DIR/participants.tsv (atomically)")
 
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
@@ -419,6 +449,45 @@ def cmd_qc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from isyb.bids.participants import (
+        assign_split,
+        strata_labels,
+        subjects_on_disk,
+        validate_participants,
+    )
+    from isyb.io import write_text
+
+    subjects = subjects_on_disk(args.bids_dir)
+    if not subjects:
+        raise IsybError(f"{args.bids_dir}: no sub-* folders")
+    table = validate_participants(args.bids_dir)
+    if table is None:
+        table = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]},
+                             index=subjects)
+    if args.column in table and not (args.in_place or args.output):
+        _note(f"column {args.column!r} exists and will be replaced in the output")
+    strata = None
+    if args.stratify:
+        columns = [c.strip() for c in args.stratify.split(",") if c.strip()]
+        strata = strata_labels(table, subjects, columns, age_bins=args.age_bins)
+    subsets = assign_split(subjects, args.sizes, seed=args.seed, strata=strata)
+    out = table.copy()
+    out[args.column] = [subsets[s] for s in out.index]
+    text = out.to_csv(sep="\t", index=False)
+    if args.in_place:
+        write_text(args.bids_dir / "participants.tsv", text)
+    elif args.output:
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    counts = out[args.column].value_counts().sort_index()
+    _note("subsets: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
@@ -451,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
-                "study": cmd_study, "qc": cmd_qc, "demo": cmd_demo}
+                "study": cmd_study, "qc": cmd_qc, "split": cmd_split, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except IsybError as exc:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from isyb.bids.participants import read_participants
 from isyb.errors import IsybError
 from isyb.io import atomic_path
-from isyb.study.cohort import assign_subsets, find_t1w, read_participants
+from isyb.study.cohort import assign_subsets, find_t1w
 from isyb.study.report import table1, violin_figure, write_report
 from isyb.study.run import collect_metrics
 from isyb.study.stats import (

@@ -1,0 +1,1 @@
+"""BIDS curation: metadata scrubbing, participants and subsets."""

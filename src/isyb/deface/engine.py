@@ -2,7 +2,9 @@
 
 This module is pure numerics on a :class:`isyb.io.Volume` and a prepared
 :class:`isyb.templates.registry.Template`; reading and writing files is the
-business of :mod:`isyb.deface.run`.
+business of :mod:`isyb.deface.run`. The one exception is the template's
+smoothed outline, which ``blur`` and ``noise`` give the face: it is read from
+(or built into) the template's cache folder by :mod:`isyb.deface.outline`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 
 from isyb.brain import check_brain_mask, extract_brain
 from isyb.deface.guard import bounding_box, brain_guard
-from isyb.deface.obscure import METHODS, head_mask, obscure, skin_surface
+from isyb.deface.obscure import BLEND_MM, METHODS, head_mask, obscure, skin_surface
+from isyb.deface.outline import outline_for
 from isyb.deface.region import face_region
 from isyb.errors import IsybError
 from isyb.io import Volume
@@ -29,7 +32,14 @@ LITTLE_FACE_RATIO = 0.35
 
 @dataclass(frozen=True)
 class DefaceOptions:
-    """Settings of one defacing run (see ``isyb deface --help``)."""
+    """Settings of one defacing run (see ``isyb deface --help``).
+
+    Lengths are mm: ``guard_mm`` the brain guard margin, ``layer_mm`` the
+    half-thickness of the rebuilt skin layer, ``smooth_mm`` the Gaussian sigma
+    of the outlines, ``blend_mm`` the band inside the face region's border
+    where the template's outline gives way to the subject's
+    (:func:`isyb.deface.obscure.obscure`).
+    """
 
     method: str = "blur"
     ears: bool = False
@@ -37,6 +47,7 @@ class DefaceOptions:
     guard_mm: float = 10.0
     layer_mm: float = 8.0
     smooth_mm: float = 16.0
+    blend_mm: float = BLEND_MM
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -116,7 +127,7 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     # Only the face region's bounding box can change. Grown by the guard margin
     # and the smoothing reach, it holds every brain voxel within the margin of a
     # changeable voxel, so the guard computed inside it is exact where it matters.
-    reach = max(options.guard_mm, options.layer_mm + 3 * options.smooth_mm)
+    reach = max(options.guard_mm, options.layer_mm + 3 * options.smooth_mm, options.blend_mm)
     box = bounding_box(full_region, np.ceil(reach / zooms).astype(int) + 1)
     guard = np.zeros(volume.shape, dtype=bool)
     guard[box] = brain_guard(brain[box], zooms, options.guard_mm)
@@ -125,9 +136,15 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     # Tissue in the face region counts as head even when a dark gap cuts it off
     # from the largest piece: otherwise blur and noise would leave it untouched.
     head = head_mask(volume.data, threshold) | ((volume.data > threshold) & full_region)
+    outline = None if options.method == "remove" else outline_for(template, options.smooth_mm)
+    box_to_voxel = np.eye(4)
+    box_to_voxel[:3, 3] = [part.start for part in box]
     new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
                                    head=head[box], layer_mm=options.layer_mm,
-                                   smooth_mm=options.smooth_mm, seed=options.seed)
+                                   smooth_mm=options.smooth_mm, seed=options.seed,
+                                   outline=outline,
+                                   voxel_to_template=voxel_to_template @ box_to_voxel,
+                                   face=full_region[box], blend_mm=options.blend_mm)
     new_data = volume.data.copy()
     new_data[box] = new_box
     allowed = np.zeros(volume.shape, dtype=bool)

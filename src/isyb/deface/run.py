@@ -135,7 +135,7 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
         "method": options.method,
         "options": {"ears": options.ears, "neck": options.neck, "guard_mm": options.guard_mm,
                     "layer_mm": options.layer_mm, "smooth_mm": options.smooth_mm,
-                    "seed": options.seed},
+                    "blend_mm": options.blend_mm, "seed": options.seed},
         "changed_voxels": int(changed3.sum()),
         "brain_guard": {"margin_mm": options.guard_mm,
                         "guard_voxels_checked": int(guard_src.sum()),

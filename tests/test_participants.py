@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,8 @@ def test_split_cli_writes_a_column_and_never_changes_the_input_unless_asked(
     assert main(["split", str(root), "--sizes", "d:8,v:12", "--seed", "3", "--stratify",
                  "sex", "--in-place"]) == 0
     assert (root / "participants.tsv").read_text() == out.read_text()
+    described = json.loads((root / "participants.json").read_text())["subset"]
+    assert set(described["Levels"]) == {"d", "v"} and "seed 3" in described["Description"]
     capsys.readouterr()
     no_table = _dataset(tmp_path / "bare", 4)
     assert main(["split", str(no_table), "--sizes", "a:2,b:2"]) == 0

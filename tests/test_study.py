@@ -160,3 +160,17 @@ def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run, monkeypat
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t", dtype={"subject": str})
     assert (metrics["status"] == "failed").sum() == 1
     assert "dropped from the statistics: 1" in (out / "report.html").read_text()
+
+
+def test_identical_scores_give_an_undefined_f_not_infinity() -> None:
+    """Two identical templates: every difference is 0, F is 0/0. pingouin says F = inf,
+    p = 0 (a 'significant' effect); the tables say NaN."""
+    subjects = [f"s{i}" for i in range(6)]
+    scores = list(np.linspace(0.5, 0.6, 6))
+    data = pd.DataFrame({"subject": subjects * 2, "template": ["a"] * 6 + ["b"] * 6,
+                         "subset": ["x"] * 12, "nmi": scores * 2})
+    table = anova_tables(data, "nmi")
+    effect = table[table["Source"] == "template"]
+    assert effect["F"].isna().all()
+    p_column = "p_unc" if "p_unc" in table else "p-unc"
+    assert effect[p_column].isna().all()

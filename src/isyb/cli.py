@@ -32,12 +32,31 @@ EXAMPLES_QC = """examples:
   isyb qc bids/ qc_out/ group --sd-threshold 3 --fd-threshold 0.2
 """
 
+EXAMPLES_IMPORT = """examples:
+  isyb demo demo_out --flat            # writes demo_out/dcm2niix/ and demo_out/map.tsv
+  isyb import demo_out/dcm2niix demo_out/bids --map demo_out/map.tsv
+"""
+
+EXAMPLES_APP = """examples:
+  isyb bids/ release/ participant --nprocs 2
+  isyb bids/ release/ group
+  isyb bids/ release/ participant --executor dask --nprocs 4
+  isyb bids/ release/ participant --executor dask --dask-cluster slurm --nprocs 50
+"""
+
+#: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
+APP = "app"
+COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "split", "import", "demo", APP)
+
 #: Name of the hidden ``qc`` sub-command that ``isyb qc BIDS_DIR OUT_DIR LEVEL`` maps to.
 QC_DATASET = "dataset"
 
 
-def _qc_dataset_argv(argv: list[str]) -> list[str]:
-    """Route ``qc BIDS_DIR ...`` (a path, not anat/bold/an option) to the dataset form."""
+def _route_argv(argv: list[str]) -> list[str]:
+    """Route ``isyb BIDS_DIR ...`` to the BIDS-App command and ``qc BIDS_DIR ...`` (a path,
+    not anat/bold/an option) to the dataset form of ``qc``."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return [APP, *argv]
     if len(argv) >= 2 and argv[0] == "qc" and not argv[1].startswith("-") \
             and argv[1] not in ("anat", "bold", QC_DATASET):
         return ["qc", QC_DATASET, *argv[1:]]
@@ -48,6 +67,18 @@ EXAMPLES_SPLIT = """examples:
   isyb split bids/ --sizes discovery:89,validation:126 --seed 1 --stratify sex --in-place
   isyb split bids/ --sizes a:0.4,b:0.6 --stratify sex,age --output participants_split.tsv
 """
+
+
+def _bids_app_arguments(parser: argparse.ArgumentParser, out_name: str, out_metavar: str,
+                        units: str) -> None:
+    """BIDS-App positional arguments and the participant-level options they share."""
+    parser.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    parser.add_argument(out_name, metavar=out_metavar, type=Path)
+    parser.add_argument("level", choices=("participant", "group"))
+    parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="participant level: only these subjects (with or without sub-)")
+    parser.add_argument("--nprocs", type=_positive_int, default=1,
+                        help=f"participant level: {units} processed in parallel (default: 1)")
 
 
 def _positive_int(text: str) -> int:
@@ -197,13 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "group mean (computed once, over all runs of the modality, not iteratively), and a "
         "BOLD mean FD above FD-THRESHOLD mm.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_QC)
-    qc_set.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
-    qc_set.add_argument("out_dir", metavar="OUT_DIR", type=Path)
-    qc_set.add_argument("level", choices=("participant", "group"))
-    qc_set.add_argument("--participant-label", nargs="+", metavar="LABEL",
-                        help="participant level: only these subjects (with or without sub-)")
-    qc_set.add_argument("--nprocs", type=_positive_int, default=1,
-                        help="participant level: runs processed in parallel (default: 1)")
+    _bids_app_arguments(qc_set, "out_dir", "OUT_DIR", "runs")
     qc_set.add_argument("--sd-threshold", type=float, default=3.0,
                         help="SD rule: exclude beyond ± this many SDs (default: %(default)s)")
     qc_set.add_argument("--no-sd-rule", action="store_true", help="turn the SD rule off")
@@ -239,13 +264,63 @@ def build_parser() -> argparse.ArgumentParser:
     target = split.add_mutually_exclusive_group()
     target.add_argument("--output", type=Path, help="write the table here (default: stdout)")
     target.add_argument("--in-place", action="store_true",
-                        help="rewrite BIDS_DIR/participants.tsv (atomically)")
+                        help="rewrite BIDS_DIR/participants.tsv (atomically) and describe the "
+                        "column in participants.json")
+
+    imp = commands.add_parser(
+        "import", help="organize a flat folder of dcm2niix outputs into BIDS",
+        description="Copy the NIfTI/JSON (and bval/bvec, <stem>_*.tsv) pairs of SRC_DIR into "
+        "the BIDS dataset BIDS_DIR, named by a mapping table from SeriesDescription "
+        "patterns to BIDS datatypes, suffixes and entities (see isyb.bids.importer). Series "
+        "no rule matches are listed and left out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_IMPORT)
+    imp.add_argument("source", metavar="SRC_DIR", type=Path)
+    imp.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    imp.add_argument("--map", type=Path, required=True, metavar="MAP_TSV",
+                     help="columns: series (wildcard on SeriesDescription), datatype, suffix, "
+                     "entities (optional, e.g. task-rest)")
+    imp.add_argument("--subject-pattern", default=r"^(?P<subject>[^_]+)_",
+                     help="regex with a (?P<subject>...) group on file names (default: the "
+                     "text before the first _)")
+    imp.add_argument("--session-pattern", help="regex with a (?P<session>...) group")
+    imp.add_argument("--name", help="dataset Name for a new dataset_description.json")
+
+    app = commands.add_parser(
+        APP, usage="isyb BIDS_DIR OUTPUT_DIR {participant,group} [options]",
+        help="BIDS-App pipeline: isyb BIDS_DIR OUTPUT_DIR participant|group",
+        description="Make OUTPUT_DIR a release of BIDS_DIR: participant level defaces, "
+        "scrubs and QCs each subject; group level writes the dataset files, group QC, "
+        "exclusions, scrub report, leak scan and release summary. Resumable: finished "
+        "subject x steps are recorded in the work folder's manifest.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
+    _bids_app_arguments(app, "output_dir", "OUTPUT_DIR", "subjects")
+    app.add_argument("--template", default="default", help="head template name or path")
+    app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
+    app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
+                     help="steps to leave out (metadata scrubbing is never skipped)")
+    app.add_argument("--executor", choices=("local", "dask"), default="local")
+    app.add_argument("--dask-scheduler", metavar="ADDRESS",
+                     help="a running dask scheduler, e.g. tcp://10.0.0.5:8786")
+    app.add_argument("--dask-cluster", choices=("slurm",),
+                     help="start workers as SLURM jobs (dask-jobqueue; settings from dask's "
+                     "jobqueue.slurm configuration)")
+    app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
+                     "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
+    app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
+    app.add_argument("--fd-threshold", type=float, default=0.2,
+                     help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+    app.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
         description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
-        "orientation and voxel size) and OUT_DIR/bids_defaced with an HTML summary.")
+        "orientation and voxel size) and OUT_DIR/bids_defaced with an HTML summary. "
+        "With --flat: only write OUT_DIR/dcm2niix (a flat folder of scanner-style phantom "
+        "exports, T1w and BOLD, with fake identifying DICOM fields) and OUT_DIR/map.tsv, "
+        "the start of the release walk-through (isyb import, then the BIDS-App levels).")
     demo.add_argument("output", metavar="OUT_DIR", type=Path)
+    demo.add_argument("--flat", action="store_true",
+                      help="write the flat dcm2niix-style folder and map.tsv instead")
     demo.add_argument("--subjects", type=_positive_int, default=3,
                       help="number of phantom subjects (default: %(default)s)")
     demo.add_argument("--nprocs", type=_positive_int, default=1)
@@ -479,6 +554,14 @@ def cmd_split(args: argparse.Namespace) -> int:
     text = out.to_csv(sep="\t", index=False)
     if args.in_place:
         write_text(args.bids_dir / "participants.tsv", text)
+        sidecar = args.bids_dir / "participants.json"
+        columns = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        columns[args.column] = {
+            "Description": f"subset of a seeded split (isyb split, sizes {args.sizes}, seed "
+                           f"{args.seed}" + (f", stratified by {args.stratify}"
+                                              if args.stratify else "") + ")",
+            "Levels": {name: f"subset {name}" for name in sorted(set(subsets.values()))}}
+        write_text(sidecar, json.dumps(columns, indent=2) + "\n")
     elif args.output:
         write_text(args.output, text)
     else:
@@ -488,12 +571,72 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from isyb.deface.engine import DefaceOptions
+    from isyb.release import (
+        ReleaseOptions,
+        default_work_dir,
+        participant_tasks,
+        release_group,
+        release_subject,
+    )
+    from isyb.run import ExecutorOptions, run_tasks
+    from isyb.templates.registry import resolve
+
+    options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
+                             skip=frozenset(args.skip),
+                             policy=str(args.policy) if args.policy else None,
+                             fd_threshold=args.fd_threshold)
+    executor = ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler,
+                               args.dask_cluster)
+    work_dir = args.work_dir or default_work_dir(args.output_dir)
+    if args.level == "group":
+        if args.participant_label:
+            raise IsybError("--participant-label is for the participant level")
+        summary = release_group(args.bids_dir, args.output_dir, work_dir,
+                                resolve(args.template, progress=_note), options)
+        print(json.dumps({k: summary[k] for k in ("subjects", "participant_level_done",
+                                                  "scrub_changes", "deface_failures",
+                                                  "leak_scan")}))
+        _note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
+        return 0
+    template = resolve(args.template, progress=_note)
+    tasks = participant_tasks(args.bids_dir, args.output_dir, work_dir, template, options,
+                              args.participant_label)
+    failed = []
+    for record in run_tasks(release_subject, tasks, executor, progress=not args.quiet):
+        for failure in record["deface"].get("failed", []):
+            failed.append(failure)
+            _note(f"sub-{record['subject']}: failed: {failure['file']}: {failure['error']}")
+    print(json.dumps({"subjects": len(tasks), "failed_images": len(failed),
+                      "output_dir": str(args.output_dir), "work_dir": str(work_dir)}))
+    return 1 if failed else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from isyb.bids.importer import import_flat
+
+    summary = import_flat(args.source, args.bids_dir, args.map,
+                          subject_pattern=args.subject_pattern,
+                          session_pattern=args.session_pattern, name=args.name)
+    for item in summary["left_out"]:
+        _note(f"left out: {item}")
+    print(json.dumps({k: summary[k] for k in ("subjects", "images", "left_out")}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
     from isyb.demo import build_demo_dataset
     from isyb.templates.registry import resolve
 
+    if args.flat:
+        from isyb.demo import build_demo_flat
+
+        folder, mapping = build_demo_flat(args.output, n_subjects=args.subjects)
+        print(json.dumps({"flat_folder": str(folder), "map": str(mapping)}))
+        return 0
     bids = build_demo_dataset(args.output / "bids", n_subjects=args.subjects)
     _note(f"phantom BIDS dataset written to {bids}")
     template = resolve("default", progress=_note)
@@ -516,11 +659,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_qc_dataset_argv(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(_route_argv(sys.argv[1:] if argv is None else list(argv)))
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
-                "study": cmd_study, "qc": cmd_qc, "split": cmd_split, "demo": cmd_demo}
+                "study": cmd_study, "qc": cmd_qc, "split": cmd_split, "import": cmd_import,
+                "demo": cmd_demo, APP: cmd_app}
     try:
         return handlers[args.command](args)
     except IsybError as exc:

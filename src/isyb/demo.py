@@ -41,7 +41,7 @@ def build_demo_dataset(root: Path, n_subjects: int = 3) -> Path:
     """
     root.mkdir(parents=True, exist_ok=True)
     description = {"Name": "isyb phantom demo", "BIDSVersion": "1.9.0",
-                   "DatasetType": "raw", "License": "CC0",
+                   "DatasetType": "raw", "License": "CC0", "Authors": ["isyb demo"],
                    "GeneratedBy": [{"Name": "isyb demo", "Version": __version__}]}
     write_text(root / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     write_text(root / "README", "Synthetic head phantoms made by `isyb demo`. No real person.\n")
@@ -63,4 +63,70 @@ def build_demo_dataset(root: Path, n_subjects: int = 3) -> Path:
         write_text(image_path.with_name(f"sub-{label}_T1w.json"),
                    json.dumps(sidecar, indent=2) + "\n")
     write_text(root / "participants.tsv", "\n".join(rows) + "\n")
+    columns = {f"{name}_mm": {"Description": f"phantom head {name}", "Units": "mm"}
+               for name in ("length", "width", "height")}
+    write_text(root / "participants.json", json.dumps(columns, indent=2) + "\n")
     return root
+
+
+#: The mapping table of the flat demo folder (see :mod:`isyb.bids.importer`).
+DEMO_MAP = ("series\tdatatype\tsuffix\tentities\n"
+            "t1_mprage*\tanat\tT1w\t\n"
+            "rest_epi*\tfunc\tbold\ttask-rest\n")
+
+
+def build_demo_flat(root: Path, n_subjects: int = 2) -> tuple[Path, Path]:
+    """Write a flat folder of dcm2niix-style phantom outputs and its mapping table.
+
+    ``root/dcm2niix`` gets, per subject ``S<nn>``, a T1w phantom head
+    (``S01_t1_mprage_2.nii.gz``) and a short phantom BOLD run
+    (``S01_rest_epi_5.nii.gz``), each with a JSON sidecar that carries fake
+    identifying DICOM fields (patient name, institution, serial number,
+    acquisition date-time), as a scanner export would; every second subject
+    moves (0.5 mm and 0.5° random walk, versus 0.05), so the FD rule has
+    something to exclude. ``root/map.tsv`` maps
+    them to BIDS. Returns ``(folder, map)``. Used by the README's release
+    walk-through: import, participant, group, validator.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from isyb.phantom import phantom_bold
+
+    folder = root / "dcm2niix"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(n_subjects):
+        spec = DEMO_SUBJECTS[index % len(DEMO_SUBJECTS)]
+        name = f"S{index + 1:02d}"
+        identity = {"PatientName": f"Phantom^Demo{index + 1:02d}", "PatientID": f"ID{index:04d}",
+                    "InstitutionName": "isyb phantom lab", "DeviceSerialNumber": "12345",
+                    "AcquisitionDateTime": f"2024-05-{index + 10:02d}T09:15:00.000000",
+                    "Manufacturer": "isyb phantom", "MagneticFieldStrength": 3}
+        head = folder / f"{name}_t1_mprage_2.nii.gz"
+        if not head.is_file():
+            phantom = make_phantom(voxel_size=spec.voxel_size, length=spec.length,
+                                   width=spec.width, height=spec.height, seed=index)
+            image = to_nifti(phantom, spec.orientation, spec.origin_shift_mm)
+            image.header["descrip"] = identity["PatientName"].encode()
+            with atomic_path(head) as tmp:
+                image.to_filename(str(tmp))
+        write_text(head.with_name(f"{name}_t1_mprage_2.json"), json.dumps(
+            {**identity, "SeriesDescription": "t1_mprage", "SeriesNumber": 2,
+             "RepetitionTime": 2.3}, indent=2) + "\n")
+        bold = folder / f"{name}_rest_epi_5.nii.gz"
+        if not bold.is_file():
+            motion = 0.05 if index % 2 == 0 else 0.5  # every second subject moves (mm, deg)
+            series, _ = phantom_bold((32, 32, 20), (6.0, 6.0, 6.0), 30, max_trans=motion,
+                                     max_rot_deg=motion, seed=index)
+            image = nib.Nifti1Image(series, np.diag([6.0, 6.0, 6.0, 1.0]))
+            image.header.set_xyzt_units("mm", "sec")
+            image.header["pixdim"][4] = 2.0
+            with atomic_path(bold) as tmp:
+                image.to_filename(str(tmp))
+        write_text(bold.with_name(f"{name}_rest_epi_5.json"), json.dumps(
+            {**identity, "SeriesDescription": "rest_epi", "SeriesNumber": 5,
+             "RepetitionTime": 2.0, "SliceTiming": [round((k % 2 * 10 + k // 2) * 0.1, 3)
+                                                   for k in range(20)]}, indent=2) + "\n")
+    mapping = root / "map.tsv"
+    write_text(mapping, DEMO_MAP)
+    return folder, mapping

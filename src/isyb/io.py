@@ -11,6 +11,7 @@ leaves a half-written output behind.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -161,6 +162,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def sweep_partial(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` leaves when a process is killed.
+
+    They are named ``.<name>.<random>.part<ext>``; a killed run leaves them
+    behind, and the run that resumes removes them. Returns what was removed.
+    """
+    removed = []
+    root = Path(folder)
+    if root.is_dir():
+        for path in root.rglob(".*.part*"):
+            if path.is_file() and re.fullmatch(r"\..+\.[^.]+\.part(\..+)?", path.name):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -437,8 +437,12 @@ def fit_mixture(values: np.ndarray, n_classes: int = 3, *, bins: int = 512,
 
     The values are clipped to their 0.05th-99.95th percentiles and binned
     into ``bins`` bins; EM (Dempster, Laird & Rubin 1977) runs on the bin
-    centres weighted by their counts, from means at the 10th, 50th and 90th
-    percentiles (for 3 classes; evenly spaced percentiles otherwise), equal
+    centres weighted by their counts from two starts, and the fit with the
+    higher likelihood wins: means at the 10th, 50th and 90th percentiles (for
+    3 classes; evenly spaced percentiles otherwise), and means evenly spaced
+    over the range (at 1/6, 1/2, 5/6 of it). The second start matters when
+    one tissue dominates: with 80 % white matter, the percentile start puts
+    two classes in the white matter and EM stays there. Both starts have equal
     weights and SDs of a sixth of the range. Each SD is kept at least
     ``min_sd_fraction`` of the range, so that a class cannot collapse onto a
     spike of identical values (FreeSurfer's ``T1.mgz`` sets most of the white
@@ -456,12 +460,23 @@ def fit_mixture(values: np.ndarray, n_classes: int = 3, *, bins: int = 512,
     w = counts / counts.sum()
     cdf = np.cumsum(w)
     quantiles = [0.1, 0.5, 0.9] if n_classes == 3 else np.linspace(0.1, 0.9, n_classes)
-    means = np.array([x[min(int(np.searchsorted(cdf, q)), bins - 1)] for q in quantiles])
     span = hi - lo
+    starts = (np.array([x[min(int(np.searchsorted(cdf, q)), bins - 1)] for q in quantiles]),
+              lo + span * (np.arange(n_classes) + 0.5) / n_classes)
+    fits = [_em(x, w, means, span, min_sd_fraction, max_iter, tol) for means in starts]
+    _, weights, means, var = max(fits, key=lambda fit: fit[0])
+    order = np.argsort(means)
+    return Mixture(weights=weights[order], means=means[order], sds=np.sqrt(var[order]))
+
+
+def _em(x: np.ndarray, w: np.ndarray, means: np.ndarray, span: float, min_sd_fraction: float,
+        max_iter: int, tol: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """EM of a 1-D Gaussian mixture on weighted points: (log-likelihood, weights, means, var)."""
+    n_classes = means.size
     min_var = (min_sd_fraction * span) ** 2
     var = np.full(n_classes, (span / 6.0) ** 2)
     weights = np.full(n_classes, 1.0 / n_classes)
-    previous = -np.inf
+    previous = likelihood = -np.inf
     for _ in range(max_iter):
         log_p = (np.log(weights) - 0.5 * np.log(2 * np.pi * var)
                  - 0.5 * (x[:, None] - means) ** 2 / var)
@@ -477,8 +492,7 @@ def fit_mixture(values: np.ndarray, n_classes: int = 3, *, bins: int = 512,
         if likelihood - previous < tol:
             break
         previous = likelihood
-    order = np.argsort(means)
-    return Mixture(weights=weights[order], means=means[order], sds=np.sqrt(var[order]))
+    return likelihood, weights, means, var
 
 
 def _tissue_probabilities(data: np.ndarray, brain: np.ndarray, zooms: np.ndarray,

@@ -64,10 +64,27 @@ def anova_tables(data: pd.DataFrame, dv: str) -> pd.DataFrame:
     for name, group in groups:
         table = pg.rm_anova(correction=True, data=group, dv=dv, within="template",
                                  subject="subject", detailed=True)
-        frames.append(table.assign(analysis=f"rm:{name}"))
+        frames.append(_undefined_when_nothing_varies(table).assign(analysis=f"rm:{name}"))
     out = pd.concat(frames, ignore_index=True)
     first = ["analysis", "Source"]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def _undefined_when_nothing_varies(table: pd.DataFrame) -> pd.DataFrame:
+    """F and p as NaN when the effect and the error sums of squares are both 0.
+
+    That happens when every subject scores the same under every template (two
+    identical templates): F is 0/0, which pingouin reports as F = inf, p = 0,
+    and which would read as a highly significant effect.
+    """
+    if "SS" not in table or len(table) < 2 or not np.allclose(table["SS"], 0.0, rtol=0,
+                                                              atol=1e-24):
+        return table
+    out = table.copy()
+    for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "ng2", "eps"):
+        if column in out:
+            out.loc[out.index[0], column] = np.nan
+    return out
 
 
 def posthoc_tables(data: pd.DataFrame, dv: str, *, padjust: str = "bonf",

@@ -224,6 +224,9 @@ def test_nothing_forbidden_or_planted_is_left_in_the_release(real) -> None:
     assert find_leaks(real["bids"], policy, (PLANTED_NAME, PLANTED_DATE))  # planted at input
     assert find_leaks(real["release"], policy, (PLANTED_NAME, PLANTED_DATE, "Curie_Blvd",
                                                 "66044")) == []
+    # nor the local path of the input (it can name a person or a site)
+    local = (str(real["bids"].resolve()), str(real["bids"].parent.resolve()))
+    assert find_leaks(real["release"], policy, local) == []
 
 
 def test_a_corrupt_t1w_fails_alone_and_is_listed(real) -> None:

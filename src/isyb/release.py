@@ -55,6 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.bids.description import source_dataset
 from isyb.bids.participants import subjects_on_disk, validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
 from isyb.deface.dataset import DERIVATIVES, DatasetJob, copy_file, run_subject
@@ -318,7 +319,12 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     summary["deface_failures"] = [{"subject": s, **f} for s, m in manifests.items()
                                   for f in m.get("deface", {}).get("failed", [])]
     if "qc" not in options.skip and read_records(out_dir):
-        summary["qc"] = qc_group(out_dir, ExclusionRules(fd_threshold=options.fd_threshold))
+        qc = qc_group(out_dir, ExclusionRules(fd_threshold=options.fd_threshold))
+        inside = out_dir.resolve()  # paths inside the release: no local path is published
+        qc["tables"] = [Path(p).resolve().relative_to(inside).as_posix() for p in qc["tables"]]
+        for key in ("exclusions", "report"):
+            qc[key] = Path(qc[key]).resolve().relative_to(inside).as_posix()
+        summary["qc"] = qc
     summary["derive"] = "not available in this isyb version"
     leaks = find_leaks(out_dir, policy)
     summary["leak_scan"] = {"forbidden_keys_found": len(leaks), "findings": leaks[:50]}
@@ -337,22 +343,14 @@ def _write_description(bids_dir: Path, out_dir: Path, template: Template,
     release["DatasetType"] = "raw"
     release.setdefault("BIDSVersion", "1.9.0")
     release["GeneratedBy"] = [*source.get("GeneratedBy", []), generated]
-    release["SourceDatasets"] = [_source_dataset(bids_dir, source)]
+    release["SourceDatasets"] = [source_dataset(bids_dir, source)]
     write_text(out_dir / "dataset_description.json", json.dumps(release, indent=2) + "\n")
     derivative = {"Name": f"isyb outputs for {source.get('Name', 'the release')}",
                   "BIDSVersion": release["BIDSVersion"], "DatasetType": "derivative",
                   "GeneratedBy": [generated],
-                  "SourceDatasets": [_source_dataset(bids_dir, source)]}
+                  "SourceDatasets": [source_dataset(bids_dir, source)]}
     write_text(out_dir / DERIVATIVES / "dataset_description.json",
                json.dumps(derivative, indent=2) + "\n")
-
-
-def _source_dataset(bids_dir: Path, description: dict) -> dict:
-    """The input dataset as a ``SourceDatasets`` entry: its DOI when it has one, else its
-    folder name (never the absolute local path, which can name a person or a site)."""
-    if description.get("DatasetDOI"):
-        return {"DOI": description["DatasetDOI"]}
-    return {"URL": f"file:{bids_dir.resolve().name}"}
 
 
 def _write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,

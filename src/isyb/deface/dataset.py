@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from isyb import __version__
+from isyb.bids.description import source_dataset
 from isyb.deface.engine import DefaceOptions
 from isyb.deface.report import write_summary
 from isyb.errors import IsybError
@@ -117,15 +118,26 @@ def run_subject(job: DatasetJob) -> dict:
                 save_mask=f"{stem}_desc-deface_mask.nii.gz",
                 provenance_path=f"{stem}_desc-deface_provenance.json",
                 png_path=f"{stem}_desc-deface_qc.png",
+                recorded_as={"input": relative.as_posix(), "output": relative.as_posix(),
+                             "qc_png": Path(f"{stem}_desc-deface_qc.png").relative_to(
+                                 job.bids_out / DERIVATIVES).as_posix()},
             )
             entry.update(status="ok", provenance=provenance)
         except IsybError as exc:
-            entry.update(status="failed", error=str(exc))
+            entry.update(status="failed", error=_relative_message(exc, source, relative))
             target.unlink(missing_ok=True)
         images.append(entry)
     record = {"subject": job.subject, "images": images, "isyb_version": __version__}
     write_text(record_path(job.bids_out, job.subject), json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _relative_message(error: Exception, source: Path, relative: Path) -> str:
+    """The error's message with the input's local path replaced by its dataset path."""
+    message = str(error)
+    for path in (str(source.resolve()), str(source)):
+        message = message.replace(path, relative.as_posix())
+    return message
 
 
 def _limit_threads(threads: int) -> None:
@@ -153,7 +165,8 @@ def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
         "GeneratedBy": [{"Name": "isyb", "Version": __version__,
                          "Description": f"face masking, template {template.name}, "
                                         f"method {options.method}"}],
-        "SourceDatasets": [{"URL": bids_in.resolve().as_uri()}],
+        "SourceDatasets": [source_dataset(bids_in, json.loads(
+            (bids_in / "dataset_description.json").read_text()))],
     }
     write_text(bids_out / DERIVATIVES / "dataset_description.json",
                json.dumps(description, indent=2) + "\n")

@@ -18,14 +18,16 @@ img{max-width:720px;display:block;margin:0.5em 0 2em 0}
 """
 
 
-def _embed(png: str | None) -> str:
-    if not png or not Path(png).is_file():
+def _embed(png: str | None, root: Path) -> str:
+    """The QC picture as an inline image; a relative ``png`` is under ``root``."""
+    path = root / png if png else None
+    if path is None or not path.is_file():
         return ""
-    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="QC of the defaced image" src="data:image/png;base64,{data}">'
 
 
-def _row(subject: str, image: dict) -> tuple[str, str]:
+def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
     name = html.escape(image["file"])
     if image["status"] != "ok":
         cells = (f"<td>{html.escape(subject)}</td><td>{name}</td>"
@@ -40,7 +42,7 @@ def _row(subject: str, image: dict) -> tuple[str, str]:
         p["brain_guard"]["changed_voxels_in_guard"],
         "n/a" if fraction is None else f"{100 * fraction:.1f}%", note))
     css = " class='warn'" if note else ""
-    return f"<tr{css}>{cells}</tr>", f"<h3>{name}</h3>{_embed(p.get('qc_png'))}"
+    return f"<tr{css}>{cells}</tr>", f"<h3>{name}</h3>{_embed(p.get('qc_png'), root)}"
 
 
 def write_summary(path: Path, records: list[dict], root: Path) -> None:
@@ -50,7 +52,7 @@ def write_summary(path: Path, records: list[dict], root: Path) -> None:
     for record in records:
         for image in record["images"]:
             counts[image["status"]] = counts.get(image["status"], 0) + 1
-            row, figure = _row(record["subject"], image)
+            row, figure = _row(record["subject"], image, root)
             rows.append(row)
             figures.append(figure)
     header = "".join(f"<th>{h}</th>" for h in (
@@ -58,7 +60,8 @@ def write_summary(path: Path, records: list[dict], root: Path) -> None:
         "changed voxels", "changed in brain guard", "face surface changed", "note"))
     body = (f"<h1>isyb defacing summary</h1><p>isyb {__version__}; {len(records)} subjects; "
             f"{counts['ok']} images defaced, {counts['failed']} failed (failed images were "
-            f"not copied to the release). Outputs under {html.escape(str(root))}.</p>"
+            f"not copied to the release). Masks, provenance and QC pictures are in this "
+            f"folder.</p>"
             f"<table><tr>{header}</tr>{''.join(rows)}</table>{''.join(figures)}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>isyb defacing summary"
             f"</title><style>{STYLE}</style></head><body>{body}</body></html>\n")

@@ -97,13 +97,19 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
                 force: bool = False, qc_png: bool = True,
                 provenance_path: str | os.PathLike | None = None,
                 png_path: str | os.PathLike | None = None,
-                alignment: Alignment | None = None) -> dict:
+                alignment: Alignment | None = None,
+                recorded_as: dict[str, str] | None = None) -> dict:
     """Deface ``in_path`` into ``out_path``; return the provenance record.
 
     ``provenance_path`` and ``png_path`` override the default names next to
     ``out_path`` (dataset mode puts them under ``derivatives/isyb``).
     ``alignment`` reuses a brain mask and registration of the same input.
+    ``recorded_as`` gives the names the record uses for ``input``, ``output``
+    and ``qc_png`` instead of the paths: dataset mode records them relative to
+    the datasets, so that no local path (which can name a person or a site)
+    ends up in a release.
     """
+    names = recorded_as or {}
     in_path, out_path = Path(in_path), Path(out_path)
     save_mask = Path(save_mask) if save_mask is not None else None
     check_paths(in_path, out_path, force=force, save_mask=save_mask)
@@ -127,8 +133,8 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
     png_path = Path(png_path) if png_path else default_png
 
     record = {
-        "input": str(in_path),
-        "output": str(out_path),
+        "input": names.get("input", str(in_path)),
+        "output": names.get("output", str(out_path)),
         "template": {"name": template.name, "source": template.info.get("source"),
                      "head_sha256": template.info.get("head_sha256"),
                      "brain_mask": template.info.get("brain_mask")},
@@ -155,7 +161,7 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
     if qc_png:
         qc_figure(_defaced_ras(volume.data, result), volume.zooms, png_path,
                   title=f"{out_path.name}: defaced ({options.method}, template {template.name})")
-        record["qc_png"] = str(png_path)
+        record["qc_png"] = names.get("qc_png", str(png_path))
     record["timings_s"]["total_s"] = round(time.perf_counter() - start, 2)
     write_text(provenance_path, json.dumps(record, indent=2) + "\n")
     return record

@@ -35,6 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from isyb import __version__
+from isyb.bids.description import source_dataset
 from isyb.errors import IsybError
 from isyb.io import atomic_path, strip_image_suffix, write_text
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, exclusions
@@ -164,7 +165,10 @@ def run_participant_job(job: ParticipantJob) -> dict:
         write_run_page(page, record, figures)
         record["report"] = page.name
     except IsybError as exc:
-        record.update(status="failed", error=" ".join(str(exc).split()))
+        message = str(exc)
+        for path in (str(run.path.resolve()), str(run.path)):  # no local path in the records
+            message = message.replace(path, run.relative.as_posix())
+        record.update(status="failed", error=" ".join(message.split()))
     write_text(run.output(job.out_dir, run.suffix, ".json"),
                json.dumps(record, indent=2, default=_json_default) + "\n")
     return record
@@ -232,7 +236,8 @@ def write_description(out_dir: Path, bids_dir: Path) -> None:
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "isyb", "Version": __version__,
                          "Description": "image quality metrics (isyb qc)"}],
-        "SourceDatasets": [{"URL": bids_dir.resolve().as_uri()}],
+        "SourceDatasets": [source_dataset(bids_dir, json.loads(
+            (bids_dir / "dataset_description.json").read_text()))],
     }
     write_text(path, json.dumps(description, indent=2) + "\n")
 

@@ -1,0 +1,1 @@
+"""Derived metrics of the released data (issue: isyb derive): CBF so far."""

@@ -1,0 +1,86 @@
+"""FA and MD from a diffusion tensor fit (dipy), with BIDS bval/bvec reading.
+
+The tensor is fitted by dipy's ``TensorModel``: ordinary least squares on the
+log signal by default, as FSL's ``dtifit`` does, or weighted least squares
+(``fit_method="WLS"``). FA is dimensionless (0..1); MD is in mm²/s when the
+b-values are in s/mm² (BIDS).
+
+BIDS conventions (``*_dwi.bval``: one row of N b-values in s/mm²;
+``*_dwi.bvec``: three rows of N unit vectors, in the image's voxel axes).
+FA and MD are rotation invariants: a gradient table that is consistently
+flipped or permuted relative to the image gives the same FA and MD, so the
+voxel-axis convention only matters for tensor directions, which isyb does
+not report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from isyb.errors import IsybError
+
+B0_THRESHOLD = 50.0  # s/mm²: volumes at or under this are b = 0
+
+
+class DWIInputError(IsybError, ValueError):
+    """A diffusion run whose gradient table cannot be used."""
+
+
+def read_gradients(bval_path: Path, bvec_path: Path, n_volumes: int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """``(bvals (N,), bvecs (N, 3))`` from BIDS files, checked against the run's N volumes.
+
+    Non-unit vectors of diffusion-weighted volumes are normalised (scanners
+    write them rounded); the b = 0 vectors are set to zero.
+    """
+    for path in (bval_path, bvec_path):
+        if not Path(path).is_file():
+            raise DWIInputError(f"{path}: missing; a DWI run needs its .bval and .bvec")
+    try:
+        bvals = np.loadtxt(bval_path, dtype=float, ndmin=1).ravel()
+        bvecs = np.loadtxt(bvec_path, dtype=float, ndmin=2)
+    except ValueError as exc:
+        raise DWIInputError(f"{bval_path} or {bvec_path}: not a table of numbers ({exc})") from None
+    if bvals.size != n_volumes:
+        raise DWIInputError(f"{bval_path}: {bvals.size} b-values for {n_volumes} volumes")
+    if bvecs.shape != (3, n_volumes):
+        raise DWIInputError(f"{bvec_path}: shape {bvecs.shape}, expected 3 rows of "
+                            f"{n_volumes} (BIDS: one row per axis)")
+    bvecs = bvecs.T.copy()
+    weighted = bvals > B0_THRESHOLD
+    if not (~weighted).any():
+        raise DWIInputError(f"{bval_path}: no b = 0 volume (b <= {B0_THRESHOLD:g} s/mm²)")
+    if weighted.sum() < 6:
+        raise DWIInputError(f"{bval_path}: {int(weighted.sum())} diffusion-weighted volumes; "
+                            "a tensor needs at least 6 directions")
+    norms = np.linalg.norm(bvecs[weighted], axis=1)
+    if np.any(norms < 0.5):
+        raise DWIInputError(f"{bvec_path}: a diffusion-weighted volume has a zero gradient")
+    bvecs[weighted] /= norms[:, None]
+    bvecs[~weighted] = 0.0
+    return bvals, bvecs
+
+
+def fa_md(series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, *,
+          mask: np.ndarray | None = None, fit_method: str = "OLS") -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """FA (0..1) and MD (mm²/s) maps of a 4-D DWI series; 0 outside ``mask``."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+
+    if fit_method not in ("OLS", "WLS"):
+        raise DWIInputError(f"fit method {fit_method!r}: use OLS or WLS")
+    series = np.asarray(series, dtype=np.float64)
+    if series.ndim != 4 or series.shape[3] != bvals.size:
+        raise DWIInputError(f"DWI shape {series.shape} does not match {bvals.size} b-values")
+    table = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
+    fit = TensorModel(table, fit_method=fit_method).fit(series, mask=mask)
+    fa = np.nan_to_num(np.clip(fit.fa, 0.0, 1.0))
+    md = np.nan_to_num(fit.md)
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        fa[~keep] = 0.0
+        md[~keep] = 0.0
+    return fa, md

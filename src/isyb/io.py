@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,30 @@ def sweep_partial(folder: str | os.PathLike) -> list[Path]:
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+def cached_arrays(path: str | os.PathLike, stamp: str,
+                  compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays kept in an ``.npz`` cache file keyed by ``stamp``; ``compute()`` on a miss.
+
+    A missing, stale (other stamp) or unreadable file is recomputed and
+    rewritten atomically; a folder that cannot be written only costs the
+    recomputation.
+    """
+    path = Path(path)
+    try:
+        with np.load(path) as stored:
+            if str(stored["stamp"]) == stamp:
+                return {key: stored[key] for key in stored.files if key != "stamp"}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass
+    arrays = compute()
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+            np.savez(stream, stamp=stamp, **arrays)
+    except OSError:
+        pass
+    return arrays
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

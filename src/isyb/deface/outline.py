@@ -13,14 +13,13 @@ written only costs the rebuild in every process.
 from __future__ import annotations
 
 import functools
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from isyb.deface.obscure import TemplateOutline, head_mask, template_outline
-from isyb.io import atomic_path, load_volume
+from isyb.io import cached_arrays, load_volume
 from isyb.render import skin_threshold
 
 if TYPE_CHECKING:
@@ -39,20 +38,12 @@ def outline_for(template: Template, smooth_mm: float) -> TemplateOutline:
 @functools.lru_cache(maxsize=8)
 def _cached(head_path: Path, name: str, digest: str, smooth_mm: float) -> TemplateOutline:
     path = head_path.parent / f"tpl-{name}_desc-outline_smooth-{smooth_mm:g}mm.npz"
-    stamp = f"{digest}:{OUTLINE_VERSION}"
-    try:
-        with np.load(path) as stored:
-            if str(stored["stamp"]) == stamp:
-                return TemplateOutline(stored["field"], stored["affine"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        pass
-    head = load_volume(head_path)
-    outline = template_outline(head_mask(head.data, skin_threshold(head.data)), head.affine,
-                               smooth_mm)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-            np.savez(stream, field=outline.field.astype(np.float32), affine=outline.affine,
-                     stamp=stamp)
-    except OSError:
-        pass
-    return outline
+
+    def build() -> dict[str, np.ndarray]:
+        head = load_volume(head_path)
+        outline = template_outline(head_mask(head.data, skin_threshold(head.data)),
+                                   head.affine, smooth_mm)
+        return {"field": outline.field.astype(np.float32), "affine": outline.affine}
+
+    arrays = cached_arrays(path, f"{digest}:{OUTLINE_VERSION}", build)
+    return TemplateOutline(arrays["field"], arrays["affine"])

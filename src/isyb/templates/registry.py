@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -48,7 +47,15 @@ from isyb.brain import check_brain_mask, extract_brain
 from isyb.deface.obscure import head_mask
 from isyb.deface.region import FaceRule, derive_face_rule, face_region
 from isyb.errors import IsybError
-from isyb.io import Volume, atomic_path, load_volume, save_mask_like, strip_image_suffix, write_text
+from isyb.io import (
+    Volume,
+    atomic_path,
+    cached_arrays,
+    load_volume,
+    save_mask_like,
+    strip_image_suffix,
+    write_text,
+)
 from isyb.register import TemplateGrid
 from isyb.render import skin_threshold
 from isyb.templates.fetch import fetch_pinned, sha256_file, templateflow_files
@@ -107,23 +114,16 @@ class Template:
         be written only costs the ~0.7 s of recomputing it in every process.
         """
         path = self.head.parent / f"tpl-{self.name}_res-{spacing_mm:g}mm_grid.npz"
-        stamp = f"{self.info['head_sha256']}:{RULE_VERSION}"
-        try:
-            with np.load(path) as stored:
-                if str(stored["stamp"]) == stamp:
-                    return TemplateGrid(stored["head"], stored["brain"], stored["affine"],
-                                        float(stored["spacing_mm"]))
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            pass
-        head, brain = self.load()
-        grid = TemplateGrid.from_arrays(head.data, head.affine, brain, spacing_mm)
-        try:
-            with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-                np.savez(stream, head=grid.head, brain=grid.brain, affine=grid.affine,
-                         spacing_mm=grid.spacing_mm, stamp=stamp)
-        except OSError:
-            pass
-        return grid
+
+        def build() -> dict[str, np.ndarray]:
+            head, brain = self.load()
+            grid = TemplateGrid.from_arrays(head.data, head.affine, brain, spacing_mm)
+            return {"head": grid.head, "brain": grid.brain, "affine": grid.affine,
+                    "spacing_mm": np.float64(grid.spacing_mm)}
+
+        arrays = cached_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
+        return TemplateGrid(arrays["head"], arrays["brain"], arrays["affine"],
+                            float(arrays["spacing_mm"]))
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,12 +33,24 @@ DEMO_SUBJECTS = (
 )
 
 
-def build_demo_dataset(root: Path, n_subjects: int = 3) -> Path:
-    """Write a raw BIDS dataset of ``n_subjects`` phantom T1w heads into ``root``.
+#: Modalities the demo can write: the T1w head always, and on request a
+#: resting BOLD run, a DWI run and a pCASL run per subject (:mod:`isyb.phantom_runs`).
+MODALITIES = ("anat", "func", "dwi", "perf")
 
-    Existing subjects are rewritten only if their image is missing, so the
-    demo can be rerun into the same folder.
+
+def build_demo_dataset(root: Path, n_subjects: int = 3,
+                       modalities: tuple[str, ...] = ("anat",)) -> Path:
+    """Write a raw BIDS dataset of ``n_subjects`` phantom heads into ``root``.
+
+    Every subject has its T1w; ``modalities`` adds ``func`` (resting BOLD),
+    ``dwi`` and ``perf`` (pCASL) runs of the same phantom, on the same world
+    frame. Existing files are rewritten only if missing, so the demo can be
+    rerun into the same folder.
     """
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"unknown demo modalities: {', '.join(unknown)} "
+                         f"(choose from {', '.join(MODALITIES)})")
     root.mkdir(parents=True, exist_ok=True)
     description = {"Name": "isyb phantom demo", "BIDSVersion": "1.9.0",
                    "DatasetType": "raw", "License": "CC0", "Authors": ["isyb demo"],
@@ -62,11 +74,68 @@ def build_demo_dataset(root: Path, n_subjects: int = 3) -> Path:
                    "Manufacturer": "isyb phantom", "RepetitionTime": 2.3}
         write_text(image_path.with_name(f"sub-{label}_T1w.json"),
                    json.dumps(sidecar, indent=2) + "\n")
+    for index in range(n_subjects):
+        spec = DEMO_SUBJECTS[index % len(DEMO_SUBJECTS)]
+        _write_runs(root / f"sub-{index + 1:02d}", spec, modalities, seed=index)
     write_text(root / "participants.tsv", "\n".join(rows) + "\n")
     columns = {f"{name}_mm": {"Description": f"phantom head {name}", "Units": "mm"}
                for name in ("length", "width", "height")}
     write_text(root / "participants.json", json.dumps(columns, indent=2) + "\n")
     return root
+
+
+def _save_run(data, affine, path: Path, *, tr: float | None = None) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    image.set_data_dtype(np.int16)
+    if tr is not None:
+        image.header.set_xyzt_units("mm", "sec")
+        image.header["pixdim"][4] = tr
+    else:
+        image.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        image.to_filename(str(tmp))
+
+
+def _write_runs(folder: Path, spec: DemoSubject, modalities: tuple[str, ...], *,
+                seed: int) -> None:
+    """The subject's functional, diffusion and perfusion runs (files that are missing)."""
+    from isyb.phantom_runs import Geometry, diffusion, pcasl, rest_bold
+
+    label = folder.name
+    geometry = Geometry(spec.length, spec.width, spec.height, spec.origin_shift_mm)
+    bold = folder / "func" / f"{label}_task-rest_bold.nii.gz"
+    if "func" in modalities and not bold.is_file():
+        run = rest_bold(geometry, seed=seed)
+        n_slices = run.series.shape[2]
+        slice_timing = [round(k * run.tr / n_slices, 4) for k in range(n_slices)]
+        write_text(bold.with_name(f"{label}_task-rest_bold.json"), json.dumps(
+            {"TaskName": "rest", "RepetitionTime": run.tr, "SliceTiming": slice_timing,
+             "SliceEncodingDirection": "k", "Manufacturer": "isyb phantom",
+             "MagneticFieldStrength": 3}, indent=2) + "\n")
+        _save_run(run.series, run.affine, bold, tr=run.tr)
+    dwi = folder / "dwi" / f"{label}_dwi.nii.gz"
+    if "dwi" in modalities and not dwi.is_file():
+        run = diffusion(geometry, seed=seed)
+        stem = dwi.with_name(f"{label}_dwi")
+        write_text(stem.with_suffix(".bval"), " ".join(f"{b:g}" for b in run.bvals) + "\n")
+        write_text(stem.with_suffix(".bvec"), "\n".join(
+            " ".join(f"{v:.6f}" for v in row) for row in run.bvecs.T) + "\n")
+        write_text(stem.with_suffix(".json"), json.dumps(
+            {"Manufacturer": "isyb phantom", "MagneticFieldStrength": 3,
+             "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05}, indent=2) + "\n")
+        _save_run(run.series, run.affine, dwi)
+    asl = folder / "perf" / f"{label}_asl.nii.gz"
+    if "perf" in modalities and not asl.is_file():
+        run = pcasl(geometry, seed=seed)
+        pairs = run.volume_types.count("label")
+        write_text(asl.with_name(f"{label}_aslcontext.tsv"),
+                   "volume_type\n" + "\n".join(run.volume_types) + "\n")
+        write_text(asl.with_name(f"{label}_asl.json"), json.dumps(
+            {**run.metadata, "TotalAcquiredPairs": pairs}, indent=2) + "\n")
+        _save_run(run.series, run.affine, asl, tr=run.metadata["RepetitionTimePreparation"])
 
 
 #: The mapping table of the flat demo folder (see :mod:`isyb.bids.importer`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,9 @@ from isyb.derive.cbf import (
     PARTITION_COEFFICIENT,
     T1_BLOOD_3T,
     ASLInputError,
+    GEScaling,
     asl_cbf,
+    cbf_map,
     read_parameters,
 )
 
@@ -145,3 +148,72 @@ def test_real_pcasl_gives_physiological_grey_matter_cbf(data_root: Path) -> None
           f"brain {float(cbf[brain].mean()):.1f}")
     assert 30.0 <= mean_gm <= 80.0
     assert summary["labeling_efficiency"] == 0.72 and summary["m0_type"] == "Included"
+
+
+# GE 3D pCASL product output: one PW (deltam) and one PD (m0scan) volume; the sidecar says
+# background suppression without a pulse count, which the GE formula does not need.
+GE = {"ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.525, "LabelingDuration": 1.45,
+      "M0Type": "Included", "BackgroundSuppression": True, "MRAcquisitionType": "3D"}
+
+
+def test_ge_formula_matches_a_hand_computation() -> None:
+    pw = np.full((3, 3, 2), 960.0)
+    pd = np.full((3, 3, 2), 2000.0)
+    pd[0] = 0.0  # outside the PD: 0, not a division by zero
+    # 6000 λ (1 - e^(-ST/T1t)) e^(PLD/T1b) / (2 α T1b (1 - e^(-LD/T1b))) · PW / (SF NEX PD)
+    by_hand = (6000 * 0.9 * (1 - math.exp(-2.0 / 1.2)) * math.exp(1.525 / 1.6)
+               / (2 * 0.6 * 1.6 * (1 - math.exp(-1.45 / 1.6))) * 960.0 / (32 * 3 * 2000.0))
+    assert by_hand == pytest.approx(49.644, abs=1e-3)
+    cbf, summary = asl_cbf(np.stack([pw, pd], axis=-1), ["deltam", "m0scan"], GE,
+                           formula="ge", ge=GEScaling(scaling_factor=32, nex=3))
+    np.testing.assert_allclose(cbf[1:], by_hand, rtol=1e-12)
+    assert np.all(cbf[0] == 0.0)
+    assert summary["formula"] == "ge" and summary["labeling_efficiency"] == 0.6
+    assert summary["t1_blood_s"] == 1.6 and summary["ge_nex"] == 3
+    assert summary["m0_recovery_factor"] == pytest.approx(1 - math.exp(-2.0 / 1.2))
+
+
+def test_ge_and_white_paper_formulas_agree_at_matched_assumptions() -> None:
+    """GE = white paper with ΔM = PW / (SF NEX), M0 = PD / (1 - e^(-ST/T1t)), α 0.6, T1b 1.6.
+
+    At those matched assumptions the ratio is exactly 1. With each formula's own defaults
+    (white paper α 0.85 without background suppression, T1b 1.65 s) the ratio GE / white
+    paper for the same ΔM and M0 is (0.85 / 0.6) · g(1.6) / g(1.65), with
+    g(T1b) = e^(PLD/T1b) / (T1b (1 - e^(-LD/T1b))): 1.4754 at PLD 1.525 s, LD 1.45 s.
+    """
+    truth, m0 = _truth()
+    delta_m = _delta_m(truth, m0, 0.85, 1.525, 1.45)
+    scaling = GEScaling(scaling_factor=32, nex=3)
+    pw = delta_m * 32 * 3
+    pd = m0 * (1 - math.exp(-2.0 / 1.2))
+    ge_params = read_parameters(GE, formula="ge")
+    ge = cbf_map(pw, pd, ge_params, formula="ge", ge=scaling)
+    matched = cbf_map(delta_m, m0, dataclasses.replace(ge_params, efficiency=0.6),
+                      t1_blood=1.6)
+    np.testing.assert_allclose(ge, matched, rtol=1e-12)
+    white_paper = cbf_map(delta_m, m0, read_parameters({**GE, "BackgroundSuppression": False}))
+    np.testing.assert_allclose(white_paper, truth, rtol=1e-12)
+
+    def g(t1b: float) -> float:
+        return math.exp(1.525 / t1b) / (t1b * (1 - math.exp(-1.45 / t1b)))
+
+    ratio = 0.85 / 0.6 * g(1.6) / g(1.65)
+    assert ratio == pytest.approx(1.4754, abs=1e-4)
+    np.testing.assert_allclose(ge / white_paper, ratio, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: asl_cbf(np.ones((2, 2, 2, 2)), ["deltam", "m0scan"], GE, formula="ge"),
+     "needs the PW scaling factor and NEX"),
+    (lambda: cbf_map(np.ones(3), 1.0, read_parameters(GE, formula="ge"), formula="ge"),
+     "not BIDS fields"),
+    (lambda: GEScaling(scaling_factor=32, nex=0), "nex must be a positive number"),
+    (lambda: GEScaling(scaling_factor=None, nex=3), "scaling_factor must be a positive"),
+    (lambda: read_parameters({**GE, "ArterialSpinLabelingType": "PASL", "BolusCutOffFlag": True,
+                              "BolusCutOffDelayTime": 0.8}, formula="ge"), "this run is PASL"),
+    (lambda: read_parameters(GE, formula="siemens"), "unknown CBF formula"),
+    (lambda: read_parameters(GE), "BackgroundSuppressionNumberPulses is missing"),
+])
+def test_ge_formula_inputs_are_checked(call, message: str) -> None:
+    with pytest.raises(ASLInputError, match=message):
+        call()

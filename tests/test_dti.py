@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from isyb.derive.dti import DWIInputError, fa_md, read_gradients
+from isyb.derive.dti import DWIInputError, fa_md, read_gradients, tissue_summary
 
 pytest.importorskip("dipy")
 
@@ -63,6 +63,53 @@ def test_fa_md_of_known_tensors_within_one_percent_and_equal_to_dipy(method: str
     direct = TensorModel(gradient_table(bvals, bvecs=bvecs), fit_method=method).fit(series)
     np.testing.assert_allclose(fa, np.clip(direct.fa, 0, 1), atol=1e-12)
     np.testing.assert_allclose(md, direct.md, atol=1e-15)
+
+
+def test_tissue_split_of_a_phantom_gives_the_known_fa_and_md_per_tissue() -> None:
+    bvals = np.r_[0.0, 0.0, np.full(30, 1000.0)]
+    bvecs = np.vstack([np.zeros((2, 3)), _directions(30)])
+    series, labels = _phantom(EIGEN, bvals, bvecs)
+    series += np.random.default_rng(3).normal(0.0, 5.0, series.shape)  # SNR 200 at b = 0
+    fit = np.ones(labels.shape, dtype=bool)
+    fit[:, :, 0] = False  # one slice left out of the fit: FA = MD = 0 there
+    fa, md = fa_md(series, bvals, bvecs, mask=fit)
+    wm, gm = labels == 0, labels == 1
+    summary = tissue_summary(fa, md, wm, gm)
+    print("tissue split:", {key: round(value, 6) for key, value in summary.items()})
+    assert summary["wm_voxels"] == summary["gm_voxels"] == 2 * 6 * 2  # unfitted slice left out
+    for tissue, label in (("wm", 0), ("gm", 1)):
+        for stat in ("mean", "median"):
+            assert summary[f"fa_{tissue}_{stat}"] == pytest.approx(_fa(EIGEN[label]), rel=0.01)
+            assert summary[f"md_{tissue}_{stat}"] == pytest.approx(EIGEN[label].mean(), rel=0.01)
+    # a partial-volume map (> 0.5 is tissue) gives the same split
+    assert tissue_summary(fa, md, wm * 0.9, gm * 0.6) == summary
+
+
+def test_tissue_summary_is_the_plain_mean_and_median_of_the_masked_voxels() -> None:
+    fa = np.array([0.5, 0.7, 0.9, 0.2, 0.1, 0.0])
+    md = np.array([0.7, 0.8, 0.6, 0.9, 1.0, 0.0]) * 1e-3
+    wm = np.array([True, True, True, False, False, False])
+    gm = np.array([False, False, False, True, True, True])  # last voxel not fitted (MD 0)
+    summary = tissue_summary(fa, md, wm, gm)
+    assert summary["fa_wm_mean"] == pytest.approx(0.7) and summary["fa_wm_median"] == 0.7
+    assert summary["md_wm_mean"] == pytest.approx(0.7e-3)
+    assert summary["fa_gm_mean"] == pytest.approx(0.15) and summary["gm_voxels"] == 2
+    assert summary["md_gm_median"] == pytest.approx(0.95e-3)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"wm": np.zeros(6, dtype=bool)}, "WM mask is empty"),
+    ({"gm": np.array([False] * 5 + [True])}, "GM mask is empty where FA and MD were fitted"),
+    ({"md": np.ones(5)}, r"different grids: FA \(6,\), MD \(5,\)"),
+    ({"gm": np.ones(6, dtype=bool)}, "overlap in 3 voxels"),
+])
+def test_tissue_summary_refuses_empty_masks_and_mismatched_grids(change: dict,
+                                                                message: str) -> None:
+    arrays = {"fa": np.full(6, 0.5), "md": np.r_[np.full(5, 1e-3), 0.0],
+              "wm": np.array([True] * 3 + [False] * 3),
+              "gm": np.array([False] * 3 + [True] * 3)}
+    with pytest.raises(DWIInputError, match=message):
+        tissue_summary(**{**arrays, **change})
 
 
 def test_gradient_files_follow_bids_and_bad_ones_are_clear_errors(tmp_path: Path) -> None:

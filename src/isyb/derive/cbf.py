@@ -1,4 +1,4 @@
-"""Cerebral blood flow (CBF, ml/100 g/min) from single-PLD ASL, as in the ASL white paper.
+"""Cerebral blood flow (CBF, ml/100 g/min) from single-PLD ASL: white paper or GE 3D pCASL.
 
 Alsop et al. (2015), "Recommended implementation of arterial spin-labeled
 perfusion MRI for clinical applications", Magn Reson Med 73:102-116, Eq. 1
@@ -35,11 +35,38 @@ is taken as full recovery, and the summary says which was used.
 mean of all label volumes), or the mean of ``deltam`` volumes. 2-D readouts
 get a per-slice PLD, PLD + ``SliceTiming[k]``; 3-D readouts one PLD.
 Multi-PLD runs are not handled (an error says so).
+
+GE 3D pCASL (``formula="ge"``): GE's product quantification of its 3D
+spiral pCASL, whose outputs are a perfusion-weighted difference image PW
+(scaled by the scanner) and a proton-density reference PD acquired by
+saturation recovery:
+
+    CBF = 6000 λ (1 - e^(-ST/T1t)) e^(PLD/T1b)
+          / (2 α T1b (1 - e^(-LD/T1b))) · PW / (SF · NEX · PD)
+
+with λ = 0.9, ST = 2 s (saturation time of the PD image), T1t = 1.2 s
+(tissue T1: the factor 1 - e^(-ST/T1t) corrects the PD's partial
+saturation), T1b = 1.6 s, α = 0.6 (0.8 labeling efficiency × 0.75 for
+background suppression), SF the PW scaling factor (32 on GE's product
+sequence) and NEX the number of excitations (averages) of the PW image.
+PLD and LD come from the sidecar (``PostLabelingDelay``,
+``LabelingDuration``); SF and NEX are not BIDS fields, so the caller gives
+them (:class:`GEScaling`). The sidecar's ``LabelingEfficiency`` and
+background-suppression fields are not used: α = 0.6 already holds them, and
+no separate M0 recovery correction is applied (the ST term is that
+correction). Source: GE's 3D ASL (Functool) documentation as reproduced in
+the University of Michigan fMRI lab's ``cbf_calc_ge.m``
+(HernandezGarciaLab/Matlab_ASL_repo, flow/) with exactly these constants,
+and as used by e.g. Xu et al. (2010), NMR Biomed 23:286-293. It is the
+white-paper pCASL equation with PD / (1 - e^(-ST/T1t)) as M0, PW / (SF NEX)
+as ΔM, α = 0.6 and T1b = 1.6 s: with the same ΔM, M0, α and T1b the two
+formulas agree exactly.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +80,34 @@ T1_BLOOD_3T = 1.65  # s
 T1_GREY_MATTER_3T = 1.3  # s, for the M0 recovery correction
 DEFAULT_EFFICIENCY = {"PCASL": 0.85, "CASL": 0.85, "PASL": 0.98}
 BACKGROUND_PULSE_EFFICIENCY = 0.95
+GE_T1_BLOOD = 1.6  # s
+GE_T1_TISSUE = 1.2  # s
+GE_SATURATION_TIME = 2.0  # s, saturation recovery time of GE's PD image
+GE_EFFICIENCY = 0.6  # 0.8 labeling × 0.75 background suppression
+FORMULAS = ("whitepaper", "ge")
 VOLUME_TYPES = ("control", "label", "m0scan", "deltam", "cbf", "noRF")
 
 
 class ASLInputError(IsybError, ValueError):
     """An ASL run or sidecar that does not allow an absolute CBF."""
+
+
+@dataclass(frozen=True)
+class GEScaling:
+    """The GE scanner quantities of the PW image that BIDS does not store.
+
+    ``scaling_factor`` is SF_PW (32 on GE's product 3D pCASL), ``nex`` the
+    number of excitations (averages) of the PW image.
+    """
+
+    scaling_factor: float
+    nex: float
+
+    def __post_init__(self) -> None:
+        for name in ("scaling_factor", "nex"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                raise ASLInputError(f"GE {name} must be a positive number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -91,11 +141,32 @@ def _single(value: Any, key: str) -> float:
     return float(values[0])
 
 
-def read_parameters(metadata: Mapping[str, Any]) -> ASLParameters:
-    """Check a BIDS ASL sidecar and collect the parameters of the white-paper formula."""
+def _require_ge(ge: GEScaling | None) -> GEScaling:
+    if ge is None:
+        raise ASLInputError("the GE formula needs the PW scaling factor and NEX, which are "
+                            "not BIDS fields: give GEScaling(scaling_factor, nex)")
+    return ge
+
+
+def _check_formula(formula: str) -> None:
+    if formula not in FORMULAS:
+        raise ASLInputError(f"unknown CBF formula {formula!r}: use {' or '.join(FORMULAS)}")
+
+
+def read_parameters(metadata: Mapping[str, Any], *,
+                    formula: str = "whitepaper") -> ASLParameters:
+    """Check a BIDS ASL sidecar and collect the parameters of the CBF formula.
+
+    ``formula="ge"`` (GE 3D pCASL) needs a pCASL run and fixes α at
+    :data:`GE_EFFICIENCY`, ignoring the sidecar's efficiency and
+    background-suppression fields.
+    """
+    _check_formula(formula)
     labeling = str(_required(metadata, "ArterialSpinLabelingType")).upper()
     if labeling not in DEFAULT_EFFICIENCY:
         raise ASLInputError(f"ArterialSpinLabelingType {labeling!r} is not CASL, PCASL or PASL")
+    if formula == "ge" and labeling == "PASL":
+        raise ASLInputError("the GE formula is for GE's 3D pCASL; this run is PASL")
     pld = _single(_required(metadata, "PostLabelingDelay"), "PostLabelingDelay")
     duration = cutoff = None
     if labeling in ("PCASL", "CASL"):
@@ -108,7 +179,9 @@ def read_parameters(metadata: Mapping[str, Any]) -> ASLParameters:
                                 "bolus duration is unknown, so CBF cannot be computed")
         cutoff = _single(_required(metadata, "BolusCutOffDelayTime"), "BolusCutOffDelayTime")
     efficiency = float(metadata.get("LabelingEfficiency") or DEFAULT_EFFICIENCY[labeling])
-    if metadata.get("BackgroundSuppression"):
+    if formula == "ge":
+        efficiency = GE_EFFICIENCY
+    elif metadata.get("BackgroundSuppression"):
         pulses = metadata.get("BackgroundSuppressionNumberPulses")
         if pulses is None:
             raise ASLInputError("BackgroundSuppression is true but "
@@ -162,29 +235,48 @@ def perfusion(means: Mapping[str, np.ndarray]) -> np.ndarray:
     return means["control"] - means["label"]
 
 
+def _pld_map(shape: tuple[int, ...], params: ASLParameters) -> np.ndarray:
+    """The PLD (s) per voxel: one value, or PLD + SliceTiming[k] along the third axis."""
+    pld = np.full(shape, params.post_labeling_delay)
+    if params.slice_times is not None:
+        if params.slice_times.size != shape[2]:
+            raise ASLInputError(f"SliceTiming has {params.slice_times.size} values for "
+                                f"{shape[2]} slices")
+        pld = pld + params.slice_times[None, None, :]
+    return pld
+
+
 def cbf_map(delta_m: np.ndarray, m0: np.ndarray | float, params: ASLParameters, *,
-            mask: np.ndarray | None = None, t1_blood: float = T1_BLOOD_3T,
-            partition: float = PARTITION_COEFFICIENT) -> np.ndarray:
-    """CBF (ml/100 g/min) per voxel by the white-paper formula; 0 outside ``mask``.
+            mask: np.ndarray | None = None, t1_blood: float | None = None,
+            partition: float = PARTITION_COEFFICIENT, formula: str = "whitepaper",
+            ge: GEScaling | None = None) -> np.ndarray:
+    """CBF (ml/100 g/min) per voxel by the white-paper or GE formula; 0 outside ``mask``.
 
     ``delta_m`` and ``m0`` share a grid (``m0`` may be a number, for
-    ``M0Type: Estimate``). The slice axis for per-slice PLDs is the third.
-    Voxels where M0 is not positive are 0.
+    ``M0Type: Estimate``). For ``formula="ge"`` they are GE's PW and PD
+    images and ``ge`` gives their scaling. ``t1_blood`` defaults to the
+    formula's own (1.65 s white paper, 1.6 s GE). The slice axis for
+    per-slice PLDs is the third. Voxels where M0 is not positive are 0.
     """
+    _check_formula(formula)
     delta_m = np.asarray(delta_m, dtype=np.float64)
-    pld = np.full(delta_m.shape, params.post_labeling_delay)
-    if params.slice_times is not None:
-        if params.slice_times.size != delta_m.shape[2]:
-            raise ASLInputError(f"SliceTiming has {params.slice_times.size} values for "
-                                f"{delta_m.shape[2]} slices")
-        pld = pld + params.slice_times[None, None, :]
+    pld = _pld_map(delta_m.shape, params)
     m0 = np.broadcast_to(np.asarray(m0, dtype=np.float64), delta_m.shape)
-    if params.labeling_type == "PASL":
-        denominator = 2.0 * params.efficiency * params.bolus_cutoff_delay * m0
+    if formula == "ge":
+        ge = _require_ge(ge)
+        t1b = GE_T1_BLOOD if t1_blood is None else t1_blood
+        saturation = 1.0 - math.exp(-GE_SATURATION_TIME / GE_T1_TISSUE)
+        numerator = 6000.0 * partition * saturation * delta_m * np.exp(pld / t1b)
+        denominator = (2.0 * params.efficiency * t1b * (1.0 - math.exp(
+            -params.labeling_duration / t1b)) * ge.scaling_factor * ge.nex * m0)
     else:
-        denominator = (2.0 * params.efficiency * t1_blood * m0
-                       * (1.0 - math.exp(-params.labeling_duration / t1_blood)))
-    numerator = 6000.0 * partition * delta_m * np.exp(pld / t1_blood)
+        t1b = T1_BLOOD_3T if t1_blood is None else t1_blood
+        if params.labeling_type == "PASL":
+            denominator = 2.0 * params.efficiency * params.bolus_cutoff_delay * m0
+        else:
+            denominator = (2.0 * params.efficiency * t1b * m0
+                           * (1.0 - math.exp(-params.labeling_duration / t1b)))
+        numerator = 6000.0 * partition * delta_m * np.exp(pld / t1b)
     out = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=m0 > 0)
     if mask is not None:
         out[~np.asarray(mask, dtype=bool)] = 0.0
@@ -192,15 +284,18 @@ def cbf_map(delta_m: np.ndarray, m0: np.ndarray | float, params: ASLParameters, 
 
 
 def asl_cbf(series: np.ndarray, volume_types: Sequence[str], metadata: Mapping[str, Any], *,
-            m0_image: np.ndarray | None = None,
-            mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+            m0_image: np.ndarray | None = None, mask: np.ndarray | None = None,
+            formula: str = "whitepaper",
+            ge: GEScaling | None = None) -> tuple[np.ndarray, dict]:
     """CBF map of one ASL run and a summary of what was used.
 
     ``series`` is the 4-D run, ``volume_types`` its ``aslcontext.tsv`` column,
     ``metadata`` its sidecar, ``m0_image`` the separate M0 (``M0Type:
-    Separate``; a 4-D M0 is averaged).
+    Separate``; a 4-D M0 is averaged). ``formula="ge"`` quantifies a GE 3D
+    pCASL run (PW as ``deltam``, PD as ``m0scan``) with ``ge``'s scaling.
     """
-    params = read_parameters(metadata)
+    params = read_parameters(metadata, formula=formula)
+    scaling = _require_ge(ge) if formula == "ge" else None
     means = split_series(np.asarray(series), volume_types)
     delta_m = perfusion(means)
     if params.m0_type == "Included":
@@ -217,14 +312,22 @@ def asl_cbf(series: np.ndarray, volume_types: Sequence[str], metadata: Mapping[s
                                 f"{delta_m.shape}")
     else:
         m0 = float(params.m0_estimate)
-    recovery = m0_recovery_factor(params.m0_repetition_time)
-    m0 = np.asarray(m0) / recovery
-    cbf = cbf_map(delta_m, m0, params, mask=mask)
-    summary = {"labeling_type": params.labeling_type, "post_labeling_delay_s":
-               params.post_labeling_delay, "labeling_duration_s": params.labeling_duration,
+    if scaling is not None:  # the PD's saturation recovery is a term of the GE formula
+        recovery = 1.0 - math.exp(-GE_SATURATION_TIME / GE_T1_TISSUE)
+        cbf = cbf_map(delta_m, m0, params, mask=mask, formula="ge", ge=scaling)
+    else:
+        recovery = m0_recovery_factor(params.m0_repetition_time)
+        cbf = cbf_map(delta_m, np.asarray(m0) / recovery, params, mask=mask)
+    summary = {"formula": formula, "labeling_type": params.labeling_type,
+               "post_labeling_delay_s": params.post_labeling_delay,
+               "labeling_duration_s": params.labeling_duration,
                "labeling_efficiency": params.efficiency, "m0_type": params.m0_type,
-               "m0_recovery_factor": recovery, "t1_blood_s": T1_BLOOD_3T,
+               "m0_recovery_factor": recovery,
+               "t1_blood_s": GE_T1_BLOOD if formula == "ge" else T1_BLOOD_3T,
                "partition_coefficient": PARTITION_COEFFICIENT,
                "pairs": int(min(list(volume_types).count("control"),
                                 list(volume_types).count("label")))}
+    if scaling is not None:
+        summary.update(ge_scaling_factor=scaling.scaling_factor, ge_nex=scaling.nex,
+                       saturation_time_s=GE_SATURATION_TIME, t1_tissue_s=GE_T1_TISSUE)
     return cbf, summary

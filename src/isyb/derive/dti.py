@@ -11,6 +11,12 @@ FA and MD are rotation invariants: a gradient table that is consistently
 flipped or permuted relative to the image gives the same FA and MD, so the
 voxel-axis convention only matters for tensor directions, which isyb does
 not report.
+
+Tissue summaries (:func:`tissue_summary`) give FA and MD in white and grey
+matter (FA-WM, FA-GM, MD-WM, MD-GM), from masks of a T1w segmentation
+already brought into DWI space. The value the descriptor reports is the
+mean over the tissue's voxels; the median is given too, as it is robust to
+partial-volume voxels at the tissue borders.
 """
 
 from __future__ import annotations
@@ -84,3 +90,40 @@ def fa_md(series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, *,
         fa[~keep] = 0.0
         md[~keep] = 0.0
     return fa, md
+
+
+def tissue_summary(fa: np.ndarray, md: np.ndarray, wm: np.ndarray,
+                   gm: np.ndarray) -> dict[str, float | int]:
+    """Mean and median FA (0..1) and MD (mm²/s) over the white- and grey-matter masks.
+
+    ``wm`` and ``gm`` are boolean masks, or partial-volume maps taken as
+    > 0.5; all four arrays share one grid (the DWI's; the caller checks the
+    affines). Voxels with MD <= 0 or a non-finite FA or MD are left out:
+    :func:`fa_md` writes 0 outside its fit mask. Keys: ``fa_wm_mean``,
+    ``fa_wm_median``, ``fa_gm_mean``, ..., ``md_gm_median``, and the voxels
+    used, ``wm_voxels`` and ``gm_voxels``. The means are the reported
+    FA-WM, FA-GM, MD-WM and MD-GM.
+    """
+    fa = np.asarray(fa, dtype=np.float64)
+    md = np.asarray(md, dtype=np.float64)
+    shapes = {"FA": fa.shape, "MD": md.shape, "WM mask": np.shape(wm), "GM mask": np.shape(gm)}
+    if len(set(shapes.values())) != 1:
+        raise DWIInputError("FA, MD and the tissue masks are on different grids: "
+                            + ", ".join(f"{key} {shape}" for key, shape in shapes.items()))
+    masks = {"wm": np.asarray(wm), "gm": np.asarray(gm)}
+    masks = {key: mask if mask.dtype == bool else mask > 0.5 for key, mask in masks.items()}
+    overlap = int((masks["wm"] & masks["gm"]).sum())
+    if overlap:
+        raise DWIInputError(f"the WM and GM masks overlap in {overlap} voxels")
+    fitted = np.isfinite(fa) & np.isfinite(md) & (md > 0)
+    out: dict[str, float | int] = {}
+    for tissue, mask in masks.items():
+        keep = mask & fitted
+        if not keep.any():
+            raise DWIInputError(f"the {tissue.upper()} mask is empty where FA and MD were "
+                                f"fitted ({int(mask.sum())} mask voxels, none with MD > 0)")
+        for name, image in (("fa", fa), ("md", md)):
+            out[f"{name}_{tissue}_mean"] = float(image[keep].mean())
+            out[f"{name}_{tissue}_median"] = float(np.median(image[keep]))
+        out[f"{tissue}_voxels"] = int(keep.sum())
+    return out

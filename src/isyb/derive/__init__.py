@@ -1,1 +1,8 @@
-"""Derived metrics of the released data (issue: isyb derive): CBF so far."""
+"""Derived metrics of the released data (``isyb derive``).
+
+Numerics per modality (:mod:`~isyb.derive.preprocess`, :mod:`~isyb.derive.rfmri`,
+:mod:`~isyb.derive.vmhc`, :mod:`~isyb.derive.dti`, :mod:`~isyb.derive.cbf`,
+:mod:`~isyb.derive.surface`), registration (:mod:`~isyb.derive.normalize`),
+group maps (:mod:`~isyb.derive.group`) and the dataset mode
+(:mod:`~isyb.derive.dataset`).
+"""

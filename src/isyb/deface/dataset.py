@@ -164,7 +164,8 @@ def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "isyb", "Version": __version__,
                          "Description": f"face masking, template {template.name}, "
-                                        f"method {options.method}"}],
+                                        f"method {options.method}, "
+                                        f"face region {options.face_region}"}],
         "SourceDatasets": [source_dataset(bids_in, json.loads(
             (bids_in / "dataset_description.json").read_text()))],
     }

@@ -2,9 +2,11 @@
 
 This module is pure numerics on a :class:`isyb.io.Volume` and a prepared
 :class:`isyb.templates.registry.Template`; reading and writing files is the
-business of :mod:`isyb.deface.run`. The one exception is the template's
-smoothed outline, which ``blur`` and ``noise`` give the face: it is read from
-(or built into) the template's cache folder by :mod:`isyb.deface.outline`.
+business of :mod:`isyb.deface.run`. The exceptions are the template's
+smoothed outline, which ``blur`` and ``noise`` give the face (read from, or
+built into, the template's cache folder by :mod:`isyb.deface.outline`), and,
+in the ``template`` face-region mode, the template's own face
+(:meth:`isyb.templates.registry.Template.face`, cached the same way).
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from isyb.brain import check_brain_mask, extract_brain
 from isyb.deface.guard import bounding_box, brain_guard
 from isyb.deface.obscure import BLEND_MM, METHODS, head_mask, obscure, skin_surface
 from isyb.deface.outline import outline_for
-from isyb.deface.region import face_region
+from isyb.deface.region import (
+    FACE_MARGIN_MM,
+    FACE_REGIONS,
+    face_region,
+    within_template_face,
+)
 from isyb.errors import IsybError
 from isyb.io import Volume
 from isyb.register import Registration, register_template
@@ -38,12 +45,17 @@ class DefaceOptions:
     half-thickness of the rebuilt skin layer, ``smooth_mm`` the Gaussian sigma
     of the outlines, ``blend_mm`` the band inside the face region's border
     where the template's outline gives way to the subject's
-    (:func:`isyb.deface.obscure.obscure`).
+    (:func:`isyb.deface.obscure.obscure`). ``face_region`` is ``rule`` (the
+    default: the template's half-spaces) or ``template`` (the template's own
+    face grown by ``face_margin_mm`` template mm, within those half-spaces;
+    see :mod:`isyb.deface.region`); ``face_margin_mm`` is unused by ``rule``.
     """
 
     method: str = "blur"
     ears: bool = False
     neck: bool = False
+    face_region: str = "rule"
+    face_margin_mm: float = FACE_MARGIN_MM
     guard_mm: float = 10.0
     layer_mm: float = 8.0
     smooth_mm: float = 16.0
@@ -55,6 +67,11 @@ class DefaceOptions:
             raise IsybError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.guard_mm < 0:
             raise IsybError("the brain guard margin must be ≥ 0 mm")
+        if self.face_region not in FACE_REGIONS:
+            raise IsybError(f"unknown face region {self.face_region!r}: use one of "
+                            f"{', '.join(FACE_REGIONS)}")
+        if not self.face_margin_mm >= 0:
+            raise IsybError("the face margin must be ≥ 0 mm")
 
 
 @dataclass
@@ -109,7 +126,7 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
 
 def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
                   *, alignment: Alignment | None = None) -> DefaceResult:
-    """Obscure the face of ``volume`` with ``template``'s face rule.
+    """Obscure the face of ``volume`` with ``template``'s face region.
 
     ``alignment`` may be reused from :func:`align`; by default it is
     computed. The report holds timings, the registration score and the face
@@ -124,6 +141,9 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     voxel_to_template = registration.subject_to_template @ volume.affine
     full_region = face_region(template.rule, volume.shape, voxel_to_template,
                               ears=options.ears, neck=options.neck)
+    if options.face_region == "template":
+        full_region = within_template_face(full_region, template.face(), voxel_to_template,
+                                           options.face_margin_mm)
     # Only the face region's bounding box can change. Grown by the guard margin
     # and the smoothing reach, it holds every brain voxel within the margin of a
     # changeable voxel, so the guard computed inside it is exact where it matters.

@@ -19,7 +19,23 @@ the template's brain mask, like quickshear's plane under the frontal lobe:
 
 Evaluating the rule at every subject voxel, through the subject->template
 affine, gives the face region in subject space for any FOV. The brain guard
-(see :mod:`isyb.deface.guard`) is removed from it afterwards.
+(see :mod:`isyb.deface.guard`) is removed from it afterwards. This is the
+default face-region mode, ``rule``.
+
+The ``template`` mode (after NRG mask_face and pydeface, whose masks are drawn
+in template space) narrows the rule to the *template's own face*: the
+template's head tissue inside the rule region, grown outward by a margin
+(default :data:`FACE_MARGIN_MM`, like mask_face's layer of about ±8 mm
+around the skin), carried into subject space by the same affine and
+intersected with the rule region. A subject's face that reaches further than
+the registered template's face plus the margin is then left as it is: the
+template's face shape matters, which is what the ISYB data descriptor's
+template comparison measured. The template's face is kept as a signed
+distance field on a grid of about 2 mm (:class:`TemplateFace`, built once per
+template by :func:`template_face` and cached with the prepared template), so
+the margin is chosen at use time. Beyond the template's field of view the
+rule alone decides, so a long neck or a large FOV is still covered where the
+rule covers it.
 """
 
 from __future__ import annotations
@@ -27,8 +43,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import ndimage
+
+from isyb.deface.guard import bounding_box
+from isyb.deface.obscure import coarse_factors, downsample, signed_distance
 
 FACE_PLANE_ANGLE_DEG = 30.0
+#: Face-region modes: the rule's half-spaces, or the template's own face within them.
+FACE_REGIONS = ("rule", "template")
+#: Default margin (template mm) around the template's face in the ``template``
+#: mode: NRG mask_face builds a layer of about ±8 mm around the skin surface.
+FACE_MARGIN_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -121,3 +146,69 @@ def face_region(rule: FaceRule, shape: tuple[int, int, int], voxel_to_template: 
         region |= (lateral & (y > rule.ear_y[0]) & (y < rule.ear_y[1])
                    & (z > rule.ear_z[0]) & (z < rule.ear_z[1]))
     return region
+
+
+@dataclass(frozen=True)
+class TemplateFace:
+    """A template's own face, as a distance field in template space.
+
+    ``field`` is the signed distance (mm, negative inside) to the template's
+    head tissue inside its face rule (ears and neck included), on a grid of
+    about 2 mm; ``affine`` maps that grid's voxel indices to template RAS mm.
+    Build it with :func:`template_face`.
+    """
+
+    field: np.ndarray
+    affine: np.ndarray
+
+
+def template_face(head: np.ndarray, affine: np.ndarray, rule: FaceRule) -> TemplateFace:
+    """The :class:`TemplateFace` of a template's boolean RAS head mask.
+
+    ``affine`` is the mask's voxel->template RAS mm. The mask is
+    block-averaged to about 2 mm (a coarse voxel is head when more than half
+    of it is; :func:`isyb.deface.obscure.downsample`), cut to the rule region
+    with ears and neck (the widest; the subject-space region is cut to the
+    options' own rule region afterwards), and turned into a signed Euclidean
+    distance (:func:`isyb.deface.obscure.signed_distance`, which measures
+    between voxel centres), moved by half a coarse voxel towards zero so that
+    zero lies on the boundary halfway between the last tissue voxel and the
+    first air voxel. Coarse voxel ``c`` sits at fine index
+    ``c * factor + factor // 2``.
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    factors = coarse_factors(zooms)
+    coarse = downsample(head, factors) > 0.5
+    grid = np.diag([*factors.astype(float), 1.0])
+    grid[:3, 3] = factors // 2
+    coarse_affine = affine @ grid
+    tissue = coarse & face_region(rule, coarse.shape, coarse_affine, ears=True, neck=True)
+    distance = signed_distance(tissue, zooms * factors)
+    half_voxel = np.float32(0.5 * (zooms * factors).min())
+    return TemplateFace(distance - np.sign(distance) * half_voxel, coarse_affine)
+
+
+def within_template_face(region: np.ndarray, face: TemplateFace, voxel_to_template: np.ndarray,
+                         margin_mm: float = FACE_MARGIN_MM) -> np.ndarray:
+    """The voxels of ``region`` within ``margin_mm`` of the template's face tissue.
+
+    ``voxel_to_template`` maps the grid's voxel indices to template RAS mm
+    (as for :func:`face_region`). The distance field is interpolated
+    trilinearly at each voxel of the region's bounding box; the margin is in
+    template millimetres (the subject's, up to the registration's scaling).
+    Voxels that map outside the template's field of view stay in the region.
+    """
+    out = np.zeros(region.shape, dtype=bool)
+    if not region.any():
+        return out
+    box = bounding_box(region)
+    box_to_voxel = np.eye(4)
+    box_to_voxel[:3, 3] = [part.start for part in box]
+    mapping = np.linalg.inv(face.affine) @ voxel_to_template @ box_to_voxel
+    inside = region[box]
+    distance = ndimage.affine_transform(face.field.astype(np.float32, copy=False),
+                                        mapping[:3, :3], offset=mapping[:3, 3],
+                                        output_shape=inside.shape, order=1, mode="constant",
+                                        cval=np.nan)
+    out[box] = inside & ((distance <= margin_mm) | np.isnan(distance))
+    return out

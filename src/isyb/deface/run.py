@@ -139,7 +139,11 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
                      "head_sha256": template.info.get("head_sha256"),
                      "brain_mask": template.info.get("brain_mask")},
         "method": options.method,
-        "options": {"ears": options.ears, "neck": options.neck, "guard_mm": options.guard_mm,
+        "options": {"ears": options.ears, "neck": options.neck,
+                    "face_region": options.face_region,
+                    "face_margin_mm": (options.face_margin_mm
+                                       if options.face_region == "template" else None),
+                    "guard_mm": options.guard_mm,
                     "layer_mm": options.layer_mm, "smooth_mm": options.smooth_mm,
                     "blend_mm": options.blend_mm, "seed": options.seed},
         "changed_voxels": int(changed3.sum()),

@@ -23,6 +23,8 @@ the brain mask) and caches the result under ``$ISYB_HOME/templates`` (default
     tpl-<name>/tpl-<name>_T1w.nii.gz
     tpl-<name>/tpl-<name>_desc-brain_mask.nii.gz
     tpl-<name>/tpl-<name>_desc-face_mask.nii.gz   (the rule on the template grid)
+    tpl-<name>/tpl-<name>_desc-face_distance.npz  (the template's own face, on first use
+                                                    of the ``template`` face-region mode)
     tpl-<name>/template.json                      (provenance, face rule)
 
 A cache entry is reused while the head's SHA-256 is unchanged.
@@ -45,7 +47,13 @@ import numpy as np
 from isyb import __version__
 from isyb.brain import check_brain_mask, extract_brain
 from isyb.deface.obscure import head_mask
-from isyb.deface.region import FaceRule, derive_face_rule, face_region
+from isyb.deface.region import (
+    FaceRule,
+    TemplateFace,
+    derive_face_rule,
+    face_region,
+    template_face,
+)
 from isyb.errors import IsybError
 from isyb.io import (
     Volume,
@@ -124,6 +132,26 @@ class Template:
         arrays = cached_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
         return TemplateGrid(arrays["head"], arrays["brain"], arrays["affine"],
                             float(arrays["spacing_mm"]))
+
+    def face(self) -> TemplateFace:
+        """The template's own face (:func:`isyb.deface.region.template_face`), cached.
+
+        Used by the ``template`` face-region mode. Kept as
+        ``tpl-<name>_desc-face_distance.npz`` beside the prepared files, keyed
+        by the head's SHA-256, the rule version and :data:`FACE_VERSION`;
+        building it reads the head and finds its tissue (about 2-3 s at 1 mm).
+        """
+        path = self.head.parent / f"tpl-{self.name}_desc-face_distance.npz"
+
+        def build() -> dict[str, np.ndarray]:
+            head, _ = self.load()
+            face = template_face(head_mask(head.data, skin_threshold(head.data)), head.affine,
+                                 self.rule)
+            return {"field": face.field.astype(np.float32), "affine": face.affine}
+
+        stamp = f"{self.info['head_sha256']}:{RULE_VERSION}:{FACE_VERSION}"
+        arrays = cached_arrays(path, stamp, build)
+        return TemplateFace(arrays["field"], arrays["affine"])
 
 
 @functools.lru_cache(maxsize=4)
@@ -250,6 +278,8 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
 
 #: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt.
 RULE_VERSION = 2
+#: Bumped whenever :func:`isyb.deface.region.template_face` changes.
+FACE_VERSION = 1
 
 
 def _from_meta(key: str, folder: Path, meta: dict) -> Template:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from conftest import assert_one_line_error
+from isyb.cli import main
 from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
 from isyb.deface.obscure import head_mask, skin_surface
 from isyb.deface.region import (
@@ -195,3 +197,17 @@ def test_options_are_checked_and_recorded(subject, templates, tmp_path: Path) ->
     assert record["options"]["face_margin_mm"] == 5.0
     written = json.loads((tmp_path / "out_isyb.json").read_text())
     assert written["options"] == record["options"]
+
+
+@pytest.mark.parametrize("command", ["deface", "study"])
+def test_cli_options(command: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--face-region" in out and "--face-margin" in out
+    args = ([command, str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz")]
+            if command == "deface" else [command, str(tmp_path), str(tmp_path / "out"),
+                                          "--templates", "a,b"])
+    code = main([*args, "--face-region", "template", "--face-margin", "-2"])
+    assert_one_line_error(code, capsys.readouterr().err, "face margin")
+    assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "out").exists()

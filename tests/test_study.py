@@ -12,9 +12,14 @@ import pytest
 
 from isyb.bids.participants import parse_split, split_counts
 from isyb.cli import main
+from isyb.deface.engine import DefaceOptions
+from isyb.deface.guard import brain_guard
 from isyb.demo import build_demo_dataset
 from isyb.errors import IsybError, RegistrationError
+from isyb.evaluate.anonymization import evaluation_region
+from isyb.phantom import FACE_LABELS, Label, make_phantom
 from isyb.study.cohort import assign_subsets
+from isyb.study.run import METRICS_VERSION, work_name
 from isyb.study.stats import anova_tables, check_subsets, marginal_means, posthoc_tables
 from isyb.study.study import StudyOptions, run_study
 from isyb.templates.registry import resolve
@@ -162,6 +167,60 @@ def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run, monkeypat
     assert "dropped from the statistics: 1" in (out / "report.html").read_text()
 
 
+def test_other_face_region_settings_are_not_served_from_the_cache(study_run,
+                                                                  monkeypatch) -> None:
+    """The cache folder names the face-region mode and margin; stale metric versions rerun."""
+    out, args = study_run
+    calls = []
+
+    def fail(volume, template, brain=None):
+        calls.append(template.name)
+        raise RegistrationError("registration failed: simulated")
+
+    monkeypatch.setattr("isyb.study.run.align", fail)
+    options = StudyOptions(method="blur", face_region="template", face_margin_mm=6.0,
+                           split="all:4", seed=1)
+    templates = [resolve(t) for t in args[4].split(",")]
+    with pytest.raises(IsybError, match="nothing to compare"):  # every pair failed
+        run_study(Path(args[1]), out, templates, options, progress=False)
+    assert len(calls) == 8  # 4 subjects x 2 templates, none taken from the blur cache
+    records = sorted((out / "work").glob("sub-*/blur_face-template_margin-6mm/tpl-*/metrics.json"))
+    assert len(records) == 8
+    record = json.loads(records[0].read_text())
+    assert record["face_region"] == "template" and record["face_margin_mm"] == 6.0
+    stale = next((out / "work" / "sub-01" / "blur").glob("tpl-*/metrics.json"))
+    old = json.loads(stale.read_text())
+    assert old["metrics_version"] == METRICS_VERSION
+    old.pop("metrics_version")
+    stale.write_text(json.dumps(old))
+    calls.clear()
+    run_study(Path(args[1]), out, templates, StudyOptions(split="all:4", seed=1),
+              progress=False)
+    assert calls == [stale.parent.name.removeprefix("tpl-")]  # only the stale record reran
+
+
+def test_work_names_keep_the_default_folder() -> None:
+    assert work_name(DefaceOptions(method="blur")) == "blur"
+    assert work_name(DefaceOptions(method="remove", face_region="template")) == (
+        "remove_face-template_margin-8mm")
+    assert work_name(DefaceOptions(method="remove", face_region="template",
+                                   face_margin_mm=4.0)) == "remove_face-template_margin-4mm"
+
+
+def test_evaluation_region_holds_the_face_and_spares_the_guard() -> None:
+    """The rule on the subject's own brain: the phantom's face inside, its brain guard out."""
+    phantom = make_phantom(voxel_size=3.0, seed=1)
+    region = evaluation_region(phantom.brain_mask, phantom.affine)
+    face = np.isin(phantom.labels, FACE_LABELS)
+    guard = brain_guard(phantom.brain_mask, phantom.voxel_size, 10.0)
+    assert region[face & ~guard].mean() > 0.99
+    assert not (region & guard).any()
+    assert not region[phantom.labels == Label.EARS].any()
+    moved = phantom.affine.copy()
+    moved[:3, 3] += [30.0, -20.0, 11.0]  # a header origin never matters
+    assert np.array_equal(evaluation_region(phantom.brain_mask, moved), region)
+
+
 def test_identical_scores_give_an_undefined_f_not_infinity() -> None:
     """Two identical templates: every difference is 0, F is 0/0. pingouin says F = inf,
     p = 0 (a 'significant' effect); the tables say NaN."""
@@ -174,3 +233,15 @@ def test_identical_scores_give_an_undefined_f_not_infinity() -> None:
     assert effect["F"].isna().all()
     p_column = "p_unc" if "p_unc" in table else "p-unc"
     assert effect[p_column].isna().all()
+
+
+def test_identical_scores_leave_the_mixed_anova_within_rows_undefined() -> None:
+    """With two subsets, pingouin's mixed ANOVA turns 0/0 into rounding noise (F = -4 seen)."""
+    subjects = [f"s{i}" for i in range(6)]
+    scores = list(np.linspace(0.5, 0.6, 6))
+    data = pd.DataFrame({"subject": subjects * 2, "template": ["a"] * 6 + ["b"] * 6,
+                         "subset": (["x"] * 3 + ["y"] * 3) * 2, "nmi": scores * 2})
+    mixed = anova_tables(data, "nmi").query("analysis == 'mixed'").set_index("Source")
+    assert mixed.loc[["template", "Interaction"], "F"].isna().all()
+    assert mixed.loc[["template", "Interaction"], "p_unc"].isna().all()
+    assert mixed.loc["subset", "F"] > 0  # the between-subject effect is still there

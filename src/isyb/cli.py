@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     deface.add_argument("--ears", action="store_true", help="also obscure the ears")
     deface.add_argument("--neck", action="store_true",
                         help="also obscure the front of the neck below the chin")
+    deface.add_argument("--face-region", choices=("rule", "template"), default="rule",
+                        help="rule: the template's face half-spaces, generous enough for any "
+                        "face (default); template: the registered template's own face plus "
+                        "--face-margin, within those half-spaces, like mask_face and pydeface "
+                        "(a face larger than the template's is partly left)")
+    deface.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+                        help="--face-region template: margin around the template's face, "
+                        "template mm (default: %(default)s)")
     deface.add_argument("--guard-mm", type=float, default=10.0,
                         help="brain guard: brain mask dilated by this margin is never "
                         "changed (default: %(default)s mm)")
@@ -160,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="template-effect study: deface a cohort with several templates, "
         "NMI, ANOVA, post-hoc tests, Table 1 and Fig. 6",
         description="For every subject (first T1w) × template: deface, keep the face mask, "
-        "compute NMI and the other metrics (cached in OUT_DIR/work). Then a mixed ANOVA "
+        "compute NMI and the other metrics over the subject's own evaluation region (the "
+        "face rule placed on the subject's brain, minus its brain guard; the same voxels "
+        "for every template), cached in OUT_DIR/work. Then a mixed ANOVA "
         "(template within × subset between), repeated-measures ANOVAs per subset and pooled "
         "(Mauchly, Greenhouse-Geisser), post-hoc paired tests, marginal means, Table 1, "
         "violins and report.html.",
@@ -172,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--templates", required=True,
                        help="comma-separated template names or paths (at least two)")
     study.add_argument("--method", choices=("blur", "remove", "noise"), default="blur")
+    study.add_argument("--face-region", choices=("rule", "template"), default="rule",
+                       help="face region of the defacing, as for `isyb deface` (default: "
+                       "%(default)s)")
+    study.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+                       help="--face-region template: margin around the template's face, "
+                       "template mm (default: %(default)s)")
     split = study.add_mutually_exclusive_group()
     split.add_argument("--split", help="subset sizes, counts or fractions, e.g. "
                        "discovery:89,validation:126 (default: two halves)")
@@ -339,7 +355,8 @@ def cmd_deface(args: argparse.Namespace) -> int:
     from isyb.templates.registry import resolve
 
     options = DefaceOptions(method=args.method, ears=args.ears, neck=args.neck,
-                            guard_mm=args.guard_mm)
+                            guard_mm=args.guard_mm, face_region=args.face_region,
+                            face_margin_mm=args.face_margin)
     if args.input.is_dir():
         if args.save_mask:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
@@ -440,13 +457,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
-    names = [name.strip() for name in args.templates.split(",") if name.strip()]
-    templates = [_study_template(args) if name == "study" else resolve(name, progress=_note)
-                 for name in names]
-    options = StudyOptions(method=args.method, dv=args.dv, split=args.split,
+    options = StudyOptions(method=args.method, face_region=args.face_region,
+                           face_margin_mm=args.face_margin, dv=args.dv, split=args.split,
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon,
                            nprocs=args.nprocs, note=args.note)
+    names = [name.strip() for name in args.templates.split(",") if name.strip()]
+    templates = [_study_template(args) if name == "study" else resolve(name, progress=_note)
+                 for name in names]
     result = run_study(args.bids_dir, args.out_dir, templates, options,
                        progress=not args.quiet, log=_note)
     print(json.dumps(result["summary"]))

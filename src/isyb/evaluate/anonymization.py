@@ -7,7 +7,9 @@ import os
 import numpy as np
 
 from isyb.brain import extract_brain
+from isyb.deface.guard import brain_guard
 from isyb.deface.obscure import head_mask, skin_surface
+from isyb.deface.region import derive_face_rule, face_region
 from isyb.errors import IsybError
 from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
@@ -23,6 +25,24 @@ def check_same_grid(a: Volume, b: Volume, names: tuple[str, str]) -> None:
         raise IsybError(f"{names[0]} and {names[1]} are on different grids "
                         f"({a.shape} vs {b.shape}); evaluate needs the defaced image on the "
                         "original's grid")
+
+
+def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
+                      guard_mm: float = 10.0) -> np.ndarray:
+    """A face region that depends on the subject only: the voxel set to compare templates on.
+
+    The face rule (:func:`isyb.deface.region.derive_face_rule`) is placed on
+    the subject's own boolean RAS brain mask and evaluated on the subject's
+    grid with the identity mapping (``affine`` is its voxel->world mm), then
+    the subject's brain guard (the mask dilated by ``guard_mm`` mm) is
+    removed. Every template's defacing of the subject is scored over the same
+    voxels, so a template that obscures less of the face scores lower, which
+    a score over each defacing's own applied mask cannot show (``remove``
+    gives NMI 1 over its own mask, whatever it missed).
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    region = face_region(derive_face_rule(brain, affine), brain.shape, affine)
+    return region & ~brain_guard(brain, zooms, guard_mm)
 
 
 def evaluate_defacing(original: Volume, defaced: Volume, face_mask: np.ndarray, *,

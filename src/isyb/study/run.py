@@ -1,12 +1,23 @@
 """Run the template-effect study: every subject × template, cached, then statistics.
 
-Work is cached under ``OUT_DIR/work/sub-<label>/``: the subject's brain mask
-and original-face detection once, then per method and template a
-``metrics.json`` (written last) and the face mask actually applied. A rerun,
-or a run with an added template, computes only what is missing. A template
-that fails for a subject (registration, brain extraction) is recorded as a
-failed pair and the run goes on; the statistics drop incomplete subjects and
-say how many.
+The metrics of every subject × template pair (NMI, the changed fraction of
+the face's skin surface) are computed over the subject's **evaluation
+region** (:func:`isyb.evaluate.anonymization.evaluation_region`: the face
+rule placed on the subject's own brain mask, minus the subject's 10 mm brain
+guard), not over each defacing's applied mask: the voxel set must be the
+same for every template of a subject, or the templates are not compared on
+the same thing (``remove`` would score NMI 1 over its own mask, whatever face
+it missed).
+
+Work is cached under ``OUT_DIR/work/sub-<label>/``: the subject's brain mask,
+evaluation region and original-face detection once, then per defacing
+setting (:func:`work_name`: the method, plus the face-region mode and margin
+when not the default ``rule``) and template a ``metrics.json`` (written
+last) and the face mask actually applied. A rerun, or a run with an added
+template, computes only what is missing; a ``metrics.json`` of another
+:data:`METRICS_VERSION` is recomputed. A template that fails for a subject
+(registration, brain extraction) is recorded as a failed pair and the run
+goes on; the statistics drop incomplete subjects and say how many.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from isyb import __version__
 from isyb.brain import extract_brain
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
-from isyb.evaluate.anonymization import evaluate_defacing
+from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.faces import face_detected
 from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -34,6 +45,9 @@ from isyb.templates.registry import Template
 METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels",
                   "changed_voxels", "registration_score", "face_detected_original",
                   "face_detected_defaced")
+#: Version of the metric definitions in ``metrics.json``; other versions are recomputed.
+#: 2: NMI and face-surface fraction over the subject's evaluation region.
+METRICS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,12 +58,24 @@ class SubjectJob:
     image: Path
     templates: tuple[Template, ...]
     work: Path
-    method: str
+    options: DefaceOptions
     threads: int = 1
+
+
+def work_name(options: DefaceOptions) -> str:
+    """The cache folder of one defacing setting: ``blur``, ``remove_face-template_margin-8mm``."""
+    if options.face_region == "rule":
+        return options.method
+    return f"{options.method}_face-{options.face_region}_margin-{options.face_margin_mm:g}mm"
 
 
 def _cached_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _current_record(path: Path) -> dict | None:
+    record = _cached_json(path)
+    return record if record and record.get("metrics_version") == METRICS_VERSION else None
 
 
 def _brain(volume: Volume, folder: Path) -> np.ndarray:
@@ -59,6 +85,15 @@ def _brain(volume: Volume, folder: Path) -> np.ndarray:
     brain = extract_brain(volume.data, volume.zooms)
     save_mask_like(brain, volume, path)
     return brain
+
+
+def _evaluation(volume: Volume, brain: np.ndarray, folder: Path) -> np.ndarray:
+    path = folder / "evaluation_region.nii.gz"
+    if path.is_file():
+        return load_volume(path).data > 0
+    region = evaluation_region(brain, volume.affine)
+    save_mask_like(region, volume, path)
+    return region
 
 
 def _defaced_as_written(volume: Volume, data: np.ndarray, allowed: np.ndarray) -> Volume:
@@ -75,18 +110,21 @@ def run_subject(job: SubjectJob) -> list[dict]:
     torch.set_num_threads(max(1, job.threads))
     folder = job.work / f"sub-{job.subject}"
     folder.mkdir(parents=True, exist_ok=True)
+    setting = work_name(job.options)
     rows: list[dict] = []
     volume: Volume | None = None
     brain: np.ndarray | None = None
+    region: np.ndarray | None = None
     original_detected: bool | None = None
     for template in job.templates:
-        target = folder / job.method / f"tpl-{template.name}"
-        record = _cached_json(target / "metrics.json")
+        target = folder / setting / f"tpl-{template.name}"
+        record = _current_record(target / "metrics.json")
         if record is None:
             try:
                 if volume is None:
                     volume = load_volume(job.image)
                     brain = _brain(volume, folder)
+                    region = _evaluation(volume, brain, folder)
                     cached = _cached_json(folder / "original.json")
                     if cached is None:
                         cached = {"face_detected_original": bool(
@@ -94,17 +132,17 @@ def run_subject(job: SubjectJob) -> list[dict]:
                         write_text(folder / "original.json", json.dumps(cached) + "\n")
                     original_detected = cached["face_detected_original"]
                 alignment = align(volume, template, brain=brain)
-                result = deface_volume(volume, template, DefaceOptions(method=job.method),
-                                       alignment=alignment)
+                result = deface_volume(volume, template, job.options, alignment=alignment)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
-                metrics = evaluate_defacing(volume, defaced, result.allowed, brain=brain,
-                                            detect=False)
+                metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False)
                 record = {
                     "status": "ok",
                     "nmi": metrics["nmi"],
                     "face_surface_changed_fraction": metrics["face_surface_changed_fraction"],
                     "brain_changed_voxels": metrics["brain_changed_voxels"],
                     "changed_voxels": metrics["changed_voxels"],
+                    "evaluation_region_voxels": metrics["face_mask_voxels"],
+                    "applied_mask_voxels": int(result.allowed.sum()),
                     "registration_score": alignment.registration.score,
                     "face_detected_original": original_detected,
                     "face_detected_defaced": bool(
@@ -114,19 +152,23 @@ def run_subject(job: SubjectJob) -> list[dict]:
             except IsybError as exc:
                 record = {"status": "failed", "error": str(exc)}
             record.update(template_sha256=template.info.get("head_sha256"),
-                          isyb_version=__version__)
+                          face_region=job.options.face_region,
+                          face_margin_mm=(job.options.face_margin_mm
+                                          if job.options.face_region == "template" else None),
+                          metrics_version=METRICS_VERSION, isyb_version=__version__)
             write_text(target / "metrics.json", json.dumps(record, indent=2) + "\n")
         rows.append({"subject": job.subject, "template": template.name,
-                     "method": job.method, **record})
+                     "method": job.options.method, **record})
     return rows
 
 
 def collect_metrics(images: dict[str, Path], templates: list[Template], work: Path,
-                    method: str, *, nprocs: int = 1, progress: bool = True) -> pd.DataFrame:
+                    options: DefaceOptions, *, nprocs: int = 1,
+                    progress: bool = True) -> pd.DataFrame:
     """Metric rows of every subject × template (computing only the uncached ones)."""
     nprocs = max(1, min(nprocs, len(images)))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
-    jobs = [SubjectJob(s, p, tuple(templates), work, method, threads)
+    jobs = [SubjectJob(s, p, tuple(templates), work, options, threads)
             for s, p in sorted(images.items())]
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="study", unit="subject", disable=not progress,

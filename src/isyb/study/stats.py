@@ -35,6 +35,8 @@ def check_subsets(data: pd.DataFrame) -> None:
     are templates: Mauchly's sphericity test (and pingouin with it) needs
     n - 1 >= k - 1 degrees of freedom.
     """
+    if data.empty:
+        raise IsybError("no subject has a result for every template: nothing to compare")
     minimum = max(2, data["template"].nunique())
     sizes = data.groupby("subset")["subject"].nunique()
     small = sizes[sizes < minimum]
@@ -58,7 +60,7 @@ def anova_tables(data: pd.DataFrame, dv: str) -> pd.DataFrame:
     if data["subset"].nunique() > 1:
         mixed = pg.mixed_anova(correction=True, data=data, dv=dv, within="template",
                                  between="subset", subject="subject")
-        frames.append(mixed.assign(analysis="mixed"))
+        frames.append(_within_undefined_when_constant(mixed, data, dv).assign(analysis="mixed"))
     groups = [(name, group) for name, group in data.groupby("subset", sort=True)]
     groups.append((POOLED, data))
     for name, group in groups:
@@ -84,6 +86,24 @@ def _undefined_when_nothing_varies(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "ng2", "eps"):
         if column in out:
             out.loc[out.index[0], column] = np.nan
+    return out
+
+
+def _within_undefined_when_constant(table: pd.DataFrame, data: pd.DataFrame,
+                                    dv: str) -> pd.DataFrame:
+    """The mixed ANOVA's within-subject rows (template, Interaction) as NaN when no
+    subject's score changes with the template.
+
+    Their F is then 0/0, which pingouin reports as rounding noise (seen: F = -4,
+    and a template F of -7e-13); the between-subject row keeps its value.
+    """
+    if data.groupby("subject")[dv].agg(lambda v: v.max() - v.min()).ne(0).any():
+        return table
+    out = table.copy()
+    rows = out["Source"].isin(["template", "Interaction"])
+    for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "np2", "eps"):
+        if column in out:
+            out.loc[rows, column] = np.nan
     return out
 
 

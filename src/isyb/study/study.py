@@ -1,4 +1,9 @@
-"""``isyb study``: the whole template-effect analysis on a BIDS dataset."""
+"""``isyb study``: the whole template-effect analysis on a BIDS dataset.
+
+The dependent variables (NMI, changed fraction of the face's skin surface)
+are computed over each subject's evaluation region, the same voxels for
+every template (see :mod:`isyb.study.run`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from isyb.bids.participants import read_participants
+from isyb.deface.engine import DefaceOptions
+from isyb.deface.region import FACE_MARGIN_MM
 from isyb.errors import IsybError
 from isyb.io import atomic_path
 from isyb.study.cohort import assign_subsets, find_t1w
@@ -29,6 +36,8 @@ class StudyOptions:
     """Settings of ``isyb study`` (see its ``--help``)."""
 
     method: str = "blur"
+    face_region: str = "rule"
+    face_margin_mm: float = FACE_MARGIN_MM
     dv: str = "nmi"
     split: str | None = None
     split_column: str | None = None
@@ -37,6 +46,14 @@ class StudyOptions:
     parametric: bool = True
     nprocs: int = 1
     note: str = ""
+
+    def __post_init__(self) -> None:
+        self.deface_options()  # bad defacing settings fail before any work
+
+    def deface_options(self) -> DefaceOptions:
+        """The defacing settings of every subject × template pair."""
+        return DefaceOptions(method=self.method, face_region=self.face_region,
+                             face_margin_mm=self.face_margin_mm)
 
 
 def write_tsv(table: pd.DataFrame, path: Path) -> None:
@@ -53,7 +70,7 @@ def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options:
     subsets = assign_subsets(sorted(images), split=options.split, column=options.split_column,
                              participants=read_participants(bids_dir), seed=options.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = collect_metrics(images, templates, out_dir / "work", options.method,
+    metrics = collect_metrics(images, templates, out_dir / "work", options.deface_options(),
                               nprocs=options.nprocs, progress=progress)
     metrics.insert(1, "subset", metrics["subject"].map(subsets))
     write_tsv(metrics, out_dir / "metrics.tsv")
@@ -80,6 +97,10 @@ def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options:
         "subjects": len(images),
         "templates": ", ".join(t.name for t in templates),
         "method": options.method,
+        "face region": (options.face_region if options.face_region == "rule" else
+                        f"{options.face_region}, margin {options.face_margin_mm:g} mm"),
+        "metrics over": "each subject's evaluation region (face rule on its own brain, "
+                        "minus its brain guard)",
         "dependent variable": options.dv,
         "subsets": ", ".join(f"{k} ({v})" for k, v in
                              data.groupby("subset")["subject"].nunique().items()),

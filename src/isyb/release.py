@@ -14,15 +14,16 @@ Participant level, per subject, in three steps:
    Never skipped: a release is not made without it.
 3. ``qc``: MRIQC-style metrics of every T1w, T2w and BOLD run
    (:mod:`isyb.qc.dataset`), measured on the input images.
-
-``derive`` (derived metrics) is not part of isyb yet; ``--skip derive`` is
-accepted and the summary says it did not run.
+4. ``derive``: ALFF, fALFF, ReHo, VMHC, FA, MD and CBF of the subject's
+   BOLD, DWI and ASL runs (:mod:`isyb.derive.dataset`), computed on the
+   *released* files (defaced T1w, scrubbed sidecars), with the default
+   settings; normalisations are cached in ``WORK_DIR/derive``.
 
 Group level: dataset-level files (``dataset_description.json`` with
 ``GeneratedBy`` and ``SourceDatasets``, ``participants.tsv`` checked against
 the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
-QC tables, exclusions and report, ``derivatives/isyb/scrub_report.tsv``, a
-scan of the whole release for keys the policy forbids, and
+QC tables, exclusions and report, the group maps of the derived metrics,
+``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids, and
 ``derivatives/isyb/release_summary.json``.
 
 **Resuming.** Each finished subject × step is recorded in
@@ -60,6 +61,7 @@ from isyb.bids.participants import subjects_on_disk, validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
 from isyb.deface.dataset import DERIVATIVES, DatasetJob, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
+from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
 from isyb.io import atomic_path, sweep_partial, write_text
 from isyb.templates.registry import Template
@@ -76,6 +78,7 @@ class ReleaseOptions:
     skip: frozenset[str] = frozenset()
     policy: str | None = None
     fd_threshold: float = 0.2
+    derive: DeriveOptions = field(default_factory=DeriveOptions)
 
     def __post_init__(self) -> None:
         unknown = set(self.skip) - set(SKIPPABLE)
@@ -153,9 +156,11 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
                       str("deface" in options.skip)])
     qc_inputs = {k: v for k, v in files.items()
                  if k.endswith((".nii", ".nii.gz", ".json")) and ("/anat/" in k or "/func/" in k)}
+    scrub = _digest([deface, Path(policy.source).read_text()])
     return {
         "deface": deface,
-        "scrub": _digest([deface, Path(policy.source).read_text()]),
+        "scrub": scrub,
+        "derive": _digest([scrub, __version__, options.derive.key()]),
         "qc": _digest([__version__, json.dumps(qc_inputs, sort_keys=True),
                        str(options.fd_threshold)]),
     }
@@ -228,7 +233,20 @@ def release_subject(task: SubjectTask) -> dict:
         finish("qc", {"runs": len(results),
                       "failed": [r["source"] for r in results if r["status"] != "ok"]})
         record["steps"]["qc"] = "done"
-    record["steps"]["derive"] = "not available in this isyb version"
+    if "derive" in task.options.skip:
+        record["steps"]["derive"] = "skipped (--skip derive)"
+    elif done("derive"):
+        record["steps"]["derive"] = "skipped (done)"
+    else:
+        from isyb.derive.dataset import RunJob, scan_subject
+        from isyb.derive.dataset import run_subject as derive_subject
+
+        subject = scan_subject(task.out_dir, f"sub-{task.subject}")
+        results = derive_subject(RunJob(task.out_dir, task.out_dir, task.work_dir / "derive",
+                                        subject, task.options.derive)) if subject.runs else []
+        finish("derive", {"runs": len(results),
+                          "failed": [r["source"] for r in results if r["status"] != "ok"]})
+        record["steps"]["derive"] = "done"
     return record
 
 
@@ -325,7 +343,13 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         for key in ("exclusions", "report"):
             qc[key] = Path(qc[key]).resolve().relative_to(inside).as_posix()
         summary["qc"] = qc
-    summary["derive"] = "not available in this isyb version"
+    if "derive" not in options.skip:
+        from isyb.derive.dataset import derive_group
+        from isyb.derive.dataset import read_records as derive_records
+
+        summary["derive"] = derive_group(out_dir, space=options.derive.space,
+                                         metrics=options.derive.metrics) \
+            if derive_records(out_dir) else "no BOLD, DWI or ASL runs"
     leaks = find_leaks(out_dir, policy)
     summary["leak_scan"] = {"forbidden_keys_found": len(leaks), "findings": leaks[:50]}
     write_text(out_dir / DERIVATIVES / "release_summary.json",

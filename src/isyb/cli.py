@@ -46,7 +46,10 @@ EXAMPLES_APP = """examples:
 
 #: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
 APP = "app"
-COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "split", "import", "demo", APP)
+COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
+            "demo", APP)
+#: Metrics of ``isyb derive`` (as isyb.derive.dataset.METRICS, without importing it here).
+DERIVE_METRICS = ("alff", "falff", "reho", "vmhc", "fa", "md", "cbf")
 
 #: Name of the hidden ``qc`` sub-command that ``isyb qc BIDS_DIR OUT_DIR LEVEL`` maps to.
 QC_DATASET = "dataset"
@@ -86,6 +89,54 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be ≥ 1")
     return value
+
+
+EXAMPLES_DERIVE = """examples:
+  isyb demo demo_out --modalities anat,func,dwi,perf
+  isyb derive demo_out/bids derive_out participant --nprocs 2
+  isyb derive demo_out/bids derive_out group
+  isyb derive bids/ out/ participant --metrics fa,md,cbf --participant-label 01
+  isyb derive bids/ out/ participant --freesurfer-dir /data/freesurfer
+"""
+
+
+def _add_derive_parser(commands) -> None:
+    derive = commands.add_parser(
+        "derive", help="derived metrics (ALFF, fALFF, ReHo, VMHC, FA, MD, CBF) and group maps",
+        description="Participant level: preprocess every resting BOLD run (drop 5 volumes, "
+        "despike, slice timing, motion, scale to 10000, 24 motion + WM + CSF regression, "
+        "linear and quadratic detrending), fit DTI (dipy) and compute CBF (BIDS-ASL "
+        "white-paper formula); normalise the subject's T1w to the template (ANTs SyN) and "
+        "write every map in native and template space, z-scored too. Group level: mean and "
+        "SD maps per metric and their figures on fsaverage5. Outputs go to "
+        "OUT_DIR/derivatives/isyb. ICA-AROMA is not part of isyb.",
+        epilog=EXAMPLES_DERIVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    derive.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    derive.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    derive.add_argument("level", choices=("participant", "group"))
+    derive.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="participant level: only these subjects (with or without sub-)")
+    derive.add_argument("--metrics", default=",".join(DERIVE_METRICS),
+                        help="comma-separated subset of %(default)s")
+    derive.add_argument("--nprocs", type=_positive_int, default=1,
+                        help="subjects processed in parallel (default: %(default)s)")
+    derive.add_argument("--normalization", choices=("SyN", "Affine"), default="SyN",
+                        help="T1w -> template registration (default: %(default)s)")
+    derive.add_argument("--template", metavar="PATH",
+                        help="skull-stripped T1w template (brain > 0, RAS mm); it must be "
+                        "left-right symmetric for VMHC (default: nilearn's ICBM 2009a "
+                        "symmetric, 2 mm)")
+    derive.add_argument("--space", default=None, metavar="LABEL",
+                        help="space label of template-space outputs (default: "
+                        "MNI152NLin2009aSym, or 'custom' with --template)")
+    derive.add_argument("--reho-neighbours", type=int, choices=(7, 19, 27), default=27)
+    derive.add_argument("--freesurfer-dir", metavar="SUBJECTS_DIR",
+                        help="FreeSurfer subjects_dir: summarise thickness, area, volume and "
+                        "pial_lgi per aparc region for the subjects found there")
+    derive.add_argument("--work-dir", type=Path, metavar="DIR",
+                        help="cache of normalisations and tissue masks (default: "
+                        "OUT_DIR/work/derive)")
+    derive.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         APP, usage="isyb BIDS_DIR OUTPUT_DIR {participant,group} [options]",
         help="BIDS-App pipeline: isyb BIDS_DIR OUTPUT_DIR participant|group",
         description="Make OUTPUT_DIR a release of BIDS_DIR: participant level defaces, "
-        "scrubs and QCs each subject; group level writes the dataset files, group QC, "
-        "exclusions, scrub report, leak scan and release summary. Resumable: finished "
+        "scrubs and QCs each subject and derives its metrics (ALFF, fALFF, ReHo, VMHC, FA, "
+        "MD, CBF; as isyb derive) from the released files; group level writes the dataset "
+        "files, group QC, exclusions, group maps, scrub report, leak scan and release "
+        "summary. Resumable: finished "
         "subject x steps are recorded in the work folder's manifest.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     _bids_app_arguments(app, "output_dir", "OUTPUT_DIR", "subjects")
@@ -327,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
     app.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    _add_derive_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="build a phantom BIDS dataset and deface it (no download, no data)",
         description="Write OUT_DIR/bids (synthetic phantom heads of varied shape, "
@@ -337,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("output", metavar="OUT_DIR", type=Path)
     demo.add_argument("--flat", action="store_true",
                       help="write the flat dcm2niix-style folder and map.tsv instead")
+    demo.add_argument("--modalities", default="anat", metavar="LIST",
+                      help="comma-separated: anat (always), func (resting BOLD), dwi, perf "
+                      "(pCASL); phantom runs with known truth for isyb derive "
+                      "(default: %(default)s)")
     demo.add_argument("--subjects", type=_positive_int, default=3,
                       help="number of phantom subjects (default: %(default)s)")
     demo.add_argument("--nprocs", type=_positive_int, default=1)
@@ -643,10 +702,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_derive(args: argparse.Namespace) -> int:
+    from isyb.derive.dataset import (
+        DEFAULT_SPACE,
+        DeriveOptions,
+        derive_group,
+        derive_participants,
+        parse_metrics,
+    )
+
+    metrics = parse_metrics(args.metrics)
+    space = args.space or (DEFAULT_SPACE if args.template is None else "custom")
+    if args.level == "group":
+        if args.participant_label:
+            raise IsybError("--participant-label is for the participant level")
+        summary = derive_group(args.out_dir, space=space, metrics=metrics)
+        print(json.dumps(summary))
+        return 0
+    template = str(Path(args.template).resolve()) if args.template else None
+    freesurfer = str(Path(args.freesurfer_dir).resolve()) if args.freesurfer_dir else None
+    options = DeriveOptions(metrics=metrics, normalization=args.normalization,
+                            reho_neighbours=args.reho_neighbours, template=template,
+                            space=space, freesurfer_dir=freesurfer)
+    records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
+                                  labels=args.participant_label, options=options,
+                                  nprocs=args.nprocs, progress=not args.quiet)
+    failed = [r for r in records if r["status"] != "ok"]
+    for record in failed:
+        _note(f"failed: {record['source']}: {record['error']}")
+    print(json.dumps({"runs": len(records), "failed": len(failed),
+                      "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
+    return 2 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.deface.dataset import deface_dataset
     from isyb.deface.engine import DefaceOptions
-    from isyb.demo import build_demo_dataset
+    from isyb.demo import MODALITIES, build_demo_dataset
     from isyb.templates.registry import resolve
 
     if args.flat:
@@ -655,7 +747,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         folder, mapping = build_demo_flat(args.output, n_subjects=args.subjects)
         print(json.dumps({"flat_folder": str(folder), "map": str(mapping)}))
         return 0
-    bids = build_demo_dataset(args.output / "bids", n_subjects=args.subjects)
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown:
+        raise IsybError(f"unknown --modalities {', '.join(unknown)}; choose from "
+                        f"{', '.join(MODALITIES)}")
+    bids = build_demo_dataset(args.output / "bids", n_subjects=args.subjects,
+                              modalities=("anat", *modalities))
     _note(f"phantom BIDS dataset written to {bids}")
     template = resolve("default", progress=_note)
     out = args.output / "bids_defaced"
@@ -681,8 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("ISYB_DEBUG"):
         warnings.filterwarnings("ignore")
     handlers = {"deface": cmd_deface, "templates": cmd_templates, "evaluate": cmd_evaluate,
-                "study": cmd_study, "qc": cmd_qc, "split": cmd_split, "import": cmd_import,
-                "demo": cmd_demo, APP: cmd_app}
+                "study": cmd_study, "qc": cmd_qc, "derive": cmd_derive, "split": cmd_split,
+                "import": cmd_import, "demo": cmd_demo, APP: cmd_app}
     try:
         return handlers[args.command](args)
     except IsybError as exc:

@@ -9,7 +9,14 @@ they come) and a ``cn200`` population (the face reshaped by the linear part of
 phantoms with individual head sizes and face strengths, plus each real head
 of ``--real`` resampled to ``--voxel`` mm, once per population. One template
 per population: a noise-free default-size phantom with that population's
-face. The study runs twice on the same work cache:
+face. Every subject is defaced with ``--method`` (default ``remove``) and
+``--face-region`` (default ``template``: the registered template's own face
+plus ``--face-margin``, default 3 mm, the simulation's margin; the deface
+default of 8 mm absorbs the squared matrix's face-surface shifts). ``blur``
+is not the right probe: it rebuilds the face along the registered template's
+outline, so a matched template changes the face *less*. NMI is over each
+subject's evaluation region, the same voxels for every template. The study
+runs twice on the same work cache:
 
 1. templates ``ref`` and ``cn200``, subsets = populations (mixed ANOVA:
    template within, population between). A shape-matched template that
@@ -19,7 +26,8 @@ face. The study runs twice on the same work cache:
    negative control, which must show no effect at all.
 
     python benchmarks/simulate_study.py [--phantoms 5] [--real pycortex-S1_T1w.nii.gz,...]
-        [--strength 2] [--voxel 3] [--nprocs 2] [--data DIR] [--out DIR]
+        [--strength 2] [--voxel 3] [--method remove] [--face-region template]
+        [--face-margin 3] [--nprocs 2] [--data DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +41,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from isyb.study.simulate import SIMULATION_NOTE, matched_differences, run_simulation
+from isyb.study.simulate import (
+    SIMULATION_MARGIN_MM,
+    SIMULATION_NOTE,
+    matched_differences,
+    run_simulation,
+)
 
 DEFAULT_REAL = "pycortex-S1_T1w.nii.gz,myconnectome_T1w_1p6mm.nii.gz"
 
@@ -63,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=2.0,
                         help="power of the CN200 matrix applied to the cn200 faces")
     parser.add_argument("--voxel", type=float, default=3.0, help="cohort voxel size, mm")
+    parser.add_argument("--method", choices=("remove", "blur", "noise"), default="remove")
+    parser.add_argument("--face-region", choices=("template", "rule"), default="template")
+    parser.add_argument("--face-margin", type=float, default=SIMULATION_MARGIN_MM,
+                        help="template face-region margin, mm (default: %(default)s)")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dv", default="nmi", choices=("nmi", "face_surface_changed_fraction"))
@@ -76,20 +93,30 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = run_simulation(data_folder(args.data), out, phantoms_per_population=args.phantoms,
                             real_heads=real, strength=args.strength, voxel_mm=args.voxel,
-                            nprocs=args.nprocs, seed=args.seed, dv=args.dv, log=print)
+                            method=args.method, face_region=args.face_region,
+                            face_margin_mm=args.face_margin, nprocs=args.nprocs,
+                            seed=args.seed, dv=args.dv, log=print)
     seconds = time.perf_counter() - start
     pd.set_option("display.width", 160)
     print(f"\n{SIMULATION_NOTE}")
     print(f"cohort: {len(result['subjects'])} subjects ({args.phantoms} phantoms per population"
           f" + {len(real)} real heads x 2 populations), {args.voxel:g} mm, "
-          f"CN200 matrix ** {args.strength:g}; DV {args.dv}; {seconds:.0f} s")
+          f"CN200 matrix ** {args.strength:g}; {args.method}, face region {args.face_region}"
+          f" (margin {args.face_margin:g} mm); DV {args.dv}; {seconds:.0f} s")
+    sources = {s.label: s.source for s in result["subjects"]}
     diffs = matched_differences(result["main"]["metrics"], result["names"], args.dv)
+    diffs.insert(2, "source", diffs["subject"].map(sources))
     print("\nper subject (template columns = DV):")
     print(diffs.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     print("\nmatched - mismatched, mean (SD) per population:")
     for subset, group in diffs.groupby("subset"):
         values = group["matched_minus_mismatched"]
         print(f"  {subset}: {values.mean():+.5f} ({values.std(ddof=1):.5f}), n={len(values)}")
+    phantoms = diffs[diffs["source"] == "phantom"]
+    if len(phantoms) < len(diffs):
+        print("  phantoms only: " + ", ".join(
+            f"{subset} {group['matched_minus_mismatched'].mean():+.5f}"
+            for subset, group in phantoms.groupby("subset")))
     rows = anova_rows(result["main"]["anova"])
     print("\ntemplates ref vs cn200:")
     for row in rows:

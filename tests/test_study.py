@@ -235,13 +235,16 @@ def test_identical_scores_give_an_undefined_f_not_infinity() -> None:
     assert effect[p_column].isna().all()
 
 
-def test_identical_scores_leave_the_mixed_anova_within_rows_undefined() -> None:
-    """With two subsets, pingouin's mixed ANOVA turns 0/0 into rounding noise (F = -4 seen)."""
-    subjects = [f"s{i}" for i in range(6)]
-    scores = list(np.linspace(0.5, 0.6, 6))
-    data = pd.DataFrame({"subject": subjects * 2, "template": ["a"] * 6 + ["b"] * 6,
-                         "subset": (["x"] * 3 + ["y"] * 3) * 2, "nmi": scores * 2})
-    mixed = anova_tables(data, "nmi").query("analysis == 'mixed'").set_index("Source")
-    assert mixed.loc[["template", "Interaction"], "F"].isna().all()
-    assert mixed.loc[["template", "Interaction"], "p_unc"].isna().all()
-    assert mixed.loc["subset", "F"] > 0  # the between-subject effect is still there
+def test_identical_scores_leave_every_within_row_undefined_despite_rounding() -> None:
+    """Two subsets of 7: pingouin turns 0/0 into rounding noise (F = 7e-14, -1e-13, inf)."""
+    rng = np.random.default_rng(1)
+    scores = list(rng.uniform(0.5, 0.8, 14))
+    subjects = [f"s{i:02d}" for i in range(14)]
+    data = pd.DataFrame({"subject": subjects * 2, "template": ["a"] * 14 + ["b"] * 14,
+                         "subset": (["x"] * 7 + ["y"] * 7) * 2, "nmi": scores * 2})
+    table = anova_tables(data, "nmi")
+    within = table[table["Source"].isin(["template", "Interaction"])]
+    assert len(within) == 5  # mixed: template, interaction; rm: x, y, pooled
+    assert within["F"].isna().all() and within["p_unc"].isna().all()
+    between = table.query("analysis == 'mixed' and Source == 'subset'")
+    assert float(between["F"].iloc[0]) > 0  # the between-subject effect is still there

@@ -60,48 +60,36 @@ def anova_tables(data: pd.DataFrame, dv: str) -> pd.DataFrame:
     if data["subset"].nunique() > 1:
         mixed = pg.mixed_anova(correction=True, data=data, dv=dv, within="template",
                                  between="subset", subject="subject")
-        frames.append(_within_undefined_when_constant(mixed, data, dv).assign(analysis="mixed"))
+        mixed = _within_undefined_when_constant(mixed, data, dv, ("template", "Interaction"))
+        frames.append(mixed.assign(analysis="mixed"))
     groups = [(name, group) for name, group in data.groupby("subset", sort=True)]
     groups.append((POOLED, data))
     for name, group in groups:
         table = pg.rm_anova(correction=True, data=group, dv=dv, within="template",
                                  subject="subject", detailed=True)
-        frames.append(_undefined_when_nothing_varies(table).assign(analysis=f"rm:{name}"))
+        table = _within_undefined_when_constant(table, group, dv, ("template",))
+        frames.append(table.assign(analysis=f"rm:{name}"))
     out = pd.concat(frames, ignore_index=True)
     first = ["analysis", "Source"]
     return out[first + [c for c in out.columns if c not in first]]
 
 
-def _undefined_when_nothing_varies(table: pd.DataFrame) -> pd.DataFrame:
-    """F and p as NaN when the effect and the error sums of squares are both 0.
+def _within_undefined_when_constant(table: pd.DataFrame, data: pd.DataFrame, dv: str,
+                                    sources: tuple[str, ...]) -> pd.DataFrame:
+    """F and p of the within-subject rows ``sources`` as NaN when no subject's score
+    changes with the template.
 
-    That happens when every subject scores the same under every template (two
-    identical templates): F is 0/0, which pingouin reports as F = inf, p = 0,
-    and which would read as a highly significant effect.
-    """
-    if "SS" not in table or len(table) < 2 or not np.allclose(table["SS"], 0.0, rtol=0,
-                                                              atol=1e-24):
-        return table
-    out = table.copy()
-    for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "ng2", "eps"):
-        if column in out:
-            out.loc[out.index[0], column] = np.nan
-    return out
-
-
-def _within_undefined_when_constant(table: pd.DataFrame, data: pd.DataFrame,
-                                    dv: str) -> pd.DataFrame:
-    """The mixed ANOVA's within-subject rows (template, Interaction) as NaN when no
-    subject's score changes with the template.
-
-    Their F is then 0/0, which pingouin reports as rounding noise (seen: F = -4,
-    and a template F of -7e-13); the between-subject row keeps its value.
+    That happens with two identical templates: every within-subject sum of
+    squares is 0, and F is 0/0. pingouin reports it as F = inf, p = 0 (which
+    would read as a highly significant effect) or, when rounding leaves sums
+    of squares of 1e-17, as F = 0, -0 or even -4. Between-subject rows keep
+    their values.
     """
     if data.groupby("subject")[dv].agg(lambda v: v.max() - v.min()).ne(0).any():
         return table
     out = table.copy()
-    rows = out["Source"].isin(["template", "Interaction"])
-    for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "np2", "eps"):
+    rows = out["Source"].isin(sources)
+    for column in ("F", "p-unc", "p_unc", "p-GG-corr", "p_GG_corr", "np2", "ng2", "eps"):
         if column in out:
             out.loc[rows, column] = np.nan
     return out

@@ -188,3 +188,10 @@ def test_freesurfer_outputs_are_summarised_per_region(derived: dict, tmp_path: P
     assert float(thickness.value.iloc[0]) == pytest.approx(2.75)  # mean of 2, 2.5, 3, 3.5
     assert main(["derive", str(derived["bids"]), str(out), "group", "--metrics", "cbf"]) == 0
     assert (out / DERIV / "group" / "group_surface_metrics.tsv").is_file()
+
+
+def test_ge_formula_without_its_scaling_is_a_clear_error(derived: dict, tmp_path: Path,
+                                                         capsys) -> None:
+    code = main(["derive", str(derived["bids"]), str(tmp_path / "o"), "participant",
+                 "--metrics", "cbf", "--cbf-formula", "ge"])
+    assert_one_line_error(code, capsys.readouterr().err, "--ge-scaling")

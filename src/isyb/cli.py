@@ -130,6 +130,12 @@ def _add_derive_parser(commands) -> None:
                         help="space label of template-space outputs (default: "
                         "MNI152NLin2009aSym, or 'custom' with --template)")
     derive.add_argument("--reho-neighbours", type=int, choices=(7, 19, 27), default=27)
+    derive.add_argument("--cbf-formula", choices=("whitepaper", "ge"), default="whitepaper",
+                        help="CBF quantification: the consensus white-paper formula, or GE's "
+                        "3D pCASL product formula (needs --ge-scaling)")
+    derive.add_argument("--ge-scaling", nargs=2, type=float, metavar=("SF", "NEX"),
+                        help="GE 3D pCASL: the PW scaling factor and the number of "
+                        "excitations (not in BIDS sidecars)")
     derive.add_argument("--freesurfer-dir", metavar="SUBJECTS_DIR",
                         help="FreeSurfer subjects_dir: summarise thickness, area, volume and "
                         "pial_lgi per aparc region for the subjects found there")
@@ -672,22 +678,33 @@ def cmd_app(args: argparse.Namespace) -> int:
             raise IsybError("--participant-label is for the participant level")
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
                                 resolve(args.template, progress=_note), options)
-        print(json.dumps({k: summary[k] for k in ("subjects", "participant_level_done",
-                                                  "scrub_changes", "deface_failures",
-                                                  "leak_scan")}))
+        printed = {k: summary[k] for k in ("subjects", "participant_level_done",
+                                           "scrub_changes", "deface_failures", "leak_scan")}
+        derive = summary.get("derive")
+        if isinstance(derive, dict):
+            printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],
+                                 "group_maps": sorted(k for k, v in derive["metrics"].items()
+                                                      if isinstance(v, dict))}
+        print(json.dumps(printed))
         _note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
         return 0
     template = resolve(args.template, progress=_note)
     tasks = participant_tasks(args.bids_dir, args.output_dir, work_dir, template, options,
                               args.participant_label)
     failed = []
+    derive_failed = []
     for record in run_tasks(release_subject, tasks, executor, progress=not args.quiet):
         for failure in record["deface"].get("failed", []):
             failed.append(failure)
             _note(f"sub-{record['subject']}: failed: {failure['file']}: {failure['error']}")
+        for failure in record.get("derive", {}).get("failed", []):
+            derive_failed.append(failure)
+            _note(f"sub-{record['subject']}: derive failed: {failure['file']}: "
+                  f"{failure['error']}")
     print(json.dumps({"subjects": len(tasks), "failed_images": len(failed),
+                      "failed_derive_runs": len(derive_failed),
                       "output_dir": str(args.output_dir), "work_dir": str(work_dir)}))
-    return 1 if failed else 0
+    return 1 if failed or derive_failed else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -712,6 +729,9 @@ def cmd_derive(args: argparse.Namespace) -> int:
     )
 
     metrics = parse_metrics(args.metrics)
+    if args.cbf_formula == "ge" and not args.ge_scaling:
+        raise IsybError("--cbf-formula ge needs --ge-scaling SF NEX (GE's PW scaling factor "
+                        "and number of excitations, which BIDS does not store)")
     space = args.space or (DEFAULT_SPACE if args.template is None else "custom")
     if args.level == "group":
         if args.participant_label:
@@ -723,7 +743,9 @@ def cmd_derive(args: argparse.Namespace) -> int:
     freesurfer = str(Path(args.freesurfer_dir).resolve()) if args.freesurfer_dir else None
     options = DeriveOptions(metrics=metrics, normalization=args.normalization,
                             reho_neighbours=args.reho_neighbours, template=template,
-                            space=space, freesurfer_dir=freesurfer)
+                            space=space, freesurfer_dir=freesurfer,
+                            cbf_formula=args.cbf_formula,
+                            ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,
                                   nprocs=args.nprocs, progress=not args.quiet)

@@ -185,7 +185,7 @@ def build_demo_flat(root: Path, n_subjects: int = 2) -> tuple[Path, Path]:
         bold = folder / f"{name}_rest_epi_5.nii.gz"
         if not bold.is_file():
             motion = 0.05 if index % 2 == 0 else 0.5  # every second subject moves (mm, deg)
-            series, _ = phantom_bold((32, 32, 20), (6.0, 6.0, 6.0), 30, max_trans=motion,
+            series, _ = phantom_bold((32, 32, 20), (6.0, 6.0, 6.0), 60, max_trans=motion,
                                      max_rot_deg=motion, seed=index)
             image = nib.Nifti1Image(series, np.diag([6.0, 6.0, 6.0, 1.0]))
             image.header.set_xyzt_units("mm", "sec")

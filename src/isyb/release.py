@@ -245,8 +245,12 @@ def release_subject(task: SubjectTask) -> dict:
         results = derive_subject(RunJob(task.out_dir, task.out_dir, task.work_dir / "derive",
                                         subject, task.options.derive)) if subject.runs else []
         finish("derive", {"runs": len(results),
-                          "failed": [r["source"] for r in results if r["status"] != "ok"]})
+                          "failed": [{"file": r["source"], "error": r["error"]}
+                                     for r in results if r["status"] != "ok"]})
         record["steps"]["derive"] = "done"
+    if "derive" in manifest:
+        record["derive"] = {k: v for k, v in manifest["derive"].items()
+                            if k in ("runs", "failed")}
     return record
 
 

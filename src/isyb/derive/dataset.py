@@ -82,6 +82,8 @@ class DeriveOptions:
     template: str | None = None
     space: str = DEFAULT_SPACE
     freesurfer_dir: str | None = None
+    cbf_formula: str = "whitepaper"
+    ge_scaling: tuple[float, float] | None = None
 
     def key(self) -> str:
         """A short digest of the options, stored in every record."""
@@ -261,6 +263,29 @@ def subject_anatomy(t1w: Path, work: Path, template, options: DeriveOptions) -> 
     return Anatomy(data, affine, brain, labels, normalization, seconds)
 
 
+class AnatomySource:
+    """The subject's :class:`Anatomy`, computed on first use (a run with bad input fails first).
+
+    ``get()`` returns None when the subject has no T1w or its anatomy failed;
+    ``error`` then says why.
+    """
+
+    def __init__(self, t1w: Path | None, work: Path, template, options: DeriveOptions):
+        self.t1w, self.work, self.template, self.options = t1w, work, template, options
+        self.anatomy: Anatomy | None = None
+        self.error: str | None = None
+        self._tried = False
+
+    def get(self) -> Anatomy | None:
+        if not self._tried and self.t1w is not None:
+            self._tried = True
+            try:
+                self.anatomy = subject_anatomy(self.t1w, self.work, self.template, self.options)
+            except IsybError as exc:
+                self.error = str(exc)
+        return self.anatomy
+
+
 # ---------------------------------------------------------------------------
 # One run
 
@@ -301,7 +326,7 @@ def _write_template_map(run: Run, job: RunJob, metric: str, warped: np.ndarray, 
     written += [path.name, zpath.name]
 
 
-def _bold(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
+def _bold(run: Run, job: RunJob, source: AnatomySource, template) -> dict:
     from isyb.derive.normalize import coregister, to_template
     from isyb.derive.preprocess import clean_bold, prepare_bold
     from isyb.derive.rfmri import alff_falff, band_bins, reho
@@ -321,6 +346,7 @@ def _bold(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
                                "RepetitionTime in the sidecar, no TR in the header)")
     if {"alff", "falff"} & set(wanted):  # fail before the preprocessing, not after
         band_bins(series.shape[3] - job.options.n_dummy, tr)
+    anatomy = source.get()
     if "vmhc" in wanted and anatomy is None:
         raise DeriveInputError(f"{run.relative}: VMHC needs template space, which needs the "
                                "subject's T1w")
@@ -367,7 +393,8 @@ def _bold(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
         sigma = job.options.vmhc_fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         spacing = np.sqrt((template.affine[:3, :3] ** 2).sum(axis=0))
         moved = ndimage.gaussian_filter(moved, (*(sigma / spacing), 0.0))
-        valid = template.brain_mask & (np.abs(moved).sum(axis=-1) > 0)
+        valid = template.brain_mask & (np.abs(moved).sum(axis=-1) > 0) & \
+            ~_midline(template.shape, template.affine)
         _write_template_map(run, job, "vmhc", vmhc(moved, template.affine, valid), template,
                             written)
     seconds["to_template"] = time.perf_counter() - start
@@ -376,6 +403,14 @@ def _bold(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
             "slice_timing_corrected": slice_timing is not None, "regressors": regressors,
             "motion_max_translation_mm": float(np.abs(prepared.motion[:, :3]).max()),
             "summary": summary, "files": written, "seconds": seconds}
+
+
+def _midline(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """Voxels within half a voxel of x = 0: their own mirror, so VMHC is 1 there by
+    construction; they are left out (NaN) rather than reported at the clip value."""
+    x = affine[0, 0] * np.arange(shape[0]) + affine[0, 3]
+    column = np.abs(x) < 0.5 * abs(affine[0, 0])
+    return np.broadcast_to(column[:, None, None], shape[:3])
 
 
 def _slice_timing(metadata: dict, header, ras_affine: np.ndarray) -> tuple[list | None, int]:
@@ -408,7 +443,7 @@ def _sidecar_path(run: Run, extension: str) -> Path:
     return run.path.with_name(f"{run.bids_name}{extension}")
 
 
-def _dwi(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
+def _dwi(run: Run, job: RunJob, source: AnatomySource, template) -> dict:
     from isyb.derive.dti import fa_md, read_gradients, tissue_summary
     from isyb.derive.normalize import coregister
 
@@ -420,6 +455,7 @@ def _dwi(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
     # The bvecs stay in the stored file's axes: FA and MD are invariant to an
     # orthogonal change of the gradient frame (the reorientation to RAS is one).
     bvals, bvecs = read_gradients(bval, bvec, series.shape[3])
+    anatomy = source.get()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     fa, md = fa_md(series, bvals, bvecs)
@@ -448,8 +484,8 @@ def _dwi(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
     return result
 
 
-def _asl(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
-    from isyb.derive.cbf import ASLInputError, asl_cbf
+def _asl(run: Run, job: RunJob, source: AnatomySource, template) -> dict:
+    from isyb.derive.cbf import ASLInputError, GEScaling, asl_cbf
     from isyb.derive.normalize import coregister
     from isyb.derive.preprocess import brain_mask_from_mean
     from isyb.qc.dataset import QCRun, sidecar_metadata
@@ -467,7 +503,10 @@ def _asl(run: Run, job: RunJob, anatomy: Anatomy | None, template) -> dict:
     m0_path = run.path.with_name(f"{run.entities}_m0scan.nii.gz")
     if metadata.get("M0Type") == "Separate" and m0_path.is_file():
         m0_image, _, _ = load_ras(m0_path)
-    cbf, summary = asl_cbf(series, volume_types, metadata, m0_image=m0_image)
+    ge = GEScaling(*job.options.ge_scaling) if job.options.ge_scaling else None
+    cbf, summary = asl_cbf(series, volume_types, metadata, m0_image=m0_image,
+                           formula=job.options.cbf_formula, ge=ge)
+    anatomy = source.get()
     kinds = np.asarray(volume_types)
     reference = series[..., kinds == "m0scan"].mean(axis=-1) if "m0scan" in volume_types \
         else series.mean(axis=-1)
@@ -528,27 +567,21 @@ def run_subject(job: RunJob) -> list[dict]:
     if not todo:
         return records
     template = load_template(options)
-    anatomy: Anatomy | None = None
-    anatomy_error = None
-    if subject.t1w is not None:
-        try:
-            anatomy = subject_anatomy(subject.t1w, job.work / subject.label, template, options)
-        except IsybError as exc:
-            anatomy_error = str(exc)
+    source = AnatomySource(subject.t1w, job.work / subject.label, template, options)
     for run in todo:
         record = {"bids_name": run.bids_name, "participant_id": subject.label,
                   "modality": run.suffix, "source": str(run.relative),
                   "input": _stamp(run.path), "isyb_version": __version__,
                   "options_key": options.key(), "space": options.space}
-        if anatomy is not None:
-            record["anatomy_seconds"] = anatomy.seconds
-        elif anatomy_error is not None:
-            record["anatomy_error"] = _clean_message(anatomy_error, job.bids_dir)
         start = time.perf_counter()
         try:
-            record.update(status="ok", **PROCESSORS[run.suffix](run, job, anatomy, template))
+            record.update(status="ok", **PROCESSORS[run.suffix](run, job, source, template))
         except IsybError as exc:
             record.update(status="failed", error=_clean_message(str(exc), job.bids_dir))
+        if source.anatomy is not None:
+            record["anatomy_seconds"] = source.anatomy.seconds
+        elif source.error is not None:
+            record["anatomy_error"] = _clean_message(source.error, job.bids_dir)
         record["wall_s"] = round(time.perf_counter() - start, 2)
         write_text(_record_path(run, job.out_dir),
                    json.dumps(record, indent=2, default=_json_default) + "\n")

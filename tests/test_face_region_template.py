@@ -110,6 +110,17 @@ def test_same_template_covers_the_face(subject, templates) -> None:
     assert own.region.sum() < 0.3 * rule.region.sum()
 
 
+@pytest.mark.parametrize("method", ["blur", "noise"])
+def test_blur_and_noise_stay_inside_the_template_face(subject, templates, method: str) -> None:
+    phantom, volume = subject
+    template = templates["same"]
+    result = deface_volume(volume, template, DefaceOptions(method=method, face_region="template"),
+                           alignment=_identity(volume, phantom.brain_mask))
+    changed = result.data != volume.data
+    assert not (changed & ~result.region).any() and not (changed & result.guard).any()
+    assert changed[phantom.labels == Label.NOSE].mean() > 0.9
+
+
 def test_a_smaller_template_face_leaves_the_part_beyond_the_margin(subject, templates) -> None:
     phantom, volume = subject
     template = templates["smaller"]

@@ -7,7 +7,9 @@ carries the bad inputs the issue lists: a DWI run without bval, a DWI run
 with a bvec of the wrong shape, an ASL run without aslcontext.tsv, and a
 BOLD run too short for the 0.01-0.1 Hz band. They fail with a one-line
 error each, exit 2, and the good subjects go on. Normalisation is affine
-here to keep the test short; SyN is tested in test_normalize.py.
+here to keep the test short; SyN is tested in test_normalize.py. The
+FreeSurfer test reuses the fixture's work folder, so the subject's tissues
+and normalisation come from the cache.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _add_bad_subject(bids)
     out = root / "out"
     code = main(["derive", str(bids), str(out), "participant", "--normalization", "Affine",
-                 "--quiet"])
+                 "--nprocs", "2", "--quiet"])
     group_code = main(["derive", str(bids), str(out), "group"])
     return {"bids": bids, "out": out, "code": code, "group_code": group_code}
 
@@ -179,7 +181,8 @@ def test_freesurfer_outputs_are_summarised_per_region(derived: dict, tmp_path: P
     out = tmp_path / "out"
     code = main(["derive", str(derived["bids"]), str(out), "participant", "--metrics", "cbf",
                  "--normalization", "Affine", "--participant-label", "01", "--freesurfer-dir",
-                 str(tmp_path / "fs"), "--quiet"])
+                 str(tmp_path / "fs"), "--work-dir", str(derived["out"] / "work" / "derive"),
+                 "--quiet"])
     assert code == 0
     table = pd.read_csv(out / DERIV / "sub-01" / "anat" / "sub-01_desc-surface_metrics.tsv",
                         sep="\t")

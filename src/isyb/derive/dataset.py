@@ -302,15 +302,28 @@ class RunJob:
 
 def _template_outputs(run: Run, job: RunJob, maps: dict[str, np.ndarray], anatomy: Anatomy | None,
                       template, native_affine: np.ndarray, pre: np.ndarray | None,
-                      written: list[str]) -> None:
-    """Bring native maps to template space and z-score them there (when there is a T1w)."""
+                      written: list[str], series: np.ndarray | None = None) -> np.ndarray | None:
+    """Bring native maps (and a 4-D ``series``) to template space, write the maps z-scored too.
+
+    Everything goes through one :func:`~isyb.derive.normalize.to_template`
+    call, stacked as volumes, because composing the transforms is the costly
+    part. Returns the warped ``series`` (None without one or without a T1w).
+    """
     from isyb.derive.normalize import to_template
 
     if anatomy is None:
-        return
-    for metric, native in maps.items():
-        warped = to_template(native, native_affine, anatomy.normalization, template, pre=pre)
-        _write_template_map(run, job, metric, warped, template, written)
+        return None
+    names = list(maps)
+    volumes = [np.asarray(maps[name], dtype=np.float32)[..., None] for name in names]
+    if series is not None:
+        volumes.append(np.asarray(series, dtype=np.float32))
+    if not volumes:
+        return None
+    warped = to_template(np.concatenate(volumes, axis=-1), native_affine,
+                         anatomy.normalization, template, pre=pre).astype(np.float32, copy=False)
+    for index, metric in enumerate(names):
+        _write_template_map(run, job, metric, warped[..., index], template, written)
+    return warped[..., len(names):] if series is not None else None
 
 
 def _write_template_map(run: Run, job: RunJob, metric: str, warped: np.ndarray, template,
@@ -327,7 +340,7 @@ def _write_template_map(run: Run, job: RunJob, metric: str, warped: np.ndarray, 
 
 
 def _bold(run: Run, job: RunJob, source: AnatomySource, template) -> dict:
-    from isyb.derive.normalize import coregister, to_template
+    from isyb.derive.normalize import coregister
     from isyb.derive.preprocess import clean_bold, prepare_bold
     from isyb.derive.rfmri import alff_falff, band_bins, reho
     from isyb.derive.vmhc import vmhc
@@ -385,9 +398,9 @@ def _bold(run: Run, job: RunJob, source: AnatomySource, template) -> dict:
         save_map(values, affine, path)
         written.append(path.name)
     start = time.perf_counter()
-    _template_outputs(run, job, maps, anatomy, template, affine, pre, written)
-    if "vmhc" in wanted:
-        moved = to_template(residuals, affine, anatomy.normalization, template, pre=pre)
+    moved = _template_outputs(run, job, maps, anatomy, template, affine, pre, written,
+                              series=residuals if "vmhc" in wanted else None)
+    if moved is not None:
         from scipy import ndimage
 
         sigma = job.options.vmhc_fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))

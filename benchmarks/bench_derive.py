@@ -1,18 +1,28 @@
-"""Benchmark the derived-metric numerics that exist so far (isyb derive is in progress).
+"""Benchmark isyb derive: the numerics, the preprocessing, the registrations, one subject.
 
 Usage::
 
-    python benchmarks/bench_derive.py [--repeats 3] [--data DIR]
+    python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
 
-Times, in this process (the numerics only: no file reading, no start-up):
+Times, in this process (no file reading, no start-up, except the last row):
 
 * ALFF/fALFF and ReHo (27 neighbours) of a 61×73×61×240 run (random
   Gaussian series, TR 2 s, in a box mask of 51×63×51 voxels). Targets:
   ALFF/fALFF ≤ 10 s, ReHo ≤ 30 s on 2 cores.
 * CBF of the real pCASL run of ``DATA/asl`` and FA/MD of the real DWI of
   ``DATA/dwi`` (dipy, OLS).
+* rfMRI preprocessing (``prepare_bold`` + ``clean_bold``: dummies, despike,
+  slice timing, motion, scaling, 24 + WM + CSF regression, trends) of a
+  64×64×36×240 phantom run with known motion (no real BOLD of that size is
+  available offline).
+* SyN normalisation of the real pycortex T1w (1 mm, its deepbet brain) to
+  the 2 mm symmetric ICBM 2009a (a fresh work folder each time, so nothing
+  is reused), and ``to_template`` of the 64×64×36×240 run into it.
+* The whole participant level of ``isyb derive`` (separate process, SyN) for
+  one subject of the extended demo (T1w, 46×54×37×125 BOLD, DWI, pCASL).
 
-Prints the median and the range of ``--repeats`` runs of each.
+Prints the median and the range of ``--repeats`` runs of each (``--quick``:
+the subject row once).
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=default_data())
+    parser.add_argument("--quick", action="store_true",
+                        help="time the end-to-end subject once")
     args = parser.parse_args(argv)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
@@ -69,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "reho": lambda: reho(series, mask=mask),
         "cbf (real pCASL 64x57x16x110)": lambda: asl_cbf(asl_series, types, metadata),
         "fa_md (real DWI 72x72x39x21)": lambda: fa_md(dwi_series, bvals, bvecs, mask=dwi_mask),
+        **registration_jobs(args.data),
     }
     print(f"{'metric':<34}{'median s':>10}{'min s':>8}{'max s':>8}{'target s':>10}")
     for name, job in jobs.items():
@@ -76,7 +89,73 @@ def main(argv: list[str] | None = None) -> int:
         target = TARGETS_S.get(name)
         print(f"{name:<34}{statistics.median(walls):>10.2f}{min(walls):>8.2f}"
               f"{max(walls):>8.2f}{'' if target is None else f'{target:.0f}':>10}")
+    walls = timed(subject_job(), 1 if args.quick else args.repeats)
+    print(f"{'derive participant, 1 demo subject':<34}{statistics.median(walls):>10.2f}"
+          f"{min(walls):>8.2f}{max(walls):>8.2f}")
     return 0
+
+
+def registration_jobs(data: Path) -> dict:
+    """Preprocessing, SyN normalisation and to_template jobs (see the module docstring)."""
+    import tempfile
+
+    from isyb.brain import extract_brain
+    from isyb.derive.normalize import normalization_template, normalize, to_template
+    from isyb.derive.preprocess import clean_bold, prepare_bold
+    from isyb.io import load_volume
+    from isyb.phantom import phantom_bold
+
+    series, _ = phantom_bold((64, 64, 36), (3.5, 3.5, 3.5), 240, seed=1)
+    timing = [(k % 2 * 18 + k // 2) * 2.0 / 36 for k in range(36)]
+    zooms = (3.5, 3.5, 3.5)
+    bold_affine = np.diag([3.5, 3.5, 3.5, 1.0])
+
+    def preprocess():
+        prepared = prepare_bold(series, zooms, 2.0, slice_timing=timing)
+        return clean_bold(prepared)
+
+    head = load_volume(data / "heads" / "pycortex-S1_T1w.nii.gz")
+    brain = extract_brain(head.data, head.zooms)
+    template = normalization_template()
+    work = Path(tempfile.mkdtemp(prefix="isyb_bench_derive_"))
+    done = {}
+
+    def syn():
+        target = work / f"syn{len(done)}"
+        done[target] = normalize(head.data, head.affine, brain, template, target, kind="SyN")
+
+    def warp():
+        if not done:
+            syn()
+        to_template(series, bold_affine, next(iter(done.values())), template)
+
+    return {"preprocess 64x64x36x240": preprocess,
+            "SyN normalisation (1 mm T1w)": syn,
+            "to_template 64x64x36x240 -> 2 mm": warp}
+
+
+def subject_job():
+    """``isyb derive`` participant level for one extended-demo subject, as a child process.
+
+    The demo is written once; each call derives into a fresh output folder.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from isyb.demo import build_demo_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="isyb_bench_subject_"))
+    bids = build_demo_dataset(root / "bids", n_subjects=1,
+                              modalities=("anat", "func", "dwi", "perf"))
+    runs = []
+
+    def job() -> None:
+        runs.append(root / f"out{len(runs)}")
+        subprocess.run([sys.executable, "-m", "isyb.cli", "derive", str(bids), str(runs[-1]),
+                        "participant", "--quiet"], check=True, capture_output=True)
+
+    return job
 
 
 if __name__ == "__main__":

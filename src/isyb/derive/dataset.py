@@ -40,17 +40,14 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from isyb import __version__
 from isyb.bids.description import source_dataset
@@ -667,19 +664,12 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
     nprocs = max(1, min(nprocs, len(subjects)))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     jobs = [RunJob(bids_dir, out_dir, work, subject, options, threads) for subject in subjects]
+    from isyb.run import ExecutorOptions, run_tasks
+
     records: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="derive", unit="subject", disable=not progress,
-               file=sys.stderr)
-    if nprocs == 1:
-        for job in jobs:
-            records.extend(run_subject(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=nprocs) as pool:
-            for future in as_completed([pool.submit(run_subject, job) for job in jobs]):
-                records.extend(future.result())
-                bar.update()
-    bar.close()
+    for result in run_tasks(run_subject, jobs, ExecutorOptions("local", nprocs),
+                            progress=progress, desc="derive"):
+        records.extend(result)
     return sorted(records, key=lambda r: r["source"])
 
 

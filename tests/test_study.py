@@ -141,15 +141,23 @@ def test_study_statistics_equal_pingouin_on_metrics_tsv(study_run) -> None:
     assert np.allclose(ours["p_unc"].to_numpy(float)[:1], direct["p_unc"].to_numpy(float)[:1])
 
 
-def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run, monkeypatch) -> None:
-    out, args = study_run
-    calls = []
+@pytest.fixture
+def failing_align(monkeypatch) -> list[str]:
+    """Make every registration fail; the list records the templates it was asked for."""
+    calls: list[str] = []
 
     def fail(volume, template, brain=None):
         calls.append(template.name)
         raise RegistrationError("registration failed: simulated")
 
     monkeypatch.setattr("isyb.study.run.align", fail)
+    return calls
+
+
+def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run,
+                                                           failing_align) -> None:
+    out, args = study_run
+    calls = failing_align
     assert main(args) == 0  # everything cached: align is never called
     assert calls == []
     metrics_file = next((out / "work" / "sub-03" / "blur").glob("tpl-*/metrics.json"))
@@ -168,16 +176,10 @@ def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run, monkeypat
 
 
 def test_other_face_region_settings_are_not_served_from_the_cache(study_run,
-                                                                  monkeypatch) -> None:
+                                                                  failing_align) -> None:
     """The cache folder names the face-region mode and margin; stale metric versions rerun."""
     out, args = study_run
-    calls = []
-
-    def fail(volume, template, brain=None):
-        calls.append(template.name)
-        raise RegistrationError("registration failed: simulated")
-
-    monkeypatch.setattr("isyb.study.run.align", fail)
+    calls = failing_align
     options = StudyOptions(method="blur", face_region="template", face_margin_mm=6.0,
                            split="all:4", seed=1)
     templates = [resolve(t) for t in args[4].split(",")]

@@ -198,3 +198,15 @@ def test_ge_formula_without_its_scaling_is_a_clear_error(derived: dict, tmp_path
     code = main(["derive", str(derived["bids"]), str(tmp_path / "o"), "participant",
                  "--metrics", "cbf", "--cbf-formula", "ge"])
     assert_one_line_error(code, capsys.readouterr().err, "--ge-scaling")
+
+
+def test_a_truncated_run_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    from isyb.derive.dataset import DeriveInputError, load_ras
+
+    run = rest_bold(Geometry(), n_volumes=12)
+    whole = tmp_path / "whole.nii.gz"
+    nib.Nifti1Image(run.series, run.affine).to_filename(str(whole))
+    cut = tmp_path / "cut_bold.nii.gz"
+    cut.write_bytes(whole.read_bytes()[:4000])
+    with pytest.raises(DeriveInputError, match="truncated or corrupt"):
+        load_ras(cut)

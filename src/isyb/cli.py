@@ -751,7 +751,8 @@ def cmd_derive(args: argparse.Namespace) -> int:
                                   nprocs=args.nprocs, progress=not args.quiet)
     failed = [r for r in records if r["status"] != "ok"]
     for record in failed:
-        _note(f"failed: {record['source']}: {record['error']}")
+        named = record["error"].startswith(record["source"])
+        _note(f"failed: {record['error'] if named else record['source'] + ': ' + record['error']}")
     print(json.dumps({"runs": len(records), "failed": len(failed),
                       "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
     return 2 if failed else 0

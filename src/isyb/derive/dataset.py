@@ -41,6 +41,7 @@ import json
 import math
 import os
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,7 +197,11 @@ def load_ras(path: Path, *,
 
     image = load_image(path, allow_4d=allow_4d)
     canonical = nib.as_closest_canonical(image)
-    data = np.asarray(canonical.dataobj, dtype=np.float32)
+    try:
+        data = np.asarray(canonical.dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise DeriveInputError(f"{path}: the image data cannot be read (truncated or "
+                               f"corrupt file: {exc})") from None
     if not np.all(np.isfinite(data)):
         raise DeriveInputError(f"{path.name}: the image holds NaN or infinite values")
     return data, canonical.affine, image.header

@@ -17,7 +17,7 @@ What it measures, each command as its own child process:
    ``np.asarray(img.dataobj)``, save as ``.nii.gz``), ``--repeats`` times: the
    floor that any tool reading and writing this file pays.
 3. quickshear 1.2 (Schimke & Hale 2011) with the brain mask isyb itself uses
-   (deepbet via :func:`isyb.brain.extract_brain`, computed once here and saved
+   (deepbet via :func:`isyb.head.brain.extract_brain`, computed once here and saved
    on the input grid), ``--repeats`` times. Mask computation is not part of
    quickshear's time; it is reported on its own.
 
@@ -70,7 +70,7 @@ img.__class__(data, img.affine, img.header).to_filename(sys.argv[2])
 
 BRAIN_MASK = """
 import sys
-from isyb.brain import extract_brain
+from isyb.head.brain import extract_brain
 from isyb.io import load_volume, save_mask_like
 volume = load_volume(sys.argv[1])
 mask = extract_brain(volume.data, volume.zooms)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "nibabel_io", [sys.executable, "-c", NIBABEL_IO, str(scan), str(out / "nibabel.nii.gz")],
         args.repeats, env, logs)
 
-    print("brain mask for quickshear (isyb.brain.extract_brain, in a child process):",
+    print("brain mask for quickshear (isyb.head.brain.extract_brain, in a child process):",
           flush=True)
     mask_path = out / "brain_mask.nii.gz"
     results["brain_mask"] = run_child(

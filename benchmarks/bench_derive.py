@@ -99,11 +99,11 @@ def registration_jobs(data: Path) -> dict:
     """Preprocessing, SyN normalisation and to_template jobs (see the module docstring)."""
     import tempfile
 
-    from isyb.brain import extract_brain
     from isyb.derive.normalize import normalization_template, normalize, to_template
     from isyb.derive.preprocess import clean_bold, prepare_bold
+    from isyb.head.brain import extract_brain
     from isyb.io import load_volume
-    from isyb.phantom import phantom_bold
+    from isyb.synthetic.phantom import phantom_bold
 
     series, _ = phantom_bold((64, 64, 36), (3.5, 3.5, 3.5), 240, seed=1)
     timing = [(k % 2 * 18 + k // 2) * 2.0 / 36 for k in range(36)]
@@ -143,7 +143,7 @@ def subject_job():
     import sys
     import tempfile
 
-    from isyb.demo import build_demo_dataset
+    from isyb.synthetic.demo import build_demo_dataset
 
     root = Path(tempfile.mkdtemp(prefix="isyb_bench_subject_"))
     bids = build_demo_dataset(root / "bids", n_subjects=1,

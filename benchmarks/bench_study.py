@@ -33,7 +33,7 @@ def default_data() -> Path:
 
 def build_cohort(data: Path, root: Path) -> Path:
     """A BIDS dataset of the real heads (symlinks) and two phantoms."""
-    from isyb.demo import build_demo_dataset
+    from isyb.synthetic.demo import build_demo_dataset
 
     build_demo_dataset(root, n_subjects=2)
     for index, name in enumerate(HEADS, start=3):

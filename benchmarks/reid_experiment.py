@@ -89,8 +89,8 @@ def reshape_head(volume, linear: np.ndarray):
     centroid of the voxels above the skin threshold.
     """
     from isyb.evaluate.reid import as_volume
-    from isyb.register import resample_to
-    from isyb.render import head_centre
+    from isyb.head.register import resample_to
+    from isyb.viz.render import head_centre
 
     centre = volume.affine[:3, :3] @ head_centre(volume.data) + volume.affine[:3, 3]
     mapping = np.eye(4)
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from isyb.deface.engine import DefaceOptions, align, deface_volume
     from isyb.evaluate import reid
+    from isyb.head.register import resample_to
     from isyb.io import load_volume
-    from isyb.register import resample_to
     from isyb.templates.registry import resolve
 
     data = _data_root(args.data)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = None
     if args.phantoms:
         from isyb.io import volume_from_image
-        from isyb.phantom import Label, make_phantom, to_nifti
+        from isyb.synthetic.phantom import Label, make_phantom, to_nifti
 
         ref = make_phantom(voxel_size=args.voxel, fov_mm=reid.PHANTOM_FOV_MM,
                            fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=10_000)

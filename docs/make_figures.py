@@ -15,9 +15,9 @@ import numpy as np
 
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.io import volume_from_image
-from isyb.phantom import make_phantom, to_nifti
-from isyb.render import render_face
+from isyb.synthetic.phantom import make_phantom, to_nifti
 from isyb.templates.registry import resolve
+from isyb.viz.render import render_face
 
 OUT = Path(__file__).parent / "images" / "phantom_deface.png"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from isyb import __version__
-from isyb.bids.description import source_dataset
+from isyb.bids.layout import source_dataset
 from isyb.deface.engine import DefaceOptions
 from isyb.deface.report import write_summary
 from isyb.errors import IsybError
@@ -100,7 +100,7 @@ def _subject_files(bids_in: Path, subject: str) -> Iterator[Path]:
 
 def run_subject(job: DatasetJob) -> dict:
     """Copy one subject and deface its anatomical images; write its record last."""
-    from isyb.deface.run import deface_file
+    from isyb.deface.file import deface_file
 
     _limit_threads(job.threads)
     images: list[dict] = []

@@ -2,9 +2,9 @@
 
 This module is pure numerics on a :class:`isyb.io.Volume` and a prepared
 :class:`isyb.templates.registry.Template`; reading and writing files is the
-business of :mod:`isyb.deface.run`. The exceptions are the template's
+business of :mod:`isyb.deface.file`. The exceptions are the template's
 smoothed outline, which ``blur`` and ``noise`` give the face (read from, or
-built into, the template's cache folder by :mod:`isyb.deface.outline`), and,
+built into, the template's cache folder by :mod:`isyb.templates.outline`), and,
 in the ``template`` face-region mode, the template's own face
 (:meth:`isyb.templates.registry.Template.face`, cached the same way).
 """
@@ -16,20 +16,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from isyb.brain import check_brain_mask, extract_brain
-from isyb.deface.guard import bounding_box, brain_guard
-from isyb.deface.obscure import BLEND_MM, METHODS, head_mask, obscure, skin_surface
-from isyb.deface.outline import outline_for
-from isyb.deface.region import (
+from isyb.deface.obscure import BLEND_MM, METHODS, obscure
+from isyb.errors import IsybError
+from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.morphology import bounding_box, brain_guard, head_mask, skin_surface, skin_threshold
+from isyb.head.register import Registration, register_template
+from isyb.io import Volume
+from isyb.templates.face import (
     FACE_MARGIN_MM,
     FACE_REGIONS,
     face_region,
     within_template_face,
 )
-from isyb.errors import IsybError
-from isyb.io import Volume
-from isyb.register import Registration, register_template
-from isyb.render import skin_threshold
+from isyb.templates.outline import outline_for
 from isyb.templates.registry import Template
 
 #: Below this ratio of face tissue found to face tissue expected from the
@@ -48,7 +47,7 @@ class DefaceOptions:
     (:func:`isyb.deface.obscure.obscure`). ``face_region`` is ``rule`` (the
     default: the template's half-spaces) or ``template`` (the template's own
     face grown by ``face_margin_mm`` template mm, within those half-spaces;
-    see :mod:`isyb.deface.region`); ``face_margin_mm`` is unused by ``rule``.
+    see :mod:`isyb.templates.face`); ``face_margin_mm`` is unused by ``rule``.
     """
 
     method: str = "blur"
@@ -131,7 +130,7 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     ``alignment`` may be reused from :func:`align`; by default it is
     computed. The report holds timings, the registration score and the face
     statistics; the brain-guard check is done on the written file by the
-    caller (:func:`isyb.deface.run.deface_file`).
+    caller (:func:`isyb.deface.file.deface_file`).
     """
     alignment = alignment if alignment is not None else align(volume, template)
     registration, brain = alignment.registration, alignment.brain

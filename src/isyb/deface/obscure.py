@@ -31,151 +31,28 @@ weight) vary on a scale of centimetres, so they are computed on a grid of
 about :data:`COARSE_MM` and interpolated back (linear): about 30 times less
 work than at 1 mm, with outline errors well under a millimetre. The
 template's outline is built once on such a grid in template space and cached
-(:mod:`isyb.deface.outline`).
+(:mod:`isyb.templates.outline`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
-from isyb.deface.guard import bounding_box
-from isyb.grid import strided_box_mean
+from isyb.head.morphology import (
+    bounding_box,
+    coarse_factors,
+    downsample,
+    signed_distance,
+    smooth_envelope,
+    upsample,
+)
+from isyb.templates.outline import TemplateOutline
 
 METHODS = ("blur", "remove", "noise")
-#: Grid spacing (mm) of the smooth fields.
-COARSE_MM = 2.0
 #: Width (mm) of the band along the face region's border over which the
 #: template's outline gives way to the subject's own.
 BLEND_MM = 10.0
-
-
-@dataclass(frozen=True)
-class TemplateOutline:
-    """A template's smoothed head outline: the face shape every defaced head gets.
-
-    ``field`` is :func:`smooth_envelope` of the template's head mask on a grid
-    of about :data:`COARSE_MM` (float, > 0.5 is inside); ``affine`` maps that
-    grid's voxel indices to template RAS mm. Build it with
-    :func:`template_outline`.
-    """
-
-    field: np.ndarray
-    affine: np.ndarray
-
-
-def head_mask(data: np.ndarray, threshold: float) -> np.ndarray:
-    """The solid head: every voxel not reachable from the FOV border through air.
-
-    Air is ``data <= threshold``; the air components that touch the border
-    of the array are outside. What is left, dark skull, eyes and sinuses
-    included, is the head; of its connected pieces the largest is kept, so
-    background specks drop out.
-    """
-    air_labels, count = ndimage.label(data <= threshold)
-    border = np.concatenate([face.ravel() for axis in range(data.ndim)
-                             for face in (np.take(air_labels, 0, axis=axis),
-                                          np.take(air_labels, -1, axis=axis))])
-    outside = np.zeros(count + 1, dtype=bool)
-    outside[border] = True
-    outside[0] = False
-    head = ~outside[air_labels]
-    pieces, count = ndimage.label(head)
-    if count <= 1:
-        return head
-    sizes = np.bincount(pieces.ravel())
-    sizes[0] = 0
-    return pieces == int(sizes.argmax())
-
-
-def skin_surface(head: np.ndarray) -> np.ndarray:
-    """Head voxels that touch air (6-connectivity): the skin surface."""
-    return head & ~ndimage.binary_erosion(head)
-
-
-def coarse_factors(zooms: np.ndarray, target_mm: float = COARSE_MM) -> np.ndarray:
-    """Integer subsampling per axis that brings ``zooms`` near ``target_mm``."""
-    return np.maximum(np.rint(target_mm / np.asarray(zooms, dtype=float)), 1).astype(int)
-
-
-def downsample(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Block means of ``factors`` voxels (box filter, then every factor-th voxel)."""
-    return strided_box_mean(array, factors, np.asarray(factors) // 2, mode="nearest")
-
-
-def upsample(coarse: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation of a :func:`downsample` result back to ``shape``.
-
-    Separable: one gather-and-blend pass per axis (values beyond the coarse
-    grid's first and last samples are held constant). About ten times faster
-    than ``scipy.ndimage.affine_transform`` on a 256³ box, with the same result.
-    """
-    out = coarse.astype(np.float32, copy=False)
-    for axis, (factor, size) in enumerate(zip(factors, shape, strict=True)):
-        count = out.shape[axis]
-        position = np.clip((np.arange(size) - factor // 2) / factor, 0, count - 1)
-        lower = np.minimum(np.floor(position).astype(int), max(count - 2, 0))
-        weight = (position - lower).astype(np.float32)
-        upper = np.minimum(lower + 1, count - 1)
-        view = [1] * out.ndim
-        view[axis] = size
-        weight = weight.reshape(view)
-        out = (np.take(out, lower, axis=axis) * (1 - weight)
-               + np.take(out, upper, axis=axis) * weight)
-    return out
-
-
-def signed_distance(mask: np.ndarray, zooms: np.ndarray) -> np.ndarray:
-    """Signed Euclidean distance (mm) to the boundary of ``mask``: negative inside."""
-    zooms = np.asarray(zooms, dtype=float)
-    if not mask.any():
-        return np.full(mask.shape, np.inf, dtype=np.float32)
-    outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
-    inside = ndimage.distance_transform_edt(mask, sampling=zooms)
-    return np.where(mask, -inside, outside).astype(np.float32)
-
-
-def close_mm(mask: np.ndarray, zooms: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Morphological closing with a ball of ``radius_mm`` (exact, by distance transforms)."""
-    zooms = np.asarray(zooms, dtype=float)
-    pad = np.ceil(radius_mm / zooms).astype(int) + 1
-    padded = np.pad(mask, [(p, p) for p in pad])
-    dilated = ndimage.distance_transform_edt(~padded, sampling=zooms) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=zooms) > radius_mm
-    return closed[tuple(slice(p, -p) for p in pad)]
-
-
-def smooth_envelope(head: np.ndarray, zooms: np.ndarray, sigma_mm: float) -> np.ndarray:
-    """The head outline smoothed at ``sigma_mm`` (float weight, > 0.5 is inside).
-
-    The head mask is closed with a ball of radius ``1.5 * sigma_mm`` (fills
-    eye sockets, dark eyeballs and nostrils), then Gaussian-filtered with
-    ``sigma_mm``: cut at 0.5, protrusions narrower than about two sigma (nose,
-    lips, brows) flatten out and the head keeps its overall shape.
-    """
-    closed = close_mm(head, zooms, 1.5 * sigma_mm) | head
-    sigma = sigma_mm / np.asarray(zooms, dtype=float)
-    return ndimage.gaussian_filter(closed.astype(np.float32), sigma, mode="nearest")
-
-
-def template_outline(head: np.ndarray, affine: np.ndarray, smooth_mm: float) -> TemplateOutline:
-    """The :class:`TemplateOutline` of a template's boolean RAS head mask.
-
-    ``affine`` is the mask's voxel->template RAS mm. The mask is block-averaged
-    to about :data:`COARSE_MM` (a coarse voxel is head when more than half of
-    it is) and smoothed by :func:`smooth_envelope` with ``smooth_mm``, as the
-    subject's own outline would be, so the template's nose and lips flatten out
-    too. Coarse voxel ``c`` sits at fine index ``c * factor + factor // 2``, as
-    in :func:`upsample`.
-    """
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    factors = coarse_factors(zooms)
-    coarse = downsample(head, factors) > 0.5
-    grid = np.diag([*factors.astype(float), 1.0])
-    grid[:3, 3] = factors // 2
-    return TemplateOutline(smooth_envelope(coarse, zooms * factors, smooth_mm), affine @ grid)
 
 
 def tissue_blur(data: np.ndarray, head: np.ndarray, zooms: np.ndarray,

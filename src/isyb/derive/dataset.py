@@ -15,7 +15,7 @@ in the run's folder:
   area, volume, LGI per aparc region, read from FreeSurfer's files).
 
 Template space needs the subject's T1w: brain (deepbet), tissues
-(:func:`isyb.qc.anat.segment_tissues`), normalisation to the template
+(:func:`isyb.head.tissue.segment_tissues`), normalisation to the template
 (:mod:`isyb.derive.normalize`, SyN by default), and each run co-registered to
 the T1w (rigid). The T1w's white-matter and CSF masks, brought into BOLD
 space, give the nuisance signals; its WM and GM, brought into DWI and ASL
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from isyb import __version__
-from isyb.bids.description import source_dataset
+from isyb.bids.layout import source_dataset
 from isyb.errors import IsybError
 from isyb.io import atomic_path, strip_image_suffix, write_text
 
@@ -231,7 +231,7 @@ class Anatomy:
     seconds: dict = field(default_factory=dict)
 
     def tissue(self, *names: str) -> np.ndarray:
-        from isyb.qc.anat import CSF, GM, WM
+        from isyb.head.tissue import CSF, GM, WM
 
         codes = {"csf": CSF, "gm": GM, "wm": WM}
         return np.isin(self.labels, [codes[n] for n in names])
@@ -239,10 +239,10 @@ class Anatomy:
 
 def subject_anatomy(t1w: Path, work: Path, template, options: DeriveOptions) -> Anatomy:
     """Brain, tissues and normalisation of the subject's T1w, from ``work`` when cached."""
-    from isyb.brain import extract_brain
     from isyb.derive.normalize import normalize
+    from isyb.head.brain import extract_brain
+    from isyb.head.tissue import segment_tissues
     from isyb.io import cached_arrays
-    from isyb.qc.anat import segment_tissues
 
     data, affine, _ = load_ras(t1w, allow_4d=False)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -669,7 +669,7 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
     nprocs = max(1, min(nprocs, len(subjects)))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     jobs = [RunJob(bids_dir, out_dir, work, subject, options, threads) for subject in subjects]
-    from isyb.run import ExecutorOptions, run_tasks
+    from isyb.executor import ExecutorOptions, run_tasks
 
     records: list[dict] = []
     for result in run_tasks(run_subject, jobs, ExecutorOptions("local", nprocs),

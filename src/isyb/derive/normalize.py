@@ -20,7 +20,7 @@ through the flip ``diag(-1, -1, 1)``.
   DWI space).
 
 ANTs runs single-threaded with a fixed seed (``ants.config.set_ants_deterministic``),
-as in :mod:`isyb.register`, so results are reproducible.
+as in :mod:`isyb.head.register`, so results are reproducible.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from isyb.errors import IsybError, RegistrationError
+from isyb.head.register import _ants_affine, _normalise, dice, resample_to, working_grid
 from isyb.io import atomic_path, write_text
-from isyb.register import _ants_affine, _normalise, dice, resample_to, working_grid
 
 #: RAS <-> LPS world flip (its own inverse).
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -170,7 +170,7 @@ def _work_grid(data: np.ndarray, affine: np.ndarray,
                spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """``data`` block-averaged onto an isotropic ``spacing_mm`` grid when it is finer.
 
-    :func:`isyb.register.working_grid` centres an even block half a fine
+    :func:`isyb.head.register.working_grid` centres an even block half a fine
     voxel before its first voxel; the affine is moved there, so the coarse
     grid stays where its block means are.
     """

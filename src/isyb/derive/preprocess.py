@@ -17,7 +17,7 @@ in two calls on arrays (no file I/O here):
        spike is not smeared over its neighbours first);
     4. rigid motion estimation against the **first kept volume** (as AFNI's
        ``3dvolreg`` in MRIQC and :mod:`isyb.qc.bold`) and realignment with
-       cubic B-splines (:mod:`isyb.qc.motion`);
+       cubic B-splines (:mod:`isyb.head.motion`);
     5. :func:`brain_mask_from_mean` on the mean realigned image;
     6. :func:`scale_global_mean` to 10,000 inside that mask.
 
@@ -40,7 +40,7 @@ Not done here, on purpose:
 Conventions: series are ``(x, y, z, t)`` arrays (time last) with voxel sizes
 in mm and the repetition time in seconds; masks are boolean ``(x, y, z)``;
 motion tables are ``(t, 6)`` with translations in mm then rotations in radians
-(:data:`isyb.qc.motion.PARAM_NAMES`). Outputs are float32 unless a function
+(:data:`isyb.head.motion.PARAM_NAMES`). Outputs are float32 unless a function
 says otherwise. Bad input raises :class:`BoldPreprocessError`.
 """
 
@@ -56,8 +56,8 @@ from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
 from isyb.errors import IsybError
+from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
 from isyb.qc.bold import bold_brain_mask
-from isyb.qc.motion import PARAM_NAMES, estimate_motion, realign
 
 __all__ = [
     "FRISTON24_NAMES",
@@ -548,9 +548,9 @@ def prepare_bold(series: np.ndarray, zooms: Sequence[float], tr: float, *,
     inside :func:`brain_mask_from_mean` of the temporal mean dilated by 2
     voxels, as 3dDespike works inside a dilated automask),
     :func:`slice_timing_correct` (when ``slice_timing`` is given),
-    :func:`isyb.qc.motion.estimate_motion` against ``reference`` (default 0,
+    :func:`isyb.head.motion.estimate_motion` against ``reference`` (default 0,
     the first kept volume; ``"median"`` for the temporal median) and
-    :func:`isyb.qc.motion.realign` (spline ``interpolation_order``, cubic by
+    :func:`isyb.head.motion.realign` (spline ``interpolation_order``, cubic by
     default), :func:`brain_mask_from_mean` of the realigned mean and
     :func:`scale_global_mean` to ``target``. ``timings`` holds seconds per
     stage run: ``drop_dummy``, ``despike``, ``slice_timing``, ``motion``,

@@ -6,15 +6,14 @@ import os
 
 import numpy as np
 
-from isyb.brain import extract_brain
-from isyb.deface.guard import brain_guard
-from isyb.deface.obscure import head_mask, skin_surface
-from isyb.deface.region import derive_face_rule, face_region
 from isyb.errors import IsybError
 from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
+from isyb.head.brain import extract_brain
+from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
 from isyb.io import Volume, atomic_path
-from isyb.render import render_faces, skin_threshold
+from isyb.templates.face import derive_face_rule, face_region
+from isyb.viz.render import render_faces
 
 YAWS = (-15.0, 0.0, 15.0)
 
@@ -31,7 +30,7 @@ def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
                       guard_mm: float = 10.0) -> np.ndarray:
     """A face region that depends on the subject only: the voxel set to compare templates on.
 
-    The face rule (:func:`isyb.deface.region.derive_face_rule`) is placed on
+    The face rule (:func:`isyb.templates.face.derive_face_rule`) is placed on
     the subject's own boolean RAS brain mask and evaluated on the subject's
     grid with the identity mapping (``affine`` is its voxel->world mm), then
     the subject's brain guard (the mask dilated by ``guard_mm`` mm) is

@@ -1,7 +1,7 @@
 """Face detectability: can a stock face detector find a face on a surface render?
 
 The head is rendered from the front at a few yaw angles
-(:func:`isyb.render.render_faces`). Each render goes to OpenCV's stock
+(:func:`isyb.viz.render.render_faces`). Each render goes to OpenCV's stock
 Viola-Jones frontal face detector, the Haar cascade
 ``haarcascade_frontalface_alt2.xml``, which ships with
 ``opencv-python-headless`` 4.x in ``cv2.data.haarcascades``. A face should be
@@ -31,7 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from isyb.render import Zooms, render_faces, skin_threshold
+from isyb.head.morphology import skin_threshold
+from isyb.viz.render import Zooms, render_faces
 
 CASCADE = "haarcascade_frontalface_alt2.xml"
 #: Height (pixels) the render is resized to before detection.
@@ -128,9 +129,9 @@ def face_detected(
     """Render the head at each yaw and look for a face on each render.
 
     ``data`` is a RAS array with voxel size ``zooms`` (mm). ``yaws`` are in degrees
-    (see :func:`isyb.render.render_face`; positive turns the face toward the
+    (see :func:`isyb.viz.render.render_face`; positive turns the face toward the
     subject's left). ``threshold`` is the skin threshold; it defaults to
-    :func:`isyb.render.skin_threshold` and is computed once for all views. Renders
+    :func:`isyb.head.morphology.skin_threshold` and is computed once for all views. Renders
     are at ``RENDER_PIXEL_MM`` (1 mm) per pixel, and a face box must be at least
     ``MIN_FACE_MM`` (80 mm) wide.
 

@@ -13,10 +13,10 @@ gallery of original scans could do):
 2. **Describe.** In that frame the skin surface is found along rays that run
    from the front (+y, anterior) backwards, one ray per ``spacing_mm`` pixel of
    the (x, z) plane: the first crossing of the scan's own skin threshold
-   (:func:`isyb.render.skin_threshold`) after a Gaussian of ``SMOOTH_MM``, refined
+   (:func:`isyb.head.morphology.skin_threshold`) after a Gaussian of ``SMOOTH_MM``, refined
    linearly between samples. The descriptor is that depth map (template mm along
    y) over a fixed *face window*: the pixels where the template's own skin lies
-   inside the template's face rule (:class:`isyb.deface.region.FaceRule`), which
+   inside the template's face rule (:class:`isyb.templates.face.FaceRule`), which
    is the region every isyb defacing works on (brows to chin, cheek to cheek).
    The scalp, the ears, the back of the head and the neck are left out on
    purpose: the question is whether the *face* still identifies the person.
@@ -68,11 +68,10 @@ from scipy import ndimage, stats
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from isyb.deface.guard import bounding_box, dilate_mm
-from isyb.deface.region import FaceRule, face_region
+from isyb.head.morphology import bounding_box, dilate_mm, skin_threshold
+from isyb.head.register import resample_to
 from isyb.io import Volume, volume_from_image
-from isyb.register import resample_to
-from isyb.render import skin_threshold
+from isyb.templates.face import FaceRule, face_region
 
 if TYPE_CHECKING:
     from isyb.templates.registry import Template
@@ -231,7 +230,7 @@ def face_descriptor(volume: Volume, subject_to_template: np.ndarray, frame: Face
     a Gaussian of ``SMOOTH_MM`` (1 mm) or half the scan's largest voxel size if
     that is more (which hides the voxel terraces of coarse scans), and each ray,
     from the front backwards, stops at the first crossing of ``threshold``
-    (default: the scan's own :func:`isyb.render.skin_threshold`). The value is
+    (default: the scan's own :func:`isyb.head.morphology.skin_threshold`). The value is
     the template-frame y (mm, anterior) of that crossing. Returns a float32
     array of ``frame.shape``, NaN outside the face window and where a ray hits
     nothing.
@@ -684,7 +683,8 @@ def vary_face(volume: Volume, weight: np.ndarray, rng: np.random.Generator, *,
 #: default, so that a nose or chin never leaves it after a re-scan's head motion.
 PHANTOM_FOV_MM = (220.0, 270.0, 300.0)
 PHANTOM_FOV_CENTRE_MM = (0.0, 10.0, -20.0)
-#: Default head dimensions (mm) of :func:`isyb.phantom.make_phantom`: length, width, height.
+#: Default head dimensions (mm) of :func:`isyb.synthetic.phantom.make_phantom`:
+#: length, width, height.
 PHANTOM_SIZE_MM = (190.0, 150.0, 225.0)
 
 
@@ -710,7 +710,7 @@ def varied_phantom(seed: int, reference_to_template: np.ndarray, rule: FaceRule,
     brain-mask Dice on phantoms is about 0.82 instead of 0.77-0.80, so its
     first start is accepted (three times faster).
     """
-    from isyb.phantom import Label, make_phantom, to_nifti
+    from isyb.synthetic.phantom import Label, make_phantom, to_nifti
 
     rng = np.random.default_rng(seed)
     factors = rng.uniform(1.0 - shape_range, 1.0 + shape_range, 3)

@@ -6,5 +6,5 @@ has the metrics of structural (T1w, T2w) head scans: tissue segmentation, a
 defacing-proof air mask, and SNR, Dietrich's SNR, CNR, FBER, EFC,
 AFNI-classic FWHM, CJV and WM2MAX, with every difference from MRIQC stated
 where the metric is defined. :mod:`isyb.qc.bold` has the metrics of BOLD
-runs and :mod:`isyb.qc.motion` their rigid head-motion estimation.
+runs and :mod:`isyb.head.motion` their rigid head-motion estimation.
 """

@@ -48,47 +48,41 @@ computed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.special import xlogy
 
-from isyb.errors import IsybError
+from isyb.head.morphology import bounding_box
+from isyb.qc.masks import (
+    MAD_TO_SD,
+    MIN_MASK_VOXELS,
+    AnatMasks,
+    NoBackgroundError,
+    QCInputError,
+    anat_masks,
+    check_image,
+    robust_sd,
+)
 
 __all__ = [
-    "CSF",
     "DIETRICH_FACTOR",
-    "GM",
-    "WM",
     "AnatMasks",
-    "Mixture",
     "NoBackgroundError",
     "QCInputError",
-    "air_mask",
     "anat_masks",
     "anat_metrics",
     "brain_noise_sd",
     "cjv",
     "cnr",
     "efc",
-    "empty_mask",
-    "erode18",
     "fber",
-    "fit_mixture",
     "fwhm_afni",
-    "hat_region",
     "robust_sd",
-    "segment_tissues",
     "snr",
     "snr_dietrich",
-    "tissue_masks",
     "wm2max",
 ]
-
-#: Tissue labels returned by :func:`segment_tissues` (0 is outside the brain).
-CSF, GM, WM = 1, 2, 3
 
 #: sqrt((4 - pi) / 2) = 1 / sqrt(2 / (4 - pi)) = 0.6551: the SD of a Rayleigh
 #: distribution in units of the Gaussian noise SD of each channel (Dietrich et
@@ -98,22 +92,8 @@ DIETRICH_FACTOR = math.sqrt((4.0 - math.pi) / 2.0)
 #: sqrt(8 ln 2): Gaussian sigma to FWHM, rounded as in AFNI's mri_fwhm.c.
 SIGMA_TO_FWHM = 2.35482
 
-#: 1 / Phi^-1(3/4): scales the median absolute deviation to the SD of a
-#: Gaussian (statsmodels' ``mad``, which MRIQC uses).
-MAD_TO_SD = 1.0 / 0.6744897501960817
-
-#: Fewest voxels a mask may hold for its statistics to be reported.
-MIN_MASK_VOXELS = 100
 
 Contrast = Literal["T1w", "T2w"]
-
-
-class QCInputError(IsybError, ValueError):
-    """The image cannot give a meaningful metric (empty mask, constant air, NaNs...)."""
-
-
-class NoBackgroundError(QCInputError):
-    """The image has no air to measure the noise in (suppressed, cut off or stripped)."""
 
 
 # ---------------------------------------------------------------------------
@@ -144,24 +124,6 @@ def _air_sd(image: np.ndarray, air: np.ndarray | float) -> float:
     if isinstance(air, np.ndarray):
         return _positive(float(_values(image, air, "air").std()), "the SD of the air")
     return _positive(float(air), "the SD of the air")
-
-
-def robust_sd(values: np.ndarray) -> float:
-    """Normalised median absolute deviation: ``median(|x - median(x)|) / 0.6745``.
-
-    Estimates the SD of a Gaussian from its bulk; it is statsmodels'
-    ``mad`` (centre = median), which MRIQC uses for ``cjv`` and ``snrd``.
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    return float(np.median(np.abs(values - np.median(values))) * MAD_TO_SD)
-
-
-def _box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
-    """Bounding box (slices) of a non-empty mask, grown by ``pad`` voxels."""
-    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
-        np.nonzero(mask.any(axis=(0, 1)))[0]
-    return tuple(slice(max(int(i[0]) - pad, 0), min(int(i[-1]) + 1 + pad, n))
-                 for i, n in zip(idx, mask.shape, strict=True))
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +302,7 @@ def fwhm_afni(image: np.ndarray, mask: np.ndarray,
         raise QCInputError("FWHM needs a 3-D image and a mask of the same shape")
     if not mask.any():
         raise QCInputError("the FWHM mask is empty")
-    box = _box(mask)
+    box = bounding_box(mask)
     x = np.asarray(image[box], dtype=np.float64)
     m = mask[box]
     values = x[m]
@@ -386,7 +348,7 @@ def brain_noise_sd(image: np.ndarray, mask: np.ndarray) -> float:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != image.shape or not mask.any():
         raise QCInputError("the noise mask is empty or does not match the image")
-    box = _box(mask)
+    box = bounding_box(mask)
     x = np.asarray(image[box], dtype=np.float64)
     m = mask[box]
     n = [s - s % 2 for s in x.shape]
@@ -412,461 +374,16 @@ def brain_noise_sd(image: np.ndarray, mask: np.ndarray) -> float:
 # Segmentation
 
 
-@dataclass(frozen=True)
-class Mixture:
-    """A 1-D Gaussian mixture: weights, means and SDs of each class, by increasing mean."""
-
-    weights: np.ndarray
-    means: np.ndarray
-    sds: np.ndarray
-
-    def posteriors(self, values: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, k) of each value, float32."""
-        x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
-        log_p = (np.log(self.weights) - np.log(self.sds) - 0.5 * ((x - self.means) / self.sds) ** 2)
-        log_p -= log_p.max(axis=1, keepdims=True)
-        p = np.exp(log_p)
-        p /= p.sum(axis=1, keepdims=True)
-        return p.astype(np.float32)
-
-
-def fit_mixture(values: np.ndarray, n_classes: int = 3, *, bins: int = 512,
-                min_sd_fraction: float = 0.02, max_iter: int = 1000,
-                tol: float = 1e-9) -> Mixture:
-    """Maximum-likelihood Gaussian mixture of 1-D intensities (EM on a fine histogram).
-
-    The values are clipped to their 0.05th-99.95th percentiles and binned
-    into ``bins`` bins; EM (Dempster, Laird & Rubin 1977) runs on the bin
-    centres weighted by their counts from two starts, and the fit with the
-    higher likelihood wins: means at the 10th, 50th and 90th percentiles (for
-    3 classes; evenly spaced percentiles otherwise), and means evenly spaced
-    over the range (at 1/6, 1/2, 5/6 of it). The second start matters when
-    one tissue dominates: with 80 % white matter, the percentile start puts
-    two classes in the white matter and EM stays there. Both starts have equal
-    weights and SDs of a sixth of the range. Each SD is kept at least
-    ``min_sd_fraction`` of the range, so that a class cannot collapse onto a
-    spike of identical values (FreeSurfer's ``T1.mgz`` sets most of the white
-    matter to exactly 110). Deterministic; the binning changes the fit by
-    far less than a bin width. Same model as scikit-learn's
-    ``GaussianMixture(covariance_type="full")`` in 1-D, at a fraction of the
-    time on millions of voxels.
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = np.percentile(values, [0.05, 99.95])
-    if not hi > lo:
-        raise QCInputError("the intensities to segment are (almost) constant")
-    counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
-    x = 0.5 * (edges[:-1] + edges[1:])
-    w = counts / counts.sum()
-    cdf = np.cumsum(w)
-    quantiles = [0.1, 0.5, 0.9] if n_classes == 3 else np.linspace(0.1, 0.9, n_classes)
-    span = hi - lo
-    starts = (np.array([x[min(int(np.searchsorted(cdf, q)), bins - 1)] for q in quantiles]),
-              lo + span * (np.arange(n_classes) + 0.5) / n_classes)
-    fits = [_em(x, w, means, span, min_sd_fraction, max_iter, tol) for means in starts]
-    _, weights, means, var = max(fits, key=lambda fit: fit[0])
-    order = np.argsort(means)
-    return Mixture(weights=weights[order], means=means[order], sds=np.sqrt(var[order]))
-
-
-def _em(x: np.ndarray, w: np.ndarray, means: np.ndarray, span: float, min_sd_fraction: float,
-        max_iter: int, tol: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """EM of a 1-D Gaussian mixture on weighted points: (log-likelihood, weights, means, var)."""
-    n_classes = means.size
-    min_var = (min_sd_fraction * span) ** 2
-    var = np.full(n_classes, (span / 6.0) ** 2)
-    weights = np.full(n_classes, 1.0 / n_classes)
-    previous = likelihood = -np.inf
-    for _ in range(max_iter):
-        log_p = (np.log(weights) - 0.5 * np.log(2 * np.pi * var)
-                 - 0.5 * (x[:, None] - means) ** 2 / var)
-        top = log_p.max(axis=1, keepdims=True)
-        log_norm = top[:, 0] + np.log(np.exp(log_p - top).sum(axis=1))
-        resp = np.exp(log_p - log_norm[:, None])
-        likelihood = float(w @ log_norm)
-        nk = np.maximum(w @ resp, 1e-12)
-        weights = nk / nk.sum()
-        means = (w * x) @ resp / nk
-        var = np.maximum(((w[:, None] * resp) * (x[:, None] - means) ** 2).sum(axis=0) / nk,
-                         min_var)
-        if likelihood - previous < tol:
-            break
-        previous = likelihood
-    return likelihood, weights, means, var
-
-
-def _tissue_probabilities(data: np.ndarray, brain: np.ndarray, zooms: np.ndarray,
-                          contrast: Contrast,
-                          smooth_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Brain bounding box and the smoothed (CSF, GM, WM) probabilities in it (3, ...)."""
-    if contrast not in ("T1w", "T2w"):
-        raise QCInputError(f"contrast must be 'T1w' or 'T2w', got {contrast!r}")
-    brain = np.asarray(brain, dtype=bool)
-    if brain.shape != data.shape:
-        raise QCInputError(f"the brain mask has shape {brain.shape}, the image {data.shape}")
-    if int(brain.sum()) < 1000:
-        raise QCInputError(f"the brain mask holds {int(brain.sum())} voxels; at least 1000 "
-                           "are needed to segment the tissues")
-    box = _box(brain, pad=2)
-    b = brain[box]
-    values = np.asarray(data[box][b], dtype=np.float64)
-    post = fit_mixture(values).posteriors(values)
-    if contrast == "T2w":  # CSF brightest, WM darkest
-        post = post[:, ::-1]
-    sigma = smooth_mm / zooms
-    prob = np.zeros((3, *b.shape), dtype=np.float32)
-    for k in range(3):
-        prob[k][b] = post[:, k]
-        if smooth_mm > 0:
-            prob[k] = ndi.gaussian_filter(prob[k], sigma, mode="constant", truncate=3.0)
-    prob[:, ~b] = 0.0
-    return box, prob
-
-
-def segment_tissues(data: np.ndarray, brain_mask: np.ndarray,
-                    zooms: np.ndarray | tuple[float, ...], *, contrast: Contrast = "T1w",
-                    smooth_mm: float = 1.0) -> np.ndarray:
-    """Label the brain voxels CSF (1), GM (2) or WM (3); 0 outside ``brain_mask``.
-
-    Method: a 3-class Gaussian mixture is fitted to the brain intensities
-    (:func:`fit_mixture`; one mean, SD and weight per class); each brain
-    voxel gets its three class probabilities; each probability map is
-    smoothed with a Gaussian of SD ``smooth_mm`` (a cheap stand-in for the
-    Markov random field of FSL FAST or ANTs Atropos: an isolated noisy voxel
-    takes the class of its neighbourhood); the label is the most probable
-    class. Classes are named by their mean: CSF < GM < WM for T1w, the
-    reverse for T2w. Deterministic (no random initialisation).
-
-    Why not FAST or Atropos: FAST needs FSL; ANTsPy's Atropos would fit the
-    same three intensity classes with a true Markov random field, at the
-    cost of an image round trip through ITK and more parameters, while the
-    metrics only need tissue cores (:func:`tissue_masks`), not exact
-    boundaries. No bias-field correction is done first (MRIQC runs N4), so a
-    strong field shifts the labels.
-    """
-    zooms = np.asarray(zooms, dtype=float)
-    labels, _ = _labels_and_cores(np.asarray(data), brain_mask, zooms, contrast, smooth_mm,
-                                  cores=False)
-    return labels
-
-
-def _labels_and_cores(data: np.ndarray, brain_mask: np.ndarray, zooms: np.ndarray,
-                      contrast: Contrast, smooth_mm: float,
-                      cores: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    box, prob = _tissue_probabilities(data, brain_mask, zooms, contrast, smooth_mm)
-    brain = np.asarray(brain_mask, dtype=bool)
-    sub = (np.argmax(prob, axis=0) + 1).astype(np.uint8)
-    del prob
-    sub[~brain[box]] = 0
-    labels = np.zeros(data.shape, dtype=np.uint8)
-    labels[box] = sub
-    out: dict[int, np.ndarray] = {}
-    if cores:
-        erode = bool(np.all(zooms < 1.9))
-        for label in (GM, WM):
-            core_box = sub == label
-            if erode:
-                eroded = erode18(core_box)
-                if int(eroded.sum()) >= MIN_MASK_VOXELS:
-                    core_box = eroded
-            core = np.zeros(data.shape, dtype=bool)
-            core[box] = core_box
-            out[label] = core
-    return labels, out
-
-
-def tissue_masks(data: np.ndarray, brain_mask: np.ndarray,
-                 zooms: np.ndarray | tuple[float, ...], *, contrast: Contrast = "T1w",
-                 smooth_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels (as :func:`segment_tissues`) and the GM and WM cores that the statistics use.
-
-    A core is the tissue's label eroded once with the 18-connected element
-    when every voxel side is under 1.9 mm, which drops the partial-volume
-    voxels at tissue boundaries. MRIQC erodes the same way, after keeping
-    the voxels whose FAST partial-volume fraction exceeds 0.85; isyb's
-    labels have no partial-volume fractions. A core that the erosion would
-    leave with fewer than 100 voxels (thin cortex, coarse voxels) is kept
-    uneroded. Returns ``(labels, gm_core, wm_core)``.
-    """
-    zooms = np.asarray(zooms, dtype=float)
-    labels, cores = _labels_and_cores(np.asarray(data), brain_mask, zooms, contrast,
-                                      smooth_mm, cores=True)
-    return labels, cores[GM], cores[WM]
-
-
 # ---------------------------------------------------------------------------
 # Morphology with separable filters (fast on 256^3 grids)
-
-
-def _min_filter(mask: np.ndarray, size: tuple[int, int, int], outside: int) -> np.ndarray:
-    return ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant",
-                              cval=outside).view(bool)
-
-
-def _max_filter(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    return ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
-                              cval=0).view(bool)
-
-
-def erode18(mask: np.ndarray) -> np.ndarray:
-    """One erosion with the 18-connected 3x3x3 element (MRIQC's tissue erosion).
-
-    The 18-neighbourhood is the union of the three 3x3 squares through the
-    centre, so the erosion is the intersection of three separable planar
-    erosions (same result as ``binary_erosion`` with
-    ``generate_binary_structure(3, 2)``, several times faster).
-    """
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    out = _min_filter(mask, (3, 3, 1), 0)
-    out &= _min_filter(mask, (3, 1, 3), 0)
-    out &= _min_filter(mask, (1, 3, 3), 0)
-    return out
 
 
 # ---------------------------------------------------------------------------
 # Air
 
 
-def empty_mask(data: np.ndarray, *, block: int = 3) -> np.ndarray:
-    """Voxels in solid blocks of values <= 0: padding, rotation frames, zeroed faces.
-
-    A voxel is "empty" when it lies in some ``block`` x ``block`` x ``block``
-    cube whose voxels are all <= 0 (a morphological opening of
-    ``data <= 0`` with that cube; the FOV border counts as empty). Recorded
-    magnitude noise does not do that: even where 12 % of the air voxels are
-    0 (Rayleigh noise of sigma one unit, rounded to integers), 27 zeros in a
-    cube happen with probability 0.12^27 ~ 1e-25. Such blocks come from
-    zero-filled FOV extensions, resampling frames, defacing that zeroes the
-    face, or background suppression. MRIQC's rotation mask is the same idea
-    (opening of ``data <= 0`` with the 18-connected element).
-    """
-    zero = np.ascontiguousarray(np.asarray(data) <= 0)
-    if not zero.any():
-        return zero
-    size = (block,) * 3
-    return _max_filter(_min_filter(zero, size, 1), size)
-
-
-def hat_region(brain: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
-               plane_margin_mm: float = 10.0, front_fraction: float = 0.25) -> np.ndarray:
-    """The region above the nasion-cerebellum plane and behind the front of the brain.
-
-    From the brain mask (RAS; mm along the array axes): ``L`` is the brain's
-    anterior-posterior length; the *front point* is the lowest brain voxel
-    within 0.15 L of the frontal pole (the orbital surface of the frontal
-    lobe, just above the nasion); the *back point* the lowest brain voxel
-    within 0.15 L of the occipital pole (the bottom of the cerebellum). The
-    region is every voxel more than ``plane_margin_mm`` above the plane
-    through these two points (perpendicular to the sagittal plane) and more
-    than ``front_fraction * L`` behind the frontal pole: the air above and
-    behind the head, without the forehead, the face, the neck and the lower
-    part of the ears, which is where face masking acts (isyb's face region
-    lies in front of a plane tangent to the front half of the brain, tilted
-    30 degrees down; pydeface, mri_deface and quickshear act in front of and
-    below the face). MRIQC's "hat" is the same idea: the air above the
-    nasion-cerebellum plane, placed by registration to MNI space rather than
-    from the brain mask. Returns a read-only broadcast view.
-    """
-    zooms = np.asarray(zooms, dtype=float)
-    brain = np.asarray(brain, dtype=bool)
-    if not brain.any():
-        raise QCInputError("the brain mask is empty")
-    ys, zs = np.nonzero(brain.any(axis=0))
-    y_mm, z_mm = ys * zooms[1], zs * zooms[2]
-    y_front, y_back = float(y_mm.max()), float(y_mm.min())
-    length = y_front - y_back
-    if length <= 0:
-        raise QCInputError("the brain mask has no anterior-posterior extent")
-    z_front = float(z_mm[y_mm >= y_front - 0.15 * length].min())
-    z_back = float(z_mm[y_mm <= y_back + 0.15 * length].min())
-    y_axis = np.arange(brain.shape[1]) * zooms[1]
-    z_axis = np.arange(brain.shape[2]) * zooms[2]
-    plane = z_back + (z_front - z_back) / length * (y_axis - y_back)
-    above = z_axis[None, :] > plane[:, None] + plane_margin_mm
-    behind = (y_axis < y_front - front_fraction * length)[:, None]
-    return np.broadcast_to((above & behind)[None, :, :], brain.shape)
-
-
-def air_mask(data: np.ndarray, head: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
-             brain: np.ndarray, empty: np.ndarray | None = None, border_mm: float = 5.0,
-             skin_gap_mm: float = 5.0, plane_margin_mm: float = 10.0,
-             front_fraction: float = 0.25, min_live_fraction: float = 0.05,
-             artifact_z: float = 10.0, min_voxels: int = 1000) -> np.ndarray:
-    """Air voxels that measure the background of the scan and that no defacing touches.
-
-    Start from the voxels outside ``head`` (every voxel that may be tissue:
-    :func:`anat_masks` passes the solid head of
-    :func:`isyb.deface.obscure.head_mask`, every voxel above the skin
-    threshold, and the brain) and keep those that are:
-
-    1. in :func:`hat_region`: above the nasion-cerebellum plane (plus
-       ``plane_margin_mm``) and behind the front quarter of the brain, and
-       connected to the FOV border within that region. Air in front of and
-       below the face, where defacing acts, is never used, and neither is a
-       dark cavity (skull, sinus) that a removed face opened to the outside:
-       this is what makes the background metrics of a scan and of its defaced
-       copies agree, whatever the defacing tool wrote (zeros, noise, blurred
-       tissue);
-    2. more than ``skin_gap_mm`` (and 2 voxels) from the head along every
-       axis (a box around each head voxel): the partial-volume shell of the
-       skin is not background;
-    3. more than ``border_mm`` (and 2 voxels) from the FOV border, where
-       wrap-around and interpolation edges sit;
-    4. not in :func:`empty_mask` (solid blocks of zeros from padding or
-       zeroing). If fewer than ``min_live_fraction`` of the voxels that steps
-       1-3 kept are left, the background was suppressed (set to 0 beyond a
-       thin halo around the skin, as in FreeSurfer-conformed, template-space
-       and many processed images): it holds no noise to measure, and
-       :class:`NoBackgroundError` is raised;
-    5. not artefact: a voxel brighter than ``median + artifact_z * MAD_n``
-       of the positive air values, in a cluster that survives an opening with
-       the 6-connected element (ghosts, wrap-around, flow artefacts; MRIQC's
-       step after Mortamet et al., MRM 62(2):365, 2009, with the same z = 10).
-
-    Raises :class:`NoBackgroundError` (a :class:`QCInputError`) for a
-    suppressed background, or when fewer than ``min_voxels`` remain (a
-    skull-stripped image, a FOV cut at the skin).
-    """
-    zooms = np.asarray(zooms, dtype=float)
-    data = np.asarray(data)
-    head = np.ascontiguousarray(head, dtype=bool)
-    if head.shape != data.shape:
-        raise QCInputError(f"the head mask has shape {head.shape}, the image {data.shape}")
-    cand = ~head & hat_region(brain, zooms, plane_margin_mm=plane_margin_mm,
-                              front_fraction=front_fraction)
-    # Only air connected to the FOV border *within the hat* is outside: a face
-    # that defacing removed opens a path from the border into the dark skull
-    # or the sinuses, but that path runs through the face, outside the hat.
-    pieces, _ = ndi.label(cand)
-    border = np.unique(np.concatenate([np.take(pieces, i, axis=a).ravel()
-                                       for a in range(3) for i in (0, -1)]))
-    cand = np.isin(pieces, border[border > 0])
-    del pieces
-    for axis, n in enumerate(data.shape):
-        k = max(2, math.ceil(border_mm / zooms[axis]))
-        index: list[slice] = [slice(None)] * 3
-        index[axis] = slice(0, min(k, n))
-        cand[tuple(index)] = False
-        index[axis] = slice(max(n - k, 0), n)
-        cand[tuple(index)] = False
-    gap = np.maximum(np.ceil(skin_gap_mm / zooms), 2).astype(int)
-    cand &= ~_max_filter(head, tuple(int(2 * g + 1) for g in gap))  # type: ignore[arg-type]
-    if empty is None:
-        empty = empty_mask(data)
-    n_cand = int(cand.sum())
-    cand &= ~np.asarray(empty, dtype=bool)
-    n_live = int(cand.sum())
-    if n_live < min_voxels or n_live < min_live_fraction * n_cand:
-        raise NoBackgroundError(
-            f"no measurable background: of {n_cand} air voxels above the nasion-cerebellum "
-            f"plane, {n_live} are not in solid blocks of zeros (need {min_voxels} and "
-            f"{min_live_fraction:.0%}); the background was suppressed or cut off")
-    values = np.asarray(data[cand], dtype=np.float64)
-    positive = values[values > 0]
-    if positive.size >= MIN_MASK_VOXELS:
-        location = float(np.median(positive))
-        spread = robust_sd(positive)
-        if spread > 0:
-            bright = cand & (data > location + artifact_z * spread)
-            if bright.any():
-                bright = ndi.binary_opening(bright,
-                                            structure=ndi.generate_binary_structure(3, 1))
-                cand &= ~bright
-    count = int(cand.sum())
-    if count < min_voxels:
-        raise NoBackgroundError(
-            f"only {count} usable air voxels (need {min_voxels}): the image has too little "
-            "background above the nasion-cerebellum plane (skull-stripped, or a FOV cut at "
-            "the skin)")
-    return cand
-
-
 # ---------------------------------------------------------------------------
 # All together
-
-
-@dataclass
-class AnatMasks:
-    """The masks behind :func:`anat_metrics` (RAS boolean arrays on the image grid).
-
-    ``labels`` is uint8 (0 outside the brain, :data:`CSF`, :data:`GM`,
-    :data:`WM`); ``gm`` and ``wm`` are the tissue cores the statistics use
-    (:func:`tissue_masks`); ``head`` the solid head; ``air`` the
-    :func:`air_mask`; ``empty`` the :func:`empty_mask` voxels left out of EFC.
-    ``noise_source`` is ``"air"``, or ``"brain"`` when the image has no
-    measurable background (``air`` is then all False and ``note`` says why;
-    see :func:`anat_metrics`).
-    """
-
-    brain: np.ndarray
-    head: np.ndarray
-    air: np.ndarray
-    empty: np.ndarray
-    labels: np.ndarray
-    gm: np.ndarray
-    wm: np.ndarray
-    noise_source: Literal["air", "brain"] = "air"
-    note: str = ""
-
-    @property
-    def air_empty_fraction(self) -> float:
-        """Fraction of the air voxels that are empty (> 0.5: a suppressed background)."""
-        return float((self.air & self.empty).sum() / max(int(self.air.sum()), 1))
-
-
-def _check_image(data: np.ndarray) -> np.ndarray:
-    data = np.asarray(data)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise QCInputError(f"anatomical QC needs a 3-D image, got {data.ndim}-D "
-                           f"shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise QCInputError(f"anatomical QC needs real numbers, got {data.dtype}")
-    if not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise QCInputError(f"the image has {bad} NaN or infinite voxels")
-    out = np.maximum(data.astype(np.float32, copy=False), np.float32(0.0))
-    if not np.any(out > 0):
-        raise QCInputError("the image has no positive values")
-    return out
-
-
-def anat_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
-               brain: np.ndarray | None = None, contrast: Contrast = "T1w",
-               smooth_mm: float = 1.0) -> AnatMasks:
-    """Brain, head, air, empty and tissue masks of a head image (RAS, ``zooms`` in mm).
-
-    ``brain`` defaults to :func:`isyb.brain.extract_brain` (deepbet). The
-    head is :func:`isyb.deface.obscure.head_mask` at
-    :func:`isyb.render.skin_threshold`, joined with the brain.
-    """
-    from isyb.deface.obscure import head_mask
-    from isyb.render import skin_threshold
-
-    image = _check_image(data)
-    zooms = np.asarray(zooms, dtype=float)
-    if zooms.shape != (3,) or np.any(zooms <= 0):
-        raise QCInputError(f"voxel sizes must be three positive numbers, got {zooms}")
-    if brain is None:
-        from isyb.brain import extract_brain
-
-        brain = extract_brain(image, zooms)
-    brain = np.asarray(brain, dtype=bool)
-    if brain.shape != image.shape:
-        raise QCInputError(f"the brain mask has shape {brain.shape}, the image {image.shape}")
-    if not brain.any():
-        raise QCInputError("the brain mask is empty")
-    labels, gm, wm = tissue_masks(image, brain, zooms, contrast=contrast, smooth_mm=smooth_mm)
-    threshold = skin_threshold(image)
-    head = head_mask(image, threshold) | brain | (image > threshold)
-    empty = empty_mask(image)
-    try:
-        air = air_mask(image, head, zooms, brain=brain, empty=empty)
-    except NoBackgroundError as exc:
-        return AnatMasks(brain=brain, head=head, air=np.zeros_like(brain), empty=empty,
-                         labels=labels, gm=gm, wm=wm, noise_source="brain", note=str(exc))
-    return AnatMasks(brain=brain, head=head, air=air, empty=empty, labels=labels, gm=gm, wm=wm)
 
 
 def anat_metrics(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
@@ -894,7 +411,7 @@ def anat_metrics(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
     real background; report ``masks.noise_source`` next to them. MRIQC has
     no such fall-back (it gives 0, -1 or a MAD-based value there).
     """
-    image = _check_image(data)
+    image = check_image(data)
     zooms = np.asarray(zooms, dtype=float)
     if masks is None:
         masks = anat_masks(image, zooms, brain=brain, contrast=contrast)

@@ -5,7 +5,7 @@ Every metric is a plain function of arrays, with no file input or output.
 
 1. Drop the non-steady-state ("dummy") volumes at the start of the run.
 2. Estimate rigid head motion of every volume against the first steady-state
-   volume (:mod:`isyb.qc.motion`) and resample the series onto it (trilinear).
+   volume (:mod:`isyb.head.motion`) and resample the series onto it (trilinear).
 3. Average the realigned series (the mean BOLD image) and mask the brain on it
    (:func:`bold_brain_mask`).
 4. Temporal metrics on the realigned series in the mask: FD, DVARS, GCOR,
@@ -17,7 +17,7 @@ splines) for the resampling, SynthStrip for the brain mask, nipype's
 ``TSNR``, ``ComputeDVARS`` and ``FramewiseDisplacement``, AFNI's
 ``@compute_gcor`` and ``3dFWHMx``, and ``mriqc.qc.anatomical`` for SNR, FBER
 and EFC. The differences are listed in each function's docstring; in short:
-the motion engine of :mod:`isyb.qc.motion`, trilinear resampling (a cubic
+the motion engine of :mod:`isyb.head.motion`, trilinear resampling (a cubic
 one costs about 6 times more; it smooths the noise of moved volumes a little, which
 lowers their DVARS slightly), an intensity-threshold brain mask instead of
 SynthStrip, and ``fwhm_*`` in mm where MRIQC divides AFNI's mm by the voxel
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
 from isyb.qc.anat import QCInputError, efc, fwhm_afni
-from isyb.qc.motion import PARAM_NAMES, estimate_motion, realign
 
 __all__ = [
     "MIN_VOLUMES",
@@ -88,7 +88,7 @@ def framewise_displacement(params: np.ndarray, radius: float = 50.0) -> np.ndarr
     ----------
     params:
         Motion table, shape ``(t, 6)``: translations (mm) then rotations
-        (radians), as :func:`isyb.qc.motion.estimate_motion` returns (nipype's
+        (radians), as :func:`isyb.head.motion.estimate_motion` returns (nipype's
         ``parameter_source="SPM"`` order).
     radius:
         Head radius in mm for the rotation terms.

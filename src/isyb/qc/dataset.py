@@ -35,7 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from isyb import __version__
-from isyb.bids.description import source_dataset
+from isyb.bids.layout import source_dataset
 from isyb.errors import IsybError
 from isyb.io import atomic_path, strip_image_suffix, write_text
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, exclusions
@@ -184,7 +184,8 @@ def _json_default(value):
 
 def _anat(job: ParticipantJob) -> tuple[dict, dict]:
     from isyb.io import load_volume
-    from isyb.qc.anat import anat_masks, anat_metrics
+    from isyb.qc.anat import anat_metrics
+    from isyb.qc.masks import anat_masks
     from isyb.qc.report import anat_figures
 
     volume = load_volume(job.run.path)

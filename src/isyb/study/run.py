@@ -34,11 +34,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from isyb import __version__
-from isyb.brain import extract_brain
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.faces import face_detected
+from isyb.head.brain import extract_brain
 from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
 

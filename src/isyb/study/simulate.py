@@ -20,7 +20,7 @@ population-specific template is for.
 
 How the cohort is defaced (:func:`run_simulation`): with the ``template``
 face-region mode (the registered template's own face plus a margin, like NRG
-mask_face and pydeface; :mod:`isyb.deface.region`) and ``remove``
+mask_face and pydeface; :mod:`isyb.templates.face`) and ``remove``
 (pydeface-like), so that a subject's face reaching beyond the template's face
 plus the margin is left in place and the NMI over the subject's evaluation
 region drops. The default ``rule`` mode is generous enough to hold any face,
@@ -58,7 +58,7 @@ from scipy import linalg, ndimage
 
 from isyb import __version__
 from isyb.io import Volume, atomic_path, load_volume, write_text
-from isyb.phantom import make_phantom
+from isyb.synthetic.phantom import make_phantom
 
 #: Direction (RAS unit vector) along which the face lies beyond the brain: anterior
 #: and 30 degrees inferior, the normal of the deface face plane.
@@ -212,7 +212,7 @@ def real_head(path: Path, *, strength: float, linear: np.ndarray, voxel_mm: floa
     data, affine = resample_iso(load_volume(path), voxel_mm)
     if strength != 0.0:
         if brain is None:
-            from isyb.brain import extract_brain
+            from isyb.head.brain import extract_brain
 
             brain = extract_brain(data, np.full(3, voxel_mm))
         data = reshape_face(data, affine, brain, matrix_power(linear, strength))
@@ -278,7 +278,7 @@ def build_cohort(root: Path, linear: np.ndarray, *, phantoms_per_population: int
             label = f"{index:02d}"
             power = float(np.round(centre + rng.normal(0.0, strength_sd), 3))
             if path not in brains:
-                from isyb.brain import extract_brain
+                from isyb.head.brain import extract_brain
 
                 data, _ = resample_iso(load_volume(path), voxel_mm)
                 brains[path] = extract_brain(data, np.full(3, voxel_mm))

@@ -15,7 +15,6 @@ import pandas as pd
 
 from isyb.bids.participants import read_participants
 from isyb.deface.engine import DefaceOptions
-from isyb.deface.region import FACE_MARGIN_MM
 from isyb.errors import IsybError
 from isyb.io import atomic_path
 from isyb.study.cohort import assign_subsets, find_t1w
@@ -28,6 +27,7 @@ from isyb.study.stats import (
     marginal_means,
     posthoc_tables,
 )
+from isyb.templates.face import FACE_MARGIN_MM
 from isyb.templates.registry import Template
 
 

@@ -1,7 +1,7 @@
 """Head templates: where they come from, how they are prepared, where they are cached.
 
 A prepared template is a head image with a brain mask and a face rule
-(:class:`isyb.deface.region.FaceRule`). Sources:
+(:class:`isyb.templates.face.FaceRule`). Sources:
 
 * ``default``: the mean head that ships with the ``pydeface`` package from
   PyPI (MIT licence; full face and neck; installs offline). It has no brain
@@ -45,16 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from isyb import __version__
-from isyb.brain import check_brain_mask, extract_brain
-from isyb.deface.obscure import head_mask
-from isyb.deface.region import (
-    FaceRule,
-    TemplateFace,
-    derive_face_rule,
-    face_region,
-    template_face,
-)
 from isyb.errors import IsybError
+from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.morphology import head_mask, skin_threshold
+from isyb.head.register import TemplateGrid
 from isyb.io import (
     Volume,
     atomic_path,
@@ -64,8 +58,13 @@ from isyb.io import (
     strip_image_suffix,
     write_text,
 )
-from isyb.register import TemplateGrid
-from isyb.render import skin_threshold
+from isyb.templates.face import (
+    FaceRule,
+    TemplateFace,
+    derive_face_rule,
+    face_region,
+    template_face,
+)
 from isyb.templates.fetch import fetch_pinned, sha256_file, templateflow_files
 
 CCS_TEMPLATES = ("https://github.com/zuoxinian/CCS/raw/master/projects/isybdemo/"
@@ -134,7 +133,7 @@ class Template:
                             float(arrays["spacing_mm"]))
 
     def face(self) -> TemplateFace:
-        """The template's own face (:func:`isyb.deface.region.template_face`), cached.
+        """The template's own face (:func:`isyb.templates.face.template_face`), cached.
 
         Used by the ``template`` face-region mode. Kept as
         ``tpl-<name>_desc-face_distance.npz`` beside the prepared files, keyed
@@ -278,7 +277,7 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
 
 #: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt.
 RULE_VERSION = 2
-#: Bumped whenever :func:`isyb.deface.region.template_face` changes.
+#: Bumped whenever :func:`isyb.templates.face.template_face` changes.
 FACE_VERSION = 1
 
 

@@ -1,0 +1,1 @@
+"""The BIDS-App release pipeline: isyb BIDS_DIR OUTPUT_DIR participant|group."""

@@ -1,0 +1,105 @@
+"""The ``isyb`` command line: a thin shell over the library.
+
+Exit codes, the same for every command:
+
+* 0: done;
+* 1: finished, but some items (images, runs, subjects) failed; they are named
+  on stderr and in the outputs;
+* 2: refused before any work (bad input or options); one line on stderr,
+  ``isyb: error: ...``, and nothing written;
+* 130: interrupted; finished files are complete and a rerun resumes.
+
+Messages go through :mod:`logging` (logger ``isyb``) to stderr: ``-v`` adds
+debug detail, ``--quiet`` keeps only warnings and errors. Warnings from the
+libraries isyb calls are shown once each, as Python does by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from isyb import __version__
+from isyb.cli import deface, derive, qc, release, study
+from isyb.cli.options import APP, QC_DATASET
+from isyb.errors import IsybError
+
+#: Exit codes (see the module docstring and the README's table).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
+            "demo", APP)
+
+
+def _route_argv(argv: list[str]) -> list[str]:
+    """Route ``isyb BIDS_DIR ...`` to the BIDS-App command and ``qc BIDS_DIR ...`` (a path,
+    not anat/bold/an option) to the dataset form of ``qc``."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return [APP, *argv]
+    if len(argv) >= 2 and argv[0] == "qc" and not argv[1].startswith("-") \
+            and argv[1] not in ("anat", "bold", QC_DATASET):
+        return ["qc", QC_DATASET, *argv[1:]]
+    return argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``isyb`` parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="isyb", description="Get MRI datasets ready for public sharing: template-aware "
+        "face masking with a brain guard, checked and documented.")
+    parser.add_argument("--version", action="version", version=f"isyb {__version__}")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more detail on stderr (-v: debug messages)")
+    verbosity.add_argument("--quiet", action="store_true",
+                           help="no progress bar and no status lines; errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_subparser_class(verbosity))
+    for module in (deface, study, qc, release, derive):
+        module.add_parsers(commands)
+    return parser
+
+
+def _subparser_class(parent: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """Sub-command parsers that all take the verbosity options (-v, --quiet)."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["parents"] = [*kwargs.get("parents", []), parent]
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Send the ``isyb`` logger to stderr as ``isyb: message`` at the chosen level."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logger = logging.getLogger("isyb")
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("isyb: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    logging.captureWarnings(True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_route_argv(sys.argv[1:] if argv is None else list(argv)))
+    configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    try:
+        return args.handler(args)
+    except IsybError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the library said
+        print(f"isyb: error: {message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print("isyb: interrupted; finished files are complete, rerun to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

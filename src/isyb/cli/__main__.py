@@ -1,0 +1,7 @@
+"""``python -m isyb.cli``: the same as the ``isyb`` command."""
+
+import sys
+
+from isyb.cli import main
+
+sys.exit(main())

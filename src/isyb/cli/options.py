@@ -1,0 +1,63 @@
+"""Argument helpers shared by the sub-commands, and the command-line log."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from isyb.executor import ExecutorOptions
+
+#: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
+APP = "app"
+#: Name of the hidden ``qc`` sub-command that ``isyb qc BIDS_DIR OUT_DIR LEVEL`` maps to.
+QC_DATASET = "dataset"
+#: Metrics of ``isyb derive`` (as isyb.derive.dataset.METRICS, without importing it here).
+DERIVE_METRICS = ("alff", "falff", "reho", "vmhc", "fa", "md", "cbf")
+
+log = logging.getLogger("isyb")
+
+
+def note(message: str) -> None:
+    """A progress or status line for the user (stderr, ``isyb: ...``; hidden by --quiet)."""
+    log.info(message)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be ≥ 1")
+    return value
+
+
+def bids_app_arguments(parser: argparse.ArgumentParser, out_name: str, out_metavar: str,
+                       units: str) -> None:
+    """BIDS-App positional arguments and the participant-level options they share."""
+    parser.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    parser.add_argument(out_name, metavar=out_metavar, type=Path)
+    parser.add_argument("level", choices=("participant", "group"))
+    parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="participant level: only these subjects (with or without sub-)")
+    parser.add_argument("--nprocs", type=positive_int, default=1,
+                        help=f"participant level: {units} processed in parallel (default: 1)")
+
+
+def executor_arguments(parser: argparse.ArgumentParser, units: str) -> None:
+    """``--nprocs``, ``--executor``, ``--dask-scheduler`` and ``--dask-cluster``: the same
+    four options for every dataset mode (see :mod:`isyb.executor`)."""
+    group = parser.add_argument_group("execution")
+    group.add_argument("--nprocs", type=positive_int, default=1,
+                       help=f"{units} processed in parallel (default: 1); each gets "
+                       "cores // nprocs threads")
+    group.add_argument("--executor", choices=("local", "dask"), default="local",
+                       help="local processes (default) or a dask.distributed cluster")
+    group.add_argument("--dask-scheduler", metavar="ADDRESS",
+                       help="a running dask scheduler, e.g. tcp://10.0.0.5:8786")
+    group.add_argument("--dask-cluster", choices=("slurm",),
+                       help="start workers as SLURM jobs (dask-jobqueue; settings from dask's "
+                       "jobqueue.slurm configuration)")
+
+
+def executor_options(args: argparse.Namespace) -> ExecutorOptions:
+    """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`."""
+    return ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler, args.dask_cluster)

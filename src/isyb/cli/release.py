@@ -1,0 +1,221 @@
+"""The release workflow: ``isyb import``, ``isyb split`` and the BIDS-App levels
+(``isyb BIDS_DIR OUTPUT_DIR participant|group``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from isyb.cli.options import APP, bids_app_arguments, note, positive_int
+from isyb.errors import IsybError
+
+EXAMPLES_SPLIT = """examples:
+  isyb split bids/ --sizes discovery:89,validation:126 --seed 1 --stratify sex --in-place
+  isyb split bids/ --sizes a:0.4,b:0.6 --stratify sex,age --output participants_split.tsv
+"""
+
+
+EXAMPLES_IMPORT = """examples:
+  isyb demo demo_out --flat            # writes demo_out/dcm2niix/ and demo_out/map.tsv
+  isyb import demo_out/dcm2niix demo_out/bids --map demo_out/map.tsv
+"""
+
+
+EXAMPLES_APP = """examples:
+  isyb bids/ release/ participant --nprocs 2
+  isyb bids/ release/ group
+  isyb bids/ release/ participant --executor dask --nprocs 4
+  isyb bids/ release/ participant --executor dask --dask-cluster slurm --nprocs 50
+"""
+
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    """Add this module's sub-commands to ``commands``."""
+    split = commands.add_parser(
+        "split", help="add a seeded discovery/validation column to participants.tsv",
+        description="Assign every subject of BIDS_DIR to a subset (seeded, optionally "
+        "stratified) and write participants.tsv with the new column. participants.tsv is "
+        "checked against the subjects on disk first; without one, a table of the subjects "
+        "is made. The input is not changed unless --in-place is given.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_SPLIT)
+    split.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    split.add_argument("--sizes", default="discovery:0.5,validation:0.5",
+                       help="NAME:SIZE,... as counts (discovery:89,validation:126) or "
+                       "fractions (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    split.add_argument("--stratify", metavar="COLUMNS",
+                       help="comma-separated participants.tsv columns to stratify by, e.g. "
+                       "sex,age (numeric columns are cut into --age-bins quantile bins)")
+    split.add_argument("--age-bins", type=positive_int, default=4,
+                       help="quantile bins of a numeric stratification column (default: 4)")
+    split.add_argument("--column", default="subset", help="name of the new column "
+                       "(default: %(default)s)")
+    target = split.add_mutually_exclusive_group()
+    target.add_argument("--output", type=Path, help="write the table here (default: stdout)")
+    target.add_argument("--in-place", action="store_true",
+                        help="rewrite BIDS_DIR/participants.tsv (atomically) and describe the "
+                        "column in participants.json")
+
+    imp = commands.add_parser(
+        "import", help="organize a flat folder of dcm2niix outputs into BIDS",
+        description="Copy the NIfTI/JSON (and bval/bvec, <stem>_*.tsv) pairs of SRC_DIR into "
+        "the BIDS dataset BIDS_DIR, named by a mapping table from SeriesDescription "
+        "patterns to BIDS datatypes, suffixes and entities (see isyb.bids.importer). Series "
+        "no rule matches are listed and left out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_IMPORT)
+    imp.add_argument("source", metavar="SRC_DIR", type=Path)
+    imp.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    imp.add_argument("--map", type=Path, required=True, metavar="MAP_TSV",
+                     help="columns: series (wildcard on SeriesDescription), datatype, suffix, "
+                     "entities (optional, e.g. task-rest)")
+    imp.add_argument("--subject-pattern", default=r"^(?P<subject>[^_]+)_",
+                     help="regex with a (?P<subject>...) group on file names (default: the "
+                     "text before the first _)")
+    imp.add_argument("--session-pattern", help="regex with a (?P<session>...) group")
+    imp.add_argument("--name", help="dataset Name for a new dataset_description.json")
+
+    app = commands.add_parser(
+        APP, usage="isyb BIDS_DIR OUTPUT_DIR {participant,group} [options]",
+        help="BIDS-App pipeline: isyb BIDS_DIR OUTPUT_DIR participant|group",
+        description="Make OUTPUT_DIR a release of BIDS_DIR: participant level defaces, "
+        "scrubs and QCs each subject and derives its metrics (ALFF, fALFF, ReHo, VMHC, FA, "
+        "MD, CBF; as isyb derive) from the released files; group level writes the dataset "
+        "files, group QC, exclusions, group maps, scrub report, leak scan and release "
+        "summary. Resumable: finished "
+        "subject x steps are recorded in the work folder's manifest.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
+    bids_app_arguments(app, "output_dir", "OUTPUT_DIR", "subjects")
+    app.add_argument("--template", default="default", help="head template name or path")
+    app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
+    app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
+                     help="steps to leave out (metadata scrubbing is never skipped)")
+    app.add_argument("--executor", choices=("local", "dask"), default="local")
+    app.add_argument("--dask-scheduler", metavar="ADDRESS",
+                     help="a running dask scheduler, e.g. tcp://10.0.0.5:8786")
+    app.add_argument("--dask-cluster", choices=("slurm",),
+                     help="start workers as SLURM jobs (dask-jobqueue; settings from dask's "
+                     "jobqueue.slurm configuration)")
+    app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
+                     "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
+    app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
+    app.add_argument("--fd-threshold", type=float, default=0.2,
+                     help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+
+    split.set_defaults(handler=cmd_split)
+    imp.set_defaults(handler=cmd_import)
+    app.set_defaults(handler=cmd_app)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from isyb.bids.participants import (
+        assign_split,
+        strata_labels,
+        subjects_on_disk,
+        validate_participants,
+    )
+    from isyb.io import write_text
+
+    subjects = subjects_on_disk(args.bids_dir)
+    if not subjects:
+        raise IsybError(f"{args.bids_dir}: no sub-* folders")
+    table = validate_participants(args.bids_dir)
+    if table is None:
+        table = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]},
+                             index=subjects)
+    if args.column in table and not (args.in_place or args.output):
+        note(f"column {args.column!r} exists and will be replaced in the output")
+    strata = None
+    if args.stratify:
+        columns = [c.strip() for c in args.stratify.split(",") if c.strip()]
+        strata = strata_labels(table, subjects, columns, age_bins=args.age_bins)
+    subsets = assign_split(subjects, args.sizes, seed=args.seed, strata=strata)
+    out = table.copy()
+    out[args.column] = [subsets[s] for s in out.index]
+    text = out.to_csv(sep="\t", index=False)
+    if args.in_place:
+        write_text(args.bids_dir / "participants.tsv", text)
+        sidecar = args.bids_dir / "participants.json"
+        columns = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        columns[args.column] = {
+            "Description": f"subset of a seeded split (isyb split, sizes {args.sizes}, seed "
+                           f"{args.seed}" + (f", stratified by {args.stratify}"
+                                              if args.stratify else "") + ")",
+            "Levels": {name: f"subset {name}" for name in sorted(set(subsets.values()))}}
+        write_text(sidecar, json.dumps(columns, indent=2) + "\n")
+    elif args.output:
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    counts = out[args.column].value_counts().sort_index()
+    note("subsets: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from isyb.bids.importer import import_flat
+
+    summary = import_flat(args.source, args.bids_dir, args.map,
+                          subject_pattern=args.subject_pattern,
+                          session_pattern=args.session_pattern, name=args.name)
+    for item in summary["left_out"]:
+        note(f"left out: {item}")
+    print(json.dumps({k: summary[k] for k in ("subjects", "images", "left_out")}))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from isyb.app.release import (
+        ReleaseOptions,
+        default_work_dir,
+        participant_tasks,
+        release_group,
+        release_subject,
+    )
+    from isyb.deface.engine import DefaceOptions
+    from isyb.executor import ExecutorOptions, run_tasks
+    from isyb.templates.registry import resolve
+
+    options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
+                             skip=frozenset(args.skip),
+                             policy=str(args.policy) if args.policy else None,
+                             fd_threshold=args.fd_threshold)
+    executor = ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler,
+                               args.dask_cluster)
+    work_dir = args.work_dir or default_work_dir(args.output_dir)
+    if args.level == "group":
+        if args.participant_label:
+            raise IsybError("--participant-label is for the participant level")
+        summary = release_group(args.bids_dir, args.output_dir, work_dir,
+                                resolve(args.template, progress=note), options)
+        printed = {k: summary[k] for k in ("subjects", "participant_level_done",
+                                           "scrub_changes", "deface_failures", "leak_scan")}
+        derive = summary.get("derive")
+        if isinstance(derive, dict):
+            printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],
+                                 "group_maps": sorted(k for k, v in derive["metrics"].items()
+                                                      if isinstance(v, dict))}
+        print(json.dumps(printed))
+        note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
+        return 0
+    template = resolve(args.template, progress=note)
+    tasks = participant_tasks(args.bids_dir, args.output_dir, work_dir, template, options,
+                              args.participant_label)
+    failed = []
+    derive_failed = []
+    for record in run_tasks(release_subject, tasks, executor, progress=not args.quiet):
+        for failure in record["deface"].get("failed", []):
+            failed.append(failure)
+            note(f"sub-{record['subject']}: failed: {failure['file']}: {failure['error']}")
+        for failure in record.get("derive", {}).get("failed", []):
+            derive_failed.append(failure)
+            note(f"sub-{record['subject']}: derive failed: {failure['file']}: "
+                  f"{failure['error']}")
+    print(json.dumps({"subjects": len(tasks), "failed_images": len(failed),
+                      "failed_derive_runs": len(derive_failed),
+                      "output_dir": str(args.output_dir), "work_dir": str(work_dir)}))
+    return 1 if failed or derive_failed else 0

@@ -1,0 +1,148 @@
+"""Executors: where per-subject tasks run. Local processes by default, Dask when asked.
+
+``local`` is :class:`concurrent.futures.ProcessPoolExecutor` (or the calling
+process itself for one worker). ``dask`` submits the same picklable function
+to a ``dask.distributed`` client: a running scheduler (``--dask-scheduler
+tcp://host:8786``), a SLURM cluster through dask-jobqueue (``--dask-cluster
+slurm``; its queue, cores and memory come from dask's configuration, e.g.
+``~/.config/dask/jobqueue.yaml``), or else a ``LocalCluster`` of ``nprocs``
+single-threaded worker processes. Tasks get ``retries`` so that a lost worker's
+task is run again elsewhere; tasks are idempotent (atomic writes, outputs
+rewritten whole), so a retry cannot leave a mixed result.
+
+Threads: every task runs with :func:`limit_threads` set to its share of the
+machine (``cores // nprocs``, at least 1; always 1 under Dask, whose workers
+are single-threaded), before any library work. This is the only place isyb
+sets torch's and ITK's thread counts; nothing else overrides them. One thread
+per task also makes registrations reproducible: ITK's multi-threaded metric
+sums in a varying order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from isyb.errors import IsybError
+
+EXECUTORS = ("local", "dask")
+
+
+#: Environment variable ITK (and so ANTsPy) reads for its default thread count.
+ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
+def limit_threads(threads: int) -> None:
+    """Run torch and ITK (ANTs) with ``threads`` threads in this process.
+
+    ITK reads its variable when it first builds a filter, so this is called at
+    the start of every task, before any registration.
+    """
+    threads = max(1, int(threads))
+    os.environ[ITK_THREADS_ENV] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def threads_per_task(nprocs: int, n_tasks: int | None = None) -> int:
+    """Each task's share of the cores when ``nprocs`` tasks (or fewer) run at once."""
+    running = max(1, min(nprocs, n_tasks or nprocs))
+    return max(1, (os.cpu_count() or 1) // running)
+
+
+@dataclass(frozen=True)
+class _Limited:
+    """``function`` run after :func:`limit_threads` (picklable, for pools and Dask)."""
+
+    function: Callable[[Any], Any]
+    threads: int
+
+    def __call__(self, item: Any) -> Any:
+        limit_threads(self.threads)
+        return self.function(item)
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How to run tasks (see ``isyb BIDS_DIR OUTPUT_DIR participant --help``)."""
+
+    executor: str = "local"
+    nprocs: int = 1
+    dask_scheduler: str | None = None
+    dask_cluster: str | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise IsybError(f"unknown executor {self.executor!r}: use local or dask")
+        if self.executor == "local" and (self.dask_scheduler or self.dask_cluster):
+            raise IsybError("--dask-scheduler and --dask-cluster need --executor dask")
+        if self.dask_cluster not in (None, "slurm"):
+            raise IsybError(f"unknown --dask-cluster {self.dask_cluster!r}: use slurm")
+
+
+def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
+              *, progress: bool = True, desc: str = "subjects") -> Iterator[Any]:
+    """Run ``function`` on every item; yield results as they complete.
+
+    Each call runs under :func:`limit_threads` with its share of the cores.
+    """
+    bar = tqdm(total=len(items), desc=desc, unit="task", disable=not progress, file=sys.stderr)
+    threads = 1 if options.executor == "dask" else threads_per_task(options.nprocs, len(items))
+    task = _Limited(function, threads)
+    try:
+        if options.executor == "dask":
+            yield from _dask(task, items, options, bar)
+        elif options.nprocs <= 1 or len(items) <= 1:
+            for item in items:
+                yield task(item)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=min(options.nprocs, len(items))) as pool:
+                for future in as_completed([pool.submit(task, item) for item in items]):
+                    yield future.result()
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
+          bar: tqdm) -> Iterator[Any]:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise IsybError("--executor dask needs dask.distributed: pip install "
+                        "'dask[distributed]'") from None
+    cluster = None
+    if options.dask_scheduler:
+        client = Client(options.dask_scheduler)
+    elif options.dask_cluster == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise IsybError("--dask-cluster slurm needs dask-jobqueue: pip install "
+                            "dask-jobqueue") from None
+        cluster = SLURMCluster()
+        cluster.scale(jobs=max(1, options.nprocs))
+        client = Client(cluster)
+    else:
+        cluster = LocalCluster(n_workers=max(1, options.nprocs), threads_per_worker=1,
+                               processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(function, list(items), pure=False, retries=options.retries)
+        for future in dask_completed(futures):
+            yield future.result()
+            bar.update()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

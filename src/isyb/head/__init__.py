@@ -1,0 +1,1 @@
+"""Numerics every stage shares: head and brain masks, morphology, registration, motion, tissues."""

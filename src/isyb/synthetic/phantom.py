@@ -1,0 +1,735 @@
+"""A synthetic T1-weighted head phantom with exact tissue labels.
+
+The phantom is built from approximate signed distance functions (SDFs, in mm,
+negative inside) of ellipsoids, a round cone and an elliptic cylinder,
+combined with smooth unions, all evaluated vectorised on the voxel grid. It is
+meant for tests and demos of face masking: the face features (nose, lips,
+eyelids over the eyes, ears) carry their own labels, and the brain sits well
+inside the skull, at least 10 mm from any face feature.
+
+World coordinates are scanner millimetres in RAS (x = Right, y = Anterior,
+z = Superior). The world origin is the centre of the cranium ellipsoid, which
+is roughly the centre of the brain; the FOV is placed around it by
+``fov_center_mm``. The phantom arrays are stored in RAS voxel order
+(axis 0 left->Right, axis 1 posterior->Anterior, axis 2 inferior->Superior);
+:func:`to_nifti` writes them in any other voxel order.
+
+Head size is set by three dimensions, all in mm, measured on the skin surface:
+
+``length``
+    Anterior-posterior length of the cranium, from the forehead (glabella) to
+    the back of the head, without the nose. Default 190 mm.
+``width``
+    Maximum left-right breadth of the cranium, without the ears. Default 150 mm.
+``height``
+    From the vertex (top of the head) to the menton (lowest point of the
+    chin). Default 225 mm.
+
+Every landmark and shape is defined on a reference head of 190 x 150 x 225 mm
+and scaled per axis by ``length/190``, ``width/150`` and ``height/225``; layer
+thicknesses are fixed in mm (skin and subcutaneous fat 5 mm, skull 7 mm, CSF
+3 mm, cortical grey matter 3 mm, eyelids 2.5 mm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "BRAIN_LABELS",
+    "DEFAULT_INTENSITIES",
+    "EPI_INTENSITIES",
+    "FACE_LABELS",
+    "LENS_INTENSITY",
+    "Label",
+    "Phantom",
+    "labels_to_nifti",
+    "make_phantom",
+    "phantom_bold",
+    "to_nifti",
+]
+
+
+class Label(IntEnum):
+    """Tissue labels of the phantom (values stored in ``Phantom.labels``)."""
+
+    BACKGROUND = 0
+    SKIN = 1  # scalp/face skin and subcutaneous fat, 5 mm; also the eyelids and neck skin
+    SKULL = 2
+    CSF = 3
+    GM = 4
+    WM = 5
+    EYES = 6  # the two eyeballs
+    NOSE = 7  # the whole nose in front of the face surface
+    LIPS = 8  # upper and lower lip bulges in front of the face surface
+    EARS = 9  # the two ear flaps beside the head surface
+    NECK = 10  # neck soft tissue below the jaw (its skin layer is SKIN)
+    MUSCLE = 11  # other soft tissue inside the face, jaw and skull base
+
+
+BRAIN_LABELS = (Label.GM, Label.WM)
+"""Labels that make up the brain (what a brain mask should cover)."""
+
+FACE_LABELS = (Label.NOSE, Label.LIPS, Label.EYES)
+"""Labels of the identifying face features that face masking must remove or hide."""
+
+DEFAULT_INTENSITIES: dict[Label, float] = {
+    Label.BACKGROUND: 0.0,
+    Label.SKIN: 120.0,
+    Label.SKULL: 15.0,
+    Label.CSF: 30.0,
+    Label.GM: 75.0,
+    Label.WM: 110.0,
+    Label.EYES: 30.0,
+    Label.NOSE: 95.0,
+    Label.LIPS: 80.0,
+    Label.EARS: 95.0,
+    Label.NECK: 65.0,
+    Label.MUSCLE: 60.0,
+}
+"""Noise-free T1-weighted intensity of each label (arbitrary units)."""
+
+LENS_INTENSITY = 90.0
+"""Intensity of the eye lens (inside the EYES label; image only)."""
+
+# Reference head: length 190 mm (y), width 150 mm (x), height 225 mm (z).
+_REF_LENGTH, _REF_WIDTH, _REF_HEIGHT = 190.0, 150.0, 225.0
+_SKIN_MM = 5.0
+_SKULL_MM = 7.0
+_CSF_MM = 3.0
+_GM_MM = 3.0
+_LID_MM = 2.5
+_MIN_SCALE, _MAX_SCALE = 0.8, 1.25
+
+
+@dataclass
+class Phantom:
+    """A synthetic head: exact labels, a T1-like image and their RAS affine.
+
+    ``labels`` is uint8 (values of :class:`Label`) and ``image`` float32, both
+    in RAS voxel order with the same shape. ``affine`` maps voxel indices to
+    world mm (RAS). ``landmarks`` holds named points in world mm (the
+    ``nose_tip`` is the most anterior point of the nose, ``eye_left`` and
+    ``eye_right`` the eyeball centres, and so on). ``length``, ``width`` and
+    ``height`` are the head dimensions in mm that built it.
+    """
+
+    labels: np.ndarray
+    image: np.ndarray
+    affine: np.ndarray
+    landmarks: dict[str, np.ndarray] = field(default_factory=dict)
+    length: float = _REF_LENGTH
+    width: float = _REF_WIDTH
+    height: float = _REF_HEIGHT
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        """Voxel size in mm along the three array axes."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (x, y, z voxels)."""
+        return self.labels.shape  # type: ignore[return-value]
+
+    def mask(self, *labels: int) -> np.ndarray:
+        """Boolean mask of the voxels whose label is one of ``labels``."""
+        return np.isin(self.labels, np.asarray(labels, dtype=np.uint8))
+
+    @property
+    def brain_mask(self) -> np.ndarray:
+        """Boolean mask of the brain (grey and white matter)."""
+        return self.mask(*BRAIN_LABELS)
+
+    @property
+    def head_mask(self) -> np.ndarray:
+        """Boolean mask of every non-background voxel."""
+        return self.labels != Label.BACKGROUND
+
+    def world(self, ijk: np.ndarray) -> np.ndarray:
+        """World mm (RAS) of voxel indices ``ijk`` (shape (..., 3))."""
+        ijk = np.asarray(ijk, dtype=float)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def centroid(self, label: int) -> np.ndarray:
+        """Centroid of one label in world mm (RAS)."""
+        idx = np.argwhere(self.labels == label)
+        if idx.size == 0:
+            raise ValueError(f"label {label} is absent from the phantom")
+        return self.world(idx.mean(axis=0))
+
+
+# ---------------------------------------------------------------------------
+# Signed distance functions (mm, negative inside); arguments broadcast.
+
+
+def _sd_ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray,
+                  c: Sequence[float], r: Sequence[float]) -> np.ndarray:
+    """Approximate SDF of an axis-aligned ellipsoid (exact on its axes and surface)."""
+    px, py, pz = (x - c[0]) / r[0], (y - c[1]) / r[1], (z - c[2]) / r[2]
+    k0 = np.sqrt(px * px + py * py + pz * pz)
+    k1 = np.sqrt((px / r[0]) ** 2 + (py / r[1]) ** 2 + (pz / r[2]) ** 2)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _sd_ellipse2(x: np.ndarray, y: np.ndarray, c: Sequence[float],
+                 r: Sequence[float]) -> np.ndarray:
+    """Approximate SDF of an infinite elliptic cylinder along z (2-D ellipse in x, y)."""
+    px, py = (x - c[0]) / r[0], (y - c[1]) / r[1]
+    k0 = np.sqrt(px * px + py * py)
+    k1 = np.sqrt((px / r[0]) ** 2 + (py / r[1]) ** 2)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _sd_round_cone(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: Sequence[float],
+                   b: Sequence[float], r1: float, r2: float) -> np.ndarray:
+    """Exact SDF of a round cone: spheres of radius r1 at a and r2 at b, and their hull."""
+    ba = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    l2 = float(ba @ ba)
+    rr = r1 - r2
+    a2 = l2 - rr * rr
+    il2 = 1.0 / l2
+    pax, pay, paz = x - a[0], y - a[1], z - a[2]
+    t = pax * ba[0] + pay * ba[1] + paz * ba[2]
+    u = t - l2
+    x2 = ((pax * l2 - ba[0] * t) ** 2 + (pay * l2 - ba[1] * t) ** 2
+          + (paz * l2 - ba[2] * t) ** 2)
+    y2 = t * t * l2
+    z2 = u * u * l2
+    k = np.sign(rr) * rr * rr * x2
+    d_side = (np.sqrt(x2 * a2 * il2) + t * rr) * il2 - r1
+    d_b = np.sqrt(x2 + z2) * il2 - r2
+    d_a = np.sqrt(x2 + y2) * il2 - r1
+    return np.where(np.sign(u) * a2 * z2 > k, d_b, np.where(np.sign(t) * a2 * y2 < k, d_a, d_side))
+
+
+def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth minimum (smooth union of SDFs); equals min where |a-b| >= k."""
+    out = np.minimum(a, b)
+    if k <= 0:
+        return out
+    h = np.subtract(a, b)
+    np.abs(h, out=h)
+    np.subtract(np.float32(k), h, out=h)
+    np.maximum(h, np.float32(0.0), out=h)
+    h *= h
+    h *= np.float32(0.25 / k)
+    out -= h
+    return out
+
+
+def _smax(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth maximum (smooth intersection of SDFs)."""
+    return -_smin(-a, -b, k)
+
+
+def _sd_quadrant(u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """SDF of the region {u > 0 and v > 0} with its corner rounded by ``radius`` (mm)."""
+    qu, qv = radius - u, radius - v
+    outside = np.sqrt(np.maximum(qu, 0.0) ** 2 + np.maximum(qv, 0.0) ** 2)
+    return outside + np.minimum(np.maximum(qu, qv), 0.0) - radius
+
+
+# ---------------------------------------------------------------------------
+# Evaluation on boxes of the grid, so that small shapes cost little.
+
+
+@dataclass
+class _Grid:
+    xs: np.ndarray  # world mm of the voxel centres along each axis (float32)
+    ys: np.ndarray
+    zs: np.ndarray
+
+    def box(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice] | None:
+        """Index slices of the voxels whose centres lie in [lo, hi] (world mm)."""
+        sl = []
+        for axis, lo_i, hi_i in zip((self.xs, self.ys, self.zs), lo, hi, strict=True):
+            i0 = int(np.searchsorted(axis, lo_i, side="left"))
+            i1 = int(np.searchsorted(axis, hi_i, side="right"))
+            if i1 <= i0:
+                return None
+            sl.append(slice(i0, i1))
+        return sl[0], sl[1], sl[2]
+
+    def coords(self, sl: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable world coordinates (x, y, z) of a box."""
+        return (self.xs[sl[0], None, None], self.ys[None, sl[1], None],
+                self.zs[None, None, sl[2]])
+
+
+_Sdf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _ellipsoid_bounds(c: Sequence[float], r: Sequence[float],
+                      margin: float) -> tuple[list[float], list[float]]:
+    return ([c[i] - r[i] - margin for i in range(3)], [c[i] + r[i] + margin for i in range(3)])
+
+
+def _union_into(out: np.ndarray, grid: _Grid, sdf: _Sdf, lo: Sequence[float],
+                hi: Sequence[float], k: float) -> None:
+    """``out = smin(out, sdf, k)`` over the box [lo, hi] (world mm).
+
+    The box must hold every voxel where ``sdf < k`` so that skipping the
+    rest of the grid changes no inside/outside decision.
+    """
+    sl = grid.box(lo, hi)
+    if sl is None:
+        return
+    out[sl] = _smin(out[sl], sdf(*grid.coords(sl)).astype(np.float32), k)
+
+
+def _subtract_into(out: np.ndarray, grid: _Grid, sdf: _Sdf, lo: Sequence[float],
+                   hi: Sequence[float]) -> None:
+    """``out = max(out, -sdf)`` (carve a shape out) over the box [lo, hi]."""
+    sl = grid.box(lo, hi)
+    if sl is None:
+        return
+    out[sl] = np.maximum(out[sl], -sdf(*grid.coords(sl)).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Geometry of the head
+
+
+@dataclass
+class _Geometry:
+    """Scaled shape parameters (world mm) of one head."""
+
+    sx: float
+    sy: float
+    sz: float
+
+    def p(self, x: float, y: float, z: float) -> tuple[float, float, float]:
+        """A reference-head point scaled to this head."""
+        return (x * self.sx, y * self.sy, z * self.sz)
+
+    @property
+    def s_mean(self) -> float:
+        return float((self.sx * self.sy * self.sz) ** (1.0 / 3.0))
+
+    # Cranium: vertex at z = +100, forehead at y = +95, sides at x = +-75 (reference).
+    @property
+    def cranium(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return (0.0, 0.0, 0.0), self.p(75.0, 95.0, 100.0)
+
+    def base_ellipsoids(self) -> list[tuple[tuple[float, ...], tuple[float, ...], float]]:
+        """(centre, radii, smoothing k) of the ellipsoids added to the cranium."""
+        p = self.p
+        return [
+            (p(0, 78, -4), p(48, 14, 9), 6.0),  # brow ridge
+            (p(0, 46, -52), p(50, 44, 34), 10.0),  # mid face / maxilla
+            (p(36, 60, -40), p(24, 20, 17), 8.0),  # right cheek
+            (p(-36, 60, -40), p(24, 20, 17), 8.0),  # left cheek
+            (p(0, 32, -86), p(52, 50, 30), 10.0),  # mandible / lower face
+            (p(0, 70, -108), p(20, 13, 17), 8.0),  # chin (menton at z = -125)
+        ]
+
+    # Neck: elliptic cylinder below the head, down to the bottom of the FOV.
+    @property
+    def neck(self) -> tuple[tuple[float, float], tuple[float, float], float]:
+        return (0.0, -8.0 * self.sy), (52.0 * self.sx, 50.0 * self.sy), -70.0 * self.sz
+
+    @property
+    def neck_top_z(self) -> float:
+        """Soft tissue inside the neck cylinder below this z is labelled NECK."""
+        return -108.0 * self.sz
+
+    @property
+    def eye_radius(self) -> float:
+        return 12.0 * self.s_mean
+
+    def eyes(self) -> list[tuple[float, ...]]:
+        return [self.p(32, 70, -20), self.p(-32, 70, -20)]
+
+    def sockets(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+        """Ellipsoids carved out of the face in front of each eye (eye sockets)."""
+        return [(self.p(sign * 32, 86, -20), self.p(17, 8, 12)) for sign in (1, -1)]
+
+    # Intracranial volume: cranium shrunk by skin + skull, minus the region in
+    # front of y_cut and below z_cut (orbits, nose and face under the frontal lobe).
+    @property
+    def icv_cut(self) -> tuple[float, float]:
+        return 46.0 * self.sy, 4.0 * self.sz
+
+    def ventricles(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+        return [(self.p(sign * 9, 0, 12), self.p(5, 24, 9)) for sign in (1, -1)]
+
+    # Features
+    @property
+    def nose(self) -> tuple[tuple[float, ...], tuple[float, ...], float, float,
+                            tuple[float, ...], tuple[float, ...]]:
+        """Bridge round cone (a, b, r1, r2) and alae ellipsoid (centre, radii)."""
+        s = self.s_mean
+        return (self.p(0, 88, -18), self.p(0, 104, -50), 5.0 * s, 8.0 * s,
+                self.p(0, 92, -52), self.p(16, 10, 7))
+
+    def lips(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+        return [(self.p(0, 86, -66), self.p(25, 7, 6)),  # upper lip
+                (self.p(0, 84, -78), self.p(22, 6.5, 6))]  # lower lip
+
+    def ears(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+        return [(self.p(sign * 80, -10, -22), self.p(9, 15, 30)) for sign in (1, -1)]
+
+
+# ---------------------------------------------------------------------------
+
+
+def _grid_axes(voxel_size: np.ndarray, fov_mm: np.ndarray,
+               center: np.ndarray) -> tuple[_Grid, np.ndarray]:
+    n = np.maximum(np.round(fov_mm / voxel_size).astype(int), 1)
+    origin = center - (n - 1) / 2.0 * voxel_size
+    axes = [(origin[i] + np.arange(n[i]) * voxel_size[i]).astype(np.float32) for i in range(3)]
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(voxel_size)
+    affine[:3, 3] = origin
+    return _Grid(*axes), affine
+
+
+def _bias_field(grid: _Grid, amplitude: float) -> np.ndarray:
+    """Smooth multiplicative field 1 + amplitude * b(x, y, z), with |b| <= 1 over the FOV."""
+    def norm(a: np.ndarray) -> np.ndarray:
+        span = max(float(a[-1] - a[0]), 1e-6)
+        return (2.0 * (a - a[0]) / span - 1.0).astype(np.float32)
+
+    xn = norm(grid.xs)[:, None, None]
+    yn = norm(grid.ys)[None, :, None]
+    zn = norm(grid.zs)[None, None, :]
+    b = 0.35 * xn + 0.25 * yn - 0.3 * zn + 0.1 * (xn * xn - yn * yn)
+    return (1.0 + amplitude * b).astype(np.float32)
+
+
+def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _REF_LENGTH,
+                 width: float = _REF_WIDTH, height: float = _REF_HEIGHT,
+                 fov_mm: Sequence[float] = (200.0, 232.0, 256.0),
+                 fov_center_mm: Sequence[float] = (0.0, 8.0, -12.0), noise_sd: float = 3.0,
+                 bias: float = 0.0, intensities: dict[Label, float] | None = None,
+                 seed: int = 0) -> Phantom:
+    """Build a synthetic T1-weighted head phantom with exact tissue labels.
+
+    Parameters
+    ----------
+    voxel_size:
+        Voxel size in mm, one value or one per axis (x, y, z).
+    length, width, height:
+        Head dimensions in mm (see the module docstring): forehead to back of
+        the head, left-right breadth without ears, vertex to chin. Each must be
+        within 0.8 to 1.25 times its default (190, 150, 225).
+    fov_mm:
+        Field of view in mm along x, y, z; the grid has ``round(fov/voxel)``
+        voxels per axis.
+    fov_center_mm:
+        World position (mm, RAS) of the FOV centre; the world origin is the
+        centre of the cranium. The default FOV (200 x 232 x 256 mm) holds the
+        whole default head with the ears, the nose and about 15 mm of neck
+        below the chin.
+    noise_sd:
+        Standard deviation of the Gaussian noise added to the real and the
+        imaginary channel before taking the magnitude (Rician noise), in image
+        intensity units. 0 gives the noise-free image.
+    bias:
+        Amplitude of a smooth multiplicative bias field (0.2 means intensities
+        vary by up to +-20 % across the FOV). 0 (default) turns it off.
+    intensities:
+        Overrides of :data:`DEFAULT_INTENSITIES` (noise-free value per label).
+    seed:
+        Seed of the noise generator.
+
+    Returns
+    -------
+    Phantom
+        Labels (uint8), image (float32) and RAS affine, plus world-mm landmarks.
+    """
+    vs = np.broadcast_to(np.asarray(voxel_size, dtype=float), (3,)).copy()
+    fov = np.broadcast_to(np.asarray(fov_mm, dtype=float), (3,)).copy()
+    center = np.asarray(fov_center_mm, dtype=float)
+    if np.any(vs <= 0) or np.any(fov <= 0):
+        raise ValueError("voxel_size and fov_mm must be positive")
+    scales = {"width": width / _REF_WIDTH, "length": length / _REF_LENGTH,
+              "height": height / _REF_HEIGHT}
+    for name, s in scales.items():
+        if not _MIN_SCALE <= s <= _MAX_SCALE:
+            raise ValueError(f"{name} must be within {_MIN_SCALE}..{_MAX_SCALE} times its default")
+    geo = _Geometry(scales["width"], scales["length"], scales["height"])
+    grid, affine = _grid_axes(vs, fov, center)
+    shape = (grid.xs.size, grid.ys.size, grid.zs.size)
+    far = np.float32(1e4)
+    big = 1e4
+
+    # --- base head (cranium, face, jaw, neck, eyelids), without the features
+    c_cran, r_cran = geo.cranium
+    x, y, z = grid.coords((slice(None), slice(None), slice(None)))
+    cranium = _sd_ellipsoid(x, y, z, c_cran, r_cran).astype(np.float32)
+    base = cranium.copy()
+    for c, r, k in geo.base_ellipsoids():
+        _union_into(base, grid, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
+                    *_ellipsoid_bounds(c, r, k + 2.0), k)
+    (ncx, ncy), (nrx, nry), ntop = geo.neck
+    k_neck = 12.0
+
+    def neck_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return np.maximum(_sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)), z - ntop)
+
+    _union_into(base, grid, neck_sdf, (ncx - nrx - 14, ncy - nry - 14, -big),
+                (ncx + nrx + 14, ncy + nry + 14, ntop + 14), k_neck)
+    for c, r in geo.sockets():
+        _subtract_into(base, grid, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
+                       *_ellipsoid_bounds(c, r, 1.0))
+    r_eye = geo.eye_radius
+    r_lid = r_eye + _LID_MM
+    for c in geo.eyes():
+        _union_into(base, grid, lambda x, y, z, c=c: _sd_ellipsoid(x, y, z, c, (r_lid,) * 3),
+                    *_ellipsoid_bounds(c, (r_lid,) * 3, 3.0), 1.5)
+
+    # --- features (nose, lips, ears): their own SDF, blended onto the base head
+    feat = np.full(shape, far, dtype=np.float32)
+    feat_label = np.zeros(shape, dtype=np.uint8)
+    k_feat = 4.0
+    a, b, r1, r2, c_alae, r_alae = geo.nose
+
+    def nose_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return _smin(_sd_round_cone(x, y, z, a, b, r1, r2),
+                     _sd_ellipsoid(x, y, z, c_alae, r_alae), 5.0)
+
+    nose_lo = [min(a[i] - r1, b[i] - r2, c_alae[i] - r_alae[i]) - 8 for i in range(3)]
+    nose_hi = [max(a[i] + r1, b[i] + r2, c_alae[i] + r_alae[i]) + 8 for i in range(3)]
+    features: list[tuple[Label, _Sdf, Sequence[float], Sequence[float]]] = [
+        (Label.NOSE, nose_sdf, nose_lo, nose_hi)]
+    (cu, ru), (cl, rl) = geo.lips()
+
+    def lips_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return _smin(_sd_ellipsoid(x, y, z, cu, ru), _sd_ellipsoid(x, y, z, cl, rl), 2.0)
+
+    lips_lo = [min(cu[i] - ru[i], cl[i] - rl[i]) - 8 for i in range(3)]
+    lips_hi = [max(cu[i] + ru[i], cl[i] + rl[i]) + 8 for i in range(3)]
+    features.append((Label.LIPS, lips_sdf, lips_lo, lips_hi))
+    for c, r in geo.ears():
+        features.append((Label.EARS, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
+                         *_ellipsoid_bounds(c, r, 8.0)))
+    head = base.copy()
+    for lab, sdf, lo, hi in features:
+        sl = grid.box(lo, hi)
+        if sl is None:
+            continue
+        d = sdf(*grid.coords(sl)).astype(np.float32)
+        closer = d < feat[sl]
+        feat[sl] = np.where(closer, d, feat[sl])
+        feat_label[sl] = np.where(closer, np.uint8(lab), feat_label[sl])
+        head[sl] = _smin(head[sl], d, k_feat)
+
+    # --- labels, painted from the outside in
+    labels = np.zeros(shape, dtype=np.uint8)
+    in_base = base < 0
+    labels[in_base] = Label.MUSCLE
+    neck_zone = (_sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)) < 0) & (z < geo.neck_top_z)
+    labels[in_base & neck_zone] = Label.NECK
+    del neck_zone
+
+    y_cut, z_cut = geo.icv_cut
+    icv = _smax(cranium + np.float32(_SKIN_MM + _SKULL_MM),
+                -_sd_quadrant(y - np.float32(y_cut), np.float32(z_cut) - z, 8.0), 8.0)
+    del cranium
+    labels[in_base & (icv < _SKULL_MM + 1.0)] = Label.SKULL
+    labels[icv < 0] = Label.CSF
+    labels[icv < -_CSF_MM] = Label.GM
+    labels[icv < -(_CSF_MM + _GM_MM)] = Label.WM
+    # interhemispheric fissure (CSF) above the corpus callosum
+    fissure_half = max(1.0, float(vs[0]) * 0.75)
+    sl_f = grid.box((-fissure_half, -big, 25.0 * geo.sz), (fissure_half, big, big))
+    if sl_f is not None:
+        sub = labels[sl_f]
+        sub[np.isin(sub, (Label.GM, Label.WM))] = Label.CSF
+    for c, r in geo.ventricles():
+        sl = grid.box(*_ellipsoid_bounds(c, r, 1.0))
+        if sl is not None:
+            inside = _sd_ellipsoid(*grid.coords(sl), c, r) < 0
+            sub = labels[sl]
+            sub[inside & (sub == Label.WM)] = Label.CSF
+    labels[in_base & (base > -_SKIN_MM) & (icv > 0)] = Label.SKIN
+    del icv
+    for c in geo.eyes():
+        sl = grid.box(*_ellipsoid_bounds(c, (r_eye,) * 3, 1.0))
+        if sl is not None:
+            sub = labels[sl]
+            sub[_sd_ellipsoid(*grid.coords(sl), c, (r_eye,) * 3) < 0] = Label.EYES
+    # Voxels added by the smooth union take the feature's label near the
+    # feature and the skin's label elsewhere, so that no stray feature voxels
+    # speckle the head surface.
+    for lab, _, lo, hi in features:
+        sl = grid.box(lo, hi)
+        if sl is None:
+            continue
+        added = (head[sl] < 0) & ~in_base[sl]
+        sub = labels[sl]
+        near = feat[sl] < k_feat * 0.25
+        sub[added & ~near & (sub == Label.BACKGROUND)] = Label.SKIN
+        sub[added & near & (feat_label[sl] == lab)] = lab
+    del feat, feat_label, in_base, base
+
+    # --- image
+    lut = np.zeros(256, dtype=np.float32)
+    values = dict(DEFAULT_INTENSITIES)
+    if intensities:
+        values.update({Label(k): float(v) for k, v in intensities.items()})
+    for lab, v in values.items():
+        lut[int(lab)] = v
+    image = lut[labels]
+    r_lens = (4.5 * geo.s_mean, 2.0 * geo.s_mean, 4.5 * geo.s_mean)
+    for c in geo.eyes():
+        c_lens = (c[0], c[1] + r_eye - 2.5 * geo.s_mean, c[2])
+        sl = grid.box(*_ellipsoid_bounds(c_lens, r_lens, 1.0))
+        if sl is not None:
+            sub = image[sl]
+            inside = (_sd_ellipsoid(*grid.coords(sl), c_lens, r_lens) < 0) & (
+                labels[sl] == Label.EYES)
+            sub[inside] = LENS_INTENSITY
+    if bias:
+        image *= _bias_field(grid, float(bias))
+    if noise_sd > 0:
+        rng = np.random.default_rng(seed)
+        sd = np.float32(noise_sd)
+        re = image + sd * rng.standard_normal(shape, dtype=np.float32)
+        im = sd * rng.standard_normal(shape, dtype=np.float32)
+        image = np.sqrt(re * re + im * im)
+
+    nose_tip_y = b[1] + r2
+    landmarks = {
+        "origin": np.zeros(3),
+        "vertex": np.array([0.0, 0.0, r_cran[2]]),
+        "glabella": np.array([0.0, r_cran[1], 0.0]),
+        "opisthocranion": np.array([0.0, -r_cran[1], 0.0]),
+        "nasion": np.array(geo.p(0, 90, -18)),
+        "nose_tip": np.array([0.0, nose_tip_y, b[2]]),
+        "stomion": np.array(geo.p(0, 88, -72)),
+        "menton": np.array(geo.p(0, 70, -125)),
+        "eye_right": np.array(geo.eyes()[0]),
+        "eye_left": np.array(geo.eyes()[1]),
+        "ear_right": np.array(geo.ears()[0][0]),
+        "ear_left": np.array(geo.ears()[1][0]),
+    }
+    return Phantom(labels=labels, image=image.astype(np.float32, copy=False), affine=affine,
+                   landmarks=landmarks, length=float(length), width=float(width),
+                   height=float(height))
+
+
+# ---------------------------------------------------------------------------
+# NIfTI output in any voxel order
+
+
+def _reorient(array: np.ndarray, affine: np.ndarray, orientation: str,
+              origin_shift_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """RAS-ordered ``array`` re-stored in voxel order ``orientation`` with a matching affine."""
+    codes = tuple(orientation.upper())
+    if len(codes) != 3:
+        raise ValueError(f"orientation must be a 3-letter axis code, got {orientation!r}")
+    try:
+        target = nib.orientations.axcodes2ornt(codes)
+    except ValueError as exc:
+        raise ValueError(f"invalid orientation {orientation!r}: {exc}") from None
+    if np.isnan(target).any() or len(set(target[:, 0].tolist())) != 3:
+        raise ValueError(f"invalid orientation {orientation!r}: need one of R/L, A/P, S/I each")
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, target)
+    data = nib.orientations.apply_orientation(array, transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, array.shape)
+    new_affine[:3, 3] += np.asarray(origin_shift_mm, dtype=float)
+    return np.ascontiguousarray(data), new_affine
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def to_nifti(phantom: Phantom, orientation: str = "RAS",
+             origin_shift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+             dtype: np.dtype | type = np.int16, *, labels: bool = False) -> nib.Nifti1Image:
+    """The phantom image (or its labels) as a NIfTI image stored in voxel order ``orientation``.
+
+    ``orientation`` is any nibabel axis code such as ``"RAS"``, ``"LIA"``,
+    ``"LSA"`` or ``"LPS"`` (the direction each array axis points to). The
+    affine is exact, so ``nib.as_closest_canonical`` gives back the RAS arrays
+    of the phantom. ``origin_shift_mm`` (x, y, z in mm) is added to the affine
+    translation, which moves the whole head in world space. The image is cast
+    to ``dtype``; integer types are rounded and clipped to the type's range.
+    With ``labels=True`` the uint8 label array is stored instead (``dtype`` is
+    then ignored).
+    """
+    if labels:
+        array = phantom.labels
+    else:
+        dt = np.dtype(dtype)
+        array = phantom.image
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            array = np.clip(np.rint(array), info.min, info.max)
+        array = array.astype(dt)
+    data, affine = _reorient(array, phantom.affine, orientation, origin_shift_mm)
+    return _nifti(data, affine)
+
+
+def labels_to_nifti(phantom: Phantom, orientation: str = "RAS",
+                    origin_shift_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> nib.Nifti1Image:
+    """The label array as a uint8 NIfTI image stored in voxel order ``orientation``."""
+    return to_nifti(phantom, orientation, origin_shift_mm, labels=True)
+
+
+EPI_INTENSITIES = {Label.CSF: 150.0, Label.GM: 110.0, Label.WM: 80.0, Label.SKIN: 30.0,
+                   Label.SKULL: 10.0, Label.MUSCLE: 40.0, Label.EYES: 120.0, Label.NOSE: 30.0,
+                   Label.EARS: 30.0, Label.NECK: 40.0, Label.LIPS: 30.0}
+"""T2*-weighted-looking contrast for :func:`phantom_bold`: CSF bright, GM over WM, dark scalp."""
+
+
+def phantom_bold(shape: tuple[int, int, int], vox: tuple[float, float, float], n_vol: int,
+                 *, max_trans: float = 2.0, max_rot_deg: float = 2.0, noise: float = 1.5,
+                 order: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom EPI run with known rigid motion; returns ``(series, params)``.
+
+    ``series`` is float32 ``(*shape, n_vol)`` with voxel size ``vox`` (mm);
+    ``params`` is ``(n_vol, 6)``: translations in mm, then rotations in radians
+    (:func:`isyb.head.motion.params_to_matrix` order), the truth for motion tests.
+
+    The phantom is built on a FOV six slices taller than ``shape``, smoothed,
+    moved with ``scipy.ndimage.affine_transform`` and cropped, so that moving
+    anatomy enters and leaves the slab as in a real scan. Motion is a random
+    walk scaled to at most ``max_trans`` mm and ``max_rot_deg`` degrees per
+    parameter, volume 0 unmoved; each volume also gets a global intensity
+    change of up to 2 % and Gaussian noise of SD ``noise``.
+    """
+    from isyb.head.motion import params_to_matrix
+
+    rng = np.random.default_rng(seed)
+    pad = 6
+    big = (shape[0], shape[1], shape[2] + 2 * pad)
+    fov = tuple(n * v for n, v in zip(big, vox, strict=True))
+    phantom = make_phantom(voxel_size=vox, fov_mm=fov,
+                           fov_center_mm=(0.0, 0.0, 20.0), noise_sd=0.0,
+                           intensities=EPI_INTENSITIES)
+    image = ndi.gaussian_filter(phantom.image.astype(np.float64), 0.8)
+    walk = np.cumsum(rng.normal(0.0, 1.0, (n_vol, 6)), axis=0)
+    walk -= walk[0]
+    walk /= np.abs(walk).max(axis=0) + 1e-12
+    params = np.empty((n_vol, 6))
+    params[:, :3] = walk[:, :3] * max_trans
+    params[:, 3:] = np.deg2rad(walk[:, 3:] * max_rot_deg)
+    zooms = np.asarray(vox, dtype=np.float64)
+    centre = (np.asarray(big, dtype=np.float64) - 1.0) / 2.0
+    series = np.empty((*shape, n_vol), dtype=np.float32)
+    for t in range(n_vol):
+        # volume_t(y) = reference(A^-1 y), in centred mm; A^-1 y = R^T (y - trans).
+        inverse = np.linalg.inv(params_to_matrix(params[t]))
+        lin = (inverse[:3, :3] * zooms[None, :]) / zooms[:, None]
+        off = centre - lin @ centre + inverse[:3, 3] / zooms
+        moved = ndi.affine_transform(image, lin, off, order=order, mode="nearest")
+        gain = 1.0 + 0.02 * math.sin(t / 3.0)
+        series[..., t] = gain * moved[:, :, pad:pad + shape[2]] + rng.normal(0.0, noise, shape)
+    return series, params

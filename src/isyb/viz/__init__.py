@@ -1,0 +1,1 @@
+"""Pictures and pages: surface renders, QC figures and self-contained HTML."""

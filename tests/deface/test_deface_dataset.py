@@ -1,0 +1,342 @@
+"""Dataset mode on a phantom BIDS dataset: complete copy, resume, interruption, parallelism.
+
+Defacing is the expensive part (about 10 s per 1.5 mm phantom subject), so the
+runs are module-scoped fixtures and each test reuses them:
+
+* ``first_run``: both subjects through the CLI (``--nprocs 1``) into ``out``;
+  later tests rerun into the same folder and leave it as they found it;
+* the label run: ``--participant-label 01`` into a fresh folder;
+* the parallel run: ``--nprocs 2`` into a fresh folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from isyb.cli import main
+from isyb.deface import dataset as dataset_mod
+from isyb.deface import file as run_mod
+from isyb.deface.engine import DefaceOptions
+from isyb.io import atomic_path
+from isyb.synthetic.demo import build_demo_dataset
+
+SUBJECTS = ("01", "02")
+DERIV = Path("derivatives") / "isyb"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``root``."""
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def anat_images(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.glob("sub-*/anat/*.nii.gz"))
+
+
+def stray_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".part" in p.name]
+
+
+def cli(argv: list[object]) -> tuple[int, str, str]:
+    """Run ``isyb.cli.main`` in-process (usable in module fixtures, unlike capsys)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in argv])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture(scope="module")
+def bids_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two phantom subjects plus non-anat files that must be copied byte for byte."""
+    root = build_demo_dataset(tmp_path_factory.mktemp("bids") / "bids", n_subjects=2)
+    func = root / "sub-01" / "func"
+    func.mkdir()
+    (func / "sub-01_task-rest_bold.json").write_text('{"RepetitionTime": 2.0, "TaskName": '
+                                                    '"rest"}\n')
+    rng = np.random.default_rng(7)
+    bold = rng.integers(0, 500, (8, 8, 6, 3)).astype(np.int16)
+    nib.Nifti1Image(bold, np.diag([3.0, 3.0, 4.0, 1.0])).to_filename(
+        str(func / "sub-01_task-rest_bold.nii.gz"))
+    (root / "task-rest_bold.json").write_text('{"TaskName": "rest"}\n')
+    (root / "code").mkdir()
+    (root / "code" / "notes.txt").write_text("not a subject folder\n")
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+@dataclass
+class FirstRun:
+    bids_in: Path
+    out: Path
+    code: int
+    stdout: str
+    stderr: str
+    input_files: dict[str, str]
+    output_files: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def first_run(bids_in: Path, default_template,
+              tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    before = snapshot(bids_in)
+    out = tmp_path_factory.mktemp("first") / "bids_defaced"
+    code, stdout, stderr = cli(["deface", bids_in, out, "--quiet"])
+    assert snapshot(bids_in) == before, "the input dataset was changed"
+    return FirstRun(bids_in, out, code, stdout, stderr, before, snapshot(out))
+
+
+# --------------------------------------------------------------------------- complete copy
+
+
+def test_run_succeeds(first_run: FirstRun) -> None:
+    assert first_run.code == 0, first_run.stderr
+    assert "defaced 2 image(s) of 2 subject(s)" in first_run.stderr
+    assert "failed" not in first_run.stderr
+    assert stray_files(first_run.out) == []
+
+
+def test_every_input_file_is_in_the_output(first_run: FirstRun) -> None:
+    out = first_run.out
+    images = {str(p) for p in anat_images(first_run.bids_in)}
+    assert images == {f"sub-{s}/anat/sub-{s}_T1w.nii.gz" for s in SUBJECTS}
+    for relative, digest in first_run.input_files.items():
+        target = out / relative
+        assert target.is_file(), relative
+        if relative in images:
+            assert sha256(target) != digest, f"{relative} was copied, not defaced"
+        else:
+            assert sha256(target) == digest, f"{relative} differs from the input"
+    for relative in ("task-rest_bold.json", "sub-01/func/sub-01_task-rest_bold.nii.gz",
+                     "sub-01/func/sub-01_task-rest_bold.json", "code/notes.txt",
+                     "participants.tsv", "README", "dataset_description.json"):
+        assert (out / relative).is_file(), relative
+
+
+def test_anat_images_keep_grid_and_dtype(first_run: FirstRun) -> None:
+    for relative in anat_images(first_run.bids_in):
+        source = nib.load(str(first_run.bids_in / relative))
+        out = nib.load(str(first_run.out / relative))
+        assert out.shape == source.shape
+        assert np.array_equal(out.affine, source.affine)
+        assert out.get_data_dtype() == source.get_data_dtype()
+        changed = np.asarray(out.dataobj) != np.asarray(source.dataobj)
+        assert 0 < changed.sum() < 0.2 * changed.size
+
+
+def test_derivatives(first_run: FirstRun) -> None:
+    deriv = first_run.out / DERIV
+    description = json.loads((deriv / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "isyb"
+    assert description["BIDSVersion"]
+    for subject in SUBJECTS:
+        stem = deriv / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w_desc-deface"
+        source = nib.load(str(first_run.bids_in / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz"))
+        mask = nib.load(f"{stem}_mask.nii.gz")
+        assert mask.shape == source.shape
+        assert np.array_equal(mask.affine, source.affine)
+        assert mask.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(mask.dataobj)).tolist()) == {0, 1}
+        provenance = json.loads(Path(f"{stem}_provenance.json").read_text())
+        assert provenance["brain_guard"]["passed"] is True
+        assert provenance["changed_voxels"] > 0
+        assert Path(f"{stem}_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        record = json.loads((deriv / "logs" / f"sub-{subject}.json").read_text())
+        assert record["subject"] == subject
+        assert [i["status"] for i in record["images"]] == ["ok"]
+    # nothing of the derivatives leaks into the raw part of the copy
+    assert not list(first_run.out.glob("sub-*/**/*desc-deface*"))
+
+
+def test_index_html_is_self_contained(first_run: FirstRun) -> None:
+    page = (first_run.out / DERIV / "index.html").read_text()
+    for subject in SUBJECTS:
+        assert f"sub-{subject}_T1w.nii.gz" in page
+    sources = re.findall(r"""src\s*=\s*["']?([^"'\s>]*)""", page)
+    assert len(sources) == 2
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<link" not in page and "<script" not in page
+    assert "2 images defaced, 0 failed" in page
+
+
+def test_outputs_are_readable_like_copies(first_run: FirstRun) -> None:
+    expected = 0o666 & ~umask()
+    for relative in first_run.output_files:
+        path = first_run.out / relative
+        assert stat.S_IMODE(path.stat().st_mode) & expected == expected, relative
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_rerun_skips_finished_subjects(first_run: FirstRun, default_template,
+                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def must_not_run(job: dataset_mod.DatasetJob) -> dict:
+        raise AssertionError(f"sub-{job.subject} was finished and must be skipped")
+
+    monkeypatch.setattr(dataset_mod, "run_subject", must_not_run)
+    index = first_run.out / DERIV / "index.html"
+    index.unlink()
+    records = dataset_mod.deface_dataset(first_run.bids_in, first_run.out, default_template,
+                                         DefaceOptions(), progress=False)
+    assert [r["subject"] for r in records] == list(SUBJECTS)
+    assert "2 subject(s) already finished" in capsys.readouterr().err
+    assert index.is_file()
+    assert "sub-02_T1w.nii.gz" in index.read_text()
+    assert snapshot(first_run.out).keys() == first_run.output_files.keys()
+
+
+def test_interrupted_subject_is_redone(first_run: FirstRun, default_template,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupt the write of sub-02's image, then rerun: only sub-02 is redone."""
+    out = first_run.out
+    image = out / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    record = out / DERIV / "logs" / "sub-02.json"
+    sub01 = {p: p.stat().st_mtime_ns for p in out.glob("sub-01/**/*") if p.is_file()}
+    sub01.update({p: p.stat().st_mtime_ns for p in (out / DERIV).glob("sub-01/**/*")
+                  if p.is_file()})
+    record.unlink()  # sub-02 is no longer finished
+
+    original = run_mod.write_stored
+    written = []
+
+    def interrupted(raw, reference, path) -> None:
+        if Path(path).name != image.name:
+            return original(raw, reference, path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as stream:
+                stream.write(b"\x1f\x8b\x08" + bytes(4096))
+            written.append(tmp)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "write_stored", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dataset_mod.deface_dataset(first_run.bids_in, out, default_template, DefaceOptions(),
+                                   progress=False)
+    assert written and not written[0].exists()
+    assert stray_files(out) == []
+    assert not record.exists()
+    # the previous, complete copy is still there, untouched
+    relative = str(image.relative_to(out))
+    assert sha256(image) == first_run.output_files[relative]
+
+    monkeypatch.setattr(run_mod, "write_stored", original)
+    calls: list[str] = []
+    run_subject = dataset_mod.run_subject
+
+    def spy(job: dataset_mod.DatasetJob) -> dict:
+        calls.append(job.subject)
+        return run_subject(job)
+
+    monkeypatch.setattr(dataset_mod, "run_subject", spy)
+    records = dataset_mod.deface_dataset(first_run.bids_in, out, default_template,
+                                         DefaceOptions(), progress=False)
+    assert calls == ["02"]
+    assert [r["subject"] for r in records] == list(SUBJECTS)
+    assert json.loads(record.read_text())["images"][0]["status"] == "ok"
+    assert stray_files(out) == []
+    assert sha256(image) == first_run.output_files[relative]  # deterministic
+    assert {p: p.stat().st_mtime_ns for p in sub01} == sub01  # sub-01 untouched
+
+
+# --------------------------------------------------------------------------- labels, errors
+
+
+def test_participant_label_only_that_subject(first_run: FirstRun, default_template,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "only01"
+    code, _, err = cli(["deface", first_run.bids_in, out, "--participant-label", "01",
+                        "--quiet"])
+    assert code == 0, err
+    assert (out / "sub-01" / "anat" / "sub-01_T1w.nii.gz").is_file()
+    assert not (out / "sub-02").exists()
+    assert not (out / DERIV / "sub-02").exists()
+    assert sorted(p.name for p in (out / DERIV / "logs").iterdir()) == ["sub-01.json"]
+    relative = "sub-01/anat/sub-01_T1w.nii.gz"
+    assert sha256(out / relative) == first_run.output_files[relative]
+    page = (out / DERIV / "index.html").read_text()
+    assert "sub-01_T1w" in page and "sub-02_T1w" not in page
+
+
+@pytest.mark.parametrize("labels", [["03"], ["01", "sub-07"]])
+def test_unknown_label(labels: list[str], bids_in: Path, default_template, tmp_path: Path,
+                       capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["deface", str(bids_in), str(out), "--participant-label", *labels, "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, labels[-1].removeprefix("sub-"))
+    assert not out.exists()
+
+
+def test_input_without_description(bids_in: Path, default_template, tmp_path: Path,
+                                   capsys) -> None:
+    bare = tmp_path / "bare"
+    (bare / "sub-01" / "anat").mkdir(parents=True)
+    (bare / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(
+        (bids_in / "sub-01" / "anat" / "sub-01_T1w.nii.gz").read_bytes())
+    out = tmp_path / "out"
+    code = main(["deface", str(bare), str(out), "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, "dataset_description.json")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "parent"])
+def test_output_overlapping_input(where: str, bids_in: Path, default_template,
+                                  capsys) -> None:
+    before = snapshot(bids_in)
+    out = {"inside": bids_in / "derivatives" / "defaced", "same": bids_in,
+           "parent": bids_in.parent}[where]
+    code = main(["deface", str(bids_in), str(out), "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, "must not be inside")
+    assert snapshot(bids_in) == before
+    assert not (bids_in / "derivatives").exists()
+
+
+def test_save_mask_refused_in_dataset_mode(bids_in: Path, default_template, tmp_path: Path,
+                                           capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["deface", str(bids_in), str(out), "--save-mask", str(tmp_path / "m.nii.gz")])
+    assert_one_line_error(code, capsys.readouterr().err, "--save-mask")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- parallel
+
+
+def test_nprocs_2_matches_nprocs_1(first_run: FirstRun, tmp_path: Path) -> None:
+    out = tmp_path / "parallel"
+    code, _, err = cli(["deface", first_run.bids_in, out, "--nprocs", "2", "--quiet"])
+    assert code == 0, err
+    for relative in anat_images(first_run.bids_in):
+        assert sha256(out / relative) == first_run.output_files[str(relative)], relative
+    masks = sorted((out / DERIV).glob("sub-*/anat/*_mask.nii.gz"))
+    assert len(masks) == 2
+    for mask in masks:
+        relative = str(mask.relative_to(out))
+        assert sha256(mask) == first_run.output_files[relative], relative
+    assert sorted(p.name for p in (out / DERIV / "logs").iterdir()) == [
+        "sub-01.json", "sub-02.json"]
+    assert stray_files(out) == []

@@ -1,0 +1,212 @@
+"""``isyb derive`` on the extended demo dataset: participant and group levels, bad input.
+
+The demo's BOLD, DWI and ASL runs come from :mod:`isyb.synthetic.runs` with
+known truth (CBF 60/22 ml/100 g/min in GM/WM, WM FA 0.80), so the numbers
+the dataset mode reports are checked, not only the files. A third subject
+carries the bad inputs the issue lists: a DWI run without bval, a DWI run
+with a bvec of the wrong shape, an ASL run without aslcontext.tsv, and a
+BOLD run too short for the 0.01-0.1 Hz band. They fail with a one-line
+error each, exit 2, and the good subjects go on. Normalisation is affine
+here to keep the test short; SyN is tested in test_normalize.py. The
+FreeSurfer test reuses the fixture's work folder, so the subject's tissues
+and normalisation come from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import assert_one_line_error
+from isyb.cli import main
+from isyb.synthetic.demo import build_demo_dataset
+from isyb.synthetic.runs import Geometry, rest_bold
+
+DERIV = Path("derivatives") / "isyb"
+SPACE = "MNI152NLin2009aSym"
+
+
+def _add_bad_subject(bids: Path) -> None:
+    good = bids / "sub-01"
+    bad = bids / "sub-03"
+    shutil.copytree(good / "anat", bad / "anat")
+    for path in (bad / "anat").iterdir():
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-03")))
+    (bad / "dwi").mkdir(parents=True)
+    for run in ("1", "2"):
+        for ext in (".nii.gz", ".json", ".bval", ".bvec"):
+            shutil.copyfile(good / "dwi" / f"sub-01_dwi{ext}",
+                            bad / "dwi" / f"sub-03_run-{run}_dwi{ext}")
+    (bad / "dwi" / "sub-03_run-1_dwi.bval").unlink()
+    bvec = bad / "dwi" / "sub-03_run-2_dwi.bvec"
+    bvec.write_text("\n".join(bvec.read_text().splitlines()[:2]) + "\n")  # 2 rows, not 3
+    (bad / "perf").mkdir()
+    for ext in (".nii.gz", "_asl.json"):
+        name = "asl.nii.gz" if ext == ".nii.gz" else "asl.json"
+        shutil.copyfile(good / "perf" / f"sub-01_{name}", bad / "perf" / f"sub-03_{name}")
+    (bad / "func").mkdir()
+    run = rest_bold(Geometry(), n_volumes=16, tr=1.0)
+    image = nib.Nifti1Image(run.series, run.affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.to_filename(str(bad / "func" / "sub-03_task-rest_bold.nii.gz"))
+    (bad / "func" / "sub-03_task-rest_bold.json").write_text(
+        json.dumps({"TaskName": "rest", "RepetitionTime": 1.0}))
+    with open(bids / "participants.tsv", "a") as table:
+        table.write("sub-03\tn/a\tn/a\tn/a\n")
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("derive")
+    bids = build_demo_dataset(root / "bids", n_subjects=2,
+                              modalities=("anat", "func", "dwi", "perf"))
+    _add_bad_subject(bids)
+    out = root / "out"
+    code = main(["derive", str(bids), str(out), "participant", "--normalization", "Affine",
+                 "--nprocs", "2", "--quiet"])
+    group_code = main(["derive", str(bids), str(out), "group"])
+    return {"bids": bids, "out": out, "code": code, "group_code": group_code}
+
+
+def _record(out: Path, relative: str) -> dict:
+    return json.loads((out / DERIV / relative).read_text())
+
+
+def test_participant_level_writes_native_and_template_maps(derived: dict) -> None:
+    out = derived["out"]
+    func = out / DERIV / "sub-01" / "func"
+    for metric in ("alff", "falff", "reho"):
+        assert (func / f"sub-01_task-rest_desc-{metric}_map.nii.gz").is_file()
+    for metric in ("alff", "falff", "reho", "vmhc"):
+        for desc in (metric, f"{metric}z"):
+            path = func / f"sub-01_task-rest_space-{SPACE}_desc-{desc}_map.nii.gz"
+            assert path.is_file(), path.name
+    z = nib.load(str(func / f"sub-01_task-rest_space-{SPACE}_desc-alffz_map.nii.gz"))
+    values = np.asarray(z.dataobj)
+    inside = values[values != 0]
+    assert abs(inside.mean()) < 1e-3 and inside.std() == pytest.approx(1.0, abs=0.02)
+    record = _record(out, "sub-01/func/sub-01_task-rest_desc-derive_bold.json")
+    assert record["status"] == "ok" and record["volumes_dropped"] == 5
+    assert record["slice_timing_corrected"] is True
+    assert any("csf" in name.lower() for name in record["regressors"])
+
+
+def test_dwi_and_asl_numbers_match_the_phantom_truth(derived: dict) -> None:
+    out = derived["out"]
+    dwi = _record(out, "sub-01/dwi/sub-01_desc-derive_dwi.json")
+    assert dwi["status"] == "ok"
+    tissue = dwi["tissue"]
+    fa_wm = next(v for k, v in tissue.items() if k.lower().startswith("fa") and "wm" in k.lower())
+    fa_gm = next(v for k, v in tissue.items() if k.lower().startswith("fa") and "gm" in k.lower())
+    assert fa_wm > 0.5 > 0.3 > fa_gm  # truth: WM 0.80, GM 0.14, blurred by 4 mm partial volume
+    asl = _record(out, "sub-01/perf/sub-01_desc-derive_asl.json")
+    assert asl["status"] == "ok"
+    assert 40.0 < asl["cbf_gm_mean"] < 65.0  # truth 60 in GM, 22 in WM; partial volume lowers it
+
+
+def test_bad_runs_fail_with_one_line_errors_and_the_others_go_on(derived: dict) -> None:
+    assert derived["code"] == 2
+    out = derived["out"]
+    expected = {
+        "sub-03/dwi/sub-03_run-1_desc-derive_dwi.json": "bval",
+        "sub-03/dwi/sub-03_run-2_desc-derive_dwi.json": "bvec",
+        "sub-03/perf/sub-03_desc-derive_asl.json": "aslcontext",
+        "sub-03/func/sub-03_task-rest_desc-derive_bold.json": "frequency bin",
+    }
+    for relative, word in expected.items():
+        record = _record(out, relative)
+        assert record["status"] == "failed", relative
+        assert word in record["error"] and "\n" not in record["error"], record["error"]
+        assert str(derived["bids"]) not in record["error"]  # no local paths in the records
+    for subject in ("sub-01", "sub-02"):
+        for path in (out / DERIV / subject).rglob("*_desc-derive_*.json"):
+            assert json.loads(path.read_text())["status"] == "ok", path.name
+
+
+def test_group_level_maps_and_figures(derived: dict) -> None:
+    assert derived["group_code"] == 0
+    group = derived["out"] / DERIV / "group"
+    summary = json.loads((group / "group_derive.json").read_text())
+    for metric in ("alff", "falff", "reho", "vmhc", "fa", "md", "cbf"):
+        entry = summary["metrics"][metric]
+        assert entry["n"] == 2, metric
+        assert (group / entry["figure"]).stat().st_size > 10_000
+        mean = nib.load(str(group / f"group_space-{SPACE}_desc-{metric}mean_map.nii.gz"))
+        mask = np.asarray(nib.load(str(group / f"group_space-{SPACE}_desc-{metric}_mask.nii.gz"))
+                          .dataobj) > 0
+        assert mask.sum() > 1000 and np.all(np.isfinite(np.asarray(mean.dataobj)[mask]))
+    table = pd.read_csv(group / "group_derive.tsv", sep="\t")
+    assert set(table["status"]) == {"ok", "failed"} and (table["status"] == "failed").sum() == 4
+
+
+def test_rerun_skips_finished_runs(derived: dict, capsys) -> None:
+    out = derived["out"]
+    record = out / DERIV / "sub-01" / "dwi" / "sub-01_desc-derive_dwi.json"
+    before = record.stat().st_mtime_ns
+    main(["derive", str(derived["bids"]), str(out), "participant", "--normalization", "Affine",
+          "--participant-label", "01", "--quiet"])
+    assert record.stat().st_mtime_ns == before
+
+
+def test_template_without_symmetry_is_refused_for_vmhc(derived: dict, tmp_path: Path,
+                                                      capsys) -> None:
+    from isyb.derive.normalize import normalization_template
+
+    template = normalization_template()
+    shifted = np.roll(template.head * template.brain_mask, 6, axis=0)
+    path = tmp_path / "lopsided.nii.gz"
+    nib.Nifti1Image(shifted.astype(np.float32), template.affine).to_filename(str(path))
+    code = main(["derive", str(derived["bids"]), str(tmp_path / "out"), "participant",
+                 "--template", str(path), "--metrics", "vmhc", "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, "symmetric")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_metric_is_a_clear_error(derived: dict, tmp_path: Path, capsys) -> None:
+    code = main(["derive", str(derived["bids"]), str(tmp_path / "o"), "participant",
+                 "--metrics", "alff,thickness"])
+    assert_one_line_error(code, capsys.readouterr().err, "thickness")
+
+
+def test_freesurfer_outputs_are_summarised_per_region(derived: dict, tmp_path: Path) -> None:
+    from test_surface import _subject as write_freesurfer_subject
+
+    write_freesurfer_subject(tmp_path / "fs", "sub-01")
+    out = tmp_path / "out"
+    code = main(["derive", str(derived["bids"]), str(out), "participant", "--metrics", "cbf",
+                 "--normalization", "Affine", "--participant-label", "01", "--freesurfer-dir",
+                 str(tmp_path / "fs"), "--work-dir", str(derived["out"] / "work" / "derive"),
+                 "--quiet"])
+    assert code == 0
+    table = pd.read_csv(out / DERIV / "sub-01" / "anat" / "sub-01_desc-surface_metrics.tsv",
+                        sep="\t")
+    thickness = table[(table.hemi == "lh") & (table.region == "precentral")
+                      & (table.metric == "thickness")]
+    assert float(thickness.value.iloc[0]) == pytest.approx(2.75)  # mean of 2, 2.5, 3, 3.5
+    assert main(["derive", str(derived["bids"]), str(out), "group", "--metrics", "cbf"]) == 0
+    assert (out / DERIV / "group" / "group_surface_metrics.tsv").is_file()
+
+
+def test_ge_formula_without_its_scaling_is_a_clear_error(derived: dict, tmp_path: Path,
+                                                         capsys) -> None:
+    code = main(["derive", str(derived["bids"]), str(tmp_path / "o"), "participant",
+                 "--metrics", "cbf", "--cbf-formula", "ge"])
+    assert_one_line_error(code, capsys.readouterr().err, "--ge-scaling")
+
+
+def test_a_truncated_run_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    from isyb.derive.dataset import DeriveInputError, load_ras
+
+    run = rest_bold(Geometry(), n_volumes=12)
+    whole = tmp_path / "whole.nii.gz"
+    nib.Nifti1Image(run.series, run.affine).to_filename(str(whole))
+    cut = tmp_path / "cut_bold.nii.gz"
+    cut.write_bytes(whole.read_bytes()[:4000])
+    with pytest.raises(DeriveInputError, match="truncated or corrupt"):
+        load_ras(cut)

@@ -1,0 +1,296 @@
+"""The re-identification attack (isyb.evaluate.reid): its parts, and the attack on cohorts.
+
+The cohort tests register every gallery scan and every re-scan to the default
+template from scratch, as an attacker would. To stay within a few minutes on
+two cores they take two shortcuts, both documented where they are used:
+phantom brain masks are the phantoms' exact labels (carried through the
+re-scan's known head motion), and defaced probes reuse the gallery scan's own
+registration, which favours the attacker, so "near chance" is a conservative
+finding. ``benchmarks/reid_experiment.py`` runs the attack without shortcuts.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
+from isyb.evaluate import reid
+from isyb.head.morphology import head_mask, skin_threshold
+from isyb.head.register import resample_to
+from isyb.io import Volume, load_volume, volume_from_image
+from isyb.synthetic.phantom import Label, make_phantom, to_nifti
+
+N_PHANTOMS = 6
+VOXEL_MM = 2.0
+FULL_FACE = ("pycortex-S1_T1w.nii.gz", "myconnectome_T1w_1p6mm.nii.gz", "mne-sample_T1w_3mm.mgz")
+
+
+# ---------------------------------------------------------------------------
+# Parts, on synthetic surfaces
+
+
+def _face_surface(bumps: list[tuple[float, float, float, float]], size: int = 120) -> np.ndarray:
+    """A face-like depth map (mm): a dome plus Gaussian bumps (row, col, height, width)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(float)
+    centre = (size - 1) / 2
+    depth = 100.0 - ((rows - centre) ** 2 + (cols - centre) ** 2) / 150.0
+    for r, c, height, width in bumps:
+        depth += height * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * width**2))
+    inside = (rows - centre) ** 2 + (cols - centre) ** 2 < (0.48 * size) ** 2
+    return np.where(inside, depth, np.nan).astype(np.float32)
+
+
+def _moved(depth: np.ndarray, rotation_deg: tuple[float, float, float],
+           shift: tuple[float, float, float]) -> np.ndarray:
+    """The same surface seen after a rigid motion: its points moved, then re-gridded."""
+    from scipy.interpolate import griddata
+
+    points = reid.surface_points(depth)
+    rot = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix()
+    centre = points.mean(axis=0)
+    moved = (points - centre) @ rot.T + centre + np.asarray(shift)
+    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    out = griddata(moved[:, [2, 0]], moved[:, 1], (rows, cols), method="linear")
+    return out.astype(np.float32)
+
+
+NOSE = [(60, 60, 25, 7), (85, 60, 6, 10), (40, 42, -6, 6), (40, 78, -6, 6)]
+OTHER = [(64, 58, 18, 9), (88, 60, 9, 12), (38, 40, -9, 7), (38, 80, -4, 5)]
+
+
+def test_similarity_fit_recovers_a_known_transform() -> None:
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(200, 3)) * 30
+    rot = Rotation.from_euler("xyz", [4, -3, 7], degrees=True).as_matrix()
+    target = 1.04 * points @ rot.T + np.array([2.0, -5.0, 1.0])
+    s, rotation, shift = reid.similarity_fit(points, target)
+    assert s == pytest.approx(1.04, abs=1e-9)
+    np.testing.assert_allclose(rotation, rot, atol=1e-9)
+    np.testing.assert_allclose(shift, [2.0, -5.0, 1.0], atol=1e-9)
+    assert reid.similarity_fit(points, target, scale=False)[0] == 1.0
+
+
+def test_surface_distance_ignores_pose_but_sees_the_face() -> None:
+    face = _face_surface(NOSE)
+    assert reid.descriptor_distance(face, face) == pytest.approx(0.0, abs=1e-6)
+    posed = _moved(face, (3.0, -4.0, 3.0), (3.0, 6.0, -2.0))
+    other = _face_surface(OTHER)
+    same = reid.descriptor_distance(posed, face)
+    different = reid.descriptor_distance(other, face)
+    assert same < 0.05  # mm: re-gridding error only
+    assert different > 10 * same
+    # a change of the coarse shape only: the surface distance sees it, the detail
+    # distance (5 mm high-pass) hardly does, but still sees other features
+    flatter = face + 0.002 * (np.arange(120)[None, :] - 60.0) ** 2
+    assert reid.descriptor_distance(flatter, face) > 0.5
+    detail_flatter = reid.descriptor_distance(flatter, face, highpass_mm=5.0)
+    assert detail_flatter < 0.5 * reid.descriptor_distance(other, face, highpass_mm=5.0)
+
+
+def test_distance_needs_overlap_and_one_frame() -> None:
+    face = _face_surface(NOSE)
+    empty = np.full_like(face, np.nan)
+    assert reid.descriptor_distance(empty, face) == float("inf")
+    with pytest.raises(ValueError, match="different frames"):
+        reid.descriptor_distance(face[:100], face)
+
+
+def test_identification_counts_ties_as_random() -> None:
+    diagonal = np.full((4, 4), 5.0) - 4 * np.eye(4)
+    result = reid.identification([np.zeros(1)] * 4, [np.zeros(1)] * 4, distances=diagonal)
+    assert result["rank1"] == 1.0 and result["chance"] == 0.25 and result["n"] == 4
+    np.testing.assert_array_equal(result["ranks"], 1.0)
+    assert result["p_value"] == pytest.approx(0.25**4)
+    tied = reid.identification([np.zeros(1)] * 4, [np.zeros(1)] * 4, distances=np.ones((4, 4)))
+    assert tied["rank1"] == pytest.approx(0.25)  # a four-way tie is a 1-in-4 draw
+    np.testing.assert_array_equal(tied["ranks"], 2.5)
+    hub = np.tile([1.0, 2.0, 3.0, 4.0], (4, 1))  # everyone nearest to entry 0
+    assert reid.identification([0] * 4, [0] * 4, distances=hub)["rank1"] == 0.25
+    with pytest.raises(ValueError):
+        reid.identification([0] * 4, [0] * 3, distances=np.ones((4, 4)))
+
+
+# ---------------------------------------------------------------------------
+# Re-scans and face variation, on one phantom
+
+
+@pytest.fixture(scope="module")
+def phantom_volume() -> tuple[Volume, object]:
+    phantom = make_phantom(voxel_size=VOXEL_MM, fov_mm=reid.PHANTOM_FOV_MM,
+                           fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=7)
+    return volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32)), phantom
+
+
+def test_rescan_moves_regrids_and_renoises(phantom_volume) -> None:
+    volume, _ = phantom_volume
+    rng = np.random.default_rng(3)
+    again, motion = reid.simulate_rescan(volume, rng)
+    angle = np.degrees(Rotation.from_matrix(motion[:3, :3]).magnitude())
+    assert 0 < angle <= 5.0 * np.sqrt(3)
+    ratio = again.zooms / volume.zooms
+    assert np.all((ratio >= 0.9) & (ratio <= 1.1)) and not np.allclose(ratio, 1.0)
+    # the same head, moved: intensities agree once the motion is undone, up to noise
+    back = resample_to(again.data, again.affine, volume.shape, volume.affine, motion)
+    head = volume.data > skin_threshold(volume.data)
+    inner = head & (back > 0)
+    residual = back[inner] - volume.data[inner]
+    level = reid.tissue_level(volume.data)
+    assert abs(float(np.median(residual))) < 0.05 * level
+    air = again.data[:8, :8, -8:]  # a corner of the FOV: Rician noise of ~4 % of the tissue level
+    assert 0.02 * level < float(air.mean()) < 0.12 * level
+
+
+def test_vary_face_moves_only_the_face_and_keeps_it_whole(phantom_volume,
+                                                          default_template) -> None:
+    volume, phantom = phantom_volume
+    intracranial = phantom.mask(Label.GM, Label.WM, Label.CSF)
+    alignment = align(volume, default_template, brain=intracranial)
+    weight = reid.face_weight(volume, alignment.registration.subject_to_template,
+                              default_template.rule, brain=intracranial)
+    assert weight.max() == pytest.approx(1.0) and weight.min() == 0.0
+    varied = reid.vary_face(volume, weight, np.random.default_rng(5))
+    changed = np.abs(varied.data - volume.data) > 1e-3
+    assert not changed[weight == 0].any()
+    assert not changed[intracranial].any()
+    nose = phantom.labels == Label.NOSE
+    assert changed[nose].mean() > 0.2
+    # a smooth warp: the face stays attached to the head (no tear, no fold)
+    head = head_mask(varied.data, skin_threshold(varied.data))
+    assert head[nose & (varied.data > skin_threshold(varied.data))].mean() > 0.99
+    again = reid.vary_face(volume, weight, np.random.default_rng(5))
+    np.testing.assert_array_equal(again.data, varied.data)
+
+
+# ---------------------------------------------------------------------------
+# The attack on a phantom cohort: six heads of different shape and face
+
+
+class Cohort:
+    """Gallery and probe descriptors of a cohort, all in one face frame."""
+
+    def __init__(self, frame: reid.FaceFrame) -> None:
+        self.frame = frame
+        self.names: list[str] = []
+        self.volumes: list[Volume] = []
+        self.alignments: list[Alignment] = []
+        self.descriptors: dict[str, list[np.ndarray]] = {}
+
+    def add(self, kind: str, descriptor: np.ndarray) -> None:
+        self.descriptors.setdefault(kind, []).append(descriptor)
+
+
+def _probe_defaced(cohort: Cohort, template, method: str, index: int) -> np.ndarray:
+    volume, alignment = cohort.volumes[index], cohort.alignments[index]
+    result = deface_volume(volume, template, DefaceOptions(method=method), alignment=alignment)
+    defaced = volume_from_image(nib.Nifti1Image(result.data.astype(np.float32), volume.affine))
+    # the gallery scan's own registration: the best alignment an attacker could hope for
+    return reid.face_descriptor(defaced, alignment.registration.subject_to_template, cohort.frame)
+
+
+def _add_subject(cohort: Cohort, template, name: str, volume: Volume, brain: np.ndarray | None,
+                 rng: np.random.Generator) -> None:
+    alignment = align(volume, template, brain=brain)
+    cohort.names.append(name)
+    cohort.volumes.append(volume)
+    cohort.alignments.append(alignment)
+    cohort.add("gallery", reid.face_descriptor(
+        volume, alignment.registration.subject_to_template, cohort.frame))
+    again, motion = reid.simulate_rescan(volume, rng)
+    # the re-scan's own brain mask: the gallery's, carried by the known head motion
+    # (what a perfect brain extractor would find); its registration is its own
+    carried = resample_to(alignment.brain.astype(np.float32), volume.affine, again.shape,
+                          again.affine, np.linalg.inv(motion)) > 0.5
+    moved = align(again, template, brain=carried)
+    cohort.add("rescan", reid.face_descriptor(
+        again, moved.registration.subject_to_template, cohort.frame))
+
+
+@pytest.fixture(scope="module")
+def phantom_cohort(default_template) -> Cohort:
+    cohort = Cohort(reid.frame_for(default_template))
+    reference = make_phantom(voxel_size=VOXEL_MM, fov_mm=reid.PHANTOM_FOV_MM,
+                             fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=99)
+    reference_to_template = align(
+        volume_from_image(to_nifti(reference, "RAS", dtype=np.float32)), default_template,
+        brain=reference.mask(Label.GM, Label.WM, Label.CSF)).registration.subject_to_template
+    rng = np.random.default_rng(2024)
+    for k in range(N_PHANTOMS):
+        volume, brain = reid.varied_phantom(k, reference_to_template, default_template.rule,
+                                            voxel_size=VOXEL_MM)
+        _add_subject(cohort, default_template, f"phantom{k}", volume, brain, rng)
+    for method in ("remove", "blur", "noise"):
+        for index in range(N_PHANTOMS):
+            cohort.add(method, _probe_defaced(cohort, default_template, method, index))
+    return cohort
+
+
+def test_same_head_in_two_poses_is_closer_than_another_head(phantom_cohort: Cohort) -> None:
+    gallery, rescans = phantom_cohort.descriptors["gallery"], phantom_cohort.descriptors["rescan"]
+    own = [reid.descriptor_distance(rescans[i], gallery[i]) for i in range(N_PHANTOMS)]
+    others = [reid.descriptor_distance(rescans[i], gallery[j])
+              for i in range(N_PHANTOMS) for j in range(N_PHANTOMS) if i != j]
+    assert own[0] < min(reid.descriptor_distance(rescans[0], g) for g in gallery[1:])
+    assert np.median(own) < 0.6 * np.median(others)
+
+
+def test_rescans_are_identified_far_above_chance(phantom_cohort: Cohort) -> None:
+    result = reid.identification(phantom_cohort.descriptors["gallery"],
+                                 phantom_cohort.descriptors["rescan"])
+    assert result["n"] == N_PHANTOMS and result["chance"] == pytest.approx(1 / N_PHANTOMS)
+    assert result["distances"].shape == (N_PHANTOMS, N_PHANTOMS)
+    # 5 of 6 or better; by chance that has p = 26 / 6**6 < 0.001
+    assert result["rank1"] >= 5 / 6
+    assert result["p_value"] < 0.001
+
+
+def test_removed_faces_are_identified_near_chance(phantom_cohort: Cohort) -> None:
+    result = reid.identification(phantom_cohort.descriptors["gallery"],
+                                 phantom_cohort.descriptors["remove"])
+    # at most 2 of 6 (chance: 1 of 6): with the gallery's own registration, which
+    # favours the attacker
+    assert result["rank1"] <= 2 / N_PHANTOMS
+
+
+@pytest.mark.parametrize("method", ["blur", "noise"])
+def test_blurred_and_noised_faces_are_identified_near_chance(phantom_cohort: Cohort,
+                                                            method: str) -> None:
+    """What blur and noise do to the attack (numbers in benchmarks/README.md).
+
+    Both give the face the registered template's smoothed outline, so neither
+    the surface attack nor the detail attack (5 mm high-pass) finds more than
+    ``remove`` may: at most 2 of 6 (chance: 1 of 6), with the gallery's own
+    registration, which favours the attacker. With the subject's own outline
+    smoothed (the method before) the surface attack found 5 of 12.
+    """
+    gallery = phantom_cohort.descriptors["gallery"]
+    probes = phantom_cohort.descriptors[method]
+    assert reid.identification(gallery, probes)["rank1"] <= 2 / N_PHANTOMS
+    assert reid.identification(gallery, probes, highpass_mm=5.0)["rank1"] <= 2 / N_PHANTOMS
+
+
+# ---------------------------------------------------------------------------
+# Real heads, in a gallery with the phantoms
+
+
+@pytest.mark.realdata
+def test_real_heads_rescanned_are_found_and_removed_faces_are_not(
+        data_root, default_template, phantom_cohort: Cohort) -> None:
+    paths = [data_root / "heads" / name for name in FULL_FACE]
+    if not all(path.is_file() for path in paths):
+        pytest.skip("the full-face real heads are not in the test data")
+    real = Cohort(phantom_cohort.frame)
+    rng = np.random.default_rng(7)
+    for path in paths:
+        # deepbet for the original's brain mask, then the attacker's registration
+        _add_subject(real, default_template, path.name, load_volume(path), None, rng)
+    for index in range(len(paths)):
+        real.add("remove", _probe_defaced(real, default_template, "remove", index))
+    gallery = phantom_cohort.descriptors["gallery"] + real.descriptors["gallery"]
+    truth = [N_PHANTOMS + i for i in range(len(paths))]
+    rescans = reid.identification(gallery, real.descriptors["rescan"], truth=truth)
+    assert rescans["rank1"] == 1.0
+    removed = reid.identification(gallery, real.descriptors["remove"], truth=truth)
+    assert removed["hits"] <= 1.0  # chance: 3 probes x 1/9

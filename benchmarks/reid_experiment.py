@@ -13,17 +13,17 @@ The cohort (see :mod:`isyb.evaluate.reid` for the attack):
 * one *derived* subject per real head (``--no-derived`` leaves them out): the
   head reshaped by the linear part of ``DATA/transforms/CAPIIO_to_CN200.mat``
   (about the head's centre; x +4.6 %, y -3.0 %, z -7.9 %), then given its own
-  face by :func:`isyb.evaluate.reid.vary_face` (3 mm, 10 mm). The reshaping
+  face by :func:`isyb.evaluate.rescan.vary_face` (3 mm, 10 mm). The reshaping
   alone would not make another person: the affine registration to the
   template undoes it, and the two would have the same face in the template
   frame. It makes the derived subject's *head* differ from its source's, as
   between populations, so that only the face can tell them apart;
-* ``--phantoms`` phantoms (``isyb.evaluate.reid.varied_phantom``, at
+* ``--phantoms`` phantoms (``isyb.evaluate.rescan.varied_phantom``, at
   ``--voxel`` mm), each with its own head shape (±8 % per axis) and face.
 
 For every subject: the gallery entry is its scan aligned to the default
 template (deepbet brain mask + affine registration, :func:`isyb.deface.engine.align`).
-Probes: a simulated re-scan (:func:`isyb.evaluate.reid.rescan`), aligned the
+Probes: a simulated re-scan (:func:`isyb.evaluate.rescan.rescan`), aligned the
 same way from scratch; and, per defacing method, the defaced scan
 (:func:`isyb.deface.engine.deface_volume`, default template and options),
 registered to the template again by the attacker. The defaced scans reuse the
@@ -88,8 +88,8 @@ def reshape_head(volume, linear: np.ndarray):
     point ``p`` is the old one at ``c + linear^-1 (p - c)``, ``c`` being the
     centroid of the voxels above the skin threshold.
     """
-    from isyb.evaluate.reid import as_volume
     from isyb.head.register import resample_to
+    from isyb.synthetic.rescan import as_volume
     from isyb.viz.render import head_centre
 
     centre = volume.affine[:3, :3] @ head_centre(volume.data) + volume.affine[:3, 3]
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from isyb.evaluate import reid
     from isyb.head.register import resample_to
     from isyb.io import load_volume
+    from isyb.synthetic import rescan
     from isyb.templates.registry import resolve
 
     data = _data_root(args.data)
@@ -176,21 +177,21 @@ def main(argv: list[str] | None = None) -> int:
             s2t = alignments[source.name].registration.subject_to_template @ np.linalg.inv(mapping)
             brain = carry(alignments[source.name].brain, source.volume, reshaped,
                           np.linalg.inv(mapping))
-            weight = reid.face_weight(reshaped, s2t, template.rule, brain=brain)
-            varied = reid.vary_face(reshaped, weight, rng)
+            weight = rescan.face_weight(reshaped, s2t, template.rule, brain=brain)
+            varied = rescan.vary_face(reshaped, weight, rng)
             subjects.append(Subject(f"{source.name}-CN200shape+face", varied, brain))
     reference = None
     if args.phantoms:
         from isyb.io import volume_from_image
         from isyb.synthetic.phantom import Label, make_phantom, to_nifti
 
-        ref = make_phantom(voxel_size=args.voxel, fov_mm=reid.PHANTOM_FOV_MM,
-                           fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=10_000)
+        ref = make_phantom(voxel_size=args.voxel, fov_mm=rescan.PHANTOM_FOV_MM,
+                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=10_000)
         reference = align(volume_from_image(to_nifti(ref, "RAS", dtype=np.float32)), template,
                           brain=ref.mask(Label.GM, Label.WM, Label.CSF)
                           ).registration.subject_to_template
         for k in range(args.phantoms):
-            volume, brain = reid.varied_phantom(args.seed * 1000 + k, reference, template.rule,
+            volume, brain = rescan.varied_phantom(args.seed * 1000 + k, reference, template.rule,
                                                 voxel_size=args.voxel)
             subjects.append(Subject(f"phantom{k}", volume, brain))
     print(f"cohort: {len(subjects)} subjects ({', '.join(s.name for s in subjects)})", flush=True)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         alignment = alignments.get(subject.name) or aligned(subject.volume, subject.brain)
         s2t = alignment.registration.subject_to_template
         subject.descriptors["gallery"] = describe(subject.volume, s2t)
-        again, motion = reid.simulate_rescan(subject.volume, rng)
+        again, motion = rescan.simulate_rescan(subject.volume, rng)
         brain = carry(alignment.brain, subject.volume, again, np.linalg.inv(motion))
         subject.descriptors["rescan"] = describe(
             again, aligned(again, brain).registration.subject_to_template)
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             result = deface_volume(subject.volume, template, DefaceOptions(method=method),
                                    alignment=alignment)
             timings["deface_s"] += time.perf_counter() - tick
-            defaced = reid.as_volume(result.data, subject.volume.affine)
+            defaced = rescan.as_volume(result.data, subject.volume.affine)
             tick = time.perf_counter()
             own = align(defaced, template, brain=alignment.brain)
             timings["align_s"] += time.perf_counter() - tick
@@ -223,14 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     control: list[Subject] = []
     if args.phantoms and reference is not None:
         for k in range(args.phantoms):
-            volume, brain = reid.varied_phantom(args.seed * 1000 + 500 + k, reference,
+            volume, brain = rescan.varied_phantom(args.seed * 1000 + 500 + k, reference,
                                                 template.rule, voxel_size=args.voxel,
                                                 amplitude_mm=0.0)
             subject = Subject(f"plain{k}", volume, brain)
             alignment = aligned(volume, brain)
             subject.descriptors["gallery"] = describe(
                 volume, alignment.registration.subject_to_template)
-            again, motion = reid.simulate_rescan(volume, rng)
+            again, motion = rescan.simulate_rescan(volume, rng)
             carried = carry(brain, volume, again, np.linalg.inv(motion))
             subject.descriptors["rescan"] = describe(
                 again, aligned(again, carried).registration.subject_to_template)

@@ -17,10 +17,11 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
-from isyb.evaluate import reid
+from isyb.evaluate import reid, surface_match
 from isyb.head.morphology import head_mask, skin_threshold
 from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume, volume_from_image
+from isyb.synthetic import rescan
 from isyb.synthetic.phantom import Label, make_phantom, to_nifti
 
 N_PHANTOMS = 6
@@ -48,7 +49,7 @@ def _moved(depth: np.ndarray, rotation_deg: tuple[float, float, float],
     """The same surface seen after a rigid motion: its points moved, then re-gridded."""
     from scipy.interpolate import griddata
 
-    points = reid.surface_points(depth)
+    points = surface_match.surface_points(depth)
     rot = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix()
     centre = points.mean(axis=0)
     moved = (points - centre) @ rot.T + centre + np.asarray(shift)
@@ -66,36 +67,36 @@ def test_similarity_fit_recovers_a_known_transform() -> None:
     points = rng.normal(size=(200, 3)) * 30
     rot = Rotation.from_euler("xyz", [4, -3, 7], degrees=True).as_matrix()
     target = 1.04 * points @ rot.T + np.array([2.0, -5.0, 1.0])
-    s, rotation, shift = reid.similarity_fit(points, target)
+    s, rotation, shift = surface_match.similarity_fit(points, target)
     assert s == pytest.approx(1.04, abs=1e-9)
     np.testing.assert_allclose(rotation, rot, atol=1e-9)
     np.testing.assert_allclose(shift, [2.0, -5.0, 1.0], atol=1e-9)
-    assert reid.similarity_fit(points, target, scale=False)[0] == 1.0
+    assert surface_match.similarity_fit(points, target, scale=False)[0] == 1.0
 
 
 def test_surface_distance_ignores_pose_but_sees_the_face() -> None:
     face = _face_surface(NOSE)
-    assert reid.descriptor_distance(face, face) == pytest.approx(0.0, abs=1e-6)
+    assert surface_match.descriptor_distance(face, face) == pytest.approx(0.0, abs=1e-6)
     posed = _moved(face, (3.0, -4.0, 3.0), (3.0, 6.0, -2.0))
     other = _face_surface(OTHER)
-    same = reid.descriptor_distance(posed, face)
-    different = reid.descriptor_distance(other, face)
+    same = surface_match.descriptor_distance(posed, face)
+    different = surface_match.descriptor_distance(other, face)
     assert same < 0.05  # mm: re-gridding error only
     assert different > 10 * same
     # a change of the coarse shape only: the surface distance sees it, the detail
     # distance (5 mm high-pass) hardly does, but still sees other features
     flatter = face + 0.002 * (np.arange(120)[None, :] - 60.0) ** 2
-    assert reid.descriptor_distance(flatter, face) > 0.5
-    detail_flatter = reid.descriptor_distance(flatter, face, highpass_mm=5.0)
-    assert detail_flatter < 0.5 * reid.descriptor_distance(other, face, highpass_mm=5.0)
+    assert surface_match.descriptor_distance(flatter, face) > 0.5
+    detail_flatter = surface_match.descriptor_distance(flatter, face, highpass_mm=5.0)
+    assert detail_flatter < 0.5 * surface_match.descriptor_distance(other, face, highpass_mm=5.0)
 
 
 def test_distance_needs_overlap_and_one_frame() -> None:
     face = _face_surface(NOSE)
     empty = np.full_like(face, np.nan)
-    assert reid.descriptor_distance(empty, face) == float("inf")
+    assert surface_match.descriptor_distance(empty, face) == float("inf")
     with pytest.raises(ValueError, match="different frames"):
-        reid.descriptor_distance(face[:100], face)
+        surface_match.descriptor_distance(face[:100], face)
 
 
 def test_identification_counts_ties_as_random() -> None:
@@ -119,15 +120,15 @@ def test_identification_counts_ties_as_random() -> None:
 
 @pytest.fixture(scope="module")
 def phantom_volume() -> tuple[Volume, object]:
-    phantom = make_phantom(voxel_size=VOXEL_MM, fov_mm=reid.PHANTOM_FOV_MM,
-                           fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=7)
+    phantom = make_phantom(voxel_size=VOXEL_MM, fov_mm=rescan.PHANTOM_FOV_MM,
+                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=7)
     return volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32)), phantom
 
 
 def test_rescan_moves_regrids_and_renoises(phantom_volume) -> None:
     volume, _ = phantom_volume
     rng = np.random.default_rng(3)
-    again, motion = reid.simulate_rescan(volume, rng)
+    again, motion = rescan.simulate_rescan(volume, rng)
     angle = np.degrees(Rotation.from_matrix(motion[:3, :3]).magnitude())
     assert 0 < angle <= 5.0 * np.sqrt(3)
     ratio = again.zooms / volume.zooms
@@ -137,7 +138,7 @@ def test_rescan_moves_regrids_and_renoises(phantom_volume) -> None:
     head = volume.data > skin_threshold(volume.data)
     inner = head & (back > 0)
     residual = back[inner] - volume.data[inner]
-    level = reid.tissue_level(volume.data)
+    level = rescan.tissue_level(volume.data)
     assert abs(float(np.median(residual))) < 0.05 * level
     air = again.data[:8, :8, -8:]  # a corner of the FOV: Rician noise of ~4 % of the tissue level
     assert 0.02 * level < float(air.mean()) < 0.12 * level
@@ -148,10 +149,10 @@ def test_vary_face_moves_only_the_face_and_keeps_it_whole(phantom_volume,
     volume, phantom = phantom_volume
     intracranial = phantom.mask(Label.GM, Label.WM, Label.CSF)
     alignment = align(volume, default_template, brain=intracranial)
-    weight = reid.face_weight(volume, alignment.registration.subject_to_template,
+    weight = rescan.face_weight(volume, alignment.registration.subject_to_template,
                               default_template.rule, brain=intracranial)
     assert weight.max() == pytest.approx(1.0) and weight.min() == 0.0
-    varied = reid.vary_face(volume, weight, np.random.default_rng(5))
+    varied = rescan.vary_face(volume, weight, np.random.default_rng(5))
     changed = np.abs(varied.data - volume.data) > 1e-3
     assert not changed[weight == 0].any()
     assert not changed[intracranial].any()
@@ -160,7 +161,7 @@ def test_vary_face_moves_only_the_face_and_keeps_it_whole(phantom_volume,
     # a smooth warp: the face stays attached to the head (no tear, no fold)
     head = head_mask(varied.data, skin_threshold(varied.data))
     assert head[nose & (varied.data > skin_threshold(varied.data))].mean() > 0.99
-    again = reid.vary_face(volume, weight, np.random.default_rng(5))
+    again = rescan.vary_face(volume, weight, np.random.default_rng(5))
     np.testing.assert_array_equal(again.data, varied.data)
 
 
@@ -198,7 +199,7 @@ def _add_subject(cohort: Cohort, template, name: str, volume: Volume, brain: np.
     cohort.alignments.append(alignment)
     cohort.add("gallery", reid.face_descriptor(
         volume, alignment.registration.subject_to_template, cohort.frame))
-    again, motion = reid.simulate_rescan(volume, rng)
+    again, motion = rescan.simulate_rescan(volume, rng)
     # the re-scan's own brain mask: the gallery's, carried by the known head motion
     # (what a perfect brain extractor would find); its registration is its own
     carried = resample_to(alignment.brain.astype(np.float32), volume.affine, again.shape,
@@ -211,14 +212,14 @@ def _add_subject(cohort: Cohort, template, name: str, volume: Volume, brain: np.
 @pytest.fixture(scope="module")
 def phantom_cohort(default_template) -> Cohort:
     cohort = Cohort(reid.frame_for(default_template))
-    reference = make_phantom(voxel_size=VOXEL_MM, fov_mm=reid.PHANTOM_FOV_MM,
-                             fov_center_mm=reid.PHANTOM_FOV_CENTRE_MM, seed=99)
+    reference = make_phantom(voxel_size=VOXEL_MM, fov_mm=rescan.PHANTOM_FOV_MM,
+                             fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=99)
     reference_to_template = align(
         volume_from_image(to_nifti(reference, "RAS", dtype=np.float32)), default_template,
         brain=reference.mask(Label.GM, Label.WM, Label.CSF)).registration.subject_to_template
     rng = np.random.default_rng(2024)
     for k in range(N_PHANTOMS):
-        volume, brain = reid.varied_phantom(k, reference_to_template, default_template.rule,
+        volume, brain = rescan.varied_phantom(k, reference_to_template, default_template.rule,
                                             voxel_size=VOXEL_MM)
         _add_subject(cohort, default_template, f"phantom{k}", volume, brain, rng)
     for method in ("remove", "blur", "noise"):
@@ -229,10 +230,10 @@ def phantom_cohort(default_template) -> Cohort:
 
 def test_same_head_in_two_poses_is_closer_than_another_head(phantom_cohort: Cohort) -> None:
     gallery, rescans = phantom_cohort.descriptors["gallery"], phantom_cohort.descriptors["rescan"]
-    own = [reid.descriptor_distance(rescans[i], gallery[i]) for i in range(N_PHANTOMS)]
-    others = [reid.descriptor_distance(rescans[i], gallery[j])
+    own = [surface_match.descriptor_distance(rescans[i], gallery[i]) for i in range(N_PHANTOMS)]
+    others = [surface_match.descriptor_distance(rescans[i], gallery[j])
               for i in range(N_PHANTOMS) for j in range(N_PHANTOMS) if i != j]
-    assert own[0] < min(reid.descriptor_distance(rescans[0], g) for g in gallery[1:])
+    assert own[0] < min(surface_match.descriptor_distance(rescans[0], g) for g in gallery[1:])
     assert np.median(own) < 0.6 * np.median(others)
 
 

@@ -34,13 +34,29 @@ thicknesses are fixed in mm (skin and subcutaneous fat 5 mm, skull 7 mm, CSF
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+
+from isyb.synthetic.shapes import (
+    Geometry,
+    Sdf,
+    bias_field,
+    ellipsoid_bounds,
+    grid_axes,
+    sd_ellipse2,
+    sd_ellipsoid,
+    sd_quadrant,
+    sd_round_cone,
+    smax,
+    smin,
+    subtract_into,
+    union_into,
+)
 
 __all__ = [
     "BRAIN_LABELS",
@@ -167,242 +183,14 @@ class Phantom:
 
 
 # ---------------------------------------------------------------------------
-# Signed distance functions (mm, negative inside); arguments broadcast.
-
-
-def _sd_ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                  c: Sequence[float], r: Sequence[float]) -> np.ndarray:
-    """Approximate SDF of an axis-aligned ellipsoid (exact on its axes and surface)."""
-    px, py, pz = (x - c[0]) / r[0], (y - c[1]) / r[1], (z - c[2]) / r[2]
-    k0 = np.sqrt(px * px + py * py + pz * pz)
-    k1 = np.sqrt((px / r[0]) ** 2 + (py / r[1]) ** 2 + (pz / r[2]) ** 2)
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
-
-
-def _sd_ellipse2(x: np.ndarray, y: np.ndarray, c: Sequence[float],
-                 r: Sequence[float]) -> np.ndarray:
-    """Approximate SDF of an infinite elliptic cylinder along z (2-D ellipse in x, y)."""
-    px, py = (x - c[0]) / r[0], (y - c[1]) / r[1]
-    k0 = np.sqrt(px * px + py * py)
-    k1 = np.sqrt((px / r[0]) ** 2 + (py / r[1]) ** 2)
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
-
-
-def _sd_round_cone(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: Sequence[float],
-                   b: Sequence[float], r1: float, r2: float) -> np.ndarray:
-    """Exact SDF of a round cone: spheres of radius r1 at a and r2 at b, and their hull."""
-    ba = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    l2 = float(ba @ ba)
-    rr = r1 - r2
-    a2 = l2 - rr * rr
-    il2 = 1.0 / l2
-    pax, pay, paz = x - a[0], y - a[1], z - a[2]
-    t = pax * ba[0] + pay * ba[1] + paz * ba[2]
-    u = t - l2
-    x2 = ((pax * l2 - ba[0] * t) ** 2 + (pay * l2 - ba[1] * t) ** 2
-          + (paz * l2 - ba[2] * t) ** 2)
-    y2 = t * t * l2
-    z2 = u * u * l2
-    k = np.sign(rr) * rr * rr * x2
-    d_side = (np.sqrt(x2 * a2 * il2) + t * rr) * il2 - r1
-    d_b = np.sqrt(x2 + z2) * il2 - r2
-    d_a = np.sqrt(x2 + y2) * il2 - r1
-    return np.where(np.sign(u) * a2 * z2 > k, d_b, np.where(np.sign(t) * a2 * y2 < k, d_a, d_side))
-
-
-def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
-    """Polynomial smooth minimum (smooth union of SDFs); equals min where |a-b| >= k."""
-    out = np.minimum(a, b)
-    if k <= 0:
-        return out
-    h = np.subtract(a, b)
-    np.abs(h, out=h)
-    np.subtract(np.float32(k), h, out=h)
-    np.maximum(h, np.float32(0.0), out=h)
-    h *= h
-    h *= np.float32(0.25 / k)
-    out -= h
-    return out
-
-
-def _smax(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
-    """Polynomial smooth maximum (smooth intersection of SDFs)."""
-    return -_smin(-a, -b, k)
-
-
-def _sd_quadrant(u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
-    """SDF of the region {u > 0 and v > 0} with its corner rounded by ``radius`` (mm)."""
-    qu, qv = radius - u, radius - v
-    outside = np.sqrt(np.maximum(qu, 0.0) ** 2 + np.maximum(qv, 0.0) ** 2)
-    return outside + np.minimum(np.maximum(qu, qv), 0.0) - radius
-
-
-# ---------------------------------------------------------------------------
 # Evaluation on boxes of the grid, so that small shapes cost little.
-
-
-@dataclass
-class _Grid:
-    xs: np.ndarray  # world mm of the voxel centres along each axis (float32)
-    ys: np.ndarray
-    zs: np.ndarray
-
-    def box(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice] | None:
-        """Index slices of the voxels whose centres lie in [lo, hi] (world mm)."""
-        sl = []
-        for axis, lo_i, hi_i in zip((self.xs, self.ys, self.zs), lo, hi, strict=True):
-            i0 = int(np.searchsorted(axis, lo_i, side="left"))
-            i1 = int(np.searchsorted(axis, hi_i, side="right"))
-            if i1 <= i0:
-                return None
-            sl.append(slice(i0, i1))
-        return sl[0], sl[1], sl[2]
-
-    def coords(self, sl: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Broadcastable world coordinates (x, y, z) of a box."""
-        return (self.xs[sl[0], None, None], self.ys[None, sl[1], None],
-                self.zs[None, None, sl[2]])
-
-
-_Sdf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def _ellipsoid_bounds(c: Sequence[float], r: Sequence[float],
-                      margin: float) -> tuple[list[float], list[float]]:
-    return ([c[i] - r[i] - margin for i in range(3)], [c[i] + r[i] + margin for i in range(3)])
-
-
-def _union_into(out: np.ndarray, grid: _Grid, sdf: _Sdf, lo: Sequence[float],
-                hi: Sequence[float], k: float) -> None:
-    """``out = smin(out, sdf, k)`` over the box [lo, hi] (world mm).
-
-    The box must hold every voxel where ``sdf < k`` so that skipping the
-    rest of the grid changes no inside/outside decision.
-    """
-    sl = grid.box(lo, hi)
-    if sl is None:
-        return
-    out[sl] = _smin(out[sl], sdf(*grid.coords(sl)).astype(np.float32), k)
-
-
-def _subtract_into(out: np.ndarray, grid: _Grid, sdf: _Sdf, lo: Sequence[float],
-                   hi: Sequence[float]) -> None:
-    """``out = max(out, -sdf)`` (carve a shape out) over the box [lo, hi]."""
-    sl = grid.box(lo, hi)
-    if sl is None:
-        return
-    out[sl] = np.maximum(out[sl], -sdf(*grid.coords(sl)).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------
 # Geometry of the head
 
 
-@dataclass
-class _Geometry:
-    """Scaled shape parameters (world mm) of one head."""
-
-    sx: float
-    sy: float
-    sz: float
-
-    def p(self, x: float, y: float, z: float) -> tuple[float, float, float]:
-        """A reference-head point scaled to this head."""
-        return (x * self.sx, y * self.sy, z * self.sz)
-
-    @property
-    def s_mean(self) -> float:
-        return float((self.sx * self.sy * self.sz) ** (1.0 / 3.0))
-
-    # Cranium: vertex at z = +100, forehead at y = +95, sides at x = +-75 (reference).
-    @property
-    def cranium(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return (0.0, 0.0, 0.0), self.p(75.0, 95.0, 100.0)
-
-    def base_ellipsoids(self) -> list[tuple[tuple[float, ...], tuple[float, ...], float]]:
-        """(centre, radii, smoothing k) of the ellipsoids added to the cranium."""
-        p = self.p
-        return [
-            (p(0, 78, -4), p(48, 14, 9), 6.0),  # brow ridge
-            (p(0, 46, -52), p(50, 44, 34), 10.0),  # mid face / maxilla
-            (p(36, 60, -40), p(24, 20, 17), 8.0),  # right cheek
-            (p(-36, 60, -40), p(24, 20, 17), 8.0),  # left cheek
-            (p(0, 32, -86), p(52, 50, 30), 10.0),  # mandible / lower face
-            (p(0, 70, -108), p(20, 13, 17), 8.0),  # chin (menton at z = -125)
-        ]
-
-    # Neck: elliptic cylinder below the head, down to the bottom of the FOV.
-    @property
-    def neck(self) -> tuple[tuple[float, float], tuple[float, float], float]:
-        return (0.0, -8.0 * self.sy), (52.0 * self.sx, 50.0 * self.sy), -70.0 * self.sz
-
-    @property
-    def neck_top_z(self) -> float:
-        """Soft tissue inside the neck cylinder below this z is labelled NECK."""
-        return -108.0 * self.sz
-
-    @property
-    def eye_radius(self) -> float:
-        return 12.0 * self.s_mean
-
-    def eyes(self) -> list[tuple[float, ...]]:
-        return [self.p(32, 70, -20), self.p(-32, 70, -20)]
-
-    def sockets(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
-        """Ellipsoids carved out of the face in front of each eye (eye sockets)."""
-        return [(self.p(sign * 32, 86, -20), self.p(17, 8, 12)) for sign in (1, -1)]
-
-    # Intracranial volume: cranium shrunk by skin + skull, minus the region in
-    # front of y_cut and below z_cut (orbits, nose and face under the frontal lobe).
-    @property
-    def icv_cut(self) -> tuple[float, float]:
-        return 46.0 * self.sy, 4.0 * self.sz
-
-    def ventricles(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
-        return [(self.p(sign * 9, 0, 12), self.p(5, 24, 9)) for sign in (1, -1)]
-
-    # Features
-    @property
-    def nose(self) -> tuple[tuple[float, ...], tuple[float, ...], float, float,
-                            tuple[float, ...], tuple[float, ...]]:
-        """Bridge round cone (a, b, r1, r2) and alae ellipsoid (centre, radii)."""
-        s = self.s_mean
-        return (self.p(0, 88, -18), self.p(0, 104, -50), 5.0 * s, 8.0 * s,
-                self.p(0, 92, -52), self.p(16, 10, 7))
-
-    def lips(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
-        return [(self.p(0, 86, -66), self.p(25, 7, 6)),  # upper lip
-                (self.p(0, 84, -78), self.p(22, 6.5, 6))]  # lower lip
-
-    def ears(self) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
-        return [(self.p(sign * 80, -10, -22), self.p(9, 15, 30)) for sign in (1, -1)]
-
-
 # ---------------------------------------------------------------------------
-
-
-def _grid_axes(voxel_size: np.ndarray, fov_mm: np.ndarray,
-               center: np.ndarray) -> tuple[_Grid, np.ndarray]:
-    n = np.maximum(np.round(fov_mm / voxel_size).astype(int), 1)
-    origin = center - (n - 1) / 2.0 * voxel_size
-    axes = [(origin[i] + np.arange(n[i]) * voxel_size[i]).astype(np.float32) for i in range(3)]
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag(voxel_size)
-    affine[:3, 3] = origin
-    return _Grid(*axes), affine
-
-
-def _bias_field(grid: _Grid, amplitude: float) -> np.ndarray:
-    """Smooth multiplicative field 1 + amplitude * b(x, y, z), with |b| <= 1 over the FOV."""
-    def norm(a: np.ndarray) -> np.ndarray:
-        span = max(float(a[-1] - a[0]), 1e-6)
-        return (2.0 * (a - a[0]) / span - 1.0).astype(np.float32)
-
-    xn = norm(grid.xs)[:, None, None]
-    yn = norm(grid.ys)[None, :, None]
-    zn = norm(grid.zs)[None, None, :]
-    b = 0.35 * xn + 0.25 * yn - 0.3 * zn + 0.1 * (xn * xn - yn * yn)
-    return (1.0 + amplitude * b).astype(np.float32)
 
 
 def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _REF_LENGTH,
@@ -456,8 +244,8 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
     for name, s in scales.items():
         if not _MIN_SCALE <= s <= _MAX_SCALE:
             raise ValueError(f"{name} must be within {_MIN_SCALE}..{_MAX_SCALE} times its default")
-    geo = _Geometry(scales["width"], scales["length"], scales["height"])
-    grid, affine = _grid_axes(vs, fov, center)
+    geo = Geometry(scales["width"], scales["length"], scales["height"])
+    grid, affine = grid_axes(vs, fov, center)
     shape = (grid.xs.size, grid.ys.size, grid.zs.size)
     far = np.float32(1e4)
     big = 1e4
@@ -465,27 +253,27 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
     # --- base head (cranium, face, jaw, neck, eyelids), without the features
     c_cran, r_cran = geo.cranium
     x, y, z = grid.coords((slice(None), slice(None), slice(None)))
-    cranium = _sd_ellipsoid(x, y, z, c_cran, r_cran).astype(np.float32)
+    cranium = sd_ellipsoid(x, y, z, c_cran, r_cran).astype(np.float32)
     base = cranium.copy()
     for c, r, k in geo.base_ellipsoids():
-        _union_into(base, grid, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
-                    *_ellipsoid_bounds(c, r, k + 2.0), k)
+        union_into(base, grid, lambda x, y, z, c=c, r=r: sd_ellipsoid(x, y, z, c, r),
+                    *ellipsoid_bounds(c, r, k + 2.0), k)
     (ncx, ncy), (nrx, nry), ntop = geo.neck
     k_neck = 12.0
 
     def neck_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return np.maximum(_sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)), z - ntop)
+        return np.maximum(sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)), z - ntop)
 
-    _union_into(base, grid, neck_sdf, (ncx - nrx - 14, ncy - nry - 14, -big),
+    union_into(base, grid, neck_sdf, (ncx - nrx - 14, ncy - nry - 14, -big),
                 (ncx + nrx + 14, ncy + nry + 14, ntop + 14), k_neck)
     for c, r in geo.sockets():
-        _subtract_into(base, grid, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
-                       *_ellipsoid_bounds(c, r, 1.0))
+        subtract_into(base, grid, lambda x, y, z, c=c, r=r: sd_ellipsoid(x, y, z, c, r),
+                       *ellipsoid_bounds(c, r, 1.0))
     r_eye = geo.eye_radius
     r_lid = r_eye + _LID_MM
     for c in geo.eyes():
-        _union_into(base, grid, lambda x, y, z, c=c: _sd_ellipsoid(x, y, z, c, (r_lid,) * 3),
-                    *_ellipsoid_bounds(c, (r_lid,) * 3, 3.0), 1.5)
+        union_into(base, grid, lambda x, y, z, c=c: sd_ellipsoid(x, y, z, c, (r_lid,) * 3),
+                    *ellipsoid_bounds(c, (r_lid,) * 3, 3.0), 1.5)
 
     # --- features (nose, lips, ears): their own SDF, blended onto the base head
     feat = np.full(shape, far, dtype=np.float32)
@@ -494,24 +282,24 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
     a, b, r1, r2, c_alae, r_alae = geo.nose
 
     def nose_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return _smin(_sd_round_cone(x, y, z, a, b, r1, r2),
-                     _sd_ellipsoid(x, y, z, c_alae, r_alae), 5.0)
+        return smin(sd_round_cone(x, y, z, a, b, r1, r2),
+                     sd_ellipsoid(x, y, z, c_alae, r_alae), 5.0)
 
     nose_lo = [min(a[i] - r1, b[i] - r2, c_alae[i] - r_alae[i]) - 8 for i in range(3)]
     nose_hi = [max(a[i] + r1, b[i] + r2, c_alae[i] + r_alae[i]) + 8 for i in range(3)]
-    features: list[tuple[Label, _Sdf, Sequence[float], Sequence[float]]] = [
+    features: list[tuple[Label, Sdf, Sequence[float], Sequence[float]]] = [
         (Label.NOSE, nose_sdf, nose_lo, nose_hi)]
     (cu, ru), (cl, rl) = geo.lips()
 
     def lips_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return _smin(_sd_ellipsoid(x, y, z, cu, ru), _sd_ellipsoid(x, y, z, cl, rl), 2.0)
+        return smin(sd_ellipsoid(x, y, z, cu, ru), sd_ellipsoid(x, y, z, cl, rl), 2.0)
 
     lips_lo = [min(cu[i] - ru[i], cl[i] - rl[i]) - 8 for i in range(3)]
     lips_hi = [max(cu[i] + ru[i], cl[i] + rl[i]) + 8 for i in range(3)]
     features.append((Label.LIPS, lips_sdf, lips_lo, lips_hi))
     for c, r in geo.ears():
-        features.append((Label.EARS, lambda x, y, z, c=c, r=r: _sd_ellipsoid(x, y, z, c, r),
-                         *_ellipsoid_bounds(c, r, 8.0)))
+        features.append((Label.EARS, lambda x, y, z, c=c, r=r: sd_ellipsoid(x, y, z, c, r),
+                         *ellipsoid_bounds(c, r, 8.0)))
     head = base.copy()
     for lab, sdf, lo, hi in features:
         sl = grid.box(lo, hi)
@@ -521,19 +309,19 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
         closer = d < feat[sl]
         feat[sl] = np.where(closer, d, feat[sl])
         feat_label[sl] = np.where(closer, np.uint8(lab), feat_label[sl])
-        head[sl] = _smin(head[sl], d, k_feat)
+        head[sl] = smin(head[sl], d, k_feat)
 
     # --- labels, painted from the outside in
     labels = np.zeros(shape, dtype=np.uint8)
     in_base = base < 0
     labels[in_base] = Label.MUSCLE
-    neck_zone = (_sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)) < 0) & (z < geo.neck_top_z)
+    neck_zone = (sd_ellipse2(x, y, (ncx, ncy), (nrx, nry)) < 0) & (z < geo.neck_top_z)
     labels[in_base & neck_zone] = Label.NECK
     del neck_zone
 
     y_cut, z_cut = geo.icv_cut
-    icv = _smax(cranium + np.float32(_SKIN_MM + _SKULL_MM),
-                -_sd_quadrant(y - np.float32(y_cut), np.float32(z_cut) - z, 8.0), 8.0)
+    icv = smax(cranium + np.float32(_SKIN_MM + _SKULL_MM),
+                -sd_quadrant(y - np.float32(y_cut), np.float32(z_cut) - z, 8.0), 8.0)
     del cranium
     labels[in_base & (icv < _SKULL_MM + 1.0)] = Label.SKULL
     labels[icv < 0] = Label.CSF
@@ -546,18 +334,18 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
         sub = labels[sl_f]
         sub[np.isin(sub, (Label.GM, Label.WM))] = Label.CSF
     for c, r in geo.ventricles():
-        sl = grid.box(*_ellipsoid_bounds(c, r, 1.0))
+        sl = grid.box(*ellipsoid_bounds(c, r, 1.0))
         if sl is not None:
-            inside = _sd_ellipsoid(*grid.coords(sl), c, r) < 0
+            inside = sd_ellipsoid(*grid.coords(sl), c, r) < 0
             sub = labels[sl]
             sub[inside & (sub == Label.WM)] = Label.CSF
     labels[in_base & (base > -_SKIN_MM) & (icv > 0)] = Label.SKIN
     del icv
     for c in geo.eyes():
-        sl = grid.box(*_ellipsoid_bounds(c, (r_eye,) * 3, 1.0))
+        sl = grid.box(*ellipsoid_bounds(c, (r_eye,) * 3, 1.0))
         if sl is not None:
             sub = labels[sl]
-            sub[_sd_ellipsoid(*grid.coords(sl), c, (r_eye,) * 3) < 0] = Label.EYES
+            sub[sd_ellipsoid(*grid.coords(sl), c, (r_eye,) * 3) < 0] = Label.EYES
     # Voxels added by the smooth union take the feature's label near the
     # feature and the skin's label elsewhere, so that no stray feature voxels
     # speckle the head surface.
@@ -583,14 +371,14 @@ def make_phantom(*, voxel_size: float | Sequence[float] = 1.0, length: float = _
     r_lens = (4.5 * geo.s_mean, 2.0 * geo.s_mean, 4.5 * geo.s_mean)
     for c in geo.eyes():
         c_lens = (c[0], c[1] + r_eye - 2.5 * geo.s_mean, c[2])
-        sl = grid.box(*_ellipsoid_bounds(c_lens, r_lens, 1.0))
+        sl = grid.box(*ellipsoid_bounds(c_lens, r_lens, 1.0))
         if sl is not None:
             sub = image[sl]
-            inside = (_sd_ellipsoid(*grid.coords(sl), c_lens, r_lens) < 0) & (
+            inside = (sd_ellipsoid(*grid.coords(sl), c_lens, r_lens) < 0) & (
                 labels[sl] == Label.EYES)
             sub[inside] = LENS_INTENSITY
     if bias:
-        image *= _bias_field(grid, float(bias))
+        image *= bias_field(grid, float(bias))
     if noise_sd > 0:
         rng = np.random.default_rng(seed)
         sd = np.float32(noise_sd)

@@ -248,12 +248,12 @@ def test_syn_improves_on_affine_for_a_warped_subject(template, tmp_path):
 def test_to_template_matches_ants_apply_transforms(template, subject, affine_normalization):
     import ants
 
-    from isyb.derive.normalize import _ants_image
+    from isyb.head.ants import to_ants
 
     norm, _ = affine_normalization
     ours = to_template(subject["head"], SUBJECT_AFFINE, norm, template)
-    theirs = ants.apply_transforms(_ants_image(template.head, template.affine),
-                                   _ants_image(subject["head"], SUBJECT_AFFINE),
+    theirs = ants.apply_transforms(to_ants(template.head, template.affine),
+                                   to_ants(subject["head"], SUBJECT_AFFINE),
                                    list(norm.forward), whichtoinvert=[False]).numpy()
     inside = ndimage.binary_erosion(
         to_template(np.ones(SUBJECT_SHAPE, np.float32), SUBJECT_AFFINE, norm, template) > 0.999)
@@ -262,8 +262,8 @@ def test_to_template_matches_ants_apply_transforms(template, subject, affine_nor
 
     labels = (subject["brain"].astype(np.int16) + subject["blob"]).astype(np.int16)
     ours = to_template(labels, SUBJECT_AFFINE, norm, template, interpolation="genericLabel")
-    theirs = ants.apply_transforms(_ants_image(template.head, template.affine),
-                                   _ants_image(labels, SUBJECT_AFFINE), list(norm.forward),
+    theirs = ants.apply_transforms(to_ants(template.head, template.affine),
+                                   to_ants(labels, SUBJECT_AFFINE), list(norm.forward),
                                    interpolator="genericLabel").numpy()
     assert ours.dtype == np.int16 and set(np.unique(ours)) == {0, 1, 2}
     assert np.mean(ours[inside] == np.rint(theirs[inside])) > 0.99

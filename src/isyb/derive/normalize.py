@@ -5,7 +5,7 @@ millimetres (``isyb.io.load_volume``). Every 4×4 ``matrix`` here maps RAS
 world millimetres of one image to RAS world millimetres of another. ANTs works
 in LPS physical space; images are handed to it with their full geometry
 (origin, spacing, direction cosines) and its affine files are read back
-through the flip ``diag(-1, -1, 1)``.
+through the flip ``diag(-1, -1, 1)``, both by :mod:`isyb.head.ants`.
 
 * :func:`normalization_template`: nilearn's offline ICBM 2009a nonlinear
   symmetric template (Fonov et al. 2009/2011), the target of group maps and
@@ -39,11 +39,10 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from isyb.errors import IsybError, RegistrationError
-from isyb.head.register import _ants_affine, _normalise, dice, resample_to, working_grid
+from isyb.head.ants import FLIP, read_affine, to_ants
+from isyb.head.register import dice, resample_to, scale_to_unit, working_grid
 from isyb.io import atomic_path, write_text
 
-#: RAS <-> LPS world flip (its own inverse).
-FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEED = 42
 KINDS_COREGISTER = ("Rigid", "Affine")
 KINDS_NORMALIZE = ("SyN", "Affine")
@@ -154,18 +153,6 @@ def _zooms(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
 
-def _ants_image(data: np.ndarray, affine: np.ndarray):
-    """An ANTs image of a 3-D array placed at its world position (RAS affine -> LPS)."""
-    import ants
-
-    zooms = _zooms(affine)
-    lps = FLIP @ affine
-    return ants.from_numpy(np.ascontiguousarray(data, dtype=np.float32),
-                           origin=tuple(float(v) for v in lps[:3, 3]),
-                           spacing=tuple(float(v) for v in zooms),
-                           direction=lps[:3, :3] / zooms)
-
-
 def _work_grid(data: np.ndarray, affine: np.ndarray,
                spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """``data`` block-averaged onto an isotropic ``spacing_mm`` grid when it is finer.
@@ -180,11 +167,6 @@ def _work_grid(data: np.ndarray, affine: np.ndarray,
     size = np.maximum(np.rint(spacing_mm / _zooms(affine)), 1)
     grid_affine[:3, 3] += affine[:3, :3] @ ((size - 1) / 2 - size // 2)
     return grid, grid_affine
-
-
-def _ras_matrix(path: str) -> np.ndarray:
-    """An ANTs affine file as a 4×4 map of fixed RAS mm to moving RAS mm."""
-    return FLIP @ _ants_affine(path) @ FLIP
 
 
 def coregister(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray,
@@ -220,14 +202,14 @@ def coregister(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray,
     mask = None
     if fixed_mask is not None:
         fixed_mask = _check_mask(fixed_mask, fixed.shape, "the fixed mask")
-        mask = _ants_image(_work_grid(fixed_mask.astype(np.float32), fixed_affine, spacing)[0]
+        mask = to_ants(_work_grid(fixed_mask.astype(np.float32), fixed_affine, spacing)[0]
                            > 0.5, fix_aff)
     with tempfile.TemporaryDirectory(prefix="isyb-coreg-") as tmp:
         result = ants.registration(
-            _ants_image(_normalise(fix), fix_aff), _ants_image(_normalise(mov), mov_aff),
+            to_ants(scale_to_unit(fix), fix_aff), to_ants(scale_to_unit(mov), mov_aff),
             type_of_transform=kind, mask=mask, outprefix=os.path.join(tmp, "coreg_"),
             **LINEAR_SETTINGS)
-        return _ras_matrix(result["fwdtransforms"][0])
+        return read_affine(result["fwdtransforms"][0])
 
 
 @dataclass(frozen=True)
@@ -313,8 +295,8 @@ def normalize(t1w: np.ndarray, t1w_affine: np.ndarray, t1w_brain: np.ndarray,
 
     ants.config.set_ants_deterministic(True, seed)
     start = time.perf_counter()
-    fixed, moving = _ants_image(_normalise(fix), fix_aff), _ants_image(_normalise(mov), mov_aff)
-    metric_mask = _ants_image(ndimage.binary_dilation(fix_brain, iterations=MASK_DILATION),
+    fixed, moving = to_ants(scale_to_unit(fix), fix_aff), to_ants(scale_to_unit(mov), mov_aff)
+    metric_mask = to_ants(ndimage.binary_dilation(fix_brain, iterations=MASK_DILATION),
                               fix_aff)
     with tempfile.TemporaryDirectory(prefix="isyb-norm-") as tmp:
         result = ants.registration(fixed, moving, type_of_transform="Affine", mask=metric_mask,
@@ -325,7 +307,7 @@ def normalize(t1w: np.ndarray, t1w_affine: np.ndarray, t1w_brain: np.ndarray,
                                        initial_transform=forward,
                                        outprefix=os.path.join(tmp, "syn_"), **SYN_SETTINGS)
             forward = list(result["fwdtransforms"])
-        carried = ants.apply_transforms(fixed, _ants_image(mov_brain, mov_aff), forward,
+        carried = ants.apply_transforms(fixed, to_ants(mov_brain, mov_aff), forward,
                                         interpolator="linear",
                                         whichtoinvert=[False] * len(forward))
         score = dice(carried.numpy() > 0.5, fix_brain)
@@ -351,7 +333,7 @@ def _template_points(normalization: Normalization, template: TemplateImages) -> 
     """Subject RAS mm (N×3, C order) of every template voxel, through the forward transforms."""
     import ants
 
-    reference = _ants_image(np.zeros(template.shape, dtype=np.float32), template.affine)
+    reference = to_ants(np.zeros(template.shape, dtype=np.float32), template.affine)
     forward = list(normalization.forward)
     with tempfile.TemporaryDirectory(prefix="isyb-compose-") as tmp:
         path = ants.apply_transforms(reference, reference, forward,

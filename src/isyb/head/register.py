@@ -20,13 +20,18 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from isyb.errors import RegistrationError
+from isyb.head.ants import read_affine, to_ants
 from isyb.head.grid import strided_box_mean
+
+if TYPE_CHECKING:
+    import ants
 
 #: Starts tried in order, as (name, pitch, yaw, roll) in degrees about the
 #: brain centroid (pitch about Right, yaw about Superior, roll about Anterior).
@@ -80,7 +85,7 @@ class TemplateGrid:
         """Bring a RAS head array and its boolean brain mask onto the working grid."""
         grid, grid_affine = working_grid(head, affine, spacing_mm)
         brain_grid = working_grid(brain.astype(np.float32), affine, spacing_mm)[0]
-        return cls(_normalise(grid), brain_grid, grid_affine, float(spacing_mm))
+        return cls(scale_to_unit(grid), brain_grid, grid_affine, float(spacing_mm))
 
 
 def working_grid(data: np.ndarray, affine: np.ndarray, spacing_mm: float,
@@ -130,7 +135,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / total) if total else 0.0
 
 
-def _normalise(data: np.ndarray) -> np.ndarray:
+def scale_to_unit(data: np.ndarray) -> np.ndarray:
+    """``data`` over its 99.5th percentile of positive voxels, clipped to 0..1.2 (float32):
+    what every registration hands ANTs, so that scans of any scale weigh the same."""
     high = np.percentile(data[data > 0], 99.5) if np.any(data > 0) else 1.0
     return np.clip(data / max(high, 1e-6), 0, 1.2).astype(np.float32)
 
@@ -140,12 +147,12 @@ def _centroid_world(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ ijk + affine[:3, 3]
 
 
-def _ants_image(data: np.ndarray, spacing: float, origin: np.ndarray):
-    import ants
-
-    return ants.from_numpy(np.ascontiguousarray(data, dtype=np.float32),
-                           origin=tuple(float(o) for o in origin),
-                           spacing=(spacing, spacing, spacing))
+def _in_frame(data: np.ndarray, spacing: float, origin: np.ndarray) -> ants.ANTsImage:
+    """An ANTs image of an axis-aligned ``spacing`` grid whose first voxel is at ``origin``
+    in the working frame (which ANTs takes as its physical space, unflipped)."""
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = origin
+    return to_ants(data, grid, flip=False)
 
 
 def _frame(affine: np.ndarray, centroid: np.ndarray) -> np.ndarray:
@@ -160,21 +167,6 @@ def _frame(affine: np.ndarray, centroid: np.ndarray) -> np.ndarray:
     shift = np.eye(4)
     shift[:3, 3] = -(world_to_frame[:3, :3] @ centroid + world_to_frame[:3, 3])
     return shift @ world_to_frame
-
-
-def _ants_affine(path: str) -> np.ndarray:
-    """The 4×4 of an ANTs affine transform file: fixed physical -> moving physical."""
-    import ants
-
-    tx = ants.read_transform(path)
-    params = np.asarray(tx.parameters, dtype=float)
-    center = np.asarray(tx.fixed_parameters, dtype=float)
-    matrix = params[:9].reshape(3, 3)
-    translation = params[9:12]
-    out = np.eye(4)
-    out[:3, :3] = matrix
-    out[:3, 3] = translation + center - matrix @ center
-    return out
 
 
 def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
@@ -200,13 +192,13 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
     ants.config.set_ants_deterministic(True, seed)
     spacing_mm = template.spacing_mm
     subj, subj_aff = working_grid(subject, subject_affine, spacing_mm)
-    subj = _normalise(subj)
+    subj = scale_to_unit(subj)
     subj_brain = working_grid(subject_brain.astype(np.float32), subject_affine, spacing_mm)[0] > 0.5
     tmpl, tmpl_aff, tmpl_brain_f = template.head, template.affine, template.brain
     subj_frame = _frame(subj_aff, _centroid_world(subj_brain, subj_aff))
     tmpl_frame = _frame(tmpl_aff, _centroid_world(tmpl_brain_f > 0.5, tmpl_aff))
     fixed_origin = (subj_frame @ subj_aff)[:3, 3]
-    fixed = _ants_image(subj, spacing_mm, fixed_origin)
+    fixed = _in_frame(subj, spacing_mm, fixed_origin)
 
     attempts: list[dict] = []
     best: tuple[float, np.ndarray, str] | None = None
@@ -223,14 +215,14 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
                 tmpl, (rot_to_grid @ grid_frame)[:3, :3], offset=(rot_to_grid @ grid_frame)[:3, 3],
                 output_shape=_rotated_shape(tmpl.shape, tmpl_world_to_rot_frame @ tmpl_aff,
                                             spacing_mm), order=1)
-            moving = _ants_image(moving_data, spacing_mm, lower)
+            moving = _in_frame(moving_data, spacing_mm, lower)
             result = ants.registration(
                 fixed, moving, type_of_transform="Affine", initial_transform="Identity",
                 outprefix=os.path.join(tmp, f"{name}_"), aff_metric="mattes", aff_sampling=32,
                 aff_random_sampling_rate=0.25, aff_iterations=(300, 100),
                 aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
             )
-            fixed_to_moving = _ants_affine(result["fwdtransforms"][0])
+            fixed_to_moving = read_affine(result["fwdtransforms"][0], flip=False)
             subject_to_template = (np.linalg.inv(tmpl_world_to_rot_frame) @ fixed_to_moving
                                    @ subj_frame)
             warped_brain = resample_to(tmpl_brain_f, tmpl_aff, subj.shape, subj_aff,

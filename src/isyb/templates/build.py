@@ -70,6 +70,7 @@ import numpy as np
 from scipy import ndimage
 
 from isyb.errors import IsybError
+from isyb.head.ants import read_affine, to_ants
 from isyb.head.morphology import head_mask, skin_threshold
 from isyb.head.register import dice, resample_to, working_grid
 from isyb.io import atomic_path, load_volume
@@ -117,9 +118,6 @@ AFFINE_SETTINGS: dict[str, object] = {
     "aff_shrink_factors": (6, 4, 2),
     "aff_smoothing_sigmas": (3, 2, 1),
 }
-
-# ANTs works in LPS physical space; isyb's affines are RAS.
-_LPS = np.diag([-1.0, -1.0, 1.0])
 
 Progress = Callable[[str], None]
 
@@ -205,14 +203,13 @@ def build_study_template(images: list[Path], out_path: Path, *, n_subjects: int 
                             f"{reference.path.name}; no template built")
         heads = kept
         grid_shape, grid_affine = _common_grid(heads, mappings, resolution_mm)
-        geometry = _ants_geometry(grid_affine)
         moved, fovs = [], []
         for h, m in zip(heads, mappings, strict=True):
-            moved.append(ants.from_numpy(resample_to(h.data, h.affine, grid_shape, grid_affine, m),
-                                         **geometry))
+            moved.append(to_ants(resample_to(h.data, h.affine, grid_shape, grid_affine, m),
+                                 grid_affine))
             fov = resample_to(_fov_weight(h.data.shape, h.affine), h.affine, grid_shape,
                               grid_affine, m)
-            fovs.append(ants.from_numpy(fov, **geometry))
+            fovs.append(to_ants(fov, grid_affine))
         say(f"study template: building on a {'x'.join(map(str, grid_shape))} grid")
         build_dir = os.path.join(work, "build")
         with _quiet():  # build_template and ANTs' affine averaging print to stdout
@@ -323,31 +320,6 @@ def _load_head(path: Path, resolution_mm: float) -> _Head:
     return _Head(Path(path), data, affine, head)
 
 
-def _ants_geometry(affine: np.ndarray) -> dict[str, object]:
-    """``ants.from_numpy`` keywords that place an array with RAS ``affine`` in LPS space."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    return {
-        "origin": tuple(float(v) for v in _LPS @ affine[:3, 3]),
-        "spacing": tuple(float(v) for v in zooms),
-        "direction": _LPS @ affine[:3, :3] / zooms,
-    }
-
-
-def _ants_matrix(path: str) -> np.ndarray:
-    """An ANTs affine transform file as a 4×4 map of fixed to moving RAS millimetres."""
-    import ants
-
-    tx = ants.read_transform(path)
-    params = np.asarray(tx.parameters, dtype=float)
-    center = np.asarray(tx.fixed_parameters, dtype=float)
-    matrix = params[:9].reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = matrix
-    lps[:3, 3] = params[9:12] + center - matrix @ center
-    flip = np.diag([*np.diag(_LPS), 1.0])
-    return flip @ lps @ flip
-
-
 def _centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     ijk = np.array(ndimage.center_of_mass(mask))
     return affine[:3, :3] @ ijk + affine[:3, 3]
@@ -378,7 +350,7 @@ def _prealign(reference: _Head, head: _Head, prefix: str) -> tuple[np.ndarray, f
                               PREALIGN_MM)[0] > 0.5
     moving_data, moving_aff = working_grid(head.data, head.affine, PREALIGN_MM)
     moving_head = working_grid(head.head.astype(np.float32), head.affine, PREALIGN_MM)[0] > 0.5
-    fixed = ants.from_numpy(fixed_data, **_ants_geometry(fixed_aff))
+    fixed = to_ants(fixed_data, fixed_aff)
     shift = np.eye(4)  # reference world -> head world, matching head centroids
     c_fixed = _centroid(fixed_head, fixed_aff)
     shift[:3, 3] = _centroid(moving_head, moving_aff) - c_fixed
@@ -388,14 +360,14 @@ def _prealign(reference: _Head, head: _Head, prefix: str) -> tuple[np.ndarray, f
         start = shift @ _about(c_fixed, pitch, yaw)  # reference world -> head world
         # The moving image, placed in the reference's world by the start.
         placed_aff = np.linalg.inv(start) @ moving_aff
-        moving = ants.from_numpy(moving_data, **_ants_geometry(placed_aff))
+        moving = to_ants(moving_data, placed_aff)
         result = ants.registration(
             fixed, moving, type_of_transform="Rigid", initial_transform="Identity",
             outprefix=f"{prefix}{number}_", aff_metric="mattes", aff_sampling=32,
             aff_random_sampling_rate=0.25, aff_iterations=(200, 100, 50),
             aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
         )
-        mapping = start @ _ants_matrix(result["fwdtransforms"][0])
+        mapping = start @ read_affine(result["fwdtransforms"][0])
         warped = resample_to(moving_head.astype(np.float32), moving_aff, fixed_head.shape,
                              fixed_aff, mapping) > 0.5
         # Heads cut by either field of view are compared where both see them.

@@ -18,8 +18,6 @@ from isyb.derive.preprocess import (
     MIN_VOLUMES,
     BoldPreprocessError,
     PreparedBold,
-    _robust_fit,
-    _smooth_basis,
     brain_mask_from_mean,
     clean_bold,
     despike,
@@ -31,6 +29,7 @@ from isyb.derive.preprocess import (
     slice_timing_correct,
     tissue_signals,
 )
+from isyb.derive.timeseries import _robust_fit, _smooth_basis
 from isyb.errors import IsybError
 from isyb.head.motion import _matrix_to_params, params_to_matrix
 from isyb.synthetic.phantom import phantom_bold

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import DERIVE_METRICS, note, positive_int
+from isyb.cli.options import DERIVE_METRICS, executor_arguments, executor_options, note
 from isyb.errors import IsybError
 
 EXAMPLES_DERIVE = """examples:
@@ -15,9 +15,8 @@ EXAMPLES_DERIVE = """examples:
   isyb derive demo_out/bids derive_out group
   isyb derive bids/ out/ participant --metrics fa,md,cbf --participant-label 01
   isyb derive bids/ out/ participant --freesurfer-dir /data/freesurfer
+  isyb derive bids/ out/ participant --executor dask --dask-cluster slurm --nprocs 20
 """
-
-
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to ``commands``."""
@@ -38,8 +37,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="participant level: only these subjects (with or without sub-)")
     derive.add_argument("--metrics", default=",".join(DERIVE_METRICS),
                         help="comma-separated subset of %(default)s")
-    derive.add_argument("--nprocs", type=positive_int, default=1,
-                        help="subjects processed in parallel (default: %(default)s)")
     derive.add_argument("--normalization", choices=("SyN", "Affine"), default="SyN",
                         help="T1w -> template registration (default: %(default)s)")
     derive.add_argument("--template", metavar="PATH",
@@ -62,6 +59,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     derive.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="cache of normalisations and tissue masks (default: "
                         "OUT_DIR/work/derive)")
+    executor_arguments(derive, "subjects")
     derive.set_defaults(handler=cmd_derive)
 
 
@@ -85,6 +83,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
         summary = derive_group(args.out_dir, space=space, metrics=metrics)
         print(json.dumps(summary))
         return 0
+    executor = executor_options(args)
     template = str(Path(args.template).resolve()) if args.template else None
     freesurfer = str(Path(args.freesurfer_dir).resolve()) if args.freesurfer_dir else None
     options = DeriveOptions(metrics=metrics, normalization=args.normalization,
@@ -94,11 +93,11 @@ def cmd_derive(args: argparse.Namespace) -> int:
                             ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,
-                                  nprocs=args.nprocs, progress=not args.quiet)
+                                  executor=executor, progress=not args.quiet)
     failed = [r for r in records if r["status"] != "ok"]
     for record in failed:
         named = record["error"].startswith(record["source"])
         note(f"failed: {record['error'] if named else record['source'] + ': ' + record['error']}")
     print(json.dumps({"runs": len(records), "failed": len(failed),
                       "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
-    return 2 if failed else 0
+    return 1 if failed else 0

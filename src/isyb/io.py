@@ -89,23 +89,42 @@ def load_image(path: str | os.PathLike, *,
     return img
 
 
-def load_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3-D head image into a RAS :class:`Volume` and check it is usable.
+#: What the public entry points accept as an image: a file path or an in-memory nibabel image
+#: (nilearn's ``check_niimg`` convention).
+ImageLike = str | os.PathLike | nib.spatialimages.SpatialImage
 
-    Raises :class:`IsybError` for a missing, corrupt or 4-D file, for NaN or
-    infinite voxels, and for an image without any signal.
+
+def load_volume(image: ImageLike) -> Volume:
+    """Read a 3-D head image, given by path or in memory, into a RAS :class:`Volume`.
+
+    ``image`` is a NIfTI or MGZ path, or a nibabel image (3-D, or 4-D with one
+    volume). Raises :class:`IsybError` for a missing, corrupt or 4-D image, for
+    NaN or infinite voxels, and for an image without any signal; messages name
+    the path, or ``image`` for an in-memory one.
     """
-    img = load_image(path)
+    in_memory = isinstance(image, nib.spatialimages.SpatialImage)
+    if not in_memory and not isinstance(image, str | os.PathLike):
+        raise TypeError(f"expected a path or a nibabel image, got {type(image).__name__}")
+    name = "image" if in_memory else image
+    img = _check_in_memory(image) if in_memory else load_image(image)
     try:
         volume = volume_from_image(img)
     except (OSError, EOFError, ValueError, zlib.error) as exc:  # truncated or corrupt data
-        raise IsybError(f"{path}: cannot be read as an image ({exc})") from None
-    volume.path = Path(path)
+        raise IsybError(f"{name}: cannot be read as an image ({exc})") from None
+    volume.path = None if in_memory else Path(image)
     if not np.isfinite(volume.data).all():
-        raise IsybError(f"{path}: image contains NaN or infinite voxels")
+        raise IsybError(f"{name}: image contains NaN or infinite voxels")
     if not np.any(volume.data):
-        raise IsybError(f"{path}: image is all zero")
+        raise IsybError(f"{name}: image is all zero")
     return volume
+
+
+def _check_in_memory(img: nib.spatialimages.SpatialImage) -> nib.spatialimages.SpatialImage:
+    """An in-memory image, refused unless it holds one 3-D volume."""
+    shape = img.shape[:3] if len(img.shape) == 4 and img.shape[3] == 1 else img.shape
+    if len(shape) != 3:
+        raise IsybError(f"image: expected a 3-D image, got shape {tuple(img.shape)}")
+    return img
 
 
 def volume_from_image(img: nib.spatialimages.SpatialImage) -> Volume:
@@ -238,16 +257,19 @@ def edit_stored(reference: Volume, new_ras: np.ndarray, mask_ras: np.ndarray) ->
     return out
 
 
-def _build_image(data: np.ndarray, reference: Volume, path: str | os.PathLike,
+def _build_image(data: np.ndarray, reference: Volume, path: str | os.PathLike | None,
                  slope: float = 1.0, inter: float = 0.0) -> nib.spatialimages.SpatialImage:
     """An image of the format that ``path``'s extension names, on the reference grid.
 
-    The reference header is kept when the format is the same; otherwise
-    (MGZ in, NIfTI out, or the reverse) a fresh header of the target format
-    is made from the affine and the data.
+    Without ``path``, the format is the reference's own (NIfTI-1, NIfTI-2 or
+    MGH; any other kind becomes NIfTI-1). The reference header is kept when
+    the format is the same; otherwise (MGZ in, NIfTI out, or the reverse) a
+    fresh header of the target format is made from the affine and the data.
     """
     source = reference.source
-    target = (nib.MGHImage if image_suffix(path) in (".mgz", ".mgh")
+    mgh = (image_suffix(path) in (".mgz", ".mgh") if path is not None
+           else isinstance(source, nib.MGHImage))
+    target = (nib.MGHImage if mgh
               else type(source) if isinstance(source, nib.Nifti1Image) else nib.Nifti1Image)
     if isinstance(source, target):
         header = source.header.copy()
@@ -258,6 +280,18 @@ def _build_image(data: np.ndarray, reference: Volume, path: str | os.PathLike,
     if hasattr(image.header, "set_slope_inter"):
         image.header.set_slope_inter(slope, inter)
     return image
+
+
+def stored_image(raw: np.ndarray, reference: Volume) -> nib.spatialimages.SpatialImage:
+    """A stored-order array as the image :func:`write_stored` writes, read back from its bytes.
+
+    Same format, header, affine, dtype and scaling as the reference; reading it
+    back from its serialised bytes means its values are scaled like a loaded
+    file's, and ``to_filename`` writes exactly those bytes again.
+    """
+    _, slope, inter = stored_data(reference.source)
+    image = _build_image(raw, reference, None, slope, inter)
+    return type(image).from_bytes(image.to_bytes())
 
 
 def write_stored(raw: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:
@@ -278,6 +312,13 @@ def save_like(ras_data: np.ndarray, reference: Volume, path: str | os.PathLike, 
     image = _build_image(data, reference, path)
     with atomic_path(path) as tmp:
         image.to_filename(str(tmp))
+
+
+def mask_image(mask_ras: np.ndarray, reference: Volume) -> nib.spatialimages.SpatialImage:
+    """A binary RAS mask as the uint8 image :func:`save_mask_like` writes, in memory."""
+    data = to_source_order(mask_ras.astype(np.uint8), reference.source)
+    image = _build_image(data, reference, None)
+    return type(image).from_bytes(image.to_bytes())
 
 
 def save_mask_like(mask_ras: np.ndarray, reference: Volume, path: str | os.PathLike) -> None:

@@ -6,7 +6,8 @@ runs are module-scoped fixtures and each test reuses them:
 * ``first_run``: both subjects through the CLI (``--nprocs 1``) into ``out``;
   later tests rerun into the same folder and leave it as they found it;
 * the label run: ``--participant-label 01`` into a fresh folder;
-* the parallel run: ``--nprocs 2`` into a fresh folder.
+* the parallel run: ``--nprocs 2`` into a fresh folder;
+* the Dask run (slow): ``--executor dask`` for one subject into a fresh folder.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from isyb.cli import main
 from isyb.deface import dataset as dataset_mod
 from isyb.deface import file as run_mod
 from isyb.deface.engine import DefaceOptions
+from isyb.executor import ExecutorOptions
 from isyb.io import atomic_path
 from isyb.synthetic.demo import build_demo_dataset
 
@@ -194,17 +196,19 @@ def test_outputs_are_readable_like_copies(first_run: FirstRun) -> None:
 
 
 def test_rerun_skips_finished_subjects(first_run: FirstRun, default_template,
-                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     def must_not_run(job: dataset_mod.DatasetJob) -> dict:
         raise AssertionError(f"sub-{job.subject} was finished and must be skipped")
 
+    messages: list[str] = []
+    monkeypatch.setattr(dataset_mod.log, "info", lambda text, *args: messages.append(text % args))
     monkeypatch.setattr(dataset_mod, "run_subject", must_not_run)
     index = first_run.out / DERIV / "index.html"
     index.unlink()
     records = dataset_mod.deface_dataset(first_run.bids_in, first_run.out, default_template,
                                          DefaceOptions(), progress=False)
     assert [r["subject"] for r in records] == list(SUBJECTS)
-    assert "2 subject(s) already finished" in capsys.readouterr().err
+    assert messages == ["2 subject(s) already finished, skipped"]
     assert index.is_file()
     assert "sub-02_T1w.nii.gz" in index.read_text()
     assert snapshot(first_run.out).keys() == first_run.output_files.keys()
@@ -339,4 +343,43 @@ def test_nprocs_2_matches_nprocs_1(first_run: FirstRun, tmp_path: Path) -> None:
         assert sha256(mask) == first_run.output_files[relative], relative
     assert sorted(p.name for p in (out / DERIV / "logs").iterdir()) == [
         "sub-01.json", "sub-02.json"]
+    assert stray_files(out) == []
+
+
+def test_executor_options_reach_the_executor(first_run: FirstRun, default_template,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--executor dask --nprocs 3`` is what runs the subjects (none left to run here)."""
+    seen: list[ExecutorOptions] = []
+
+    def spy(function, items, options, **kwargs):
+        seen.append(options)
+        return iter(())
+
+    monkeypatch.setattr(dataset_mod, "run_tasks", spy)
+    code, _, err = cli(["deface", first_run.bids_in, first_run.out, "--executor", "dask",
+                        "--nprocs", "3", "--quiet"])
+    assert code == 0, err
+    assert seen == [ExecutorOptions("dask", 3)]
+
+
+def test_dask_options_without_dask_executor(bids_in: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["deface", str(bids_in), str(out), "--dask-scheduler", "tcp://127.0.0.1:1"])
+    assert_one_line_error(code, capsys.readouterr().err, "--executor dask")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_dask_executor_matches_local(first_run: FirstRun, tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask"
+    code, _, err = cli(["deface", first_run.bids_in, out, "--participant-label", "01",
+                        "--executor", "dask", "--nprocs", "1", "--quiet"])
+    assert code == 0, err
+    for relative in ("sub-01/anat/sub-01_T1w.nii.gz",
+                     f"{DERIV}/sub-01/anat/sub-01_T1w_desc-deface_mask.nii.gz",
+                     "sub-01/func/sub-01_task-rest_bold.nii.gz"):
+        assert sha256(out / relative) == first_run.output_files[relative], relative
+    record = json.loads((out / DERIV / "logs" / "sub-01.json").read_text())
+    assert [i["status"] for i in record["images"]] == ["ok"]
     assert stray_files(out) == []

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import note, positive_int
+from isyb.cli.options import executor_arguments, executor_options, note, positive_int
 from isyb.errors import IsybError
 
 EXAMPLES_DEFACE = """examples:
@@ -15,6 +15,7 @@ EXAMPLES_DEFACE = """examples:
   isyb deface sub-01_T1w.nii.gz out.nii.gz --template /data/my_head.nii.gz --ears \\
       --save-mask out_mask.nii.gz
   isyb deface bids/ bids_defaced/ --participant-label 01 02 --nprocs 2
+  isyb deface bids/ bids_defaced/ --executor dask --dask-cluster slurm --nprocs 20
 """
 
 
@@ -57,8 +58,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deface.add_argument("--no-png", action="store_true", help="skip the QC picture")
     deface.add_argument("--participant-label", nargs="+", metavar="LABEL",
                         help="dataset mode: only these subjects (with or without sub-)")
-    deface.add_argument("--nprocs", type=positive_int, default=1,
-                        help="dataset mode: subjects processed in parallel (default: 1)")
+    executor_arguments(deface, "dataset mode: subjects")
 
     templates = commands.add_parser("templates", help="list, show and prepare head templates")
     tsub = templates.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -105,7 +105,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                       "(default: %(default)s)")
     demo.add_argument("--subjects", type=positive_int, default=3,
                       help="number of phantom subjects (default: %(default)s)")
-    demo.add_argument("--nprocs", type=positive_int, default=1)
+    executor_arguments(demo, "subjects")
     deface.set_defaults(handler=cmd_deface)
     templates.set_defaults(handler=cmd_templates)
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -125,9 +125,10 @@ def cmd_deface(args: argparse.Namespace) -> int:
         if args.save_mask:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
                             "to OUT/derivatives/isyb")
+        executor = executor_options(args)
         template = resolve(args.template, progress=note)
         records = deface_dataset(args.input, args.output, template, options,
-                                 labels=args.participant_label, nprocs=args.nprocs,
+                                 labels=args.participant_label, executor=executor,
                                  progress=not args.quiet)
         failed = [i for r in records for i in r["images"] if i["status"] != "ok"]
         note(f"defaced {sum(len(r['images']) for r in records) - len(failed)} image(s) of "
@@ -211,6 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         folder, mapping = build_demo_flat(args.output, n_subjects=args.subjects)
         print(json.dumps({"flat_folder": str(folder), "map": str(mapping)}))
         return 0
+    executor = executor_options(args)
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     unknown = sorted(set(modalities) - set(MODALITIES))
     if unknown:
@@ -221,7 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     note(f"phantom BIDS dataset written to {bids}")
     template = resolve("default", progress=note)
     out = args.output / "bids_defaced"
-    records = deface_dataset(bids, out, template, DefaceOptions(), nprocs=args.nprocs,
+    records = deface_dataset(bids, out, template, DefaceOptions(), executor=executor,
                              progress=not args.quiet)
     images = [i for r in records for i in r["images"]]
     failed = [i for i in images if i["status"] != "ok"]

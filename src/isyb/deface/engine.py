@@ -12,7 +12,8 @@ in the ``template`` face-region mode, the template's own face
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -34,6 +35,25 @@ from isyb.templates.registry import Template
 #: Below this ratio of face tissue found to face tissue expected from the
 #: template, the input is reported as having little or no face to mask.
 LITTLE_FACE_RATIO = 0.35
+
+
+class FaceStats(TypedDict):
+    """What :func:`deface_volume` measured: registration, brain, face region and tissue, timings.
+
+    Volumes in mL, timings in s; ``registration.subject_to_template_mm`` is a
+    4×4 list (subject mm → template mm). Part of the provenance record as is.
+    """
+
+    registration: dict[str, Any]
+    brain_mask_ml: float
+    face_region_voxels: int
+    allowed_voxels: int
+    face_tissue_ml: float
+    template_face_tissue_ml: float
+    little_or_no_face: bool
+    face_surface_voxels: int
+    face_surface_voxels_in_guard: int
+    timings_s: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,7 @@ class DefaceOptions:
 
 
 @dataclass
-class DefaceResult:
+class Defacing:
     """Outputs of :func:`deface_volume`, all RAS arrays on the input grid.
 
     ``guard`` and ``skin`` (skin-surface voxels) are computed in the work box
@@ -89,7 +109,7 @@ class DefaceResult:
     brain: np.ndarray
     head: np.ndarray
     skin: np.ndarray
-    report: dict = field(default_factory=dict)
+    report: FaceStats
 
 
 @dataclass
@@ -124,13 +144,14 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
 
 
 def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
-                  *, alignment: Alignment | None = None) -> DefaceResult:
+                  *, alignment: Alignment | None = None) -> Defacing:
     """Obscure the face of ``volume`` with ``template``'s face region.
 
     ``alignment`` may be reused from :func:`align`; by default it is
     computed. The report holds timings, the registration score and the face
-    statistics; the brain-guard check is done on the written file by the
-    caller (:func:`isyb.deface.file.deface_file`).
+    statistics; the brain-guard check is done on the stored values by
+    :func:`isyb.deface.checked.deface_checked`, which every writer and the
+    Python API go through.
     """
     alignment = alignment if alignment is not None else align(volume, template)
     registration, brain = alignment.registration, alignment.brain
@@ -176,7 +197,7 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     expected_ml = float(template.info.get("face_tissue_ml", 0.0)) * scale
     skin = np.zeros(volume.shape, dtype=bool)
     skin[box] = skin_surface(head[box])
-    report = {
+    report: FaceStats = {
         "registration": {
             "score_brain_dice": round(registration.score, 4),
             "start": registration.start,
@@ -194,4 +215,4 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
         "face_surface_voxels_in_guard": int((skin & full_region & guard).sum()),
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
     }
-    return DefaceResult(new_data, allowed, region, guard, brain, head, skin, report)
+    return Defacing(new_data, allowed, region, guard, brain, head, skin, report)

@@ -12,50 +12,33 @@ Writes, atomically and only after every check passed:
   to change.
 
 Fail closed: if a voxel inside the brain guard would change, nothing is
-written and :class:`isyb.errors.IsybError` is raised.
+written and :class:`isyb.deface.checked.BrainGuardError` is raised (the check
+is :func:`isyb.deface.checked.deface_checked`, shared with the Python API).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from isyb import __version__
-from isyb.deface.engine import Alignment, DefaceOptions, DefaceResult, deface_volume
+from isyb.deface.checked import deface_checked
+from isyb.deface.engine import Alignment, DefaceOptions, Defacing
 from isyb.errors import IsybError
 from isyb.io import (
-    edit_stored,
     image_suffix,
     load_volume,
     save_mask_like,
-    stored_data,
     strip_image_suffix,
-    to_source_order,
     write_stored,
     write_text,
 )
 from isyb.templates.registry import Template
 from isyb.viz.render import qc_figure
-
-DEPENDENCIES = ("numpy", "scipy", "nibabel", "antspyx", "deepbet", "torch")
-
-
-def versions() -> dict[str, str]:
-    """Versions of isyb, Python and the libraries that shape the result."""
-    out = {"isyb": __version__, "python": platform.python_version()}
-    for name in DEPENDENCIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def sidecar_paths(out: Path) -> tuple[Path, Path]:
@@ -114,64 +97,26 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
     save_mask = Path(save_mask) if save_mask is not None else None
     check_paths(in_path, out_path, force=force, save_mask=save_mask)
     start = time.perf_counter()
-    volume = load_volume(in_path)
-    result = deface_volume(volume, template, options, alignment=alignment)
-    raw_in, _, _ = stored_data(volume.source)
-    raw_out = edit_stored(volume, result.data, result.allowed)
-    changed = raw_out != raw_in
-    changed3 = changed[..., 0] if changed.ndim == 4 else changed
-    guard_src = to_source_order(result.guard, volume.source)
-    changed_in_guard = int((changed3 & guard_src).sum())
-    if changed_in_guard:
-        raise IsybError(f"{in_path}: {changed_in_guard} voxels inside the brain guard would "
-                        "change; nothing was written (fail closed)")
-    surface_src = to_source_order(result.skin & result.region, volume.source)
-    surface_total = int(surface_src.sum())
-    surface_changed = int((surface_src & changed3).sum())
+    checked = deface_checked(load_volume(in_path), template, options, alignment=alignment)
+    volume, result = checked.volume, checked.defacing
     default_json, default_png = sidecar_paths(out_path)
     provenance_path = Path(provenance_path) if provenance_path else default_json
     png_path = Path(png_path) if png_path else default_png
-
-    record = {
-        "input": names.get("input", str(in_path)),
-        "output": names.get("output", str(out_path)),
-        "template": {"name": template.name, "source": template.info.get("source"),
-                     "head_sha256": template.info.get("head_sha256"),
-                     "brain_mask": template.info.get("brain_mask")},
-        "method": options.method,
-        "options": {"ears": options.ears, "neck": options.neck,
-                    "face_region": options.face_region,
-                    "face_margin_mm": (options.face_margin_mm
-                                       if options.face_region == "template" else None),
-                    "guard_mm": options.guard_mm,
-                    "layer_mm": options.layer_mm, "smooth_mm": options.smooth_mm,
-                    "blend_mm": options.blend_mm, "seed": options.seed},
-        "changed_voxels": int(changed3.sum()),
-        "brain_guard": {"margin_mm": options.guard_mm,
-                        "guard_voxels_checked": int(guard_src.sum()),
-                        "changed_voxels_in_guard": changed_in_guard, "passed": True},
-        "face_surface_changed_fraction": (round(surface_changed / surface_total, 4)
-                                          if surface_total else None),
-        **result.report,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "versions": versions(),
-    }
-    if record["little_or_no_face"]:
-        record["note"] = ("little or no face tissue was found in the face region: "
-                          "the input may already be defaced or its FOV may exclude the face")
-    write_stored(raw_out, volume, out_path)
+    report = replace(checked.report, input=names.get("input", str(in_path)),
+                     output=names.get("output", str(out_path)))
+    write_stored(checked.raw, volume, out_path)
     if save_mask is not None:
         save_mask_like(result.allowed, volume, save_mask)
     if qc_png:
         qc_figure(_defaced_ras(volume.data, result), volume.zooms, png_path,
                   title=f"{out_path.name}: defaced ({options.method}, template {template.name})")
-        record["qc_png"] = names.get("qc_png", str(png_path))
-    record["timings_s"]["total_s"] = round(time.perf_counter() - start, 2)
+        report = replace(report, qc_png=names.get("qc_png", str(png_path)))
+    record = replace(report, total_s=round(time.perf_counter() - start, 2)).to_json()
     write_text(provenance_path, json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _defaced_ras(original: np.ndarray, result: DefaceResult) -> np.ndarray:
+def _defaced_ras(original: np.ndarray, result: Defacing) -> np.ndarray:
     out = original.copy()
     out[result.allowed] = result.data[result.allowed]
     return out

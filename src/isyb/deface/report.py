@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
 from isyb import __version__
 from isyb.io import write_text
+from isyb.viz.html import img, page
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -20,11 +20,7 @@ img{max-width:720px;display:block;margin:0.5em 0 2em 0}
 
 def _embed(png: str | None, root: Path) -> str:
     """The QC picture as an inline image; a relative ``png`` is under ``root``."""
-    path = root / png if png else None
-    if path is None or not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="QC of the defaced image" src="data:image/png;base64,{data}">'
+    return img(root / png, "QC of the defaced image", quote='"') if png else ""
 
 
 def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
@@ -46,7 +42,12 @@ def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
 
 
 def write_summary(path: Path, records: list[dict], root: Path) -> None:
-    """Write ``index.html`` summarising per-subject records of :func:`run_subject`."""
+    """Write ``index.html`` summarising per-subject records.
+
+    ``records`` are :class:`isyb.deface.dataset.SubjectRecord` dicts (from
+    :func:`isyb.deface.dataset.run_subject`, or read back from ``logs/``);
+    relative QC picture paths in them are under ``root``.
+    """
     rows, figures = [], []
     counts = {"ok": 0, "failed": 0}
     for record in records:
@@ -63,6 +64,4 @@ def write_summary(path: Path, records: list[dict], root: Path) -> None:
             f"not copied to the release). Masks, provenance and QC pictures are in this "
             f"folder.</p>"
             f"<table><tr>{header}</tr>{''.join(rows)}</table>{''.join(figures)}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>isyb defacing summary"
-            f"</title><style>{STYLE}</style></head><body>{body}</body></html>\n")
-    write_text(path, page)
+    write_text(path, page("isyb defacing summary", body, style=STYLE))

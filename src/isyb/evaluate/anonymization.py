@@ -11,7 +11,7 @@ from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
 from isyb.head.brain import extract_brain
 from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
-from isyb.io import Volume, atomic_path
+from isyb.io import ImageLike, Volume, atomic_path, load_volume
 from isyb.templates.face import derive_face_rule, face_region
 from isyb.viz.render import render_faces
 
@@ -44,19 +44,41 @@ def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
     return region & ~brain_guard(brain, zooms, guard_mm)
 
 
-def evaluate_defacing(original: Volume, defaced: Volume, face_mask: np.ndarray, *,
-                      brain: np.ndarray | None = None, nmi_method: str = "arithmetic",
-                      detect: bool = True) -> dict:
-    """Anonymization metrics of one original/defaced pair (RAS arrays on one grid).
+def _as_volume(image: Volume | ImageLike) -> Volume:
+    return image if isinstance(image, Volume) else load_volume(image)
 
-    ``face_mask`` is the region the defacing was allowed to change (``isyb
-    deface --save-mask``). ``brain`` is a reference brain mask; by default
-    deepbet computes one from the original. Keys: ``nmi``,
-    ``brain_changed_voxels``, ``face_surface_changed_fraction`` (skin-surface
-    voxels of the original head inside the face mask that changed),
-    ``face_detected_original`` and ``face_detected_defaced`` (stock Haar
-    detector on front renders at yaw 0 and ±15 degrees).
+
+def _as_mask(mask: np.ndarray | Volume | ImageLike, original: Volume, name: str) -> np.ndarray:
+    """A RAS boolean mask on the original's grid: an array as given, an image where > 0."""
+    if isinstance(mask, np.ndarray):
+        return mask
+    volume = _as_volume(mask)
+    check_same_grid(original, volume, ("original", name))
+    return volume.data > 0
+
+
+def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
+                      face_mask: np.ndarray | Volume | ImageLike, *,
+                      brain: np.ndarray | Volume | ImageLike | None = None,
+                      nmi_method: str = "arithmetic", detect: bool = True) -> dict:
+    """Anonymization metrics of one original/defaced pair on one grid.
+
+    ``original`` and ``defaced`` are :class:`~isyb.io.Volume` objects, NIfTI/MGZ
+    paths or nibabel images; ``face_mask`` (the region the defacing was
+    allowed to change: ``isyb deface --save-mask``, or
+    :attr:`isyb.DefaceResult.mask`) and ``brain`` (a reference brain mask;
+    by default deepbet computes one from the original) are boolean RAS arrays
+    or such images (voxels > 0). Images must share the original's grid. Keys:
+    ``nmi``, ``brain_changed_voxels``, ``face_surface_changed_fraction``
+    (skin-surface voxels of the original head inside the face mask that
+    changed), ``face_detected_original`` and ``face_detected_defaced`` (stock
+    Haar detector on front renders at yaw 0 and ±15 degrees).
     """
+    original, defaced = _as_volume(original), _as_volume(defaced)
+    check_same_grid(original, defaced, ("original", "defaced"))
+    face_mask = _as_mask(face_mask, original, "face_mask")
+    if brain is not None:
+        brain = _as_mask(brain, original, "brain")
     changed = original.data != defaced.data
     brain_source = "given"
     if brain is None:

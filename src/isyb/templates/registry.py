@@ -100,7 +100,17 @@ BUILTINS: dict[str, BuiltIn] = {
 
 @dataclass(frozen=True)
 class Template:
-    """A prepared head template, as cached on disk."""
+    """A prepared head template, as cached on disk (get one with :func:`load_template`).
+
+    ``name`` is the built-in name, or for a head given by path a key made of
+    its file name and SHA-256; ``head``, ``brain_mask`` and ``face_mask`` are
+    the prepared files (T1w head, its boolean brain mask, and the face rule
+    drawn on the template grid) under ``$ISYB_HOME/templates/tpl-<name>``;
+    ``rule`` is the face rule (:class:`isyb.templates.face.FaceRule`, template
+    mm); ``info`` is ``template.json``: source, ``head_sha256``, brain-mask
+    source, face rule, ``face_tissue_ml`` (mL of tissue in the face region)
+    and the isyb and rule versions that prepared it.
+    """
 
     name: str
     head: Path
@@ -223,6 +233,19 @@ def resolve(name_or_path: str, *, progress: Callable[[str], None] | None = None)
         raise IsybError(f"unknown template {name_or_path!r}: use one of {known}, "
                         "or the path of a head image")
     return prepare(key, head, mask, source=source, progress=progress)
+
+
+def load_template(name_or_path: str | os.PathLike, *,
+                  progress: Callable[[str], None] | None = None) -> Template:
+    """A prepared template, by built-in name or head-image path (:func:`resolve`).
+
+    Built-in names are listed by ``isyb templates list`` (``default`` is the
+    pydeface mean head and needs no download). A path names a head image; a
+    ``<stem>_desc-brain_mask`` beside it is used, else a brain mask is derived.
+    The first use prepares and caches it under ``$ISYB_HOME/templates``;
+    ``progress`` receives a line when that happens.
+    """
+    return resolve(os.fspath(name_or_path), progress=progress)
 
 
 def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,

@@ -221,15 +221,15 @@ def test_suppressed_background_falls_back_to_the_noise_in_the_brain(phantom) -> 
     image = phantom.image.copy()
     image[phantom.labels == Label.BACKGROUND] = 0.0  # background zeroed, as FreeSurfer does
     brain = phantom.mask(Label.GM, Label.WM, Label.CSF)
-    masks = anat.anat_masks(image, phantom.voxel_size, brain=brain)
-    assert masks.noise_source == "brain"
-    assert "no measurable background" in masks.note
-    metrics = anat.anat_metrics(image, phantom.voxel_size, masks=masks)
+    found = anat.anat_masks(image, phantom.voxel_size, brain=brain)
+    assert found.noise_source == "brain"
+    assert "no measurable background" in found.note
+    metrics = anat.anat_metrics(image, phantom.voxel_size, masks=found)
     truth = _truth()
     for key in ("snr", "snrd_gm", "cnr"):
         assert metrics[key] == pytest.approx(truth[key], rel=0.10), key
     with pytest.raises(anat.NoBackgroundError):
-        masks.air_mask(image, masks.head, phantom.voxel_size, brain=brain)
+        masks.air_mask(image, found.head, phantom.voxel_size, brain=brain)
 
 
 def test_brain_noise_sd_of_white_noise() -> None:
@@ -367,12 +367,31 @@ def _heads(data_root: Path) -> list[Path]:
 @functools.cache
 def _qc_file(path: Path) -> tuple[dict[str, float], anat.AnatMasks]:
     """Metrics and masks of one file, end to end (deepbet included); cached per run."""
-    from isyb.io import load_volume
+    qc = anat.qc_anat(path, contrast="T2w" if "T2w" in path.name else "T1w")
+    return qc.metrics, qc.masks
 
-    volume = load_volume(path)
-    contrast = "T2w" if "T2w" in path.name else "T1w"
-    masks = anat.anat_masks(volume.data, volume.zooms, contrast=contrast)
-    return anat.anat_metrics(volume.data, volume.zooms, masks=masks), masks
+
+@pytest.mark.realdata
+def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path) -> None:
+    import nibabel as nib
+
+    path = data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"  # stored LSA, not RAS
+    metrics, masks = _qc_file(path)
+    in_memory = anat.qc_anat(nib.load(path))
+    assert in_memory.metrics == metrics
+    assert np.array_equal(in_memory.masks.brain, masks.brain)
+    assert in_memory.to_json() == {**metrics, "noise_source": masks.noise_source,
+                                   **({"note": masks.note} if masks.note else {})}
+
+
+def test_qc_anat_refuses_a_4d_image_and_what_is_not_an_image() -> None:
+    import nibabel as nib
+
+    series = nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4))
+    with pytest.raises(anat.QCInputError, match="3-D image"):
+        anat.qc_anat(series)
+    with pytest.raises(TypeError, match="path or a nibabel image"):
+        anat.qc_anat(np.ones((8, 8, 8)))
 
 
 @pytest.mark.realdata

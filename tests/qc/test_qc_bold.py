@@ -28,6 +28,7 @@ from isyb.qc.bold import (
     fd_summary,
     framewise_displacement,
     gcor,
+    qc_bold,
     repetition_time,
     run_bold_qc,
     tsnr,
@@ -197,7 +198,7 @@ def test_tsnr_is_mean_over_sd_median_in_mask():
 
 
 def test_bold_snr_and_fber_follow_mriqc():
-    from isyb.qc.bold import _fber, _snr_fg
+    from isyb.qc.functional import bold_fber, bold_snr
 
     rng = np.random.default_rng(2)
     image = rng.normal(10.0, 2.0, (10, 10, 10))
@@ -208,11 +209,11 @@ def test_bold_snr_and_fber_follow_mriqc():
     n = inside.size
     # MRIQC: snr(median_fg, std_fg (ddof=0), n) = median / (std * sqrt(n / (n - 1)))
     expected = np.median(inside) / (inside.std() * math.sqrt(n / (n - 1)))
-    assert _snr_fg(image, mask) == pytest.approx(expected, rel=1e-12)
+    assert bold_snr(image, mask) == pytest.approx(expected, rel=1e-12)
     expected_fber = np.median(inside ** 2) / np.median(image[~mask] ** 2)
-    assert _fber(image, mask) == pytest.approx(expected_fber, rel=1e-12)
+    assert bold_fber(image, mask) == pytest.approx(expected_fber, rel=1e-12)
     image[~mask] = 0.0
-    assert _fber(image, mask) == -1.0  # no background energy, as MRIQC
+    assert bold_fber(image, mask) == -1.0  # no background energy, as MRIQC
 
 
 def test_bold_brain_mask_finds_a_bright_ball():
@@ -319,6 +320,30 @@ def test_bad_input_raises_clear_errors(small_run, change, tr, message):
         bold_metrics(series, (6.0, 6.0, 6.0), tr)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, IsybError)
+
+
+def test_qc_bold_of_a_path_and_of_an_in_memory_image_agree(small_run, tmp_path):
+    image = nib.Nifti1Image(small_run[0], np.diag([6.0, 6.0, 6.0, 1.0]))
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["pixdim"][4] = 2.0
+    path = tmp_path / "sub-01_task-rest_bold.nii.gz"
+    image.to_filename(str(path))
+    from_path = qc_bold(path, fd_threshold=0.3)
+    in_memory = qc_bold(nib.load(path), fd_threshold=0.3)
+    assert from_path.to_json() == in_memory.to_json()
+    assert from_path.to_json()["tr_s"] == 2.0
+    assert from_path.frames().equals(in_memory.frames())
+    # metadata wins over the header; an explicit TR over both.
+    assert qc_bold(image, metadata={"RepetitionTime": 1.5}).tr_s == 1.5
+    assert qc_bold(image, tr=3.0, metadata={"RepetitionTime": 1.5}).tr_s == 3.0
+
+
+def test_qc_bold_refuses_a_3d_image_and_what_is_not_an_image():
+    volume = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
+    with pytest.raises(BoldInputError, match="4-D BOLD series"):
+        qc_bold(volume)
+    with pytest.raises(TypeError, match="path or a nibabel image"):
+        qc_bold(np.ones((8, 8, 8, 12)))
 
 
 def test_too_many_dummy_scans_is_an_error(small_run):

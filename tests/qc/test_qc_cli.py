@@ -60,3 +60,21 @@ def test_qc_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys, case: str) -
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("isyb: error:")
     assert not (tmp_path / "t.tsv").exists()
+
+
+@pytest.mark.parametrize("in_dataset", [True, False])
+def test_qc_bold_inherits_the_sidecar_of_its_bids_dataset(tmp_path: Path, capsys,
+                                                         in_dataset: bool) -> None:
+    """The TR only in a top-level ``task-rest_bold.json`` applies, as in ``isyb qc BIDS``;
+    outside a dataset (no dataset_description.json) only the file's own sidecar counts."""
+    root = tmp_path / "bids"
+    func = root / "sub-01" / "func"
+    func.mkdir(parents=True)
+    if in_dataset:
+        (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    (root / "task-rest_bold.json").write_text('{"RepetitionTime": 2.5}')
+    (root / "task-other_bold.json").write_text('{"RepetitionTime": 9.0}')
+    source = _bold(func / "sub-01_task-rest_bold.nii.gz", tr=1.0)
+    assert main(["qc", "bold", str(source), "--tsv", str(tmp_path / "frames.tsv")]) == 0
+    assert json.loads(capsys.readouterr().out)["tr_s"] == (2.5 if in_dataset else 1.0)
+

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from isyb.cli import main
-from isyb.qc.dataset import find_runs, sidecar_metadata
+from isyb.qc.bold import bold_sidecar
+from isyb.qc.dataset import find_runs
 from isyb.qc.report import REPORT_METRICS
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, exclusions
 from isyb.synthetic.phantom import phantom_bold
@@ -85,7 +86,8 @@ def test_sidecar_inheritance(tmp_path: Path) -> None:
     nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.float32), np.eye(4)).to_filename(
         str(func / "sub-01_ses-1_task-rest_bold.nii.gz"))
     [run] = find_runs(root)
-    assert sidecar_metadata(root, run) == {"RepetitionTime": 2.5, "TaskName": "rest"}
+    assert run.relative == Path("sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz")
+    assert bold_sidecar(run.path) == {"RepetitionTime": 2.5, "TaskName": "rest"}
 
 
 def _save_bold(path: Path, series: np.ndarray, vox: tuple[float, float, float]) -> None:
@@ -153,7 +155,7 @@ def test_participant_level_resumes_without_recomputing(qc_dataset) -> None:
     record = derivatives / "sub-02" / "func" / "sub-02_task-rest_desc-qc_bold.json"
     before = record.stat().st_mtime_ns
     rerun = subprocess.run(["isyb", "qc", str(qc_dataset["root"]), str(qc_dataset["out"]),
-                            "participant", "--participant-label", "02", "--quiet"],
+                            "participant", "--participant-label", "02"],
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "1 run(s) already measured, skipped" in rerun.stderr

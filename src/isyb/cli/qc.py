@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import QC_DATASET, bids_app_arguments, note
+from isyb.cli.options import QC_DATASET, executor_arguments, executor_options, log, note
 from isyb.errors import IsybError
 
 EXAMPLES_QC = """examples:
@@ -15,7 +15,6 @@ EXAMPLES_QC = """examples:
   isyb qc bids/ qc_out/ participant --nprocs 2
   isyb qc bids/ qc_out/ group --sd-threshold 3 --fd-threshold 0.2
 """
-
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -55,7 +54,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "group mean (computed once, over all runs of the modality, not iteratively), and a "
         "BOLD mean FD above FD-THRESHOLD mm.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_QC)
-    bids_app_arguments(qc_set, "out_dir", "OUT_DIR", "runs")
+    qc_set.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
+    qc_set.add_argument("out_dir", metavar="OUT_DIR", type=Path)
+    qc_set.add_argument("level", choices=("participant", "group"))
+    qc_set.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="participant level: only these subjects (with or without sub-)")
     qc_set.add_argument("--sd-threshold", type=float, default=3.0,
                         help="SD rule: exclude beyond ± this many SDs (default: %(default)s)")
     qc_set.add_argument("--no-sd-rule", action="store_true", help="turn the SD rule off")
@@ -67,50 +70,28 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="FD rule: exclude BOLD runs with mean FD above this (mm; also "
                         "the fd_num/fd_perc threshold; default: %(default)s)")
     qc_set.add_argument("--no-fd-rule", action="store_true", help="turn the FD rule off")
+    executor_arguments(qc_set, "participant level: runs")
 
     qc.set_defaults(handler=cmd_qc)
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
-    from isyb.io import load_image, load_volume, strip_image_suffix
-
     if args.kind == QC_DATASET:
         return cmd_qc_dataset(args)
     if args.kind == "anat":
-        from isyb.qc.anat import anat_metrics
-        from isyb.qc.masks import anat_masks
+        from isyb.qc.anat import qc_anat
 
-        volume = load_volume(args.image)
-        masks = anat_masks(volume.data, volume.zooms, contrast=args.contrast)
-        record = anat_metrics(volume.data, volume.zooms, contrast=args.contrast, masks=masks)
-        record["noise_source"] = masks.noise_source
-        if masks.note:
-            record["note"] = masks.note
+        record = qc_anat(args.image, contrast=args.contrast).to_json()
         print(json.dumps(record, indent=2 if args.json else None))
         return 0
-    import numpy as np
-    import pandas as pd
+    from isyb.io import strip_image_suffix
+    from isyb.qc.bold import qc_bold
 
-    from isyb.io import atomic_path
-    from isyb.qc.bold import bold_metrics, repetition_time
-
-    image = load_image(args.image, allow_4d=True)
-    if len(image.shape) != 4 or image.shape[3] < 2:
-        raise IsybError(f"{args.image}: expected a 4-D BOLD series, got shape {image.shape}")
-    sidecar = Path(f"{strip_image_suffix(args.image)}.json")
-    metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    tr = args.tr if args.tr is not None else repetition_time(image.header, metadata)
-    series = np.asarray(image.dataobj, dtype=np.float32)
-    metrics, table = bold_metrics(series, image.header.get_zooms()[:3], tr,
-                                  fd_threshold=args.fd_threshold)
+    qc = qc_bold(args.image, tr=args.tr, fd_threshold=args.fd_threshold)
     tsv = args.tsv or Path(f"{Path(strip_image_suffix(args.image)).name}_qc-frames.tsv")
-    with atomic_path(tsv) as tmp:
-        pd.DataFrame(table).to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    record = {key: (float(value) if isinstance(value, float | np.floating) else value)
-              for key, value in metrics.items()}
-    record["tr_s"] = tr
-    record["frames_tsv"] = str(tsv)
-    print(json.dumps(record, indent=2 if args.json else None, default=int))
+    qc.save_frames(tsv)
+    record = {**qc.to_json(), "frames_tsv": str(tsv)}
+    print(json.dumps(record, indent=2 if args.json else None))
     return 0
 
 
@@ -120,11 +101,11 @@ def cmd_qc_dataset(args: argparse.Namespace) -> int:
 
     if args.level == "participant":
         records = qc_participants(args.bids_dir, args.out_dir, labels=args.participant_label,
-                                  fd_threshold=args.fd_threshold, nprocs=args.nprocs,
-                                  progress=not args.quiet)
+                                  fd_threshold=args.fd_threshold,
+                                  executor=executor_options(args), progress=not args.quiet)
         failed = [r for r in records if r["status"] != "ok"]
-        for record in failed:
-            note(f"failed: {record['source']}: {record['error']}")
+        for record in failed:  # a warning: named on stderr even with --quiet (exit code 1)
+            log.warning("failed: %s: %s", record["source"], record["error"])
         print(json.dumps({"runs": len(records), "failed": len(failed),
                           "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
         return 1 if failed else 0

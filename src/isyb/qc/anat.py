@@ -48,12 +48,16 @@ computed.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Literal
 
+import nibabel as nib
 import numpy as np
 from scipy.special import xlogy
 
 from isyb.head.morphology import bounding_box
+from isyb.io import Volume, load_volume, volume_from_image
 from isyb.qc.masks import (
     MAD_TO_SD,
     MIN_MASK_VOXELS,
@@ -68,6 +72,7 @@ from isyb.qc.masks import (
 __all__ = [
     "DIETRICH_FACTOR",
     "AnatMasks",
+    "AnatQC",
     "NoBackgroundError",
     "QCInputError",
     "anat_masks",
@@ -78,6 +83,7 @@ __all__ = [
     "efc",
     "fber",
     "fwhm_afni",
+    "qc_anat",
     "robust_sd",
     "snr",
     "snr_dietrich",
@@ -371,18 +377,6 @@ def brain_noise_sd(image: np.ndarray, mask: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------
-# Segmentation
-
-
-# ---------------------------------------------------------------------------
-# Morphology with separable filters (fast on 256^3 grids)
-
-
-# ---------------------------------------------------------------------------
-# Air
-
-
-# ---------------------------------------------------------------------------
 # All together
 
 
@@ -439,3 +433,50 @@ def anat_metrics(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
         if not np.isfinite(value):
             raise QCInputError(f"{key} came out as {value}")
     return {key: float(value) for key, value in result.items()}
+
+
+@dataclass
+class AnatQC:
+    """What :func:`qc_anat` measured on one image.
+
+    ``metrics`` are :func:`anat_metrics`' floats; ``masks`` the
+    :class:`AnatMasks` behind them; ``volume`` the image in RAS order (for
+    figures), ``contrast`` the contrast the tissues were segmented as.
+    """
+
+    metrics: dict[str, float]
+    masks: AnatMasks
+    volume: Volume
+    contrast: Contrast
+
+    def to_json(self) -> dict[str, float | str]:
+        """The metrics, ``noise_source`` and, when there is one, ``note``: the record
+        ``isyb qc anat`` prints."""
+        record: dict[str, float | str] = {**self.metrics, "noise_source": self.masks.noise_source}
+        if self.masks.note:
+            record["note"] = self.masks.note
+        return record
+
+
+def qc_anat(image: str | os.PathLike | nib.spatialimages.SpatialImage, *,
+            contrast: Contrast = "T1w") -> AnatQC:
+    """Anatomical image quality metrics of a T1w or T2w head scan (file or in-memory image).
+
+    ``image`` is a NIfTI/MGZ path or a 3-D nibabel image (as nilearn's
+    ``check_niimg``); it is viewed in RAS order (:func:`isyb.io.load_volume`),
+    the brain extracted and the tissues segmented (:func:`anat_masks`), and
+    every metric of :func:`anat_metrics` computed. Raises
+    :class:`QCInputError` (one line on the command line) for an image QC
+    cannot use.
+    """
+    if isinstance(image, nib.spatialimages.SpatialImage):
+        if len(image.shape) != 3 and image.shape[3:] != (1,):
+            raise QCInputError(f"anatomical QC needs a 3-D image, got shape {image.shape}")
+        volume = volume_from_image(image)
+    elif isinstance(image, str | os.PathLike):
+        volume = load_volume(image)
+    else:
+        raise TypeError(f"expected a path or a nibabel image, got {type(image).__name__}")
+    masks = anat_masks(volume.data, volume.zooms, contrast=contrast)
+    metrics = anat_metrics(volume.data, volume.zooms, contrast=contrast, masks=masks)
+    return AnatQC(metrics=metrics, masks=masks, volume=volume, contrast=contrast)

@@ -21,109 +21,51 @@ the failure. Every file is written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import re
-import sys
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from isyb import __version__
-from isyb.bids.layout import source_dataset
+from isyb.bids.layout import (
+    BIDSFile,
+    collect_participants,
+    collect_runs,
+    derivatives_dir,
+    describe_derivatives,
+    file_stamp,
+    metadata,
+)
 from isyb.errors import IsybError
-from isyb.io import atomic_path, strip_image_suffix, write_text
+from isyb.executor import ExecutorOptions, run_tasks
+from isyb.io import atomic_path, write_text
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, exclusions
 
-DERIVATIVES = Path("derivatives") / "isyb"
-ANAT_SUFFIXES = ("T1w", "T2w")
+log = logging.getLogger(__name__)
+
+#: The runs QC measures: datatype folder -> suffixes.
+QC_RUNS = {"anat": ("T1w", "T2w"), "func": ("bold",)}
 BOLD_SUFFIX = "bold"
-NIFTI = (".nii.gz", ".nii")
+#: This command's ``GeneratedBy`` entry in ``derivatives/isyb/dataset_description.json``.
+GENERATED_BY = {"Name": "isyb", "Version": __version__,
+                "Description": "image quality metrics (isyb qc)"}
 
 
-@dataclass(frozen=True)
-class QCRun:
-    """One image of the dataset that QC measures."""
-
-    path: Path
-    relative: Path
-    participant_id: str
-    suffix: str
-
-    @property
-    def bids_name(self) -> str:
-        """The file name without extension, as MRIQC's ``bids_name`` column."""
-        return Path(strip_image_suffix(self.relative.name)).name
-
-    @property
-    def modality(self) -> str:
-        return self.suffix
-
-    def output(self, out_dir: Path, kind: str, extension: str) -> Path:
-        """``<entities>_desc-qc_<kind><extension>`` beside the run, under the derivatives."""
-        entities = self.bids_name[: -len(self.suffix) - 1]
-        name = f"{entities}_desc-qc_{kind}{extension}"
-        return out_dir / DERIVATIVES / self.relative.parent / name
-
-
-def find_runs(bids_dir: Path, labels: Iterable[str] | None = None) -> list[QCRun]:
+def find_runs(bids_dir: Path, labels: Iterable[str] | None = None) -> list[BIDSFile]:
     """T1w, T2w (``anat/``) and BOLD (``func/``) NIfTI runs of ``bids_dir``, sorted."""
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise IsybError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    subjects = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
-    if labels is not None:
-        wanted = [f"sub-{label.removeprefix('sub-')}" for label in labels]
-        missing = [w for w in wanted if w not in subjects]
-        if missing:
-            raise IsybError(f"participant label(s) not found in {bids_dir}: {', '.join(missing)}")
-        subjects = wanted
-    runs = []
-    for subject in subjects:
-        for path in sorted((bids_dir / subject).rglob("*")):
-            if not path.is_file() or not path.name.endswith(NIFTI):
-                continue
-            suffix = Path(strip_image_suffix(path.name)).name.rsplit("_", 1)[-1]
-            folder = path.parent.name
-            if (folder == "anat" and suffix in ANAT_SUFFIXES) or \
-                    (folder == "func" and suffix == BOLD_SUFFIX):
-                runs.append(QCRun(path, path.relative_to(bids_dir), subject, suffix))
-    return runs
+    return collect_runs(bids_dir, collect_participants(bids_dir, labels), QC_RUNS)
 
 
-def _entities(name: str) -> tuple[dict[str, str], str]:
-    parts = name.split("_")
-    return dict(p.split("-", 1) for p in parts[:-1] if "-" in p), parts[-1]
-
-
-def sidecar_metadata(bids_dir: Path, run: QCRun) -> dict:
-    """The run's JSON metadata with BIDS inheritance (top level first, the run's own last).
-
-    A JSON file applies when it sits in the dataset root or in a folder above
-    the run, has the run's suffix, and its entities are a subset of the run's.
-    """
-    entities, suffix = _entities(run.bids_name)
-    folders = [bids_dir] + [bids_dir / Path(*run.relative.parts[:i])
-                            for i in range(1, len(run.relative.parts))]
-    merged: dict = {}
-    for folder in folders:
-        for candidate in sorted(folder.glob(f"*{suffix}.json")):
-            found, found_suffix = _entities(candidate.name[: -len(".json")])
-            if found_suffix == suffix and all(entities.get(k) == v for k, v in found.items()):
-                try:
-                    merged.update(json.loads(candidate.read_text()))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise IsybError(f"{candidate}: cannot be read as JSON ({exc})") from None
-    return merged
-
-
-def _stamp(path: Path) -> dict:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def run_output(run: BIDSFile, out_dir: Path, kind: str, extension: str) -> Path:
+    """``<entities>_desc-qc_<kind><extension>`` beside the run, under the derivatives
+    (``<entities>`` is the run's name without its suffix)."""
+    entities = run.bids_name[: -len(run.suffix) - 1]
+    return run.derivative(out_dir, f"{entities}_desc-qc_{kind}{extension}")
 
 
 def _finished(json_path: Path, stamp: dict, fd_threshold: float) -> dict | None:
@@ -139,9 +81,15 @@ def _finished(json_path: Path, stamp: dict, fd_threshold: float) -> dict | None:
 
 @dataclass(frozen=True)
 class ParticipantJob:
+    """One run to measure: where it lies, where its outputs go, the FD threshold (mm).
+
+    ``threads`` is not read: :func:`isyb.executor.run_tasks` sets every task's
+    threads. It stays only while :mod:`isyb.app.release` still passes it.
+    """
+
     bids_dir: Path
     out_dir: Path
-    run: QCRun
+    run: BIDSFile
     fd_threshold: float
     threads: int = 1
 
@@ -150,18 +98,17 @@ def run_participant_job(job: ParticipantJob) -> dict:
     """QC one run: write its JSON (metrics or error), frames TSV and HTML page."""
     from isyb.qc.report import write_run_page
 
-    _limit_threads(job.threads)
     run = job.run
     record = {"bids_name": run.bids_name, "participant_id": run.participant_id,
-              "modality": run.modality, "source": str(run.relative),
-              "input": _stamp(run.path), "isyb_version": __version__}
+              "modality": run.suffix, "source": str(run.relative),
+              "input": file_stamp(run.path), "isyb_version": __version__}
     try:
         if run.suffix == BOLD_SUFFIX:
             result, figures = _bold(job)
         else:
             result, figures = _anat(job)
         record.update(status="ok", **result)
-        page = run.output(job.out_dir, run.suffix, ".html")
+        page = run_output(run, job.out_dir, run.suffix, ".html")
         write_run_page(page, record, figures)
         record["report"] = page.name
     except IsybError as exc:
@@ -169,7 +116,7 @@ def run_participant_job(job: ParticipantJob) -> dict:
         for path in (str(run.path.resolve()), str(run.path)):  # no local path in the records
             message = message.replace(path, run.relative.as_posix())
         record.update(status="failed", error=" ".join(message.split()))
-    write_text(run.output(job.out_dir, run.suffix, ".json"),
+    write_text(run_output(run, job.out_dir, run.suffix, ".json"),
                json.dumps(record, indent=2, default=_json_default) + "\n")
     return record
 
@@ -182,104 +129,62 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value)}")
 
 
-def _anat(job: ParticipantJob) -> tuple[dict, dict]:
-    from isyb.io import load_volume
-    from isyb.qc.anat import anat_metrics
-    from isyb.qc.masks import anat_masks
+def _anat(job: ParticipantJob) -> tuple[dict, dict[str, bytes]]:
+    from isyb.qc.anat import qc_anat
     from isyb.qc.report import anat_figures
 
-    volume = load_volume(job.run.path)
-    masks = anat_masks(volume.data, volume.zooms, contrast=job.run.suffix)
-    metrics = anat_metrics(volume.data, volume.zooms, contrast=job.run.suffix, masks=masks)
-    result = {"metrics": metrics, "noise_source": masks.noise_source}
-    if masks.note:
-        result["note"] = masks.note
-    return result, anat_figures(volume.data, volume.zooms, masks)
+    qc = qc_anat(job.run.path, contrast=job.run.suffix)
+    result = {"metrics": qc.metrics, "noise_source": qc.masks.noise_source}
+    if qc.masks.note:
+        result["note"] = qc.masks.note
+    return result, anat_figures(qc.volume.data, qc.volume.zooms, qc.masks)
 
 
-def _bold(job: ParticipantJob) -> tuple[dict, dict]:
-    from isyb.io import load_image
-    from isyb.qc.bold import BoldInputError, repetition_time, run_bold_qc
+def _bold(job: ParticipantJob) -> tuple[dict, dict[str, bytes]]:
+    from isyb.qc.bold import qc_bold
     from isyb.qc.report import bold_figures
 
-    image = load_image(job.run.path, allow_4d=True)
-    if len(image.shape) != 4 or image.shape[3] < 2:
-        raise BoldInputError(f"{job.run.relative}: expected a 4-D BOLD series, got shape "
-                             f"{image.shape}")
-    metadata = sidecar_metadata(job.bids_dir, job.run)
-    tr = repetition_time(image.header, metadata)
-    series = np.asarray(image.dataobj, dtype=np.float32)
-    qc = run_bold_qc(series, image.header.get_zooms()[:3], tr, fd_threshold=job.fd_threshold)
-    tsv = job.run.output(job.out_dir, "timeseries", ".tsv")
-    with atomic_path(tsv) as tmp:
-        pd.DataFrame(qc.table).to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    metrics = {k: (float(v) if isinstance(v, float | np.floating) else int(v))
-               for k, v in qc.metrics.items()}
-    result = {"metrics": metrics, "tr_s": tr, "fd_threshold_mm": job.fd_threshold,
-              "timeseries": tsv.name}
+    run = job.run
+    qc = qc_bold(run.path, fd_threshold=job.fd_threshold,
+                 metadata=metadata(job.bids_dir, run.path))
+    tsv = run_output(run, job.out_dir, "timeseries", ".tsv")
+    qc.save_frames(tsv)
+    result = {"metrics": qc.json_metrics(), "tr_s": qc.tr_s,
+              "fd_threshold_mm": job.fd_threshold, "timeseries": tsv.name}
     return result, bold_figures(qc, job.fd_threshold)
 
 
-def _limit_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-
-
-def write_description(out_dir: Path, bids_dir: Path) -> None:
-    """``derivatives/isyb/dataset_description.json``, unless one is already there."""
-    path = out_dir / DERIVATIVES / "dataset_description.json"
-    if path.is_file():
-        return
-    description = {
-        "Name": "isyb quality control",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "isyb", "Version": __version__,
-                         "Description": "image quality metrics (isyb qc)"}],
-        "SourceDatasets": [source_dataset(bids_dir, json.loads(
-            (bids_dir / "dataset_description.json").read_text()))],
-    }
-    write_text(path, json.dumps(description, indent=2) + "\n")
-
-
 def qc_participants(bids_dir: Path, out_dir: Path, *, labels: Iterable[str] | None = None,
-                    fd_threshold: float = 0.2, nprocs: int = 1,
+                    fd_threshold: float = 0.2, executor: ExecutorOptions | None = None,
                     progress: bool = True) -> list[dict]:
-    """Participant level: QC every run (resuming finished ones); return their records."""
+    """Participant level: QC every run (resuming finished ones); return their records.
+
+    ``executor`` says where the runs go (default: one after the other, here).
+    """
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     if bids_dir.resolve() == out_dir.resolve():
         raise IsybError(f"{out_dir}: OUT_DIR must differ from BIDS_DIR")
     runs = find_runs(bids_dir, labels)
     if not runs:
         raise IsybError(f"{bids_dir}: no T1w, T2w or BOLD NIfTI runs found")
-    write_description(out_dir, bids_dir)
-    records: dict[Path, dict] = {}
+    describe_derivatives(out_dir, bids_dir, name="isyb quality control",
+                         generated_by=GENERATED_BY)
+    records: dict[str, dict] = {}
     todo = []
     for run in runs:
-        done = _finished(run.output(out_dir, run.suffix, ".json"), _stamp(run.path), fd_threshold)
+        done = _finished(run_output(run, out_dir, run.suffix, ".json"), file_stamp(run.path),
+                         fd_threshold)
         if done is not None:
-            records[run.relative] = done
+            records[str(run.relative)] = done
         else:
             todo.append(run)
     if len(todo) < len(runs):
-        print(f"isyb: {len(runs) - len(todo)} run(s) already measured, skipped", file=sys.stderr)
-    nprocs = max(1, min(nprocs, len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // nprocs)
-    jobs = [ParticipantJob(bids_dir, out_dir, run, fd_threshold, threads) for run in todo]
-    bar = tqdm(total=len(jobs), desc="qc", unit="run", disable=not progress, file=sys.stderr)
-    if nprocs == 1:
-        for job in jobs:
-            records[job.run.relative] = run_participant_job(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=nprocs) as pool:
-            futures = {pool.submit(run_participant_job, job): job for job in jobs}
-            for future in as_completed(futures):
-                records[futures[future].run.relative] = future.result()
-                bar.update()
-    bar.close()
-    return [records[run.relative] for run in runs]
+        log.info("%d run(s) already measured, skipped", len(runs) - len(todo))
+    jobs = [ParticipantJob(bids_dir, out_dir, run, fd_threshold) for run in todo]
+    for record in run_tasks(run_participant_job, jobs, executor or ExecutorOptions(),
+                            progress=progress, desc="qc"):
+        records[record["source"]] = record
+    return [records[str(run.relative)] for run in runs]
 
 
 GROUP_FILES = {"T1w": "group_T1w.tsv", "T2w": "group_T2w.tsv", "bold": "group_bold.tsv"}
@@ -287,7 +192,7 @@ GROUP_FILES = {"T1w": "group_T1w.tsv", "T2w": "group_T2w.tsv", "bold": "group_bo
 
 def read_records(out_dir: Path) -> list[dict]:
     """Every participant-level QC record under ``OUT_DIR/derivatives/isyb``, sorted."""
-    root = out_dir / DERIVATIVES
+    root = derivatives_dir(out_dir)
     pattern = re.compile(r"_desc-qc_(T1w|T2w|bold)\.json$")
     records = []
     for path in sorted(root.glob("sub-*/**/*_desc-qc_*.json")):
@@ -308,16 +213,16 @@ def group_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def qc_group(out_dir: Path, rules: ExclusionRules, *, bids_dir: Path | None = None) -> dict:
+def qc_group(out_dir: Path, rules: ExclusionRules) -> dict:
     """Group level: tables, exclusions and the group report from the participant records."""
     from isyb.qc.report import write_group_report
 
     out_dir = Path(out_dir)
     records = read_records(out_dir)
     if not records:
-        raise IsybError(f"{out_dir / DERIVATIVES}: no participant-level QC records; run the "
+        raise IsybError(f"{derivatives_dir(out_dir)}: no participant-level QC records; run the "
                         "participant level first")
-    root = out_dir / DERIVATIVES
+    root = derivatives_dir(out_dir)
     tables = group_tables(records)
     reasons = [exclusion_reasons(table, modality, rules) for modality, table in tables.items()]
     reason_table = pd.concat(reasons, ignore_index=True) if reasons else \

@@ -16,9 +16,7 @@ table with their reasons; failed runs are listed with their errors.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import zlib
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import pandas as pd
 from isyb import __version__
 from isyb.io import write_text
 from isyb.qc.rules import ExclusionRules
+from isyb.viz.html import figure_png, img, page
 
 #: Metrics plotted in the group report, per modality, in this order.
 REPORT_METRICS: dict[str, tuple[str, ...]] = {
@@ -76,12 +75,6 @@ SCRIPT = """
 """
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -91,8 +84,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def anat_figures(data: np.ndarray, zooms: np.ndarray, masks) -> dict[str, str]:
-    """Segmentation overlay (CSF, GM, WM, air outline) on three slices; base64 PNGs.
+def anat_figures(data: np.ndarray, zooms: np.ndarray, masks) -> dict[str, bytes]:
+    """Segmentation overlay (CSF, GM, WM, air outline) on three slices; PNG bytes.
 
     ``data`` and the masks are RAS arrays with voxel size ``zooms`` (mm); the
     slices go through the brain's centroid, drawn with their true aspect.
@@ -122,11 +115,11 @@ def anat_figures(data: np.ndarray, zooms: np.ndarray, masks) -> dict[str, str]:
         ax.set_axis_off()
     fig.suptitle("tissues: CSF blue, GM red, WM yellow; air mask outlined in green")
     fig.tight_layout()
-    return {"segmentation": _png(fig)}
+    return {"segmentation": figure_png(fig)}
 
 
-def bold_figures(qc, fd_threshold: float) -> dict[str, str]:
-    """Motion, FD, DVARS traces and a carpet plot of one BOLD run; base64 PNGs."""
+def bold_figures(qc, fd_threshold: float) -> dict[str, bytes]:
+    """Motion, FD, DVARS traces and a carpet plot of one BOLD run; PNG bytes."""
     table = pd.DataFrame(qc.table)
     fig = _figure(12, 7.5)
     axes = fig.subplots(4, 1, sharex=True)
@@ -147,7 +140,7 @@ def bold_figures(qc, fd_threshold: float) -> dict[str, str]:
     for ax in axes[:3]:
         ax.legend(loc="upper right", fontsize=8, ncol=3)
     fig.tight_layout()
-    traces = _png(fig)
+    traces = figure_png(fig)
 
     voxels = qc.realigned[qc.mask]  # (V, t)
     if voxels.shape[0] > 20000:  # every n-th voxel keeps the picture and the page light
@@ -164,7 +157,7 @@ def bold_figures(qc, fd_threshold: float) -> dict[str, str]:
     ax.set_ylabel("brain voxels")
     ax.set_title("carpet plot: realigned brain voxels, z-scored over time (±2)")
     fig.tight_layout()
-    return {"motion, FD and DVARS": traces, "carpet": _png(fig)}
+    return {"motion, FD and DVARS": traces, "carpet": figure_png(fig)}
 
 
 def _metric_rows(metrics: dict) -> str:
@@ -178,22 +171,16 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _page(title: str, body: str, script: str = "") -> str:
-    js = f"<script>{script}</script>" if script else ""
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{STYLE}</style></head><body>{body}{js}</body></html>\n")
-
-
-def write_run_page(path: Path, record: dict, figures: dict[str, str]) -> None:
-    """The per-run HTML page: metrics table and embedded figures."""
+def write_run_page(path: Path, record: dict, figures: dict[str, bytes]) -> None:
+    """The per-run HTML page: metrics table and embedded figures (PNG bytes)."""
     extra = "".join(f"<p>{html.escape(k)}: {html.escape(str(record[k]))}</p>"
                     for k in ("noise_source", "note", "tr_s") if k in record)
-    images = "".join(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
-                     f"src='data:image/png;base64,{data}'>" for name, data in figures.items())
+    images = "".join(f"<h2>{html.escape(name)}</h2>{img(png, name)}"
+                     for name, png in figures.items())
     body = (f"<h1>{html.escape(record['bids_name'])}</h1><p>isyb {__version__} quality "
             f"control of {html.escape(record['source'])}</p>{extra}<table><tr><th>metric</th>"
             f"<th>value</th></tr>{_metric_rows(record['metrics'])}</table>{images}")
-    write_text(path, _page(f"isyb QC: {record['bids_name']}", body))
+    write_text(path, page(f"isyb QC: {record['bids_name']}", body, style=STYLE))
 
 
 def _jitter(name: str) -> float:
@@ -306,4 +293,4 @@ def write_group_report(path: Path, tables: dict[str, pd.DataFrame], reasons: pd.
         f"<th>metric</th><th>value</th><th>threshold</th></tr>{reason_rows}</table>"
         f"<h2>Failed runs ({len(failures)})</h2><table><tr><th>participant</th><th>file</th>"
         f"<th>error</th></tr>{failure_rows}</table>")
-    write_text(path, _page("isyb group QC", body, SCRIPT))
+    write_text(path, page("isyb group QC", body, style=STYLE, script=SCRIPT))

@@ -122,9 +122,11 @@ def test_api_gives_the_bytes_the_cli_writes(given: str, head: Path, written, def
     assert np.array_equal(np.asarray(result.image.dataobj), np.asarray(nib.load(out).dataobj))
     assert result.mask.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(result.mask.dataobj), np.asarray(nib.load(mask).dataobj))
-    result.image.to_filename(str(tmp_path / "api.nii.gz"))
+    result.to_filename(tmp_path / "api.nii.gz")
+    result.image.to_filename(str(tmp_path / "nibabel.nii.gz"))  # unscaled input: same bytes
     result.mask.to_filename(str(tmp_path / "api_mask.nii.gz"))
     assert sha256(tmp_path / "api.nii.gz") == sha256(out)
+    assert sha256(tmp_path / "nibabel.nii.gz") == sha256(out)
     assert sha256(tmp_path / "api_mask.nii.gz") == sha256(mask)
 
     report = result.report.to_json()

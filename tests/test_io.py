@@ -14,8 +14,11 @@ from isyb.io import (
     atomic_path,
     edit_stored,
     load_volume,
+    mask_image,
     save_like,
+    save_mask_like,
     stored_data,
+    stored_image,
     volume_from_image,
     write_stored,
 )
@@ -158,3 +161,63 @@ def test_output_format_follows_the_output_name(tmp_path: Path, suffix_in: str,
     back = load_volume(tmp_path / f"out{suffix_out}")
     assert np.array_equal(back.data, volume.data)
     assert np.allclose(back.affine, volume.affine)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mgz"])
+def test_an_in_memory_image_loads_like_its_file(tmp_path: Path, suffix: str) -> None:
+    image = _image("LIA", slope=0.5, inter=10.0)
+    if suffix == ".mgz":
+        image = nib.MGHImage(np.asarray(image.dataobj), image.affine)
+    path = tmp_path / f"in{suffix}"
+    image.to_filename(str(path))
+    from_file, in_memory = load_volume(path), load_volume(nib.load(str(path)))
+    assert np.array_equal(from_file.data, in_memory.data)
+    assert np.array_equal(from_file.affine, in_memory.affine)
+    assert from_file.path == path and in_memory.path is None
+
+
+@pytest.mark.parametrize("case", ["4d", "zeros", "nan"])
+def test_bad_in_memory_images_raise_one_line_errors(case: str) -> None:
+    data = np.ones((6, 6, 6, 4) if case == "4d" else (6, 6, 6), dtype=np.float32)
+    if case == "zeros":
+        data[:] = 0
+    elif case == "nan":
+        data[1, 1, 1] = np.nan
+    with pytest.raises(IsybError, match=r"^image: "):
+        load_volume(nib.Nifti1Image(data, np.eye(4)))
+
+
+def test_anything_else_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="ndarray"):
+        load_volume(np.ones((6, 6, 6)))
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".mgz"])
+def test_stored_image_is_what_write_stored_writes(tmp_path: Path, suffix: str) -> None:
+    """In memory: the stored values, scaling and header of the written file."""
+    image = _image("LIA", slope=0.5, inter=10.0)
+    if suffix == ".mgz":
+        image = nib.MGHImage(np.asarray(image.dataobj), image.affine)
+    path = tmp_path / f"in{suffix}"
+    image.to_filename(str(path))
+    volume = load_volume(path)
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[1:3, 2:4, 3:5] = True
+    new = volume.data.copy()
+    new[mask] = 42.0
+    raw = edit_stored(volume, new, mask)
+    out = tmp_path / f"out{suffix}"
+    write_stored(raw, volume, out)
+    in_memory, written = stored_image(raw, volume), nib.load(str(out))
+    assert type(in_memory) is type(volume.source)
+    (raw_mem, *scaling_mem), (raw_out, *scaling_out) = stored_data(in_memory), stored_data(written)
+    assert np.array_equal(raw_mem, raw_out) and raw_mem.dtype == raw_out.dtype
+    assert scaling_mem == scaling_out
+    assert np.array_equal(in_memory.get_fdata(), written.get_fdata())
+    assert np.array_equal(in_memory.affine, written.affine)
+    assert np.array_equal(load_volume(in_memory).data, load_volume(out).data)
+    save_mask_like(mask, volume, tmp_path / f"mask{suffix}")
+    written_mask = nib.load(str(tmp_path / f"mask{suffix}"))
+    assert mask_image(mask, volume).get_data_dtype() == written_mask.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(mask_image(mask, volume).dataobj),
+                          np.asarray(written_mask.dataobj))

@@ -283,11 +283,13 @@ def _build_image(data: np.ndarray, reference: Volume, path: str | os.PathLike | 
 
 
 def stored_image(raw: np.ndarray, reference: Volume) -> nib.spatialimages.SpatialImage:
-    """A stored-order array as the image :func:`write_stored` writes, read back from its bytes.
+    """A stored-order array as the image :func:`write_stored` writes, in memory.
 
-    Same format, header, affine, dtype and scaling as the reference; reading it
-    back from its serialised bytes means its values are scaled like a loaded
-    file's, and ``to_filename`` writes exactly those bytes again.
+    Same format, header, affine, dtype and scaling as the reference, read back
+    from the serialised bytes, so that its values are scaled like a loaded
+    file's (``dataobj.get_unscaled()`` is ``raw``). Saving it again with
+    nibabel rescales an image with scaling, as for any loaded image; write
+    ``raw`` with :func:`write_stored` to keep the stored values.
     """
     _, slope, inter = stored_data(reference.source)
     image = _build_image(raw, reference, None, slope, inter)

@@ -3,7 +3,7 @@
 Defacing is the expensive part (about 10 s per 1.5 mm phantom subject), so the
 runs are module-scoped fixtures and each test reuses them:
 
-* ``first_run``: both subjects through the CLI (``--nprocs 1``) into ``out``;
+* ``first_run``: both subjects through the CLI (``--nprocs 1``, not quiet) into ``out``;
   later tests rerun into the same folder and leave it as they found it;
 * the label run: ``--participant-label 01`` into a fresh folder;
 * the parallel run: ``--nprocs 2`` into a fresh folder;
@@ -106,7 +106,7 @@ def first_run(bids_in: Path, default_template,
               tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
     before = snapshot(bids_in)
     out = tmp_path_factory.mktemp("first") / "bids_defaced"
-    code, stdout, stderr = cli(["deface", bids_in, out, "--quiet"])
+    code, stdout, stderr = cli(["deface", bids_in, out])
     assert snapshot(bids_in) == before, "the input dataset was changed"
     return FirstRun(bids_in, out, code, stdout, stderr, before, snapshot(out))
 

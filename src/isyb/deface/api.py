@@ -16,14 +16,14 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nibabel as nib
 
-from isyb.deface.checked import DefaceReport, deface_checked
+from isyb.deface.checked import CheckedDefacing, DefaceReport, deface_checked
 from isyb.deface.engine import DefaceOptions
-from isyb.io import ImageLike, load_volume, mask_image, stored_image
+from isyb.io import ImageLike, load_volume, mask_image, stored_image, write_stored
 from isyb.templates.registry import Template, load_template
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,29 @@ class DefaceResult:
     """What :func:`deface` returns.
 
     ``image`` is the defaced image on the input's grid, voxel order, dtype,
-    affine and header, scaled like the input: ``image.to_filename(path)``
-    writes the bytes ``isyb deface IN OUT`` writes to a file of the input's
-    format. ``mask`` is the uint8 image (1 = may change) of the voxels the
-    method was allowed to change, as ``isyb deface --save-mask`` writes it.
-    ``report`` is the provenance (:class:`~isyb.deface.checked.DefaceReport`;
-    ``report.to_json()`` is the ``*_isyb.json`` record).
+    affine, header and scaling: what ``isyb deface IN OUT`` writes, read back.
+    :meth:`to_filename` writes it as the command line does; nibabel's own
+    ``image.to_filename`` gives the same bytes unless the input has a
+    scaling (slope/intercept), which nibabel recomputes on saving, as for any
+    loaded image. ``mask`` is the uint8 image (1 = may change) of the voxels
+    the method was allowed to change, as ``isyb deface --save-mask`` writes
+    it. ``report`` is the provenance
+    (:class:`~isyb.deface.checked.DefaceReport`; ``report.to_json()`` is the
+    ``*_isyb.json`` record).
     """
 
     image: nib.spatialimages.SpatialImage
     mask: nib.spatialimages.SpatialImage
     report: DefaceReport
+    _checked: CheckedDefacing = field(repr=False, compare=False)
+
+    def to_filename(self, path: str | os.PathLike) -> None:
+        """Write the defaced image atomically, as ``isyb deface IN OUT`` writes OUT.
+
+        The stored values and scaling of the input are kept; the format
+        follows ``path``'s extension (NIfTI or MGZ).
+        """
+        write_stored(self._checked.raw, self._checked.volume, path)
 
 
 def deface_options(method: str = "blur", **options: Any) -> DefaceOptions:
@@ -99,4 +111,4 @@ def deface(image: ImageLike, template: str | os.PathLike | Template = "default",
         checked.report, input=None if volume.path is None else str(volume.path),
         total_s=round(time.perf_counter() - start, 2))
     return DefaceResult(stored_image(checked.raw, volume),
-                        mask_image(checked.defacing.allowed, volume), report)
+                        mask_image(checked.defacing.allowed, volume), report, checked)

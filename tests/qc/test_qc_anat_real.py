@@ -1,0 +1,132 @@
+"""Anatomical QC end to end on the real scans of the shared test data: brain extraction,
+segmentation and every metric, on original and defaced heads (slow: deepbet and registrations).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isyb.qc import anat
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+METRIC_KEYS = {"snr", "snrd_gm", "cnr", "fber", "efc", "fwhm_x", "fwhm_y", "fwhm_z",
+               "fwhm_avg", "cjv", "wm2max"}
+
+
+def _heads(data_root: Path) -> list[Path]:
+    files = sorted(p for p in (data_root / "heads").iterdir()
+                   if p.name.endswith((".nii.gz", ".nii", ".mgz")) and "_brain" not in p.name)
+    return [p for p in files if "T1w" in p.name or "T2w" in p.name]
+
+
+@functools.cache
+def _qc_file(path: Path) -> tuple[dict[str, float], anat.AnatMasks]:
+    """Metrics and masks of one file, end to end (deepbet included); cached per run."""
+    qc = anat.qc_anat(path, contrast="T2w" if "T2w" in path.name else "T1w")
+    return qc.metrics, qc.masks
+
+
+def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path) -> None:
+    import nibabel as nib
+
+    path = data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"  # stored LSA, not RAS
+    metrics, masks = _qc_file(path)
+    in_memory = anat.qc_anat(nib.load(path))
+    assert in_memory.metrics == metrics
+    assert np.array_equal(in_memory.masks.brain, masks.brain)
+    assert in_memory.to_json() == {**metrics, "noise_source": masks.noise_source,
+                                   **({"note": masks.note} if masks.note else {})}
+
+
+def test_every_real_scan_gets_finite_metrics(data_root: Path) -> None:
+    heads = _heads(data_root)
+    assert heads
+    for path in heads:
+        metrics, masks = _qc_file(path)
+        assert set(metrics) == METRIC_KEYS, path.name
+        for key, value in metrics.items():
+            assert math.isfinite(value) and value > 0, (path.name, key, value)
+        assert 0.0 < metrics["efc"] < 1.0
+        assert 0.5 < metrics["fwhm_avg"] < 15.0
+        assert masks.gm.sum() >= 100 and masks.wm.sum() >= 100
+
+
+@pytest.fixture(scope="module")
+def defaced_pycortex(data_root: Path, default_template,
+                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """pycortex-S1_T1w and its three isyb-defaced versions (one registration for all, on the
+    brain mask QC already extracted)."""
+    from isyb.deface.engine import DefaceOptions, align
+    from isyb.deface.file import deface_file
+    from isyb.io import load_volume
+
+    source = data_root / "heads" / "pycortex-S1_T1w.nii.gz"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    out = tmp_path_factory.mktemp("qc_defaced")
+    alignment = align(load_volume(source), default_template, brain=_qc_file(source)[1].brain)
+    files = {"original": source}
+    for method in ("blur", "remove", "noise"):
+        target = out / f"pycortex-S1_{method}_T1w.nii.gz"
+        deface_file(source, target, default_template, DefaceOptions(method=method),
+                    qc_png=False, alignment=alignment)
+        files[method] = target
+    return files
+
+
+def test_background_metrics_are_robust_to_defacing(defaced_pycortex: dict[str, Path]) -> None:
+    results = {name: _qc_file(path)[0] for name, path in defaced_pycortex.items()}
+    for key in ("snr", "snrd_gm", "cnr"):
+        values = np.array([metrics[key] for metrics in results.values()])
+        assert np.all(np.isfinite(values)) and np.all(values > 0), key
+        assert values.max() / values.min() < 1.10, (key, values)
+
+
+def test_already_defaced_scan_gets_sane_values(data_root: Path) -> None:
+    path = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    metrics, masks = _qc_file(path)
+    assert masks.noise_source == "air"  # a real, unsuppressed background
+    for key, value in metrics.items():
+        assert math.isfinite(value) and value > 0, key
+    assert 5.0 < metrics["snrd_gm"] < 200.0
+    assert 1.0 < metrics["cnr"] < 10.0
+    assert metrics["fber"] > 10.0
+
+
+def test_defacing_a_real_background_again_leaves_it_unchanged(
+        data_root: Path, default_template, tmp_path: Path) -> None:
+    """ds000240 has a real (unsuppressed) background: the air path itself is tested here.
+
+    The brain mask QC extracted from the source is reused for the registration
+    and the defaced copies, so this checks the air mask, not deepbet (the
+    pycortex test runs deepbet on every copy).
+    """
+    from isyb.deface.engine import DefaceOptions, align
+    from isyb.deface.file import deface_file
+    from isyb.io import load_volume
+
+    source = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    volume = load_volume(source)
+    alignment = align(volume, default_template, brain=_qc_file(source)[1].brain)
+    reference = anat.anat_metrics(volume.data, volume.zooms, brain=alignment.brain)
+    for method in ("blur", "remove", "noise"):
+        target = tmp_path / f"ds000240_{method}.nii.gz"
+        record = deface_file(source, target, default_template, DefaceOptions(method=method),
+                             qc_png=False, alignment=alignment)
+        assert record["changed_voxels"] > 10_000
+        defaced = load_volume(target)
+        masks = anat.anat_masks(defaced.data, defaced.zooms, brain=alignment.brain)
+        assert masks.noise_source == "air"
+        metrics = anat.anat_metrics(defaced.data, defaced.zooms, masks=masks)
+        for key in ("snr", "snrd_gm", "cnr"):
+            assert metrics[key] == pytest.approx(reference[key], rel=0.02), (method, key)

@@ -10,12 +10,14 @@ single-threaded worker processes. Tasks get ``retries`` so that a lost worker's
 task is run again elsewhere; tasks are idempotent (atomic writes, outputs
 rewritten whole), so a retry cannot leave a mixed result.
 
-Threads: every task runs with :func:`limit_threads` set to its share of the
-machine (``cores // nprocs``, at least 1; always 1 under Dask, whose workers
-are single-threaded), before any library work. This is the only place isyb
-sets torch's and ITK's thread counts; nothing else overrides them. One thread
-per task also makes registrations reproducible: ITK's multi-threaded metric
-sums in a varying order.
+Threads: every task runs with :func:`limit_threads` set, before any library
+work, to ``ExecutorOptions.threads`` (``--omp-nthreads``) or by default to its
+share of the machine (``cores // nprocs``, at least 1; 1 under Dask, whose
+workers are single-threaded). This is the only place isyb sets torch's and
+ITK's thread counts; nothing else overrides them. ITK's multi-threaded metric
+sums in an order that depends on the thread count, so registrations (and every
+output after them) are the same on every executor only with a fixed count: the
+release always runs ``threads=1``.
 """
 
 from __future__ import annotations
@@ -78,12 +80,21 @@ class ExecutorOptions:
     dask_scheduler: str | None = None
     dask_cluster: str | None = None
     retries: int = 2
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise IsybError(f"unknown executor {self.executor!r}: use local or dask")
+        if not isinstance(self.nprocs, int) or self.nprocs < 1:
+            raise IsybError(f"--nprocs must be a whole number ≥ 1, got {self.nprocs!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise IsybError(f"--omp-nthreads must be a whole number ≥ 1, got {self.threads!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise IsybError(f"retries must be a whole number ≥ 0, got {self.retries!r}")
         if self.executor == "local" and (self.dask_scheduler or self.dask_cluster):
             raise IsybError("--dask-scheduler and --dask-cluster need --executor dask")
+        if self.dask_scheduler and self.dask_cluster:
+            raise IsybError("give --dask-scheduler or --dask-cluster, not both")
         if self.dask_cluster not in (None, "slurm"):
             raise IsybError(f"unknown --dask-cluster {self.dask_cluster!r}: use slurm")
 
@@ -92,10 +103,12 @@ def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: Exe
               *, progress: bool = True, desc: str = "subjects") -> Iterator[Any]:
     """Run ``function`` on every item; yield results as they complete.
 
-    Each call runs under :func:`limit_threads` with its share of the cores.
+    Each call runs under :func:`limit_threads` with ``options.threads`` threads,
+    by default its share of the cores (1 under Dask).
     """
     bar = tqdm(total=len(items), desc=desc, unit="task", disable=not progress, file=sys.stderr)
-    threads = 1 if options.executor == "dask" else threads_per_task(options.nprocs, len(items))
+    threads = options.threads or (1 if options.executor == "dask" else
+                                  threads_per_task(options.nprocs, len(items)))
     task = _Limited(function, threads)
     try:
         if options.executor == "dask":
@@ -123,18 +136,16 @@ def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: Executo
                         "'dask[distributed]'") from None
     cluster = None
     if options.dask_scheduler:
-        client = Client(options.dask_scheduler)
-    elif options.dask_cluster == "slurm":
         try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError:
-            raise IsybError("--dask-cluster slurm needs dask-jobqueue: pip install "
-                            "dask-jobqueue") from None
-        cluster = SLURMCluster()
-        cluster.scale(jobs=max(1, options.nprocs))
+            client = Client(options.dask_scheduler)
+        except (OSError, ValueError) as exc:
+            raise IsybError(f"cannot reach the dask scheduler {options.dask_scheduler}: "
+                            f"{exc}") from None
+    elif options.dask_cluster == "slurm":
+        cluster = _slurm_cluster(options.nprocs)
         client = Client(cluster)
     else:
-        cluster = LocalCluster(n_workers=max(1, options.nprocs), threads_per_worker=1,
+        cluster = LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
                                processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
@@ -146,3 +157,20 @@ def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: Executo
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _slurm_cluster(jobs: int):
+    """A dask-jobqueue ``SLURMCluster`` of ``jobs`` worker jobs, configured by dask's
+    ``jobqueue.slurm`` settings (a YAML file or ``DASK_JOBQUEUE__SLURM__*`` variables)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise IsybError("--dask-cluster slurm needs dask-jobqueue: pip install "
+                        "dask-jobqueue") from None
+    try:
+        cluster = SLURMCluster()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise IsybError(f"cannot start the SLURM cluster (set cores, memory, queue... in "
+                        f"dask's jobqueue.slurm configuration): {exc}") from None
+    cluster.scale(jobs=jobs)
+    return cluster

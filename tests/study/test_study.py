@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +118,7 @@ def study_run(cohort: Path, default_template, tmp_path_factory: pytest.TempPathF
     out = tmp_path_factory.mktemp("study") / "out"
     phantom_template = cohort / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
     args = ["study", str(cohort), str(out), "--templates", f"default,{phantom_template}",
-            "--split", "a:2,b:2", "--seed", "1", "--quiet"]
+            "--split", "a:2,b:2", "--seed", "1", "--omp-nthreads", "1", "--quiet"]
     assert main(args) == 0
     return out, args
 
@@ -139,6 +145,57 @@ def test_study_statistics_equal_pingouin_on_metrics_tsv(study_run) -> None:
     ours = anova[anova["analysis"] == "rm:pooled"].reset_index(drop=True)
     assert np.allclose(ours["F"].to_numpy(float)[:1], direct["F"].to_numpy(float)[:1])
     assert np.allclose(ours["p_unc"].to_numpy(float)[:1], direct["p_unc"].to_numpy(float)[:1])
+
+
+def _digests(out: Path) -> dict[str, str]:
+    """SHA-256 of every file of a study folder (tables, figure, report, work cache)."""
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _half_done(study_run, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the finished study without sub-03's and sub-04's work, and the arguments
+    that finish it: those two subjects are computed again."""
+    out, args = study_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for subject in ("03", "04"):
+        shutil.rmtree(copy / "work" / f"sub-{subject}")
+    return copy, [*args[:2], str(copy), *args[3:]]
+
+
+def _differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
+
+
+@pytest.mark.slow
+def test_a_dask_study_is_byte_identical_to_the_local_one(study_run, tmp_path: Path) -> None:
+    copy, args = _half_done(study_run, tmp_path)
+    assert main([*args, "--executor", "dask", "--nprocs", "2"]) == 0
+    assert _differing(_digests(copy), _digests(study_run[0])) == []
+
+
+@pytest.mark.slow
+def test_a_killed_dask_worker_does_not_change_the_study(study_run, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    copy, args = _half_done(study_run, tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        run = subprocess.Popen(["isyb", *args, "--executor", "dask", "--dask-scheduler",
+                                cluster.scheduler_address], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(
+                ws.processing for ws in cluster.scheduler.workers.values()):
+            time.sleep(0.2)
+        busy = [ws for ws in cluster.scheduler.workers.values() if ws.processing]
+        assert busy, "no task started"
+        nanny = next(n for n in cluster.workers.values() if n.worker_address == busy[0].address)
+        time.sleep(2.0)
+        os.kill(nanny.process.process.pid, signal.SIGKILL)
+        _, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err[-3000:]
+    assert _differing(_digests(copy), _digests(study_run[0])) == []
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 files, anatomical images defaced, identifying metadata scrubbed
 (:mod:`isyb.bids.scrub`), and ``derivatives/isyb`` (masks, provenance, QC).
 
-Participant level, per subject, in three steps:
+Participant level, per subject, in four steps:
 
 1. ``deface``: copy the subject's files and deface every anatomical image
    (:func:`isyb.deface.dataset.run_subject`). ``--skip deface`` copies the
@@ -37,9 +37,9 @@ secret key of the date shifts (``scrub.key``, mode 0600). It must stay out of
 the release: it defaults to ``OUTPUT_DIR`` + ``_work`` beside it, and a
 work folder inside ``OUTPUT_DIR`` is refused.
 
-**Threads.** Each task uses one thread (torch, ITK); parallelism comes from
-running ``--nprocs`` tasks at once. This keeps the results independent of the
-executor and of the number of processes.
+**Threads.** Each task uses one thread (torch, ITK; ``--omp-nthreads`` other
+than 1 is refused); parallelism comes from running ``--nprocs`` tasks at once. This
+keeps the results independent of the executor and of the number of processes.
 """
 
 from __future__ import annotations
@@ -47,27 +47,38 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import secrets
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from isyb import __version__
-from isyb.bids.layout import source_dataset
-from isyb.bids.participants import subjects_on_disk, validate_participants
+from isyb.bids.layout import (
+    BIDS_VERSION,
+    DERIVATIVES,
+    check_separate,
+    collect_participants,
+    describe_derivatives,
+    read_description,
+    source_dataset,
+)
+from isyb.bids.participants import validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
-from isyb.deface.dataset import DERIVATIVES, DatasetJob, copy_file, run_subject
+from isyb.deface.dataset import DatasetJob, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
+from isyb.executor import ExecutorOptions, run_tasks
 from isyb.io import atomic_path, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
 SKIPPABLE = ("deface", "qc", "derive")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,11 @@ def default_work_dir(out_dir: Path) -> Path:
 
 
 def check_folders(bids_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Refuse overlapping folders and a work folder inside the release."""
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise IsybError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    source, release, work = bids_dir.resolve(), out_dir.resolve(), work_dir.resolve()
-    if source == release or source in release.parents or release in source.parents:
-        raise IsybError(f"{out_dir}: OUTPUT_DIR must not be inside BIDS_DIR or contain it")
+    """Refuse a folder that is not a BIDS dataset, overlapping folders and a work folder
+    inside the release."""
+    read_description(bids_dir)
+    check_separate(bids_dir, out_dir)
+    release, work = out_dir.resolve(), work_dir.resolve()
     if work == release or release in work.parents:
         raise IsybError(f"{work_dir}: the work folder holds the secret date-shift key and "
                         "must not be inside OUTPUT_DIR")
@@ -194,7 +204,7 @@ def release_subject(task: SubjectTask) -> dict:
             result = {"images": "copied without defacing (--skip deface)"}
         else:
             job = DatasetJob(task.bids_dir, task.out_dir, task.subject, task.template,
-                             task.options.deface, threads=1)
+                             task.options.deface)
             images = run_subject(job)["images"]
             result = {"defaced": sum(i["status"] == "ok" for i in images),
                       "failed": [{"file": i["file"], "error": i["error"]}
@@ -228,7 +238,7 @@ def release_subject(task: SubjectTask) -> dict:
     else:
         runs = find_runs(task.bids_dir, [task.subject])
         results = [run_participant_job(ParticipantJob(task.bids_dir, task.out_dir, run,
-                                                      task.options.fd_threshold, threads=1))
+                                                      task.options.fd_threshold))
                    for run in runs]
         finish("qc", {"runs": len(results),
                       "failed": [r["source"] for r in results if r["status"] != "ok"]})
@@ -267,19 +277,29 @@ def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: T
     check_folders(bids_dir, out_dir, work_dir)
     validate_participants(bids_dir)
     load_policy(options.policy)
-    subjects = subjects_on_disk(bids_dir)
-    if labels:
-        wanted = [label.removeprefix("sub-") for label in labels]
-        missing = [w for w in wanted if w not in subjects]
-        if missing:
-            raise IsybError(f"participant label(s) not found in {bids_dir}: "
-                            f"{', '.join(missing)}")
-        subjects = wanted
+    subjects = collect_participants(bids_dir, labels or None)
     if not subjects:
         raise IsybError(f"{bids_dir}: no sub-* folders")
     key = scrub_key(work_dir)
     return [SubjectTask(bids_dir, out_dir, work_dir, s, template, options, key)
             for s in subjects]
+
+
+def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
+                         options: ReleaseOptions, *, labels: list[str] | None = None,
+                         executor: ExecutorOptions | None = None,
+                         progress: bool = True) -> list[dict]:
+    """Participant level: every subject (all, or ``labels``) as a task of ``executor``
+    (default: one local process), each with one thread; one :func:`release_subject`
+    record per subject, in label order."""
+    executor = executor or ExecutorOptions()
+    if executor.threads not in (None, 1):
+        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
+                        "files are the same on every executor")
+    tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
+    records = {record["subject"]: record for record in run_tasks(
+        release_subject, tasks, replace(executor, threads=1), progress=progress)}
+    return [records[task.subject] for task in tasks]
 
 
 README_NOTE = """
@@ -306,14 +326,14 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     check_folders(bids_dir, out_dir, work_dir)
     validate_participants(bids_dir)
     policy = load_policy(options.policy)
-    subjects = subjects_on_disk(bids_dir)
+    subjects = collect_participants(bids_dir)
     manifests = {s: json.loads(p.read_text()) for s in subjects
                  if (p := work_dir / "manifest" / f"sub-{s}.json").is_file()}
     if not manifests:
         raise IsybError(f"{work_dir}: no participant-level results; run the participant "
                         "level first")
     for path in sweep_partial(out_dir):
-        print(f"isyb: removed {path}, left by an interrupted run", file=sys.stderr)
+        log.warning("removed %s, left by an interrupted run", path)
     today = dt.date.today().isoformat()
     top = [p for p in sorted(bids_dir.iterdir()) if p.is_file()
            and p.name not in ("dataset_description.json", "README", "README.md", "CHANGES")]
@@ -363,22 +383,22 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
 
 def _write_description(bids_dir: Path, out_dir: Path, template: Template,
                        options: ReleaseOptions) -> None:
-    source = json.loads((bids_dir / "dataset_description.json").read_text())
+    """The release's ``dataset_description.json`` (the source's, with isyb added to
+    ``GeneratedBy``) and isyb's entry in ``derivatives/isyb/dataset_description.json``
+    (merged with the entries of other isyb commands that wrote there)."""
+    source = read_description(bids_dir)
     generated = {"Name": "isyb", "Version": __version__,
                  "Description": f"face masking (template {template.name}, method "
                                 f"{options.deface.method}), metadata scrubbing, QC"}
     release = dict(source)
     release["DatasetType"] = "raw"
-    release.setdefault("BIDSVersion", "1.9.0")
+    release.setdefault("BIDSVersion", BIDS_VERSION)
     release["GeneratedBy"] = [*source.get("GeneratedBy", []), generated]
     release["SourceDatasets"] = [source_dataset(bids_dir, source)]
     write_text(out_dir / "dataset_description.json", json.dumps(release, indent=2) + "\n")
-    derivative = {"Name": f"isyb outputs for {source.get('Name', 'the release')}",
-                  "BIDSVersion": release["BIDSVersion"], "DatasetType": "derivative",
-                  "GeneratedBy": [generated],
-                  "SourceDatasets": [source_dataset(bids_dir, source)]}
-    write_text(out_dir / DERIVATIVES / "dataset_description.json",
-               json.dumps(derivative, indent=2) + "\n")
+    describe_derivatives(out_dir, bids_dir,
+                         name=f"isyb outputs for {source.get('Name', 'the release')}",
+                         generated_by=generated)
 
 
 def _write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from isyb.bids.layout import BIDS_VERSION, check_separate, read_description
 from isyb.errors import IsybError
 from isyb.io import atomic_path, write_text
 
@@ -171,9 +172,13 @@ def _copy(source: Path, target: Path) -> None:
 def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
                 subject_pattern: str = DEFAULT_SUBJECT_PATTERN,
                 session_pattern: str | None = None, name: str | None = None) -> dict:
-    """Copy the mapped series of ``source`` into the BIDS dataset ``bids_dir``."""
-    if bids_dir.resolve() == source.resolve() or source.resolve() in bids_dir.resolve().parents:
-        raise IsybError(f"{bids_dir}: the BIDS folder must not be inside the source folder")
+    """Copy the mapped series of ``source`` into the BIDS dataset ``bids_dir``.
+
+    ``bids_dir`` is made (with a ``dataset_description.json`` named ``name``) when
+    new; an existing one must be a readable BIDS dataset. Neither folder may contain
+    the other.
+    """
+    check_separate(source, bids_dir)
     series, unmatched = find_series(source, read_map(map_path), subject_pattern,
                                     session_pattern)
     if not series:
@@ -181,9 +186,11 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
                         f"({len(unmatched)} left out)")
     names = bids_names(series)
     description = bids_dir / "dataset_description.json"
-    if not description.is_file():
+    if description.is_file():
+        read_description(bids_dir)  # a broken one is an error, not silently kept
+    else:
         write_text(description, json.dumps({"Name": name or bids_dir.name,
-                                            "BIDSVersion": "1.9.0",
+                                            "BIDSVersion": BIDS_VERSION,
                                             "DatasetType": "raw"}, indent=2) + "\n")
     copied = []
     for item in series:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from isyb.bids.layout import collect_participants
 from isyb.errors import IsybError
 
 SEX_VALUES = {"m", "male", "f", "female", "o", "other", "n/a"}
@@ -33,13 +34,6 @@ def read_participants(bids_dir: Path) -> pd.DataFrame | None:
     return table
 
 
-def subjects_on_disk(bids_dir: Path) -> list[str]:
-    """Labels (without ``sub-``) of the ``sub-*`` folders of a BIDS dataset."""
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise IsybError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    return sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-
-
 def validate_participants(bids_dir: Path) -> pd.DataFrame | None:
     """Check ``participants.tsv`` against the subjects on disk; return it (or None).
 
@@ -47,7 +41,7 @@ def validate_participants(bids_dir: Path) -> pd.DataFrame | None:
     duplicated ``participant_id``, an ``age`` that is not a number or
     ``n/a``, a ``sex`` outside BIDS' values. Extra columns are kept as they are.
     """
-    on_disk = set(subjects_on_disk(bids_dir))
+    on_disk = set(collect_participants(bids_dir))
     table = read_participants(bids_dir)
     if table is None:
         return None

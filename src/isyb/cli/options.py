@@ -30,25 +30,26 @@ def positive_int(text: str) -> int:
     return value
 
 
-def bids_app_arguments(parser: argparse.ArgumentParser, out_name: str, out_metavar: str,
-                       units: str) -> None:
-    """BIDS-App positional arguments and the participant-level options they share."""
+def bids_app_arguments(parser: argparse.ArgumentParser, out_name: str,
+                       out_metavar: str) -> None:
+    """BIDS-App positional arguments and ``--participant-label`` (the execution options
+    come from :func:`executor_arguments`)."""
     parser.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
     parser.add_argument(out_name, metavar=out_metavar, type=Path)
     parser.add_argument("level", choices=("participant", "group"))
     parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
                         help="participant level: only these subjects (with or without sub-)")
-    parser.add_argument("--nprocs", type=positive_int, default=1,
-                        help=f"participant level: {units} processed in parallel (default: 1)")
 
 
 def executor_arguments(parser: argparse.ArgumentParser, units: str) -> None:
-    """``--nprocs``, ``--executor``, ``--dask-scheduler`` and ``--dask-cluster``: the same
-    four options for every dataset mode (see :mod:`isyb.executor`)."""
+    """``--nprocs``, ``--omp-nthreads``, ``--executor``, ``--dask-scheduler`` and
+    ``--dask-cluster``: the same options for every dataset mode (see :mod:`isyb.executor`)."""
     group = parser.add_argument_group("execution")
     group.add_argument("--nprocs", type=positive_int, default=1,
-                       help=f"{units} processed in parallel (default: 1); each gets "
-                       "cores // nprocs threads")
+                       help=f"{units} processed in parallel (default: 1)")
+    group.add_argument("--omp-nthreads", type=positive_int, metavar="N",
+                       help="threads of each task (torch, ITK; default: cores // nprocs, "
+                       "1 under dask); a fixed N gives the same results on every executor")
     group.add_argument("--executor", choices=("local", "dask"), default="local",
                        help="local processes (default) or a dask.distributed cluster")
     group.add_argument("--dask-scheduler", metavar="ADDRESS",
@@ -60,4 +61,5 @@ def executor_arguments(parser: argparse.ArgumentParser, units: str) -> None:
 
 def executor_options(args: argparse.Namespace) -> ExecutorOptions:
     """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`."""
-    return ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler, args.dask_cluster)
+    return ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler, args.dask_cluster,
+                           threads=args.omp_nthreads)

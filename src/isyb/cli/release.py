@@ -8,7 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from isyb.cli.options import APP, bids_app_arguments, note, positive_int
+from isyb.cli.options import (
+    APP,
+    bids_app_arguments,
+    executor_arguments,
+    executor_options,
+    note,
+    positive_int,
+)
 from isyb.errors import IsybError
 
 EXAMPLES_SPLIT = """examples:
@@ -87,22 +94,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "summary. Resumable: finished "
         "subject x steps are recorded in the work folder's manifest.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
-    bids_app_arguments(app, "output_dir", "OUTPUT_DIR", "subjects")
+    bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
     app.add_argument("--template", default="default", help="head template name or path")
     app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
     app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
                      help="steps to leave out (metadata scrubbing is never skipped)")
-    app.add_argument("--executor", choices=("local", "dask"), default="local")
-    app.add_argument("--dask-scheduler", metavar="ADDRESS",
-                     help="a running dask scheduler, e.g. tcp://10.0.0.5:8786")
-    app.add_argument("--dask-cluster", choices=("slurm",),
-                     help="start workers as SLURM jobs (dask-jobqueue; settings from dask's "
-                     "jobqueue.slurm configuration)")
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
                      "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
     app.add_argument("--fd-threshold", type=float, default=0.2,
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+    executor_arguments(app, "participant level: subjects")
 
     split.set_defaults(handler=cmd_split)
     imp.set_defaults(handler=cmd_import)
@@ -112,15 +114,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from isyb.bids.participants import (
-        assign_split,
-        strata_labels,
-        subjects_on_disk,
-        validate_participants,
-    )
+    from isyb.bids.layout import collect_participants
+    from isyb.bids.participants import assign_split, strata_labels, validate_participants
     from isyb.io import write_text
 
-    subjects = subjects_on_disk(args.bids_dir)
+    subjects = collect_participants(args.bids_dir)
     if not subjects:
         raise IsybError(f"{args.bids_dir}: no sub-* folders")
     table = validate_participants(args.bids_dir)
@@ -172,20 +170,17 @@ def cmd_app(args: argparse.Namespace) -> int:
     from isyb.app.release import (
         ReleaseOptions,
         default_work_dir,
-        participant_tasks,
         release_group,
-        release_subject,
+        release_participants,
     )
     from isyb.deface.engine import DefaceOptions
-    from isyb.executor import ExecutorOptions, run_tasks
     from isyb.templates.registry import resolve
 
     options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
                              skip=frozenset(args.skip),
                              policy=str(args.policy) if args.policy else None,
                              fd_threshold=args.fd_threshold)
-    executor = ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler,
-                               args.dask_cluster)
+    executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)
     if args.level == "group":
         if args.participant_label:
@@ -203,19 +198,17 @@ def cmd_app(args: argparse.Namespace) -> int:
         note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
         return 0
     template = resolve(args.template, progress=note)
-    tasks = participant_tasks(args.bids_dir, args.output_dir, work_dir, template, options,
-                              args.participant_label)
-    failed = []
-    derive_failed = []
-    for record in run_tasks(release_subject, tasks, executor, progress=not args.quiet):
-        for failure in record["deface"].get("failed", []):
-            failed.append(failure)
-            note(f"sub-{record['subject']}: failed: {failure['file']}: {failure['error']}")
-        for failure in record.get("derive", {}).get("failed", []):
-            derive_failed.append(failure)
-            note(f"sub-{record['subject']}: derive failed: {failure['file']}: "
-                  f"{failure['error']}")
-    print(json.dumps({"subjects": len(tasks), "failed_images": len(failed),
+    records = release_participants(args.bids_dir, args.output_dir, work_dir, template, options,
+                                   labels=args.participant_label, executor=executor,
+                                   progress=not args.quiet)
+    failed = [(r["subject"], f) for r in records for f in r["deface"].get("failed", [])]
+    derive_failed = [(r["subject"], f) for r in records
+                     for f in r.get("derive", {}).get("failed", [])]
+    for subject, failure in failed:
+        note(f"sub-{subject}: failed: {failure['file']}: {failure['error']}")
+    for subject, failure in derive_failed:
+        note(f"sub-{subject}: derive failed: {failure['file']}: {failure['error']}")
+    print(json.dumps({"subjects": len(records), "failed_images": len(failed),
                       "failed_derive_runs": len(derive_failed),
                       "output_dir": str(args.output_dir), "work_dir": str(work_dir)}))
     return 1 if failed or derive_failed else 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import note, positive_int
+from isyb.cli.options import executor_arguments, executor_options, note, positive_int
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -21,8 +21,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "(template within × subset between), repeated-measures ANOVAs per subset and pooled "
         "(Mauchly, Greenhouse-Geisser), post-hoc paired tests, marginal means, Table 1, "
         "violins and report.html.",
-        epilog="example:\n  isyb study bids/ study_out/ --templates default,"
-        "MNI152NLin6Asym,MNI152NLin2009cAsym --split discovery:89,validation:126 --seed 1",
+        epilog="examples:\n  isyb study bids/ study_out/ --templates default,"
+        "MNI152NLin6Asym,MNI152NLin2009cAsym --split discovery:89,validation:126 --seed 1\n"
+        "  isyb study bids/ study_out/ --templates default,MNI152NLin6Asym --executor dask "
+        "--dask-cluster slurm --nprocs 20",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     study.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
     study.add_argument("out_dir", metavar="OUT_DIR", type=Path)
@@ -52,9 +54,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--study-subjects", type=positive_int,
                        help="template `study`: build it from this many subjects, drawn with "
                        "--seed (default: all)")
-    study.add_argument("--nprocs", type=positive_int, default=1)
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
-
+    executor_arguments(study, "subjects")
     study.set_defaults(handler=cmd_study)
 
 
@@ -83,13 +84,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     options = StudyOptions(method=args.method, face_region=args.face_region,
                            face_margin_mm=args.face_margin, dv=args.dv, split=args.split,
                            split_column=args.split_column, seed=args.seed,
-                           padjust=args.padjust, parametric=not args.wilcoxon,
-                           nprocs=args.nprocs, note=args.note)
+                           padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
+    executor = executor_options(args)
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]
     result = run_study(args.bids_dir, args.out_dir, templates, options,
-                       progress=not args.quiet, log=note)
+                       executor=executor, progress=not args.quiet, log=note)
     print(json.dumps(result["summary"]))
     note(f"report: {args.out_dir / 'report.html'}")
     return 0

@@ -6,23 +6,26 @@ from pathlib import Path
 
 import pandas as pd
 
+from isyb.bids.layout import collect_participants, is_image, subject_files
 from isyb.bids.participants import assign_split
 from isyb.errors import IsybError
-from isyb.io import IMAGE_SUFFIXES
 
 DEFAULT_SPLIT = "discovery:0.5,validation:0.5"
 
 
 def find_t1w(bids_dir: Path) -> dict[str, Path]:
-    """The first T1w image (sorted by path, sessions included) of every subject."""
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise IsybError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
+    """The first T1w image (sorted by path, sessions included) of every subject.
+
+    Subjects and files come from :mod:`isyb.bids.layout`; a subject without a
+    T1w image is left out of the cohort.
+    """
     found: dict[str, Path] = {}
-    for path in sorted(bids_dir.glob("sub-*/**/anat/*_T1w*")):
-        if not path.name.endswith(IMAGE_SUFFIXES):
-            continue
-        subject = path.relative_to(bids_dir).parts[0].removeprefix("sub-")
-        found.setdefault(subject, path)
+    for subject in collect_participants(bids_dir):
+        first = next((item.path for item in subject_files(bids_dir, subject)
+                      if item.datatype == "anat" and item.suffix == "T1w"
+                      and is_image(item.path)), None)
+        if first is not None:
+            found[subject] = first
     if not found:
         raise IsybError(f"{bids_dir}: no sub-*/anat/*_T1w image found")
     return found

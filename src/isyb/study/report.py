@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -12,9 +11,13 @@ import pandas as pd
 from isyb import __version__
 from isyb.io import atomic_path, write_text
 from isyb.study.stats import POOLED
+from isyb.viz.html import img, page
 
 DV_LABELS = {"nmi": "NMI (removed face vs original face)",
              "face_surface_changed_fraction": "fraction of face skin surface changed"}
+#: The style of table1.html and report.html.
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:3px 8px}")
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -115,20 +118,13 @@ def write_report(out_dir: Path, *, dv: str, summary: dict, parts: tuple[pd.DataF
     tables_html = "".join(f"<h2>{html.escape(t)}</h2>{table.to_html(index=False, na_rep='–')}"
                           for t, table in zip(titles, parts, strict=True))
     note_html = f"<p><em>{html.escape(note)}</em></p>" if note else ""
-    style = ("<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:"
-             "collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>")
-    write_text(out_dir / "table1.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
-               f"<title>Table 1</title>{style}</head><body>{note_html}{tables_html}"
-               "</body></html>\n")
-    figure = base64.b64encode((out_dir / "fig6_violin.png").read_bytes()).decode("ascii")
+    write_text(out_dir / "table1.html", page("Table 1", note_html + tables_html, style=STYLE))
     facts = "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>"
                     for k, v in summary.items())
     links = "".join(f"<li><a href='{name}'>{name}</a></li>" for name in (
         "metrics.tsv", "anova.tsv", "posthoc.tsv", "marginal_means.tsv", "table1.md",
         "table1.html", "fig6_violin.png"))
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>isyb study</title>"
-            f"{style}</head><body><h1>Template-effect study</h1>{note_html}<ul>{facts}</ul>"
-            f"<img alt='Fig. 6 violins' src='data:image/png;base64,{figure}' "
-            f"style='max-width:100%'>{tables_html}<h2>Files</h2><ul>{links}</ul>"
-            f"<p>isyb {__version__}</p></body></html>\n")
-    write_text(out_dir / "report.html", page)
+    figure = img(out_dir / "fig6_violin.png", "Fig. 6 violins", extra="style='max-width:100%'")
+    body = (f"<h1>Template-effect study</h1>{note_html}<ul>{facts}</ul>{figure}{tables_html}"
+            f"<h2>Files</h2><ul>{links}</ul><p>isyb {__version__}</p>")
+    write_text(out_dir / "report.html", page("isyb study", body, style=STYLE))

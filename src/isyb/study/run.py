@@ -18,26 +18,28 @@ template, computes only what is missing; a ``metrics.json`` of another
 :data:`METRICS_VERSION` is recomputed. A template that fails for a subject
 (registration, brain extraction) is recorded as a failed pair and the run
 goes on; the statistics drop incomplete subjects and say how many.
+
+Subjects run as tasks of :func:`isyb.executor.run_tasks` (local processes or
+Dask), which also sets each task's torch and ITK threads. A task rewrites its
+files whole and atomically, so a retried task (a lost Dask worker) gives the
+same outputs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from isyb import __version__
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.faces import face_detected
+from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import extract_brain
 from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -59,7 +61,6 @@ class SubjectJob:
     templates: tuple[Template, ...]
     work: Path
     options: DefaceOptions
-    threads: int = 1
 
 
 def work_name(options: DefaceOptions) -> str:
@@ -105,9 +106,6 @@ def _defaced_as_written(volume: Volume, data: np.ndarray, allowed: np.ndarray) -
 
 def run_subject(job: SubjectJob) -> list[dict]:
     """Deface one subject with every template (cached) and return its metric rows."""
-    import torch
-
-    torch.set_num_threads(max(1, job.threads))
     folder = job.work / f"sub-{job.subject}"
     folder.mkdir(parents=True, exist_ok=True)
     setting = work_name(job.options)
@@ -163,27 +161,18 @@ def run_subject(job: SubjectJob) -> list[dict]:
 
 
 def collect_metrics(images: dict[str, Path], templates: list[Template], work: Path,
-                    options: DefaceOptions, *, nprocs: int = 1,
+                    options: DefaceOptions, *, executor: ExecutorOptions | None = None,
                     progress: bool = True) -> pd.DataFrame:
-    """Metric rows of every subject × template (computing only the uncached ones)."""
-    nprocs = max(1, min(nprocs, len(images)))
-    threads = max(1, (os.cpu_count() or 1) // nprocs)
-    jobs = [SubjectJob(s, p, tuple(templates), work, options, threads)
-            for s, p in sorted(images.items())]
-    rows: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="study", unit="subject", disable=not progress,
-               file=sys.stderr)
-    if nprocs == 1:
-        for job in jobs:
-            rows.extend(run_subject(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=nprocs) as pool:
-            for future in as_completed([pool.submit(run_subject, job) for job in jobs]):
-                rows.extend(future.result())
-                bar.update()
-    bar.close()
-    table = pd.DataFrame(rows)
+    """Metric rows of every subject × template (computing only the uncached ones).
+
+    ``executor`` says where the subjects run (default: one local process).
+    """
+    jobs = [SubjectJob(s, p, tuple(templates), work, options) for s, p in sorted(images.items())]
+    rows = [row for subject_rows in run_tasks(run_subject, jobs, executor or ExecutorOptions(),
+                                              progress=progress, desc="study")
+            for row in subject_rows]
+    # subject order, whatever order the tasks finished in: the columns follow the rows
+    table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
     for column in METRIC_COLUMNS:
         if column not in table:
             table[column] = np.nan

@@ -331,6 +331,7 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     """
     import shutil
 
+    from isyb.executor import ExecutorOptions
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
@@ -346,15 +347,16 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     templates = {key: resolve(str(path)) for key, path in paths.items()}
     options = StudyOptions(method=method, face_region=face_region,
                            face_margin_mm=face_margin_mm, dv=dv, split_column="population",
-                           nprocs=nprocs, note=SIMULATION_NOTE)
+                           note=SIMULATION_NOTE)
+    executor = ExecutorOptions(nprocs=nprocs)
     main = run_study(out / "bids", out / "study", [templates["ref"], templates["cn200"]],
-                     options, progress=False, log=log)
+                     options, executor=executor, progress=False, log=log)
     control_out = out / "control"
     control_out.mkdir(parents=True, exist_ok=True)
     if not (control_out / "work").exists():
         (control_out / "work").symlink_to(out / "study" / "work", target_is_directory=True)
     control = run_study(out / "bids", control_out, [templates["ref"], resolve(str(copy))],
-                        options, progress=False, log=log)
+                        options, executor=executor, progress=False, log=log)
     return {"out": out, "subjects": subjects, "main": main, "control": control,
             "names": {key: template.name for key, template in templates.items()}}
 

@@ -16,6 +16,7 @@ import pandas as pd
 from isyb.bids.participants import read_participants
 from isyb.deface.engine import DefaceOptions
 from isyb.errors import IsybError
+from isyb.executor import ExecutorOptions
 from isyb.io import atomic_path
 from isyb.study.cohort import assign_subsets, find_t1w
 from isyb.study.report import table1, violin_figure, write_report
@@ -44,7 +45,6 @@ class StudyOptions:
     seed: int = 0
     padjust: str = "bonf"
     parametric: bool = True
-    nprocs: int = 1
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -62,8 +62,13 @@ def write_tsv(table: pd.DataFrame, path: Path) -> None:
 
 
 def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options: StudyOptions,
-              *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Deface every subject with every template, then the statistics and the report."""
+              *, executor: ExecutorOptions | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Deface every subject with every template, then the statistics and the report.
+
+    ``executor`` says where the subjects run (default: one local process; see
+    :mod:`isyb.executor`); the outputs are the same whichever runs them.
+    """
     if len({t.name for t in templates}) < 2:
         raise IsybError("--templates needs at least two different templates")
     images = find_t1w(bids_dir)
@@ -71,7 +76,7 @@ def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options:
                              participants=read_participants(bids_dir), seed=options.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = collect_metrics(images, templates, out_dir / "work", options.deface_options(),
-                              nprocs=options.nprocs, progress=progress)
+                              executor=executor, progress=progress)
     metrics.insert(1, "subset", metrics["subject"].map(subsets))
     write_tsv(metrics, out_dir / "metrics.tsv")
     failed = metrics[metrics["status"] != "ok"]

@@ -1,0 +1,139 @@
+"""The executor with cheap tasks: local and Dask agree, lost workers are retried, every task
+runs under the one thread policy, and bad options are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from isyb.cli import main
+from isyb.errors import IsybError
+from isyb.executor import ITK_THREADS_ENV, ExecutorOptions, limit_threads, run_tasks
+
+ITEMS = list(range(6))
+
+
+def _report(item: int) -> dict:
+    """A cheap task: its result, and the threads it ran with."""
+    return {"item": item, "square": item * item, "torch": torch.get_num_threads(),
+            "itk": os.environ.get(ITK_THREADS_ENV)}
+
+
+def _report_after_deepbet(item: int) -> dict:
+    """:func:`_report` after loading deepbet's model, as brain extraction does."""
+    from isyb.head.brain import _deepbet_model
+
+    _deepbet_model()
+    return _report(item)
+
+
+@dataclass(frozen=True)
+class _Faulty:
+    """Squares; on the first try, item 2 kills its own process and item 3 raises."""
+
+    folder: Path
+
+    def __call__(self, item: int) -> int:
+        marker = self.folder / f"tried-{item}"
+        if item in (2, 3) and not marker.exists():
+            marker.touch()
+            if item == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("a transient failure")
+        return item * item
+
+
+@pytest.fixture
+def own_threads(monkeypatch: pytest.MonkeyPatch):
+    """Give back this process's torch threads and ITK variable after an in-process task."""
+    monkeypatch.setenv(ITK_THREADS_ENV, os.environ.get(ITK_THREADS_ENV, "1"))
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _by_item(results) -> list[dict]:
+    return sorted(results, key=lambda r: r["item"])
+
+
+def test_local_and_dask_give_the_same_results_and_dask_tasks_run_single_threaded(
+        own_threads) -> None:
+    local = _by_item(run_tasks(_report, ITEMS, ExecutorOptions(), progress=False))
+    dask = _by_item(run_tasks(_report, ITEMS, ExecutorOptions("dask", nprocs=2),
+                              progress=False))
+    assert [(r["item"], r["square"]) for r in dask] == [(r["item"], r["square"]) for r in local]
+    assert {(r["torch"], r["itk"]) for r in dask} == {(1, "1")}
+    cores = os.cpu_count() or 1  # one local process: the task gets every core
+    assert {(r["torch"], r["itk"]) for r in local} == {(cores, str(cores))}
+
+
+def test_a_killed_or_failing_dask_task_is_retried(tmp_path: Path) -> None:
+    results = run_tasks(_Faulty(tmp_path), ITEMS, ExecutorOptions("dask", nprocs=2),
+                        progress=False)
+    assert sorted(results) == [item * item for item in ITEMS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tried-2", "tried-3"]
+
+
+def test_local_pool_tasks_get_their_share_of_the_cores_and_deepbet_keeps_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 cores, 2 processes: 4 threads per task, still 4 after deepbet's model is loaded
+    (it used to set torch to every core)."""
+    monkeypatch.setattr("isyb.executor.os.cpu_count", lambda: 8)
+    results = run_tasks(_report_after_deepbet, [0, 1], ExecutorOptions(nprocs=2),
+                        progress=False)
+    assert {(r["torch"], r["itk"]) for r in results} == {(4, "4")}
+
+
+def test_a_caller_can_fix_the_threads_of_every_task(own_threads) -> None:
+    results = run_tasks(_report, [0], ExecutorOptions(threads=3), progress=False)
+    assert [(r["torch"], r["itk"]) for r in results] == [(3, "3")]
+
+
+def test_loading_deepbet_does_not_change_the_thread_count(own_threads) -> None:
+    from isyb.head.brain import _deepbet_model
+
+    limit_threads(1)
+    _deepbet_model.cache_clear()
+    _deepbet_model()
+    assert torch.get_num_threads() == 1
+    assert os.environ[ITK_THREADS_ENV] == "1"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"executor": "spark"}, "unknown executor 'spark'"),
+    ({"nprocs": 0}, "--nprocs must be a whole number ≥ 1"),
+    ({"retries": -1}, "retries must be"),
+    ({"threads": 0}, "--omp-nthreads must be"),
+    ({"dask_scheduler": "tcp://127.0.0.1:8786"}, "need --executor dask"),
+    ({"executor": "dask", "dask_scheduler": "tcp://127.0.0.1:8786", "dask_cluster": "slurm"},
+     "not both"),
+    ({"executor": "dask", "dask_cluster": "pbs"}, "unknown --dask-cluster 'pbs'"),
+])
+def test_bad_executor_options_are_errors(options: dict, message: str) -> None:
+    with pytest.raises(IsybError, match=message):
+        ExecutorOptions(**options)
+
+
+def test_an_unreachable_scheduler_is_an_error() -> None:
+    import dask
+
+    options = ExecutorOptions("dask", dask_scheduler="tcp://127.0.0.1:9")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(IsybError, match="cannot reach the dask scheduler"):
+        list(run_tasks(_report, ITEMS, options, progress=False))
+
+
+def test_options_the_executor_refuses_are_one_line_cli_errors(tmp_path: Path, capsys) -> None:
+    from conftest import assert_one_line_error
+
+    code = main(["study", str(tmp_path), str(tmp_path / "out"), "--templates", "a,b",
+                 "--dask-scheduler", "tcp://127.0.0.1:8786"])
+    assert_one_line_error(code, capsys.readouterr().err, "need --executor dask")
+    code = main([str(tmp_path), str(tmp_path / "out"), "participant", "--executor", "dask",
+                 "--dask-scheduler", "tcp://127.0.0.1:8786", "--dask-cluster", "slurm"])
+    assert_one_line_error(code, capsys.readouterr().err, "not both")

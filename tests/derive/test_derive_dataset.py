@@ -11,7 +11,9 @@ runs failed). Normalisation is affine here to keep the test short; SyN is
 tested in test_normalize.py. The FreeSurfer test reuses the fixture's work
 folder, so the subject's tissues and normalisation come from the cache. The
 Dask test runs one subject's BOLD again through ``--executor dask`` and
-checks that the maps are the same bytes. Refusals (exit 2) and other cheap
+checks that the maps are the same bytes (the subject's anatomy comes from
+the fixture's work folder; its brain and tissues were checked to be the same
+bytes with 1, 2 and 4 torch threads). Refusals (exit 2) and other cheap
 checks are in test_derive_inputs.py.
 """
 
@@ -183,7 +185,8 @@ def test_dask_executor_gives_the_same_maps_as_local_processes(derived: dict,
     out = tmp_path / "dask"
     code = main(["derive", str(derived["bids"]), str(out), "participant", "--normalization",
                  "Affine", "--participant-label", "01", "--metrics", "alff,falff,reho,vmhc",
-                 "--executor", "dask", "--nprocs", "1", "--quiet"])
+                 "--executor", "dask", "--nprocs", "1", "--work-dir",
+                 str(derived["out"] / "work" / "derive"), "--quiet"])
     assert code == 0
     maps = sorted((out / DERIV / "sub-01" / "func").glob("*_map.nii.gz"))
     assert len(maps) == 3 + 2 * 4  # native ALFF, fALFF, ReHo; template space, z-scored too

@@ -51,9 +51,7 @@ log = logging.getLogger(__name__)
 class DatasetJob:
     """What one subject needs: paths, the prepared template and the options.
 
-    ``threads`` is not used: every task runs under the executor's thread
-    policy (:func:`isyb.executor.limit_threads`). It stays while the release
-    (:mod:`isyb.app.release`) still passes it.
+    Threads are the executor's (:func:`isyb.executor.limit_threads`).
     """
 
     bids_in: Path
@@ -61,7 +59,6 @@ class DatasetJob:
     subject: str
     template: Template
     options: DefaceOptions
-    threads: int = 1
 
 
 class ImageEntry(TypedDict, total=False):

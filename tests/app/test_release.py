@@ -275,3 +275,33 @@ def test_pipeline_bad_inputs_are_clear_errors(tmp_path: Path, capsys) -> None:
     code = main([str(bids), str(tmp_path / "out"), "participant", "--work-dir",
                  str(tmp_path / "out" / "work")])
     assert_one_line_error(code, capsys.readouterr().err, "must not be inside OUTPUT_DIR")
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--omp-nthreads", "2"])
+    assert_one_line_error(code, capsys.readouterr().err, "one thread per task")
+    code = main([str(bids), str(bids / "release"), "participant"])
+    assert_one_line_error(code, capsys.readouterr().err, "must not be inside the input")
+
+
+def test_the_release_adds_its_entry_to_the_derivatives_description(tmp_path: Path) -> None:
+    """Another isyb command's entry in derivatives/isyb is kept, whichever wrote first."""
+    from types import SimpleNamespace
+
+    from isyb.app.release import ReleaseOptions, _write_description
+    from isyb.bids.layout import describe_derivatives
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps(
+        {"Name": "lab data", "BIDSVersion": "1.9.0", "DatasetType": "raw"}))
+    out = tmp_path / "release"
+    derive = {"Name": "isyb", "Version": "0", "Description": "derived metrics"}
+    describe_derivatives(out, bids, name="isyb derived metrics", generated_by=derive)
+    template = SimpleNamespace(name="default")  # only its name is written
+    _write_description(bids, out, template, ReleaseOptions())
+    _write_description(bids, out, template, ReleaseOptions())  # a rerun replaces its own entry
+    derivatives = json.loads((out / "derivatives/isyb/dataset_description.json").read_text())
+    assert derivatives["Name"] == "isyb derivatives"
+    assert [e["Description"] for e in derivatives["GeneratedBy"]] == [
+        "derived metrics", "face masking (template default, method blur), metadata "
+        "scrubbing, QC"]
+    release = json.loads((out / "dataset_description.json").read_text())
+    assert release["Name"] == "lab data" and release["GeneratedBy"][-1]["Name"] == "isyb"

@@ -73,7 +73,16 @@ class _Limited:
 
 @dataclass(frozen=True)
 class ExecutorOptions:
-    """How to run tasks (see ``isyb BIDS_DIR OUTPUT_DIR participant --help``)."""
+    """How to run tasks (see ``isyb BIDS_DIR OUTPUT_DIR participant --help``).
+
+    ``executor``: ``local`` or ``dask``; ``nprocs``: tasks at once (local
+    processes, Dask workers or SLURM jobs); ``dask_scheduler``: the address of a
+    running scheduler; ``dask_cluster``: ``slurm`` for dask-jobqueue workers;
+    ``retries``: reruns of a Dask task that raised (a lost worker's tasks are
+    rerun by the scheduler anyway); ``threads``: torch and ITK threads of every
+    task (None: ``cores // nprocs`` locally, 1 under Dask). A bad value raises
+    :class:`~isyb.errors.IsybError` with a one-line message.
+    """
 
     executor: str = "local"
     nprocs: int = 1

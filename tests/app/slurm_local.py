@@ -36,7 +36,7 @@ ClusterName=isybtest
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
-SlurmUser={user}
+SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={root}/munge/munge.socket
@@ -124,7 +124,7 @@ def local_slurm(root: Path, *, timeout_s: float = 60.0) -> Iterator[dict[str, st
     os.chmod(key, 0o600)
     conf = root / "slurm.conf"
     conf.write_text(SLURM_CONF.format(root=root, ctld_port=_free_port(),
-                                      slurmd_port=_free_port(), user="root",
+                                      slurmd_port=_free_port(),
                                       cpus=min(NODE_CPUS, os.cpu_count() or 1)))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     daemons: list[tuple[str, subprocess.Popen]] = []

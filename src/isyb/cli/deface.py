@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import executor_arguments, executor_options, note, positive_int
+from isyb.cli.options import (
+    executor_arguments,
+    executor_options,
+    failure,
+    note,
+    positive_int,
+)
 from isyb.errors import IsybError
 
 EXAMPLES_DEFACE = """examples:
@@ -135,7 +141,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
               f"{len(records)} subject(s); summary: "
               f"{args.output / 'derivatives' / 'isyb' / 'index.html'}")
         for image in failed:
-            note(f"failed: {image['file']}: {image['error']}")
+            failure(f"failed: {image['file']}: {image['error']}")
         return 1 if failed else 0
     if args.participant_label:
         raise IsybError("--participant-label needs a BIDS dataset folder as IN")
@@ -234,6 +240,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"{p['changed_voxels']} voxels changed, "
                   f"{p['brain_guard']['changed_voxels_in_guard']} in the brain guard")
         else:
-            note(f"{image['file']}: failed: {image['error']}")
+            failure(f"{image['file']}: failed: {image['error']}")
     print(out / "derivatives" / "isyb" / "index.html")
     return 1 if failed else 0

@@ -6,7 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import DERIVE_METRICS, executor_arguments, executor_options, note
+from isyb.cli.options import (
+    DERIVE_METRICS,
+    executor_arguments,
+    executor_options,
+    failure,
+)
 from isyb.errors import IsybError
 
 EXAMPLES_DERIVE = """examples:
@@ -97,7 +102,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
     failed = [r for r in records if r["status"] != "ok"]
     for record in failed:
         named = record["error"].startswith(record["source"])
-        note(f"failed: {record['error'] if named else record['source'] + ': ' + record['error']}")
+        failure(f"failed: {'' if named else record['source'] + ': '}{record['error']}")
     print(json.dumps({"runs": len(records), "failed": len(failed),
                       "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
     return 1 if failed else 0

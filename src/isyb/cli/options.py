@@ -23,6 +23,12 @@ def note(message: str) -> None:
     log.info(message)
 
 
+def failure(message: str) -> None:
+    """A failed item (image, run, subject): a warning, so it is named on stderr even with
+    ``--quiet``; the command then exits 1."""
+    log.warning(message)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

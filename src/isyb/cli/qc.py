@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import QC_DATASET, executor_arguments, executor_options, log, note
+from isyb.cli.options import QC_DATASET, executor_arguments, executor_options, failure, note
 from isyb.errors import IsybError
 
 EXAMPLES_QC = """examples:
@@ -104,8 +104,8 @@ def cmd_qc_dataset(args: argparse.Namespace) -> int:
                                   fd_threshold=args.fd_threshold,
                                   executor=executor_options(args), progress=not args.quiet)
         failed = [r for r in records if r["status"] != "ok"]
-        for record in failed:  # a warning: named on stderr even with --quiet (exit code 1)
-            log.warning("failed: %s: %s", record["source"], record["error"])
+        for record in failed:
+            failure(f"failed: {record['source']}: {record['error']}")
         print(json.dumps({"runs": len(records), "failed": len(failed),
                           "out_dir": str(args.out_dir / "derivatives" / "isyb")}))
         return 1 if failed else 0

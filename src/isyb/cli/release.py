@@ -13,7 +13,7 @@ from isyb.cli.options import (
     bids_app_arguments,
     executor_arguments,
     executor_options,
-    log,
+    failure,
     note,
     positive_int,
 )
@@ -205,10 +205,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     failed = [(r["subject"], f) for r in records for f in r["deface"].get("failed", [])]
     derive_failed = [(r["subject"], f) for r in records
                      for f in r.get("derive", {}).get("failed", [])]
-    for subject, failure in failed:  # warnings: named even with --quiet (exit code 1)
-        log.warning("sub-%s: failed: %s: %s", subject, failure["file"], failure["error"])
-    for subject, failure in derive_failed:
-        log.warning("sub-%s: derive failed: %s: %s", subject, failure["file"], failure["error"])
+    for subject, item in failed:
+        failure(f"sub-{subject}: failed: {item['file']}: {item['error']}")
+    for subject, item in derive_failed:
+        failure(f"sub-{subject}: derive failed: {item['file']}: {item['error']}")
     print(json.dumps({"subjects": len(records), "failed_images": len(failed),
                       "failed_derive_runs": len(derive_failed),
                       "output_dir": str(args.output_dir), "work_dir": str(work_dir)}))

@@ -81,17 +81,12 @@ def _finished(json_path: Path, stamp: dict, fd_threshold: float) -> dict | None:
 
 @dataclass(frozen=True)
 class ParticipantJob:
-    """One run to measure: where it lies, where its outputs go, the FD threshold (mm).
-
-    ``threads`` is not read: :func:`isyb.executor.run_tasks` sets every task's
-    threads. It stays only while :mod:`isyb.app.release` still passes it.
-    """
+    """One run to measure: where it lies, where its outputs go, the FD threshold (mm)."""
 
     bids_dir: Path
     out_dir: Path
     run: BIDSFile
     fd_threshold: float
-    threads: int = 1
 
 
 def run_participant_job(job: ParticipantJob) -> dict:

@@ -93,13 +93,7 @@ def read_description(bids_dir: Path) -> dict:
         raise BIDSInputError(f"{bids_dir}: no such folder")
     if not path.is_file():
         raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BIDSInputError(f"{path.name}: cannot be read as JSON ({exc})") from None
-    if not isinstance(description, dict):
-        raise BIDSInputError(f"{path.name}: expected a JSON object")
-    return description
+    return read_json(path)
 
 
 def collect_participants(bids_dir: Path, participant_label: Iterable[str] | None = None,
@@ -170,11 +164,13 @@ def metadata(bids_dir: Path, image: Path) -> dict:
         for candidate in sorted(folder.glob(f"*{suffix}.json")):
             found, found_suffix = parse_entities(candidate.name)
             if found_suffix == suffix and all(entities.get(k) == v for k, v in found.items()):
-                merged.update(_read_json(candidate))
+                merged.update(read_json(candidate))
     return merged
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path`` (a sidecar or description); anything else is a one-line
+    error naming the file."""
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -223,7 +219,7 @@ def describe_derivatives(out_dir: Path, bids_dir: Path, *, name: str,
     """
     path = derivatives_dir(out_dir) / "dataset_description.json"
     source = source_dataset(bids_dir, read_description(bids_dir))
-    existing = _read_json(path) if path.is_file() else {}
+    existing = read_json(path) if path.is_file() else {}
     entries = [e for e in existing.get("GeneratedBy", [])
                if isinstance(e, dict) and e.get("Description") != generated_by["Description"]]
     entries.append(generated_by)

@@ -26,7 +26,6 @@ size (MRIQC's ``fwhm_*`` are in voxels).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from isyb.bids.layout import metadata as bids_metadata
+from isyb.bids.layout import read_json
 from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
 from isyb.io import atomic_path, load_image, strip_image_suffix
 from isyb.qc.anat import QCInputError, efc, fwhm_afni
@@ -316,15 +316,7 @@ def bold_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         if (folder / "dataset_description.json").is_file():
             return bids_metadata(folder, path.resolve())
     sidecar = Path(f"{strip_image_suffix(path)}.json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        value = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BoldInputError(f"{sidecar}: cannot be read as JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise BoldInputError(f"{sidecar}: expected a JSON object")
-    return value
+    return read_json(sidecar) if sidecar.is_file() else {}
 
 
 def qc_bold(image: str | os.PathLike | nib.spatialimages.SpatialImage, *,

@@ -110,3 +110,29 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def run_isyb_killing_a_dask_worker(args: Sequence[str]) -> None:
+    """Run ``isyb ARGS --executor dask`` on a 2-worker LocalCluster, SIGKILL the worker of the
+    first task that starts, and check that the run still succeeds (the task is retried)."""
+    import signal
+    import subprocess
+    import time
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        run = subprocess.Popen(["isyb", *args, "--executor", "dask", "--dask-scheduler",
+                                cluster.scheduler_address], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(
+                ws.processing for ws in cluster.scheduler.workers.values()):
+            time.sleep(0.2)
+        busy = [ws for ws in cluster.scheduler.workers.values() if ws.processing]
+        assert busy, "no task started"
+        nanny = next(n for n in cluster.workers.values() if n.worker_address == busy[0].address)
+        time.sleep(2.0)
+        os.kill(nanny.process.process.pid, signal.SIGKILL)
+        _, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err[-3000:]

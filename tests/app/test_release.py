@@ -14,6 +14,7 @@ import nibabel as nib
 import pandas as pd
 import pytest
 
+from conftest import run_isyb_killing_a_dask_worker
 from isyb.bids.scrub import find_leaks, load_policy
 from isyb.synthetic.demo import build_demo_dataset
 
@@ -92,25 +93,8 @@ def test_dask_executor_gives_byte_identical_tables_and_images(demo) -> None:
 
 
 def test_a_killed_dask_worker_does_not_change_the_result(demo) -> None:
-    from distributed import LocalCluster
-
     out = demo["root"] / "dask_fault"
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
-        run = subprocess.Popen(["isyb", str(demo["bids"]), str(out), "participant", "--quiet",
-                                "--executor", "dask", "--dask-scheduler",
-                                cluster.scheduler_address], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and not any(
-                ws.processing for ws in cluster.scheduler.workers.values()):
-            time.sleep(0.2)
-        busy = [ws for ws in cluster.scheduler.workers.values() if ws.processing]
-        assert busy, "no task started"
-        nanny = next(n for n in cluster.workers.values() if n.worker_address == busy[0].address)
-        time.sleep(2.0)
-        os.kill(nanny.process.process.pid, signal.SIGKILL)
-        _, err = run.communicate(timeout=900)
-        assert run.returncode == 0, err[-3000:]
+    run_isyb_killing_a_dask_worker([str(demo["bids"]), str(out), "participant", "--quiet"])
     _isyb(str(demo["bids"]), str(out), "group")
     expected = _files(demo["release"], (".nii.gz", ".tsv"))
     assert _files(out, (".nii.gz", ".tsv")) == expected

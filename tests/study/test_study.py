@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ import pandas as pd
 import pingouin as pg
 import pytest
 
+from conftest import run_isyb_killing_a_dask_worker
 from isyb.bids.participants import parse_split, split_counts
 from isyb.cli import main
 from isyb.deface.engine import DefaceOptions
@@ -177,24 +174,8 @@ def test_a_dask_study_is_byte_identical_to_the_local_one(study_run, tmp_path: Pa
 
 @pytest.mark.slow
 def test_a_killed_dask_worker_does_not_change_the_study(study_run, tmp_path: Path) -> None:
-    from distributed import LocalCluster
-
     copy, args = _half_done(study_run, tmp_path)
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
-        run = subprocess.Popen(["isyb", *args, "--executor", "dask", "--dask-scheduler",
-                                cluster.scheduler_address], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and not any(
-                ws.processing for ws in cluster.scheduler.workers.values()):
-            time.sleep(0.2)
-        busy = [ws for ws in cluster.scheduler.workers.values() if ws.processing]
-        assert busy, "no task started"
-        nanny = next(n for n in cluster.workers.values() if n.worker_address == busy[0].address)
-        time.sleep(2.0)
-        os.kill(nanny.process.process.pid, signal.SIGKILL)
-        _, err = run.communicate(timeout=900)
-        assert run.returncode == 0, err[-3000:]
+    run_isyb_killing_a_dask_worker(args)
     assert _differing(_digests(copy), _digests(study_run[0])) == []
 
 

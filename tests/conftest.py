@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -85,9 +86,36 @@ def templateflow_home(data_root: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(scope="session")
-def isyb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A session-wide ``ISYB_HOME``, so each template is prepared once per test run."""
-    home = tmp_path_factory.mktemp("isyb_home")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder that every pytest-xdist worker of this run sees (the run's own temporary
+    folder without xdist). Build things there once with :func:`build_once`."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+def build_once(shared: Path, name: str, build: Callable[[Path], object]) -> Path:
+    """``shared/name``, built by ``build(folder)`` by the first worker that asks for it.
+
+    The others wait on a file lock and reuse it, so an expensive fixture (a defaced
+    dataset, a prepared template) costs once per test run, not once per worker.
+    """
+    folder = shared / name
+    with FileLock(str(folder) + ".lock"):
+        done = folder / ".built"
+        if not done.is_file():
+            if folder.exists():
+                shutil.rmtree(folder)  # a build that failed in another worker
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def isyb_home(shared_dir: Path) -> Iterator[Path]:
+    """A run-wide ``ISYB_HOME`` shared by the workers, so each template is prepared once."""
+    home = shared_dir / "isyb_home"
+    home.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ISYB_HOME", str(home))
         yield home
@@ -95,10 +123,11 @@ def isyb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def default_template(isyb_home: Path):
-    """The default (pydeface mean head) template, prepared in the session's ISYB_HOME."""
+    """The default (pydeface mean head) template, prepared once in the shared ISYB_HOME."""
     from isyb.templates.registry import resolve
 
-    return resolve("default")
+    with FileLock(str(isyb_home) + ".lock"):
+        return resolve("default")
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:

@@ -7,11 +7,14 @@ points. Tests that need them skip with a reason when the folder is missing.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from filelock import FileLock
@@ -128,6 +131,37 @@ def default_template(isyb_home: Path):
 
     with FileLock(str(isyb_home) + ".lock"):
         return resolve("default")
+
+
+def run_cli(*args: object) -> SimpleNamespace:
+    """Run ``isyb ARGS`` in this process (no 8-s start-up); ``returncode``, ``stdout`` and
+    ``stderr`` as from :func:`subprocess.run`. Usable in fixtures, unlike ``capsys``."""
+    from isyb.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
+@pytest.fixture(scope="session")
+def demo_release(shared_dir: Path, default_template) -> dict[str, Path]:
+    """The 2-subject demo dataset taken through both BIDS-App levels once per test run
+    (local executor, 2 processes): ``bids``, ``release`` and its ``work`` folder.
+
+    Shared by every worker and module: treat it as read-only (copy it to change it).
+    """
+    from isyb.synthetic.demo import build_demo_dataset
+
+    def build(folder: Path) -> None:
+        bids = build_demo_dataset(folder / "bids", n_subjects=2)
+        for level in (["participant", "--quiet", "--nprocs", "2"], ["group", "--quiet"]):
+            run = run_cli(bids, folder / "release", *level)
+            assert run.returncode == 0, run.stderr[-3000:]
+
+    folder = build_once(shared_dir, "demo_release", build)
+    return {"root": folder, "bids": folder / "bids", "release": folder / "release",
+            "work": folder / "release_work"}
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:

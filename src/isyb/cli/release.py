@@ -103,6 +103,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
                      "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
+    app.add_argument("--release-policy", type=Path, metavar="POLICY.json",
+                     help="what the release may contain (datatypes, suffixes, top-level "
+                     "files, extra allowed paths); anything else is withheld and listed in "
+                     "WORK_DIR/withheld.tsv (default: isyb's release_policy.json)")
     app.add_argument("--fd-threshold", type=float, default=0.2,
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
     executor_arguments(app, "participant level: subjects")
@@ -180,6 +184,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
                              skip=frozenset(args.skip),
                              policy=str(args.policy) if args.policy else None,
+                             release_policy=str(args.release_policy)
+                             if args.release_policy else None,
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)

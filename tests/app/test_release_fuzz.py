@@ -130,6 +130,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     bids = build_demo_dataset(root / "bids", n_subjects=1)
     planted = plant(bids, root / "outside_T1w.nii.gz")
     (bids / UPPER).write_bytes(face_variant(bids / T1W, 7))
+    (bids / "sub-01" / "sub-01_scans.tsv").write_text(
+        "filename\tacq_time\n" + "".join(f"{p.removeprefix('sub-01/')}\tn/a\n" for p in (
+            T1W, UPPER, *[p for p, _ in PLANTED if p.startswith("sub-01/")])))
     return {"root": root, "bids": bids, "planted": planted}
 
 
@@ -150,6 +153,10 @@ def test_release_withholds_every_planted_file(fuzzed: dict) -> None:
     lower = UPPER.replace(".NII.GZ", ".nii.gz")
     assert (out / lower).read_bytes() == (bids / UPPER).read_bytes()
     assert not (out / UPPER).exists()
+    # scans.tsv lists only what is in the release, as it is named there
+    scans = (out / "sub-01" / "sub-01_scans.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in scans[1:]] == [
+        "anat/sub-01_T1w.nii.gz", "anat/sub-01_acq-up_T1w.nii.gz"]
 
 
 def test_path_traversal_in_participants_is_refused(fuzzed: dict, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from isyb.bids.classify import (
     classify_dataset,
     classify_subject,
     default_release_policy_path,
+    filter_scans,
     load_release_policy,
     sniff,
     split_name,
@@ -213,3 +214,15 @@ def test_sniff_sees_through_names(tmp_path: Path) -> None:
     (tmp_path / "c.tsv").write_text("onset\n1\n")
     assert [sniff(tmp_path / n) for n in ("a.json", "b.tsv", "c.tsv")] == [
         "nifti1", "mgh", None]
+
+
+def test_scans_table_keeps_only_rows_of_released_files() -> None:
+    text = ("filename\tacq_time\nanat/sub-01_T1w.nii.gz\t2020-01-01T10:00:00\n"
+            "anat/sub-01_acq-up_T1w.NII.GZ\tn/a\nanat/sub-01_T1w.nii.gz.orig\tn/a\n"
+            "func/sub-01_task-rest_bold.nii.gz\tn/a\n")
+    outputs = {"sub-01/anat/sub-01_T1w.nii.gz": "sub-01/anat/sub-01_T1w.nii.gz",
+               "sub-01/anat/sub-01_acq-up_T1w.NII.GZ": "sub-01/anat/sub-01_acq-up_T1w.nii.gz"}
+    assert filter_scans(text, "sub-01", outputs) == (
+        "filename\tacq_time\nanat/sub-01_T1w.nii.gz\t2020-01-01T10:00:00\n"
+        "anat/sub-01_acq-up_T1w.nii.gz\tn/a\n")
+    assert filter_scans("a\tb\n1\t2\n", "sub-01", outputs) == "a\tb\n1\t2\n"

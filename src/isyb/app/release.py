@@ -78,7 +78,7 @@ from isyb.bids.layout import (
 )
 from isyb.bids.participants import validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
-from isyb.deface.dataset import DatasetJob, copy_file, run_subject
+from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
@@ -250,7 +250,12 @@ def release_subject(task: SubjectTask) -> dict:
     elif done("qc"):
         record["steps"]["qc"] = "skipped (done)"
     else:
-        runs = find_runs(task.bids_dir, [task.subject])
+        # only runs the release policy keeps: nothing is read through a link leading outside
+        kept = {i.relative for i in classify_subject(
+            task.bids_dir, task.subject, load_release_policy(task.options.release_policy))
+            if i.kind != "withheld"}
+        runs = [r for r in find_runs(task.bids_dir, [task.subject])
+                if r.relative.as_posix() in kept]
         results = [run_participant_job(ParticipantJob(task.bids_dir, task.out_dir, run,
                                                       task.options.fd_threshold))
                    for run in runs]
@@ -280,10 +285,14 @@ def release_subject(task: SubjectTask) -> dict:
 
 def _copy_subject(task: SubjectTask) -> None:
     """``--skip deface``: copy what the release policy allows, anatomical images as they are."""
-    policy = load_release_policy(task.options.release_policy)
-    for item in classify_subject(task.bids_dir, task.subject, policy):
-        if item.kind in ("deface", "copy"):
+    items = classify_subject(task.bids_dir, task.subject,
+                             load_release_policy(task.options.release_policy))
+    written = {}
+    for item in items:
+        if item.kind == "deface":
             copy_file(item.source, task.out_dir / item.output)
+            written[item.relative] = item.output
+    copy_allowed(items, task.out_dir, written)
 
 
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,

@@ -427,6 +427,31 @@ def classify_subject(root: Path, subject: str, policy: ReleasePolicy) -> list[It
     return Classifier(root, policy).subject(subject)
 
 
+def filter_scans(text: str, folder: str, outputs: dict[str, str]) -> str:
+    """A ``scans.tsv`` table with only the rows of files that are in the output, named as
+    they are there.
+
+    ``folder`` is the table's folder and ``outputs`` maps each input path written to the
+    output to its output path (both POSIX, relative to the dataset). A row of a withheld
+    file would name a file that is not there (a validator error) and its name can identify
+    a person, so it is dropped. A table without a ``filename`` column is returned as is.
+    """
+    lines = text.splitlines()
+    if not lines or "filename" not in lines[0].split("\t"):
+        return text
+    column = lines[0].split("\t").index("filename")
+    rows = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split("\t")
+        if len(cells) <= column:
+            continue
+        output = outputs.get(f"{folder}/{cells[column]}")
+        if output is not None:
+            cells[column] = output.removeprefix(f"{folder}/")
+            rows.append("\t".join(cells))
+    return "\n".join(rows) + "\n"
+
+
 def withheld_counts(items: list[Item]) -> dict[str, int]:
     """How many entries were withheld, per reason (sorted by reason)."""
     return dict(sorted(Counter(i.reason for i in items if i.kind == "withheld").items()))

@@ -34,6 +34,7 @@ from isyb.bids.classify import (
     Item,
     classify_dataset,
     classify_subject,
+    filter_scans,
     load_release_policy,
     withheld_tsv,
 )
@@ -53,7 +54,7 @@ from isyb.executor import ExecutorOptions, run_tasks
 from isyb.io import atomic_path, write_text
 from isyb.templates.registry import Template
 
-__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_file",
+__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_allowed", "copy_file",
            "deface_dataset", "deface_stem", "record_path", "run_subject", "withheld_path"]
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,22 @@ def copy_file(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
         shutil.copystat(source, tmp)
+
+
+def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> None:
+    """Copy the ``copy`` items into ``bids_out``; ``scans.tsv`` tables last, with only the
+    rows of files in the output (``written``, input path -> output path, plus the copies)."""
+    scans = [i for i in items if i.kind == "copy" and i.output.endswith("_scans.tsv")]
+    for item in items:
+        if item.kind == "copy" and item not in scans:
+            copy_file(item.source, bids_out / item.output)
+            written[item.relative] = item.output
+    for item in scans:
+        folder = item.relative.rsplit("/", 1)[0]
+        text = filter_scans(item.source.read_text(errors="replace"), folder, written)
+        target = bids_out / item.output
+        if not target.is_file() or target.read_text(errors="replace") != text:
+            write_text(target, text)
 
 
 def record_path(bids_out: Path, subject: str) -> Path:
@@ -156,12 +173,14 @@ def run_subject(job: DatasetJob) -> SubjectRecord:
     """Copy what the release policy allows of one subject and deface its anatomical
     images; withheld files are left out. Write its record last."""
     images: list[ImageEntry] = []
-    policy = load_release_policy(job.release_policy)
-    for item in classify_subject(job.bids_in, job.subject, policy):
+    items = classify_subject(job.bids_in, job.subject, load_release_policy(job.release_policy))
+    written: dict[str, str] = {}
+    for item in items:
         if item.kind == "deface":
             images.append(_deface_image(job, item))
-        elif item.kind == "copy":
-            copy_file(item.source, job.bids_out / item.output)
+            if images[-1]["status"] == "ok":
+                written[item.relative] = item.output
+    copy_allowed(items, job.bids_out, written)
     record: SubjectRecord = {"subject": job.subject, "images": images,
                              "isyb_version": __version__}
     write_text(record_path(job.bids_out, job.subject), json.dumps(record, indent=2) + "\n")

@@ -97,6 +97,10 @@ CASES = [
     ("sub-01/anat/sub-01_acq-gone_T1w.nii.gz", "broken", "withheld", "broken symlink"),
     ("sub-01/dirlink", "dirlink", "withheld", "symlink to a folder"),
     ("sub-01/anat/sub-01_acq-ign_T1w.nii.gz", "ignored", "withheld", ".bidsignore"),
+    ("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "head", "deface", ""),
+    ("sub-01/ses-1/anat/sub-01_T1w.nii.gz", "head", "withheld", "start with sub-01_ses-1_"),
+    ("sub-01/ses-1/sub-01_ses-1_scans.tsv", "text", "copy", ""),
+    ("sub-01/ses-1/sub-01_ses-1_T1w.nii.gz", "head", "withheld", "outside a datatype folder"),
 ]
 
 
@@ -226,3 +230,17 @@ def test_scans_table_keeps_only_rows_of_released_files() -> None:
         "filename\tacq_time\nanat/sub-01_T1w.nii.gz\t2020-01-01T10:00:00\n"
         "anat/sub-01_acq-up_T1w.nii.gz\tn/a\n")
     assert filter_scans("a\tb\n1\t2\n", "sub-01", outputs) == "a\tb\n1\t2\n"
+
+
+def test_temporary_names_do_not_depend_on_extension_case(tmp_path: Path) -> None:
+    """nibabel picks the format from the temporary name: ``.NII.GZ`` must still work."""
+    from isyb.io import atomic_path
+
+    image = nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4))
+    for name in ("a_T1w.NII.GZ", "b_T1w.nii.gz", "c_T1w.Nii"):
+        with atomic_path(tmp_path / name) as tmp:
+            assert tmp.name.endswith(".part.nii.gz" if "gz" in name.lower() else ".part.nii")
+            image.to_filename(str(tmp))
+        assert nib.load(str(tmp_path / name)).shape == (4, 4, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_T1w.NII.GZ", "b_T1w.nii.gz",
+                                                          "c_T1w.Nii"]

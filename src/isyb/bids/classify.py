@@ -47,7 +47,6 @@ from pathlib import Path
 from isyb.bids.layout import parse_entities
 from isyb.errors import IsybError
 
-KINDS = ("deface", "copy", "top", "withheld")
 WITHHELD_COLUMNS = ("path", "reason")
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENTITY = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9]+$")
@@ -91,11 +90,6 @@ class Item:
     kind: str
     output: str = ""
     reason: str = ""
-
-    @property
-    def subject(self) -> str | None:
-        first = self.relative.split("/", 1)[0]
-        return first[4:] if first.startswith("sub-") and "/" in self.relative else None
 
 
 def default_release_policy_path() -> Path:

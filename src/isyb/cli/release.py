@@ -195,7 +195,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
                                 resolve(args.template, progress=note), options)
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
-                                           "scrub_changes", "deface_failures", "leak_scan")}
+                                           "scrub_changes", "deface_failures", "leak_scan",
+                                           "withheld")}
         derive = summary.get("derive")
         if isinstance(derive, dict):
             printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],

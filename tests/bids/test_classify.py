@@ -237,10 +237,10 @@ def test_temporary_names_do_not_depend_on_extension_case(tmp_path: Path) -> None
     from isyb.io import atomic_path
 
     image = nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4))
-    for name in ("a_T1w.NII.GZ", "b_T1w.nii.gz", "c_T1w.Nii"):
+    for name in ("a_T1w.NII.GZ", "b_T1w.nii.gz", "c_T1w.NII"):
         with atomic_path(tmp_path / name) as tmp:
             assert tmp.name.endswith(".part.nii.gz" if "gz" in name.lower() else ".part.nii")
             image.to_filename(str(tmp))
         assert nib.load(str(tmp_path / name)).shape == (4, 4, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_T1w.NII.GZ", "b_T1w.nii.gz",
-                                                          "c_T1w.Nii"]
+                                                          "c_T1w.NII"]

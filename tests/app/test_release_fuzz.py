@@ -140,10 +140,14 @@ def test_release_withholds_every_planted_file(fuzzed: dict) -> None:
     root, bids = fuzzed["root"], fuzzed["bids"]
     out, work = root / "release", root / "release_work"
     options = ReleaseOptions(skip=frozenset({"deface", "qc", "derive"}))
+    stale = out / "sub-01" / "anat" / "sub-01_T1w.nii.gz.orig"  # left by an older run
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes((bids / PLANTED[0][0]).read_bytes())
     records = release_participants(bids, out, work, STUB_TEMPLATE, options, progress=False)
     assert [r["subject"] for r in records] == ["01"]
     summary = release_group(bids, out, work, STUB_TEMPLATE, options)
     assert_nothing_planted_in(out, fuzzed["planted"], work / "withheld.tsv")
+    assert not stale.exists()
     assert not (out / "derivatives" / "isyb" / "withheld.tsv").exists()  # names stay private
     assert sum(summary["withheld"].values()) == len(PLANTED) + 1  # and .bidsignore itself
     assert summary["withheld"]["symlink leading outside the dataset"] == 1

@@ -107,7 +107,11 @@ def copy_file(source: Path, target: Path) -> None:
 
 def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> None:
     """Copy the ``copy`` items into ``bids_out``; ``scans.tsv`` tables last, with only the
-    rows of files in the output (``written``, input path -> output path, plus the copies)."""
+    rows of files in the output (``written``, input path -> output path, plus the copies).
+
+    Then remove any other file of the subject's output folders: one an earlier run (an
+    older isyb, another policy) left there would otherwise be released unchecked.
+    """
     scans = [i for i in items if i.kind == "copy" and i.output.endswith("_scans.tsv")]
     for item in items:
         if item.kind == "copy" and item not in scans:
@@ -119,6 +123,16 @@ def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> 
         target = bids_out / item.output
         if not target.is_file() or target.read_text(errors="replace") != text:
             write_text(target, text)
+        written[item.relative] = item.output
+    kept = set(written.values())
+    subjects = {i.relative.split("/", 1)[0] for i in items}
+    for subject in sorted(subjects):
+        for path in sorted((bids_out / subject).rglob("*")):
+            relative = path.relative_to(bids_out).as_posix()
+            if (path.is_file() or path.is_symlink()) and relative not in kept:
+                path.unlink()
+                log.warning("removed %s from the output: not a file the release policy "
+                            "allows (left by an earlier run)", relative)
 
 
 def record_path(bids_out: Path, subject: str) -> Path:

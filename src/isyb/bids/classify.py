@@ -9,6 +9,9 @@ Every entry of the dataset is classified, by place, name *and* content, as
 * ``top``: a file of the dataset root (description, README, participants...);
 * ``withheld``, with a reason: anything else.
 
+The policy's ``allow`` patterns admit more paths outside the ``sub-*``
+folders (``code/*.py``); subject files are admitted by ``datatypes``.
+
 A **release policy** (JSON; the default ships as
 ``isyb/data/release_policy.json``) names what is allowed; anything it does
 not name is withheld (fail closed). Rules that no policy relaxes:

@@ -28,6 +28,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error
 from isyb.app.release import ReleaseOptions, release_group, release_participants
 from isyb.bids.classify import sniff
 from isyb.cli import main
@@ -207,3 +208,17 @@ def test_deface_dataset_defaces_or_withholds_every_face(fuzzed: dict,
     record = json.loads((out / "derivatives/isyb/logs/sub-01.json").read_text())
     assert [i["status"] for i in record["images"]] == ["ok", "ok"]
     assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+
+@pytest.mark.parametrize("command", [["deface"], []], ids=["deface", "bids-app"])
+def test_a_bad_release_policy_is_refused_before_any_work(fuzzed: dict, tmp_path: Path,
+                                                         command: list[str],
+                                                         capsys) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"deface": ["T1w"]}')
+    out = tmp_path / "out"
+    level = [] if command else ["participant"]
+    code = main([*command, str(fuzzed["bids"]), str(out), *level, "--release-policy",
+                 str(policy)])
+    assert_one_line_error(code, capsys.readouterr().err, "policy.json", "release policy")
+    assert not out.exists() and not (tmp_path / "out_work").exists()

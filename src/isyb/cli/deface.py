@@ -125,6 +125,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_deface(args: argparse.Namespace) -> int:
+    from isyb.bids.classify import load_release_policy
     from isyb.deface.dataset import deface_dataset, withheld_path
     from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
@@ -138,6 +139,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
                             "to OUT/derivatives/isyb")
         executor = executor_options(args)
+        load_release_policy(args.release_policy)  # a bad policy fails before any work
         template = resolve(args.template, progress=note)
         records = deface_dataset(args.input, args.output, template, options,
                                  labels=args.participant_label, executor=executor,

@@ -178,9 +178,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         release_group,
         release_participants,
     )
+    from isyb.bids.classify import load_release_policy
     from isyb.deface.engine import DefaceOptions
     from isyb.templates.registry import resolve
 
+    load_release_policy(args.release_policy)  # a bad policy fails before any work
     options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
                              skip=frozenset(args.skip),
                              policy=str(args.policy) if args.policy else None,

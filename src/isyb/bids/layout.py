@@ -26,9 +26,6 @@ from isyb.io import IMAGE_SUFFIXES, strip_image_suffix, write_text
 DERIVATIVES = Path("derivatives") / "isyb"
 #: BIDS version isyb writes in the descriptions it makes.
 BIDS_VERSION = "1.9.0"
-#: Anatomical suffixes whose images carry a face (defaced by ``isyb deface``).
-ANAT_SUFFIXES = ("T1w", "T2w", "T2starw", "FLAIR", "PD", "PDw", "PDT2", "T1map", "T2map",
-                 "inplaneT1", "inplaneT2", "angio", "defacemask")
 
 
 class BIDSInputError(InputError):

@@ -222,3 +222,23 @@ def test_a_bad_release_policy_is_refused_before_any_work(fuzzed: dict, tmp_path:
                  str(policy)])
     assert_one_line_error(code, capsys.readouterr().err, "policy.json", "release policy")
     assert not out.exists() and not (tmp_path / "out_work").exists()
+
+
+@pytest.mark.parametrize("name", ["dataset_description.json", "participants.tsv", "README"])
+def test_a_top_level_file_linked_from_outside_is_refused(tmp_path: Path, name: str,
+                                                         capsys) -> None:
+    """isyb reads these files itself, so withholding them is not enough: it refuses."""
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
+    (bids / "README").write_text("x\n")
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    outside = tmp_path / f"outside_{name}"
+    outside.write_bytes((bids / name).read_bytes())
+    (bids / name).unlink()
+    (bids / name).symlink_to(outside)
+    out = tmp_path / "out"
+    code = main(["deface", str(bids), str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, name, "outside the dataset")
+    assert not out.exists()

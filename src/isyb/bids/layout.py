@@ -83,11 +83,24 @@ def strip_sub(labels: Iterable[str]) -> list[str]:
     return [label.removeprefix("sub-") for label in labels]
 
 
+#: Top-level files that isyb reads itself: a link among them that leads outside the dataset
+#: is refused (one line, exit 2), as nothing is read from outside through a link.
+READ_AT_TOP = ("dataset_description.json", "participants.tsv", "participants.json", "README",
+               "README.md", "CHANGES")
+
+
 def read_description(bids_dir: Path) -> dict:
-    """The dataset's ``dataset_description.json``; a missing or bad one is a one-line error."""
+    """The dataset's ``dataset_description.json``; a missing or bad one, or a top-level file
+    isyb reads that is a link leading outside the dataset, is a one-line error."""
     path = bids_dir / "dataset_description.json"
     if not bids_dir.is_dir():
         raise BIDSInputError(f"{bids_dir}: no such folder")
+    root = bids_dir.resolve()
+    outside = [name for name in READ_AT_TOP if (bids_dir / name).is_symlink()
+               and root not in (bids_dir / name).resolve().parents]
+    if outside:
+        raise BIDSInputError(f"{bids_dir}: {', '.join(outside)}: link(s) leading outside the "
+                             "dataset (isyb reads nothing through them)")
     if not path.is_file():
         raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
     return read_json(path)

@@ -244,3 +244,19 @@ def test_temporary_names_do_not_depend_on_extension_case(tmp_path: Path) -> None
         assert nib.load(str(tmp_path / name)).shape == (4, 4, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_T1w.NII.GZ", "b_T1w.nii.gz",
                                                           "c_T1w.NII"]
+
+
+@pytest.mark.parametrize(("source", "stem"), [
+    ("sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_desc-deface"),
+    ("sub-01/anat/sub-01_T2w.nii.gz", "sub-01/anat/sub-01_desc-defaceT2w"),
+    ("sub-01/ses-1/anat/sub-01_ses-1_acq-mp_run-2_T1w.nii.gz",
+     "sub-01/ses-1/anat/sub-01_ses-1_acq-mp_run-2_desc-deface"),
+])
+def test_deface_derivative_names_follow_bids_derivatives(source: str, stem: str) -> None:
+    """Source entities, then desc-<label>; T1w and T2w of one subject never collide."""
+    from isyb.bids.layout import BIDSFile
+    from isyb.deface.dataset import deface_stem
+
+    out = Path("/out")
+    item = BIDSFile(out / source, Path(source), "01")
+    assert deface_stem(out, item) == out / "derivatives" / "isyb" / stem

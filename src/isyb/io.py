@@ -165,13 +165,16 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    The temporary name keeps the file's extension, so that writers that pick a
-    format from the name (nibabel) still work. On error the temporary file is
-    removed and ``path`` is left as it was.
+    The temporary name keeps the file's extension, in lower case, so that
+    writers that pick a format from the name (nibabel) work whatever the case of
+    ``path``'s extension (``.NII.GZ``). On error the temporary file is removed
+    and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    lowered = path.name.lower()
+    suffix = "".join(Path(lowered).suffixes[-2:]) if lowered.endswith(".gz") \
+        else Path(lowered).suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

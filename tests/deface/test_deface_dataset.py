@@ -121,19 +121,25 @@ def test_run_succeeds(first_run: FirstRun) -> None:
     assert stray_files(first_run.out) == []
 
 
-def test_every_input_file_is_in_the_output(first_run: FirstRun) -> None:
+def test_every_input_file_is_in_the_output_or_withheld(first_run: FirstRun) -> None:
     out = first_run.out
     images = {str(p) for p in anat_images(first_run.bids_in)}
     assert images == {f"sub-{s}/anat/sub-{s}_T1w.nii.gz" for s in SUBJECTS}
+    withheld = dict(line.split("\t") for line in
+                    (out / DERIV / "withheld.tsv").read_text().splitlines()[1:])
+    assert withheld == {"code/notes.txt": "folder code/ not in the release policy"}
     for relative, digest in first_run.input_files.items():
         target = out / relative
+        if relative in withheld:
+            assert not target.exists(), relative
+            continue
         assert target.is_file(), relative
         if relative in images:
             assert sha256(target) != digest, f"{relative} was copied, not defaced"
         else:
             assert sha256(target) == digest, f"{relative} differs from the input"
     for relative in ("task-rest_bold.json", "sub-01/func/sub-01_task-rest_bold.nii.gz",
-                     "sub-01/func/sub-01_task-rest_bold.json", "code/notes.txt",
+                     "sub-01/func/sub-01_task-rest_bold.json",
                      "participants.tsv", "README", "dataset_description.json"):
         assert (out / relative).is_file(), relative
 
@@ -156,7 +162,7 @@ def test_derivatives(first_run: FirstRun) -> None:
     assert description["GeneratedBy"][0]["Name"] == "isyb"
     assert description["BIDSVersion"]
     for subject in SUBJECTS:
-        stem = deriv / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w_desc-deface"
+        stem = deriv / f"sub-{subject}" / "anat" / f"sub-{subject}_desc-deface"
         source = nib.load(str(first_run.bids_in / f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz"))
         mask = nib.load(f"{stem}_mask.nii.gz")
         assert mask.shape == source.shape
@@ -377,7 +383,7 @@ def test_dask_executor_matches_local(first_run: FirstRun, tmp_path: Path) -> Non
                         "--executor", "dask", "--nprocs", "1", "--quiet"])
     assert code == 0, err
     for relative in ("sub-01/anat/sub-01_T1w.nii.gz",
-                     f"{DERIV}/sub-01/anat/sub-01_T1w_desc-deface_mask.nii.gz",
+                     f"{DERIV}/sub-01/anat/sub-01_desc-deface_mask.nii.gz",
                      "sub-01/func/sub-01_task-rest_bold.nii.gz"):
         assert sha256(out / relative) == first_run.output_files[relative], relative
     record = json.loads((out / DERIV / "logs" / "sub-01.json").read_text())

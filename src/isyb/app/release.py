@@ -6,9 +6,11 @@ files, anatomical images defaced, identifying metadata scrubbed
 
 Participant level, per subject, in four steps:
 
-1. ``deface``: copy the subject's files and deface every anatomical image
-   (:func:`isyb.deface.dataset.run_subject`). ``--skip deface`` copies the
-   images as they are (for data already defaced).
+1. ``deface``: copy the subject's files that the release policy allows and
+   deface every anatomical image (:func:`isyb.deface.dataset.run_subject`);
+   everything else is withheld (:mod:`isyb.bids.classify`, deny by default).
+   ``--skip deface`` copies the allowed images as they are (for data already
+   defaced).
 2. ``scrub``: JSON sidecars, NIfTI headers and ``scans.tsv`` of the copied
    subject, in place; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
    Never skipped: a release is not made without it.
@@ -24,7 +26,9 @@ Group level: dataset-level files (``dataset_description.json`` with
 the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
 QC tables, exclusions and report, the group maps of the derived metrics,
 ``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids, and
-``derivatives/isyb/release_summary.json``.
+``derivatives/isyb/release_summary.json`` (with the number of withheld files per reason; the
+list itself, ``WORK_DIR/withheld.tsv``, stays out of the release, as file names can identify
+people, e.g. by a date).
 
 **Resuming.** Each finished subject × step is recorded in
 ``WORK_DIR/manifest/sub-<label>.json`` with a digest of its inputs (SHA-256
@@ -56,6 +60,13 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.bids.classify import (
+    classify_dataset,
+    classify_subject,
+    load_release_policy,
+    withheld_counts,
+    withheld_tsv,
+)
 from isyb.bids.layout import (
     BIDS_VERSION,
     DERIVATIVES,
@@ -67,7 +78,7 @@ from isyb.bids.layout import (
 )
 from isyb.bids.participants import validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
-from isyb.deface.dataset import DatasetJob, copy_file, run_subject
+from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
@@ -90,6 +101,7 @@ class ReleaseOptions:
     policy: str | None = None
     fd_threshold: float = 0.2
     derive: DeriveOptions = field(default_factory=DeriveOptions)
+    release_policy: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.skip) - set(SKIPPABLE)
@@ -156,10 +168,12 @@ def _manifest_path(task: SubjectTask) -> Path:
 
 
 def _step_digests(task: SubjectTask) -> dict[str, str]:
-    root = task.bids_dir / f"sub-{task.subject}"
-    files = {p.relative_to(task.bids_dir).as_posix(): _sha256(p)
-             for p in sorted(root.rglob("*")) if p.is_file()}
     options = task.options
+    release_policy = load_release_policy(options.release_policy)
+    # What the release policy keeps (read from inside the dataset only) and what it withholds.
+    files = {i.relative: _sha256(i.source) if i.kind != "withheld" else i.reason
+             for i in classify_subject(task.bids_dir, task.subject, release_policy)}
+    files["release policy"] = Path(release_policy.source).read_text()
     policy = load_policy(options.policy)
     deface = _digest([__version__, json.dumps(files, sort_keys=True),
                       task.template.info["head_sha256"], repr(options.deface),
@@ -204,7 +218,7 @@ def release_subject(task: SubjectTask) -> dict:
             result = {"images": "copied without defacing (--skip deface)"}
         else:
             job = DatasetJob(task.bids_dir, task.out_dir, task.subject, task.template,
-                             task.options.deface)
+                             task.options.deface, task.options.release_policy)
             images = run_subject(job)["images"]
             result = {"defaced": sum(i["status"] == "ok" for i in images),
                       "failed": [{"file": i["file"], "error": i["error"]}
@@ -236,7 +250,12 @@ def release_subject(task: SubjectTask) -> dict:
     elif done("qc"):
         record["steps"]["qc"] = "skipped (done)"
     else:
-        runs = find_runs(task.bids_dir, [task.subject])
+        # only runs the release policy keeps: nothing is read through a link leading outside
+        kept = {i.relative for i in classify_subject(
+            task.bids_dir, task.subject, load_release_policy(task.options.release_policy))
+            if i.kind != "withheld"}
+        runs = [r for r in find_runs(task.bids_dir, [task.subject])
+                if r.relative.as_posix() in kept]
         results = [run_participant_job(ParticipantJob(task.bids_dir, task.out_dir, run,
                                                       task.options.fd_threshold))
                    for run in runs]
@@ -265,10 +284,15 @@ def release_subject(task: SubjectTask) -> dict:
 
 
 def _copy_subject(task: SubjectTask) -> None:
-    root = task.bids_dir / f"sub-{task.subject}"
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            copy_file(path, task.out_dir / path.relative_to(task.bids_dir))
+    """``--skip deface``: copy what the release policy allows, anatomical images as they are."""
+    items = classify_subject(task.bids_dir, task.subject,
+                             load_release_policy(task.options.release_policy))
+    written = {}
+    for item in items:
+        if item.kind == "deface":
+            copy_file(item.source, task.out_dir / item.output)
+            written[item.relative] = item.output
+    copy_allowed(items, task.out_dir, written)
 
 
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
@@ -277,6 +301,7 @@ def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: T
     check_folders(bids_dir, out_dir, work_dir)
     validate_participants(bids_dir)
     load_policy(options.policy)
+    load_release_policy(options.release_policy)
     subjects = collect_participants(bids_dir, labels or None)
     if not subjects:
         raise IsybError(f"{bids_dir}: no sub-* folders")
@@ -326,6 +351,7 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     check_folders(bids_dir, out_dir, work_dir)
     validate_participants(bids_dir)
     policy = load_policy(options.policy)
+    release_policy = load_release_policy(options.release_policy)
     subjects = collect_participants(bids_dir)
     manifests = {s: json.loads(p.read_text()) for s in subjects
                  if (p := work_dir / "manifest" / f"sub-{s}.json").is_file()}
@@ -335,11 +361,15 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
     today = dt.date.today().isoformat()
-    top = [p for p in sorted(bids_dir.iterdir()) if p.is_file()
-           and p.name not in ("dataset_description.json", "README", "README.md", "CHANGES")]
-    for path in top:
-        copy_file(path, out_dir / path.name)
-    changes = scrub_in_place(out_dir, [Path(p.name) for p in top], policy, scrub_key(work_dir))
+    # Deny by default: only the top-level files the release policy allows; the list of
+    # withheld files stays in the work folder (file names can identify people).
+    items = classify_dataset(bids_dir, release_policy)
+    top = [i for i in items if i.kind == "top" and i.output not in (
+        "dataset_description.json", "README", "README.md", "CHANGES")]
+    for item in top:
+        copy_file(item.source, out_dir / item.output)
+    write_text(work_dir / "withheld.tsv", withheld_tsv(items))
+    changes = scrub_in_place(out_dir, [Path(i.output) for i in top], policy, scrub_key(work_dir))
     _write_description(bids_dir, out_dir, template, options)
     _write_readme_and_changes(bids_dir, out_dir, template, options, today)
 
@@ -353,7 +383,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     summary: dict = {"isyb_version": __version__, "date": today, "template": template.name,
                      "method": options.deface.method, "subjects": len(subjects),
                      "participant_level_done": len(manifests),
-                     "scrub_changes": len(scrub_report)}
+                     "scrub_changes": len(scrub_report),
+                     "withheld": withheld_counts(items)}
     deface_records = [json.loads(p.read_text()) for s in subjects
                       if (p := out_dir / DERIVATIVES / "logs" / f"sub-{s}.json").is_file()]
     if deface_records:

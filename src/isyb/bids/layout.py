@@ -26,9 +26,6 @@ from isyb.io import IMAGE_SUFFIXES, strip_image_suffix, write_text
 DERIVATIVES = Path("derivatives") / "isyb"
 #: BIDS version isyb writes in the descriptions it makes.
 BIDS_VERSION = "1.9.0"
-#: Anatomical suffixes whose images carry a face (defaced by ``isyb deface``).
-ANAT_SUFFIXES = ("T1w", "T2w", "T2starw", "FLAIR", "PD", "PDw", "PDT2", "T1map", "T2map",
-                 "inplaneT1", "inplaneT2", "angio", "defacemask")
 
 
 class BIDSInputError(InputError):
@@ -86,11 +83,24 @@ def strip_sub(labels: Iterable[str]) -> list[str]:
     return [label.removeprefix("sub-") for label in labels]
 
 
+#: Top-level files that isyb reads itself: a link among them that leads outside the dataset
+#: is refused (one line, exit 2), as nothing is read from outside through a link.
+READ_AT_TOP = ("dataset_description.json", "participants.tsv", "participants.json", "README",
+               "README.md", "CHANGES")
+
+
 def read_description(bids_dir: Path) -> dict:
-    """The dataset's ``dataset_description.json``; a missing or bad one is a one-line error."""
+    """The dataset's ``dataset_description.json``; a missing or bad one, or a top-level file
+    isyb reads that is a link leading outside the dataset, is a one-line error."""
     path = bids_dir / "dataset_description.json"
     if not bids_dir.is_dir():
         raise BIDSInputError(f"{bids_dir}: no such folder")
+    root = bids_dir.resolve()
+    outside = [name for name in READ_AT_TOP if (bids_dir / name).is_symlink()
+               and root not in (bids_dir / name).resolve().parents]
+    if outside:
+        raise BIDSInputError(f"{bids_dir}: {', '.join(outside)}: link(s) leading outside the "
+                             "dataset (isyb reads nothing through them)")
     if not path.is_file():
         raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
     return read_json(path)

@@ -33,8 +33,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "BIDS dataset", epilog=EXAMPLES_DEFACE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Deface IN into OUT. IN and OUT are NIfTI/MGZ files, or BIDS dataset "
-        "folders (dataset mode: a complete copy of IN with every anat/ image defaced, and "
-        "masks, provenance and an HTML summary in OUT/derivatives/isyb).")
+        "folders (dataset mode: a copy of what the release policy recognises in IN, every "
+        "anat/ head image defaced, everything else withheld; masks, provenance, "
+        "withheld.tsv and an HTML summary in OUT/derivatives/isyb).")
     deface.add_argument("input", metavar="IN", type=Path)
     deface.add_argument("output", metavar="OUT", type=Path)
     deface.add_argument("--template", default="default",
@@ -64,6 +65,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deface.add_argument("--no-png", action="store_true", help="skip the QC picture")
     deface.add_argument("--participant-label", nargs="+", metavar="LABEL",
                         help="dataset mode: only these subjects (with or without sub-)")
+    deface.add_argument("--release-policy", type=Path, metavar="POLICY.json",
+                        help="dataset mode: what OUT may contain (datatypes, suffixes, "
+                        "top-level files, extra allowed paths); anything else is withheld "
+                        "and listed in OUT/derivatives/isyb/withheld.tsv (default: isyb's "
+                        "release_policy.json)")
     executor_arguments(deface, "dataset mode: subjects")
 
     templates = commands.add_parser("templates", help="list, show and prepare head templates")
@@ -119,7 +125,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_deface(args: argparse.Namespace) -> int:
-    from isyb.deface.dataset import deface_dataset
+    from isyb.bids.classify import load_release_policy
+    from isyb.deface.dataset import deface_dataset, withheld_path
     from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
     from isyb.templates.registry import resolve
@@ -132,19 +139,26 @@ def cmd_deface(args: argparse.Namespace) -> int:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
                             "to OUT/derivatives/isyb")
         executor = executor_options(args)
+        load_release_policy(args.release_policy)  # a bad policy fails before any work
         template = resolve(args.template, progress=note)
         records = deface_dataset(args.input, args.output, template, options,
                                  labels=args.participant_label, executor=executor,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet,
+                                 release_policy=args.release_policy)
         failed = [i for r in records for i in r["images"] if i["status"] != "ok"]
         note(f"defaced {sum(len(r['images']) for r in records) - len(failed)} image(s) of "
               f"{len(records)} subject(s); summary: "
               f"{args.output / 'derivatives' / 'isyb' / 'index.html'}")
+        withheld = withheld_path(args.output)
+        count = len(withheld.read_text().splitlines()) - 1
+        if count:
+            note(f"withheld {count} file(s) the release policy does not allow: {withheld}")
         for image in failed:
             failure(f"failed: {image['file']}: {image['error']}")
         return 1 if failed else 0
-    if args.participant_label:
-        raise IsybError("--participant-label needs a BIDS dataset folder as IN")
+    if args.participant_label or args.release_policy:
+        raise IsybError("--participant-label and --release-policy need a BIDS dataset folder "
+                        "as IN")
     from isyb.deface.file import check_paths
     from isyb.io import load_image
 

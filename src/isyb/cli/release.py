@@ -103,6 +103,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
                      "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
+    app.add_argument("--release-policy", type=Path, metavar="POLICY.json",
+                     help="what the release may contain (datatypes, suffixes, top-level "
+                     "files, extra allowed paths); anything else is withheld and listed in "
+                     "WORK_DIR/withheld.tsv (default: isyb's release_policy.json)")
     app.add_argument("--fd-threshold", type=float, default=0.2,
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
     executor_arguments(app, "participant level: subjects")
@@ -174,12 +178,16 @@ def cmd_app(args: argparse.Namespace) -> int:
         release_group,
         release_participants,
     )
+    from isyb.bids.classify import load_release_policy
     from isyb.deface.engine import DefaceOptions
     from isyb.templates.registry import resolve
 
+    load_release_policy(args.release_policy)  # a bad policy fails before any work
     options = ReleaseOptions(deface=DefaceOptions(method=args.deface_method),
                              skip=frozenset(args.skip),
                              policy=str(args.policy) if args.policy else None,
+                             release_policy=str(args.release_policy)
+                             if args.release_policy else None,
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)
@@ -189,7 +197,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
                                 resolve(args.template, progress=note), options)
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
-                                           "scrub_changes", "deface_failures", "leak_scan")}
+                                           "scrub_changes", "deface_failures", "leak_scan",
+                                           "withheld")}
         derive = summary.get("derive")
         if isinstance(derive, dict):
             printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],

@@ -1,10 +1,17 @@
-"""Dataset mode: deface every anatomical image of a BIDS dataset into a complete copy.
+"""Dataset mode: deface every anatomical image of a BIDS dataset into a checked copy.
 
-``BIDS_OUT`` receives every file of ``BIDS_IN``; images in ``anat/`` folders
-are defaced instead of copied. An image that cannot be defaced is *not*
-copied (that would leak its face); the failure is listed in the summary.
-Masks, provenance and QC pictures go to ``BIDS_OUT/derivatives/isyb``, with
-a ``dataset_description.json`` and an ``index.html`` summary.
+``BIDS_OUT`` receives the files of ``BIDS_IN`` that the release policy
+recognises (:mod:`isyb.bids.classify`, deny by default): anatomical head
+images are defaced instead of copied, allowed images, their sidecars and the
+top-level files are copied. Everything else (backup copies, ``sourcedata/``,
+the input's ``derivatives/``, symlinks leading outside, images outside a
+datatype folder, single 3-D volumes under other suffixes...) is withheld and
+listed, with the reason, in ``BIDS_OUT/derivatives/isyb/withheld.tsv``. An
+image that cannot be defaced is *not* copied (that would leak its face); the
+failure is listed in the summary. Masks, provenance and QC pictures go to
+``BIDS_OUT/derivatives/isyb``, named per BIDS-derivatives (see
+:func:`deface_stem`), with a ``dataset_description.json`` and an
+``index.html`` summary.
 
 Resumable: a subject is finished when its record
 ``derivatives/isyb/logs/sub-<label>.json`` exists, written after all its
@@ -23,6 +30,14 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from isyb import __version__
+from isyb.bids.classify import (
+    Item,
+    classify_dataset,
+    classify_subject,
+    filter_scans,
+    load_release_policy,
+    withheld_tsv,
+)
 from isyb.bids.layout import (
     DERIVATIVES,
     BIDSFile,
@@ -30,9 +45,7 @@ from isyb.bids.layout import (
     collect_participants,
     derivatives_dir,
     describe_derivatives,
-    is_image,
     read_description,
-    subject_files,
 )
 from isyb.deface.engine import DefaceOptions
 from isyb.deface.report import write_summary
@@ -41,8 +54,8 @@ from isyb.executor import ExecutorOptions, run_tasks
 from isyb.io import atomic_path, write_text
 from isyb.templates.registry import Template
 
-__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_file",
-           "deface_dataset", "record_path", "run_subject"]
+__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_allowed", "copy_file",
+           "deface_dataset", "deface_stem", "record_path", "run_subject", "withheld_path"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,7 @@ class DatasetJob:
     """What one subject needs: paths, the prepared template and the options.
 
     Threads are the executor's (:func:`isyb.executor.limit_threads`).
+    ``release_policy`` is the release policy file (None: isyb's default).
     """
 
     bids_in: Path
@@ -59,6 +73,7 @@ class DatasetJob:
     subject: str
     template: Template
     options: DefaceOptions
+    release_policy: str | None = None
 
 
 class ImageEntry(TypedDict, total=False):
@@ -90,42 +105,96 @@ def copy_file(source: Path, target: Path) -> None:
         shutil.copystat(source, tmp)
 
 
+def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> None:
+    """Copy the ``copy`` items into ``bids_out``; ``scans.tsv`` tables last, with only the
+    rows of files in the output (``written``, input path -> output path, plus the copies).
+
+    Then remove any other file of the subject's output folders: one an earlier run (an
+    older isyb, another policy) left there would otherwise be released unchecked.
+    """
+    scans = [i for i in items if i.kind == "copy" and i.output.endswith("_scans.tsv")]
+    for item in items:
+        if item.kind == "copy" and item not in scans:
+            copy_file(item.source, bids_out / item.output)
+            written[item.relative] = item.output
+    for item in scans:
+        folder = item.relative.rsplit("/", 1)[0]
+        text = filter_scans(item.source.read_text(errors="replace"), folder, written)
+        target = bids_out / item.output
+        if not target.is_file() or target.read_text(errors="replace") != text:
+            write_text(target, text)
+        written[item.relative] = item.output
+    kept = set(written.values())
+    subjects = {i.relative.split("/", 1)[0] for i in items}
+    for subject in sorted(subjects):
+        for path in sorted((bids_out / subject).rglob("*")):
+            relative = path.relative_to(bids_out).as_posix()
+            if (path.is_file() or path.is_symlink()) and relative not in kept:
+                path.unlink()
+                log.warning("removed %s from the output: not a file the release policy "
+                            "allows (left by an earlier run)", relative)
+
+
 def record_path(bids_out: Path, subject: str) -> Path:
     """Where a subject's record goes; its presence marks the subject finished."""
     return derivatives_dir(bids_out) / "logs" / f"sub-{subject}.json"
 
 
-def _deface_image(job: DatasetJob, item: BIDSFile) -> ImageEntry:
+def withheld_path(bids_out: Path) -> Path:
+    """``BIDS_OUT/derivatives/isyb/withheld.tsv``: what dataset mode left out, and why."""
+    return derivatives_dir(bids_out) / "withheld.tsv"
+
+
+def deface_stem(bids_out: Path, image: BIDSFile) -> Path:
+    """Where the derivatives of a defaced image go, without their ``_<suffix>.<ext>``.
+
+    BIDS-derivatives names: the source's entities, then ``desc-deface``, then
+    the derivative's own suffix (``sub-01_desc-deface_mask.nii.gz``). The
+    source suffix cannot stay in the name, so a T2w (or any non-T1w) image's
+    contrast goes into the description label instead, which keeps the names
+    of a subject's T1w and T2w apart: ``sub-01_desc-defaceT2w_mask.nii.gz``.
+    """
+    entities = "".join(f"{k}-{v}_" for k, v in image.entities.items())
+    label = "deface" if image.suffix == "T1w" else f"deface{image.suffix}"
+    return image.derivative(bids_out, f"{entities}desc-{label}")
+
+
+def _deface_image(job: DatasetJob, item: Item) -> ImageEntry:
     from isyb.deface.file import deface_file
 
-    target = job.bids_out / item.relative
-    stem = item.derivative(job.bids_out, item.bids_name)
-    png = Path(f"{stem}_desc-deface_qc.png")
-    entry: ImageEntry = {"file": str(item.relative)}
+    target = job.bids_out / item.output
+    stem = deface_stem(job.bids_out, BIDSFile(item.source, Path(item.output), job.subject))
+    png = Path(f"{stem}_qc.png")
+    entry: ImageEntry = {"file": item.relative}
     try:
         provenance = deface_file(
-            item.path, target, job.template, job.options, force=True,
-            save_mask=f"{stem}_desc-deface_mask.nii.gz",
-            provenance_path=f"{stem}_desc-deface_provenance.json",
+            item.source, target, job.template, job.options, force=True,
+            save_mask=f"{stem}_mask.nii.gz",
+            provenance_path=f"{stem}_provenance.json",
             png_path=png,
-            recorded_as={"input": item.relative.as_posix(), "output": item.relative.as_posix(),
+            recorded_as={"input": item.relative, "output": item.output,
                          "qc_png": png.relative_to(derivatives_dir(job.bids_out)).as_posix()},
         )
         entry.update(status="ok", provenance=provenance)
     except IsybError as exc:
-        entry.update(status="failed", error=_relative_message(exc, item.path, item.relative))
+        entry.update(status="failed",
+                     error=_relative_message(exc, item.source, Path(item.relative)))
         target.unlink(missing_ok=True)
     return entry
 
 
 def run_subject(job: DatasetJob) -> SubjectRecord:
-    """Copy one subject and deface its anatomical images; write its record last."""
+    """Copy what the release policy allows of one subject and deface its anatomical
+    images; withheld files are left out. Write its record last."""
     images: list[ImageEntry] = []
-    for item in subject_files(job.bids_in, job.subject):
-        if item.datatype == "anat" and is_image(item.path):
+    items = classify_subject(job.bids_in, job.subject, load_release_policy(job.release_policy))
+    written: dict[str, str] = {}
+    for item in items:
+        if item.kind == "deface":
             images.append(_deface_image(job, item))
-        else:
-            copy_file(item.path, job.bids_out / item.relative)
+            if images[-1]["status"] == "ok":
+                written[item.relative] = item.output
+    copy_allowed(items, job.bids_out, written)
     record: SubjectRecord = {"subject": job.subject, "images": images,
                              "isyb_version": __version__}
     write_text(record_path(job.bids_out, job.subject), json.dumps(record, indent=2) + "\n")
@@ -141,15 +210,16 @@ def _relative_message(error: Exception, source: Path, relative: Path) -> str:
 
 
 def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
-                        options: DefaceOptions) -> None:
-    """Copy the top-level files and describe the derivatives folder."""
-    for path in sorted(bids_in.iterdir()):
-        if path.is_file():
-            copy_file(path, bids_out / path.name)
-        elif path.is_dir() and not path.name.startswith(("sub-", "derivatives", ".")):
-            for inner in sorted(path.rglob("*")):
-                if inner.is_file():
-                    copy_file(inner, bids_out / inner.relative_to(bids_in))
+                        options: DefaceOptions, items: list[Item]) -> None:
+    """Copy the allowed top-level files, list the withheld ones in ``withheld.tsv``
+    (the whole dataset's, whichever subjects run), describe the derivatives folder."""
+    for item in items:
+        if item.kind == "top":
+            copy_file(item.source, bids_out / item.output)
+    text = withheld_tsv(items)
+    path = withheld_path(bids_out)
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
     source_name = read_description(bids_in).get("Name", "")
     describe_derivatives(
         bids_out, bids_in, name=f"isyb defacing of {source_name}".strip(),
@@ -162,16 +232,20 @@ def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
 def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: DefaceOptions,
                    *, labels: Iterable[str] | None = None,
                    executor: ExecutorOptions | None = None,
-                   progress: bool = True) -> list[SubjectRecord]:
+                   progress: bool = True,
+                   release_policy: str | None = None) -> list[SubjectRecord]:
     """Deface a BIDS dataset into ``bids_out``; return one record per subject, in label order.
 
     ``executor`` says where subjects run (default: one local process; see
     :mod:`isyb.executor`). Finished subjects (their record exists) are skipped.
+    ``release_policy``: the release policy file (None: isyb's default).
     """
     read_description(bids_in)
     check_separate(bids_in, bids_out)
     todo_all = collect_participants(bids_in, labels)
-    write_dataset_files(bids_in, bids_out, template, options)
+    policy = load_release_policy(release_policy)
+    items = classify_dataset(bids_in, policy)
+    write_dataset_files(bids_in, bids_out, template, options, items)
     records: dict[str, SubjectRecord] = {}
     todo = []
     for subject in todo_all:
@@ -182,7 +256,7 @@ def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: D
             todo.append(subject)
     if len(todo) < len(todo_all):
         log.info("%d subject(s) already finished, skipped", len(todo_all) - len(todo))
-    jobs = [DatasetJob(bids_in, bids_out, s, template, options) for s in todo]
+    jobs = [DatasetJob(bids_in, bids_out, s, template, options, release_policy) for s in todo]
     for record in run_tasks(run_subject, jobs, executor or ExecutorOptions(),
                             progress=progress, desc="defacing"):
         records[record["subject"]] = record

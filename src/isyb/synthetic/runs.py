@@ -197,7 +197,7 @@ PCASL_METADATA = {"ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.8,
                   "RepetitionTime": 6.0, "MagneticFieldStrength": 3, "Manufacturer":
                   "isyb phantom", "PulseSequenceType": "3D GRASE", "LabelingEfficiency": 0.85,
                   "VascularCrushing": False, "AcquisitionVoxelSize": [4.0, 4.0, 4.0],
-                  "LabelingLocationDescription": "phantom"}
+                  "LabelingLocationDescription": "phantom", "EchoTime": 0.0137}
 
 
 def pcasl(geometry: Geometry = Geometry(), *, voxel_mm: float = 4.0, n_m0: int = 2,

@@ -1,0 +1,120 @@
+"""Both BIDS validators on the demo release, the demo ``isyb deface`` output and a release
+of real scans: 0 errors.
+
+The legacy npm ``bids-validator@1.15.0`` and the schema-based ``bids-validator-deno``
+(PyPI) are run on a 1-subject phantom dataset with every modality the demo makes
+(T1w, BOLD, DWI, pCASL), released (``--skip derive``: normalisation is the
+expensive part and writes only under ``derivatives/``) and defaced in dataset
+mode. The warnings that remain are the documented ones (README, "Validating a
+release"); a new kind of warning fails the test so that the list stays true.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from isyb.app.release import ReleaseOptions, release_group, release_participants
+from isyb.deface.dataset import deface_dataset
+from isyb.deface.engine import DefaceOptions
+from isyb.synthetic.demo import build_demo_dataset
+
+#: Warnings the README explains (phantom sidecars lack scanner details, the demo has one
+#: author and a one-line README, dataset_description has no HEDVersion...).
+LEGACY_WARNINGS = {"INCONSISTENT_PARAMETERS", "TOO_FEW_AUTHORS", "README_FILE_SMALL",
+                   "PULSE_SEQUENCE_DETAILS_MISSING", "FLIP_ANGLE_MISSING"}
+DENO_WARNINGS = {"JSON_KEY_RECOMMENDED", "SIDECAR_KEY_RECOMMENDED", "README_FILE_SMALL",
+                 "TOO_FEW_AUTHORS", "NIFTI_UNIT"}
+#: And on the real pCASL run, as the scanner wrote it (its header and its sidecar).
+REAL_WARNINGS = {"NIFTI_PIXDIM", "TOTAL_ACQUIRED_VOLUMES_NOT_CONSISTENT"}
+
+
+def legacy(dataset: Path) -> tuple[list[str], set[str]]:
+    """Error and warning keys of ``bids-validator`` 1.x."""
+    command = shutil.which("bids-validator")
+    if command is None:
+        pytest.skip("the legacy BIDS validator is not installed (npm install -g "
+                    "bids-validator@1.15.0)")
+    run = subprocess.run([command, str(dataset), "--json"], capture_output=True, text=True,
+                         timeout=600)
+    issues = json.loads(run.stdout)["issues"]
+    errors = [f"{e['key']}: {[f['file']['relativePath'] for f in e['files'] if f.get('file')]}"
+              for e in issues["errors"]]
+    return errors, {w["key"] for w in issues["warnings"]}
+
+
+def deno(dataset: Path) -> tuple[list[str], set[str]]:
+    """Error and warning codes of the schema-based ``bids-validator-deno`` (3.x)."""
+    command = shutil.which("bids-validator-deno")
+    if command is None:
+        pytest.skip("bids-validator-deno is not installed (pip install -e '.[test]')")
+    run = subprocess.run([command, str(dataset), "--json"], capture_output=True, text=True,
+                         timeout=600)
+    issues = json.loads(run.stdout)["issues"]["issues"]
+    errors = [f"{i['code']} {i.get('subCode') or ''}: {i.get('location')}" for i in issues
+              if i["severity"] == "error"]
+    return errors, {i["code"] for i in issues if i["severity"] == "warning"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, default_template) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("validators")
+    bids = build_demo_dataset(root / "bids", n_subjects=1,
+                              modalities=("anat", "func", "dwi", "perf"))
+    options = ReleaseOptions(skip=frozenset({"derive"}))
+    release, work = root / "release", root / "release_work"
+    release_participants(bids, release, work, default_template, options, progress=False)
+    release_group(bids, release, work, default_template, options)
+    defaced = root / "defaced"
+    deface_dataset(bids, defaced, default_template, DefaceOptions(), progress=False)
+    return {"release": release, "defaced": defaced}
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, data_root: Path,
+         default_template) -> Path:
+    """A release of real scans: the real pCASL run and a real (2x2x3 mm) T1w head."""
+    root = tmp_path_factory.mktemp("validators_real")
+    bids = root / "bids"
+    perf, anat = bids / "sub-01" / "perf", bids / "sub-01" / "anat"
+    perf.mkdir(parents=True)
+    anat.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps(
+        {"Name": "isyb real-data validator test", "BIDSVersion": "1.9.0",
+         "DatasetType": "raw", "Authors": ["isyb tests", "shared data contributors"]}))
+    (bids / "README").write_text("Real test scans from ../shared/data, released by isyb to "
+                                 "check that both BIDS validators accept the release.\n")
+    (bids / "participants.tsv").write_text("participant_id\nsub-01\n")
+    for name in ("sub-01_asl.nii.gz", "sub-01_asl.json", "sub-01_aslcontext.tsv"):
+        shutil.copyfile(data_root / "asl" / "perf" / name, perf / name)
+    shutil.copyfile(data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz",
+                    anat / "sub-01_T1w.nii.gz")
+    options = ReleaseOptions(skip=frozenset({"derive"}))
+    release, work = root / "release", root / "release_work"
+    release_participants(bids, release, work, default_template, options, progress=False)
+    release_group(bids, release, work, default_template, options)
+    return release
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("validator", [legacy, deno], ids=["legacy-1.15", "deno-3"])
+@pytest.mark.parametrize("output", ["release", "defaced"])
+def test_zero_errors_and_only_documented_warnings(demo, validator, output: str) -> None:
+    errors, warnings = validator(demo[output])
+    assert errors == []
+    allowed = LEGACY_WARNINGS if validator is legacy else DENO_WARNINGS
+    assert warnings <= allowed, sorted(warnings - allowed)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("validator", [legacy, deno], ids=["legacy-1.15", "deno-3"])
+def test_real_release_has_zero_errors(real: Path, validator) -> None:
+    errors, warnings = validator(real)
+    assert errors == []
+    allowed = (LEGACY_WARNINGS if validator is legacy else DENO_WARNINGS) | REAL_WARNINGS
+    assert warnings <= allowed, sorted(warnings - allowed)

@@ -56,17 +56,16 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.app.dataset_files import write_description, write_readme_and_changes
 from isyb.bids.layout import (
-    BIDS_VERSION,
     DERIVATIVES,
     check_separate,
     collect_participants,
-    describe_derivatives,
     read_description,
-    source_dataset,
 )
+from isyb.bids.leaks import dataset_needles, scan_release
 from isyb.bids.participants import validate_participants
-from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
+from isyb.bids.scrub import REPORT_COLUMNS, load_policy, scrub_in_place
 from isyb.deface.dataset import DatasetJob, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
@@ -224,7 +223,9 @@ def release_subject(task: SubjectTask) -> dict:
                  task.out_dir / DERIVATIVES / f"sub-{task.subject}")
         files = [p.relative_to(task.out_dir) for root in roots
                  for p in sorted(root.rglob("*")) if p.is_file()]
-        changes = scrub_in_place(task.out_dir, files, load_policy(task.options.policy), task.key)
+        policy = load_policy(task.options.policy)
+        changes = scrub_in_place(task.out_dir, files, policy, task.key,
+                                 needles=dataset_needles(task.bids_dir, policy))
         table = pd.DataFrame([c.__dict__ for c in changes], columns=REPORT_COLUMNS)
         with atomic_path(task.work_dir / "scrub" / f"sub-{task.subject}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
@@ -302,20 +303,6 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     return [records[task.subject] for task in tasks]
 
 
-README_NOTE = """
-## Release notes (isyb)
-
-This release was prepared with isyb {version} on {date}:
-
-- anatomical images: face masked with template `{template}`, method `{method}`,
-  brain guard {guard} mm (per-image provenance under `derivatives/isyb`);
-- metadata: identifying keys removed or dates shifted by a secret per-subject
-  offset, as listed in `derivatives/isyb/scrub_report.tsv`;
-- quality control: `derivatives/isyb/group_*.tsv`, `exclusions.tsv`,
-  `group_qc.html`.
-"""
-
-
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                   options: ReleaseOptions) -> dict:
     """Group level: dataset files, QC tables and report, scrub report, leak scan, summary."""
@@ -339,9 +326,11 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
            and p.name not in ("dataset_description.json", "README", "README.md", "CHANGES")]
     for path in top:
         copy_file(path, out_dir / path.name)
-    changes = scrub_in_place(out_dir, [Path(p.name) for p in top], policy, scrub_key(work_dir))
-    _write_description(bids_dir, out_dir, template, options)
-    _write_readme_and_changes(bids_dir, out_dir, template, options, today)
+    needles = dataset_needles(bids_dir, policy)
+    changes = scrub_in_place(out_dir, [Path(p.name) for p in top], policy, scrub_key(work_dir),
+                             needles=needles)
+    description = write_description(bids_dir, out_dir, template, options, needles)
+    write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
 
     reports = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
                for p in sorted((work_dir / "scrub").glob("sub-*.tsv"))]
@@ -374,43 +363,11 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         summary["derive"] = derive_group(out_dir, space=options.derive.space,
                                          metrics=options.derive.metrics) \
             if derive_records(out_dir) else "no BOLD, DWI or ASL runs"
-    leaks = find_leaks(out_dir, policy)
-    summary["leak_scan"] = {"forbidden_keys_found": len(leaks), "findings": leaks[:50]}
+    leaks = scan_release(out_dir, needles, policy)
+    summary["leak_scan"] = {"values_searched": len(needles),
+                            "values_too_short_or_public": needles.skipped,
+                            "findings": len(leaks), "where": leaks[:50]}
+    summary["complete"] = not leaks  # a release with a leak is not finished
     write_text(out_dir / DERIVATIVES / "release_summary.json",
                json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_description(bids_dir: Path, out_dir: Path, template: Template,
-                       options: ReleaseOptions) -> None:
-    """The release's ``dataset_description.json`` (the source's, with isyb added to
-    ``GeneratedBy``) and isyb's entry in ``derivatives/isyb/dataset_description.json``
-    (merged with the entries of other isyb commands that wrote there)."""
-    source = read_description(bids_dir)
-    generated = {"Name": "isyb", "Version": __version__,
-                 "Description": f"face masking (template {template.name}, method "
-                                f"{options.deface.method}), metadata scrubbing, QC"}
-    release = dict(source)
-    release["DatasetType"] = "raw"
-    release.setdefault("BIDSVersion", BIDS_VERSION)
-    release["GeneratedBy"] = [*source.get("GeneratedBy", []), generated]
-    release["SourceDatasets"] = [source_dataset(bids_dir, source)]
-    write_text(out_dir / "dataset_description.json", json.dumps(release, indent=2) + "\n")
-    describe_derivatives(out_dir, bids_dir,
-                         name=f"isyb outputs for {source.get('Name', 'the release')}",
-                         generated_by=generated)
-
-
-def _write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,
-                              options: ReleaseOptions, today: str) -> None:
-    readme = next((bids_dir / n for n in ("README", "README.md") if (bids_dir / n).is_file()),
-                  None)
-    text = readme.read_text() if readme else f"# {out_dir.name}\n"
-    note = README_NOTE.format(version=__version__, date=today, template=template.name,
-                              method=options.deface.method, guard=options.deface.guard_mm)
-    write_text(out_dir / (readme.name if readme else "README"), text.rstrip() + "\n" + note)
-    changes = (bids_dir / "CHANGES").read_text() if (bids_dir / "CHANGES").is_file() else ""
-    entry = (f"1.0.0 {today}\n  - Release prepared with isyb {__version__}: faces masked "
-             f"(template {template.name}, method {options.deface.method}), identifying "
-             "metadata scrubbed, quality control added under derivatives/isyb.\n")
-    write_text(out_dir / "CHANGES", entry + ("\n" + changes if changes else ""))

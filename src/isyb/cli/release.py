@@ -197,6 +197,11 @@ def cmd_app(args: argparse.Namespace) -> int:
                                                       if isinstance(v, dict))}
         print(json.dumps(printed))
         note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
+        if summary["leak_scan"]["findings"]:
+            failure(f"release incomplete: the leak scan found {summary['leak_scan']['findings']}"
+                    " identifying value(s) in the release (listed, without the values, in "
+                    "release_summary.json)")
+            return 1
         return 0
     template = resolve(args.template, progress=note)
     records = release_participants(args.bids_dir, args.output_dir, work_dir, template, options,

@@ -17,7 +17,8 @@ identifies someone (:class:`isyb.bids.identifiers.Identifier`):
   02.01.1990...), every person name also part by part.
 
 Values the input holds in places the policy keeps (kept sidecar values,
-allowed columns, subject and session labels, the passed-on ``Name``,
+allowed columns, the words of file names such as ``func`` or a subject label,
+the passed-on ``Name``,
 ``Authors`` and ``License``) are public and not searched; nor are values too
 short to search without false positives (the rule is in
 :mod:`isyb.bids.identifiers`).
@@ -106,8 +107,8 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
         if ".git" in relative.parts or not path.is_file():
             continue
         name = relative.as_posix()
-        public.update(p.split("-", 1)[1] for p in relative.parts[:-1]
-                      if p.startswith(("sub-", "ses-")))
+        # File names are released (a dated one is found below): their words are public.
+        public.update(w for part in relative.parts for w in re.split(r"[_.-]", part))
         found += [i for i in _hits(path.name, f"{name}:file name") if i.kind in ("date",
                                                                                   "email")]
         if path.name == "dataset_description.json":

@@ -31,8 +31,11 @@ This release was prepared with isyb {version} on {date}:
 
 - anatomical images: face masked with template `{template}`, method `{method}`,
   brain guard {guard} mm (per-image provenance under `derivatives/isyb`);
-- metadata: identifying keys removed or dates shifted by a secret per-subject
-  offset, as listed in `derivatives/isyb/scrub_report.tsv`;
+- metadata: only the acquisition parameters and table columns of the
+  scrubbing policy kept, identifying text redacted, dates shifted by a secret
+  per-subject offset, as listed in `derivatives/isyb/scrub_report.tsv`; the
+  release searched for every identifying value of the source (`leak_scan` in
+  `derivatives/isyb/release_summary.json`);
 - quality control: `derivatives/isyb/group_*.tsv`, `exclusions.tsv`,
   `group_qc.html`.
 """

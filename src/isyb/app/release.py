@@ -19,11 +19,13 @@ Participant level, per subject, in four steps:
    *released* files (defaced T1w, scrubbed sidecars), with the default
    settings; normalisations are cached in ``WORK_DIR/derive``.
 
-Group level: dataset-level files (``dataset_description.json`` with
-``GeneratedBy`` and ``SourceDatasets``, ``participants.tsv`` checked against
-the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
-QC tables, exclusions and report, the group maps of the derived metrics,
-``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids, and
+Group level: dataset-level files (``dataset_description.json``, ``README``
+and ``CHANGES`` written from isyb's template, :mod:`isyb.app.dataset_files`;
+``participants.tsv`` checked against the subjects; scrubbed top-level
+sidecars and tables), the group QC tables, exclusions and report, the group
+maps of the derived metrics, ``derivatives/isyb/scrub_report.tsv``, the leak
+scan (:mod:`isyb.bids.leaks`: every identifying value of the input searched
+for in the whole release; a hit marks the release incomplete), and
 ``derivatives/isyb/release_summary.json``.
 
 **Resuming.** Each finished subject × step is recorded in

@@ -95,6 +95,9 @@ def test_tables_keep_only_allowed_columns() -> None:
                            "rater": ["Jane"]})
     clean, _ = scrub_table(events, policy, OFFSET, "sub-01/func/sub-01_task-x_events.tsv")
     assert list(clean.columns) == ["onset", "duration", "trial_type"]
+    context = pd.DataFrame({"volume_type": ["m0scan", "label", "control"]})
+    clean, changes = scrub_table(context, policy, OFFSET, "sub-01/perf/sub-01_aslcontext.tsv")
+    assert clean.equals(context) and changes == []  # what CBF needs
     other = pd.DataFrame({"anything": ["x"]})
     clean, changes = scrub_table(other, policy, OFFSET, "phenotype/notes.tsv")
     assert list(clean.columns) == [] and changes[0].key == "anything"

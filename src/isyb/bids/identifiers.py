@@ -13,7 +13,9 @@ Two tools shared by the scrubber (:mod:`isyb.bids.scrub`) and the leak scan
 only as a whole token (not inside a longer run of letters or digits), case
 insensitively, and only if it is distinctive: at least 4 characters with a
 letter in them, or at least 6 characters if it is a number (a weight ``70``, a
-year ``1990`` or a count ``12`` would match everywhere). Person names are
+year ``1990`` or a count ``12`` would match everywhere); a text value that is
+one word of letters only needs 8 (a DICOM ``TransmitCoilName`` of ``Body``
+would match every report that says "body"). Person names are
 also searched part by part (``Doe^Jane`` gives ``Doe`` and ``Jane``); a part
 needs at least 3 letters. Values that the input also holds in a field the
 policy keeps (a ``Manufacturer``, a ``sex`` of ``M``) are public by the
@@ -113,6 +115,8 @@ def searchable(identifier: Identifier) -> bool:
         return len(value) >= 3
     if re.fullmatch(r"[\d\s.,:+/-]+", value):
         return sum(c.isdigit() for c in value) >= 6
+    if identifier.kind == "text" and value.isalpha() and len(value) < 8:
+        return False  # one short word of a scanner's text ("Body", "Head"): vocabulary
     return len(value) >= 4 and any(c.isalpha() for c in value)
 
 

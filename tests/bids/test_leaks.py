@@ -139,3 +139,15 @@ def test_no_false_positive_on_a_real_scrubbed_sidecar(tmp_path: Path, data_root:
     clean = json.loads((release / relative).read_text())
     original = json.loads((bids / relative).read_text())
     assert clean.get("RepetitionTime") == original.get("RepetitionTime")
+
+
+def test_labels_and_the_input_derivatives_are_not_searched(tmp_path: Path) -> None:
+    """A PatientID that is the BIDS label is public (it names every file); computed
+    derivatives of the input are not read (their template names are isyb's too)."""
+    (tmp_path / "sub-01/anat").mkdir(parents=True)
+    (tmp_path / "sub-01/anat/sub-01_T1w.json").write_text(json.dumps(
+        {"PatientID": "sub-01", "PatientName": "Zyxwar^Quentina"}))
+    (tmp_path / "derivatives/fmriprep").mkdir(parents=True)
+    (tmp_path / "derivatives/fmriprep/desc.json").write_text('{"Space": "MNI152NLin6Asym"}')
+    needles = dataset_needles(tmp_path, load_policy())
+    assert sorted(needles.identifiers) == ["quentina", "zyxwar", "zyxwar^quentina"]

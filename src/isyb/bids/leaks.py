@@ -16,8 +16,10 @@ identifies someone (:class:`isyb.bids.identifiers.Identifier`):
 * every date also in its other common forms (19900102, 1990-01-02,
   02.01.1990...), every person name also part by part.
 
-Values the input holds in places the policy keeps (kept sidecar values,
-allowed columns, the words of file names such as ``func`` or a subject label,
+The input's ``derivatives/`` (computed, never released by isyb) is not
+read: its template names and software versions would match isyb's own
+outputs. Values the input holds in places the policy keeps (kept sidecar values,
+allowed columns, the words of file names such as ``func`` or ``sub-01``,
 the passed-on ``Name``,
 ``Authors`` and ``License``) are public and not searched; nor are values too
 short to search without false positives (the rule is in
@@ -50,6 +52,7 @@ from isyb.bids.scrub import Policy, table_kind
 PASSED_DESCRIPTION = ("Name", "BIDSVersion", "DatasetType", "License", "Authors")
 TEXT_SUFFIXES = (".tsv", ".json", ".txt", ".md", ".html", ".htm", ".svg", ".csv", ".bval",
                  ".bvec", ".rst", ".xml", ".bidsignore")
+ENTITY = re.compile(r"[a-zA-Z]+-[a-zA-Z0-9]+")  # a BIDS key-label pair, such as sub-01
 UNREADABLE = (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError)
 MAX_BYTES = 64 << 20  # a larger non-image file is searched in its first 64 MiB
 
@@ -104,11 +107,13 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
     public: set[str] = set()
     for path in sorted(bids_dir.rglob("*")):
         relative = path.relative_to(bids_dir)
-        if ".git" in relative.parts or not path.is_file():
+        if relative.parts[0] in (".git", "derivatives") or not path.is_file():
             continue
         name = relative.as_posix()
         # File names are released (a dated one is found below): their words are public.
-        public.update(w for part in relative.parts for w in re.split(r"[_.-]", part))
+        words = [w for part in relative.parts for w in re.split(r"[_.]", part)]
+        public.update(w for w in words if ENTITY.fullmatch(w))
+        public.update(w for word in words for w in word.split("-"))
         found += [i for i in _hits(path.name, f"{name}:file name") if i.kind in ("date",
                                                                                   "email")]
         if path.name == "dataset_description.json":

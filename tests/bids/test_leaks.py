@@ -151,3 +151,10 @@ def test_labels_and_the_input_derivatives_are_not_searched(tmp_path: Path) -> No
     (tmp_path / "derivatives/fmriprep/desc.json").write_text('{"Space": "MNI152NLin6Asym"}')
     needles = dataset_needles(tmp_path, load_policy())
     assert sorted(needles.identifiers) == ["quentina", "zyxwar", "zyxwar^quentina"]
+
+
+def test_a_name_part_that_is_a_word_of_a_kept_value_is_public() -> None:
+    needles = Needles(expand("Phantom^Demo01", "name", "x.json:PatientName"),
+                      public=["isyb phantom"])
+    assert sorted(needles.identifiers) == ["phantom^demo01"]
+    assert not needles.search("Manufacturer: isyb phantom")

@@ -19,7 +19,9 @@ would match every report that says "body"). Person names are
 also searched part by part (``Doe^Jane`` gives ``Doe`` and ``Jane``); a part
 needs at least 3 letters. Values that the input also holds in a field the
 policy keeps (a ``Manufacturer``, a ``sex`` of ``M``) are public by the
-policy and not searched; nor are a few words of the BIDS vocabulary
+policy and not searched, and so is a part of a name that is a word of such a
+value (a patient called ``Phantom^Demo01`` scanned on an ``isyb phantom``
+keeps the Manufacturer); nor are a few words of the BIDS vocabulary
 (:data:`COMMON`). What is not searched is still dropped by the allow-list; the
 scan only counts it.
 """
@@ -125,13 +127,15 @@ class Needles:
 
     def __init__(self, identifiers: Iterable[Identifier], public: Iterable[str] = ()) -> None:
         public_set = {" ".join(str(p).split()).lower() for p in public}
+        public_words = {w for p in public_set for w in re.split(r"[^a-z0-9]+", p)}
         chosen: dict[str, Identifier] = {}
         self.skipped = 0
         for identifier in identifiers:
             key = identifier.value.lower()
             if key in chosen:
                 continue
-            if key in public_set or not searchable(identifier):
+            part_of_public = identifier.kind == "name" and key.isalpha() and key in public_words
+            if key in public_set or part_of_public or not searchable(identifier):
                 self.skipped += 1
                 continue
             chosen[key] = identifier

@@ -47,7 +47,7 @@ import nibabel as nib
 import numpy as np
 
 from isyb.bids.identifiers import Identifier, Needles, expand, pattern_hits
-from isyb.bids.scrub import Policy, table_kind
+from isyb.bids.scrub import Policy, describes_table, table_kind
 
 PASSED_DESCRIPTION = ("Name", "BIDSVersion", "DatasetType", "License", "Authors")
 TEXT_SUFFIXES = (".tsv", ".json", ".txt", ".md", ".html", ".htm", ".svg", ".csv", ".bval",
@@ -126,8 +126,7 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
         elif path.name.endswith(".json"):
             metadata = _json(path)
             allowed = policy.columns.get(table_kind(path.name), ())
-            table_json = path.name == "participants.json" or path.name.endswith(
-                ("_scans.json", "_sessions.json", "_events.json"))
+            table_json = describes_table(path.name)
             for key, value in metadata.items():
                 action = "keep" if table_json and key in allowed else \
                     "drop" if table_json else policy.action(key)
@@ -148,7 +147,7 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
             allowed = policy.columns.get(table_kind(path.name), ())
             for column in table.columns:
                 source = f"{name}:{column}"
-                if column == "acq_time":
+                if column == "acq_time" and policy.scans_acq_time != "keep":
                     found += [i for s in table[column] for i in expand(s, "date", source)]
                 elif column in allowed:
                     public.update(table[column])
@@ -242,7 +241,8 @@ def scan_release(out_dir: Path, needles: Needles, policy: Policy) -> list[dict]:
                 _search_bytes(path, name, needles, add)
                 continue
             if raw_data and isinstance(value, dict) and path.name != "dataset_description.json":
-                allowed = policy.columns.get(table_kind(path.name), ())
+                allowed = policy.columns.get(table_kind(path.name), ()) \
+                    if describes_table(path.name) else ()
                 for key in value:
                     if key not in allowed and policy.action(key) == "drop":
                         add(name, f"key {key}", "not in the policy")

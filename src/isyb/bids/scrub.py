@@ -303,7 +303,8 @@ def _subject_of(relative: Path) -> str | None:
     return first if first.startswith("sub-") else None
 
 
-def _describes_table(name: str) -> bool:
+def describes_table(name: str) -> bool:
+    """Whether a JSON file describes the columns of a table (``participants.json``...)."""
     return name == "participants.json" or name.endswith(("_scans.json", "_sessions.json",
                                                          "_events.json"))
 
@@ -335,7 +336,7 @@ def scrub_in_place(root: Path, files: list[Path], policy: Policy, key: bytes, *,
             metadata = _read_json(path)
             if not isinstance(metadata, dict):
                 continue
-            if _describes_table(path.name):
+            if describes_table(path.name):
                 allowed = policy.columns.get(table_kind(path.name), ())
                 found = [Change(name, "json", k, "drop", "column not in the policy's "
                                 "allow-list") for k in metadata if k not in allowed]
@@ -400,7 +401,7 @@ def find_leaks(root: Path, policy: Policy, needles: tuple[str, ...] = ()) -> lis
                 continue
             if isinstance(metadata, dict) and not relative.startswith("derivatives/"):
                 allowed = policy.columns.get(table_kind(path.name), ()) \
-                    if _describes_table(path.name) else ()
+                    if describes_table(path.name) else ()
                 findings.extend(f"{relative}: key {k}" for k in metadata
                                 if k not in allowed and policy.action(k) == "drop")
             walk(metadata, relative)

@@ -158,3 +158,19 @@ def test_a_name_part_that_is_a_word_of_a_kept_value_is_public() -> None:
                       public=["isyb phantom"])
     assert sorted(needles.identifiers) == ["phantom^demo01"]
     assert not needles.search("Manufacturer: isyb phantom")
+
+
+def test_pictures_embedded_in_a_page_are_searched_as_pictures(tmp_path: Path) -> None:
+    """Base64 pixels read as text would match a short name by chance; their decoded
+    printable text is searched instead, and the page's own text as text."""
+    import base64
+
+    needles = _needles(("Doe^Jane", "name"))
+    noise = b"+Doe/" * 50  # base64 that holds the token 'Doe' between non-letters
+    page = b'<img src="data:image/png;base64,' + noise + b'"><p>clean</p>'
+    (tmp_path / "report.html").write_bytes(page)
+    assert scan_release(tmp_path, needles, load_policy()) == []
+    hidden = base64.b64encode(b"\x89PNG\x00tEXtAuthor Jane Doe\x00").decode()
+    (tmp_path / "report.html").write_text(f'<img src="data:image/png;base64,{hidden}">')
+    findings = scan_release(tmp_path, needles, load_policy())
+    assert [f["where"] for f in findings] == ["content", "content"]  # Jane, Doe

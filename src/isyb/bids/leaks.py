@@ -27,7 +27,8 @@ short to search without false positives (the rule is in
 
 :func:`scan_release` then searches every file of the release: names, JSON
 keys and values, tables and text, NIfTI headers and extensions, gzip
-contents, and the printable text inside other binary files (pictures). It
+contents, and the printable text inside other binary files (pictures, also
+when a page embeds them as ``data:`` URIs). It
 also flags a raw sidecar key the policy does not keep and a header field or
 extension it clears. A finding names the file, the place and the kind and
 source of the value, never the value itself (findings go into the
@@ -36,6 +37,7 @@ published ``release_summary.json``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -52,6 +54,7 @@ from isyb.bids.scrub import Policy, describes_table, table_kind
 PASSED_DESCRIPTION = ("Name", "BIDSVersion", "DatasetType", "License", "Authors")
 TEXT_SUFFIXES = (".tsv", ".json", ".txt", ".md", ".html", ".htm", ".svg", ".csv", ".bval",
                  ".bvec", ".rst", ".xml", ".bidsignore")
+DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/]+)=*")
 ENTITY = re.compile(r"[a-zA-Z]+-[a-zA-Z0-9]+")  # a BIDS key-label pair, such as sub-01
 UNREADABLE = (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError)
 MAX_BYTES = 64 << 20  # a larger non-image file is searched in its first 64 MiB
@@ -276,12 +279,27 @@ def _search_bytes(path: Path, name: str, needles: Needles, add) -> None:
             data = gzip.decompress(data)[:MAX_BYTES]
     if b"\x00" in data[:8192] or (not path.name.endswith(TEXT_SUFFIXES)
                                   and not _looks_text(data)):
-        chunks = re.findall(rb"[\x20-\x7e]{8,}", data)
+        chunks = _printable(data)
     else:
-        chunks = [data]
+        # Pictures embedded in a page (data: URIs) are searched as the binaries they are:
+        # base64 of pixels, read as text, matches short names by chance.
+        chunks = [DATA_URI.sub(b" ", data)]
+        for match in DATA_URI.finditer(data):
+            chunks += _printable(_unbase64(match.group(1)))
     for chunk in chunks:
         for hit in needles.search_bytes(chunk):
             add(name, "content", hit.kind, hit.source)
+
+
+def _unbase64(text: bytes) -> bytes:
+    try:
+        return base64.b64decode(text + b"=" * (-len(text) % 4))
+    except ValueError:  # a truncated URI: its text is searched as is
+        return text
+
+
+def _printable(data: bytes) -> list[bytes]:
+    return re.findall(rb"[\x20-\x7e]{8,}", data)
 
 
 def _looks_text(data: bytes) -> bool:

@@ -267,3 +267,22 @@ def test_gzip_and_header_text_are_searched(released, tmp_path: Path) -> None:
             ("sub-01/anat/sub-01_physio.tsv.gz", "text")]
     finally:
         physio.unlink()
+
+
+def test_a_new_identifying_value_elsewhere_rescrubs_a_finished_subject(tmp_path: Path) -> None:
+    """sub-01's sidecar names a person only sub-02's sidecar identifies: the resume digest
+    of sub-01's scrub follows the dataset's identifying values."""
+    bids = build_demo_dataset(tmp_path / "bids", n_subjects=2)
+    out, work = tmp_path / "release", tmp_path / "work"
+    one = bids / "sub-01/anat/sub-01_T1w.json"
+    one.write_text(json.dumps({**json.loads(one.read_text()), "SeriesDescription": "T1 Okafor"}))
+    release_participants(bids, out, work, TEMPLATE, OPTIONS, executor=ExecutorOptions(nprocs=1),
+                         progress=False)
+    released = out / "sub-01/anat/sub-01_T1w.json"
+    assert json.loads(released.read_text())["SeriesDescription"] == "T1 Okafor"
+    two = bids / "sub-02/anat/sub-02_T1w.json"
+    two.write_text(json.dumps({**json.loads(two.read_text()), "PatientName": "Okafor^Chidi"}))
+    records = release_participants(bids, out, work, TEMPLATE, OPTIONS,
+                                   executor=ExecutorOptions(nprocs=1), progress=False)
+    assert records[0]["steps"]["scrub"] == "done"
+    assert json.loads(released.read_text())["SeriesDescription"] == "[redacted]"

@@ -167,7 +167,9 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
                       str("deface" in options.skip)])
     qc_inputs = {k: v for k, v in files.items()
                  if k.endswith((".nii", ".nii.gz", ".json")) and ("/anat/" in k or "/func/" in k)}
-    scrub = _digest([deface, Path(policy.source).read_text()])
+    # The values redacted in this subject's text come from the whole dataset.
+    needles = sorted(dataset_needles(task.bids_dir, policy).identifiers)
+    scrub = _digest([deface, Path(policy.source).read_text(), *needles])
     return {
         "deface": deface,
         "scrub": scrub,

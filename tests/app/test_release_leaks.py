@@ -286,3 +286,27 @@ def test_a_new_identifying_value_elsewhere_rescrubs_a_finished_subject(tmp_path:
                                    executor=ExecutorOptions(nprocs=1), progress=False)
     assert records[0]["steps"]["scrub"] == "done"
     assert json.loads(released.read_text())["SeriesDescription"] == "[redacted]"
+
+
+def test_description_and_readme_take_only_name_license_and_authors(tmp_path: Path) -> None:
+    from isyb.app.dataset_files import write_description, write_readme_and_changes
+    from isyb.bids.identifiers import Needles, expand
+
+    bids, out = tmp_path / "bids", tmp_path / "release"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps(
+        {"Name": "Scans of Zyxwar", "BIDSVersion": "1.8.0", "License": "CC-BY-4.0",
+         "Authors": ["Ada Lovelace", "Zyxwar Q."], "Funding": ["call 555-867-5309"],
+         "GeneratedBy": [{"Name": "heudiconv", "Description": "by Jane"}]}))
+    (bids / "README.md").write_text("Contact Jane at 555-867-5309\n")
+    needles = Needles(expand("Zyxwar^Quentina", "name", "sub-01/anat/x.json:PatientName"))
+    description = write_description(bids, out, TEMPLATE, OPTIONS, needles)
+    assert description == json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "[redacted]" and description["License"] == "CC-BY-4.0"
+    assert description["Authors"] == ["Ada Lovelace", "[redacted]"]
+    assert [e["Name"] for e in description["GeneratedBy"]] == ["isyb"]
+    assert "Funding" not in description
+    write_readme_and_changes(bids, out, TEMPLATE, OPTIONS, "2026-01-01", description)
+    readme = (out / "README.md").read_text()
+    assert "CC-BY-4.0" in readme and "Ada Lovelace" in readme and "555" not in readme
+    assert (out / "CHANGES").read_text().startswith("1.0.0 2026-01-01\n")

@@ -74,7 +74,7 @@ def test_demo_release_passes_the_bids_validator(demo) -> None:
     assert "Release notes (isyb)" in (release / "README").read_text()
     assert "isyb" in (release / "CHANGES").read_text()
     summary = json.loads((release / "derivatives/isyb/release_summary.json").read_text())
-    assert summary["leak_scan"]["forbidden_keys_found"] == 0
+    assert summary["leak_scan"]["findings"] == 0
     assert summary["participant_level_done"] == 2
     assert (release / "derivatives/isyb/group_T1w.tsv").is_file()
     # the secret key of the date shifts stays out of the release
@@ -264,7 +264,8 @@ def test_the_release_adds_its_entry_to_the_derivatives_description(tmp_path: Pat
     """Another isyb command's entry in derivatives/isyb is kept, whichever wrote first."""
     from types import SimpleNamespace
 
-    from isyb.app.release import ReleaseOptions, _write_description
+    from isyb.app.dataset_files import write_description
+    from isyb.app.release import ReleaseOptions
     from isyb.bids.layout import describe_derivatives
 
     bids = tmp_path / "bids"
@@ -275,8 +276,8 @@ def test_the_release_adds_its_entry_to_the_derivatives_description(tmp_path: Pat
     derive = {"Name": "isyb", "Version": "0", "Description": "derived metrics"}
     describe_derivatives(out, bids, name="isyb derived metrics", generated_by=derive)
     template = SimpleNamespace(name="default")  # only its name is written
-    _write_description(bids, out, template, ReleaseOptions())
-    _write_description(bids, out, template, ReleaseOptions())  # a rerun replaces its own entry
+    write_description(bids, out, template, ReleaseOptions())
+    write_description(bids, out, template, ReleaseOptions())  # a rerun replaces its own entry
     derivatives = json.loads((out / "derivatives/isyb/dataset_description.json").read_text())
     assert derivatives["Name"] == "isyb derivatives"
     assert [e["Description"] for e in derivatives["GeneratedBy"]] == [

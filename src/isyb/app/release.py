@@ -21,13 +21,16 @@ Participant level, per subject, in four steps:
    *released* files (defaced T1w, scrubbed sidecars), with the default
    settings; normalisations are cached in ``WORK_DIR/derive``.
 
-Group level: dataset-level files (``dataset_description.json`` with
-``GeneratedBy`` and ``SourceDatasets``, ``participants.tsv`` checked against
-the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
-QC tables, exclusions and report, the group maps of the derived metrics,
-``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids, and
-``derivatives/isyb/release_summary.json`` (with the number of withheld files per reason; the
-list itself, ``WORK_DIR/withheld.tsv``, stays out of the release, as file names can identify
+Group level: dataset-level files (``dataset_description.json``, ``README``
+and ``CHANGES`` written from isyb's template, :mod:`isyb.app.dataset_files`;
+``participants.tsv`` checked against the subjects; the top-level sidecars and
+tables the release policy allows, scrubbed), the group QC tables, exclusions
+and report, the group maps of the derived metrics,
+``derivatives/isyb/scrub_report.tsv``, the leak scan (:mod:`isyb.bids.leaks`:
+every identifying value of the input searched for in the whole release; a hit
+marks the release incomplete), and ``derivatives/isyb/release_summary.json``
+(with the number of withheld files per reason; the list itself,
+``WORK_DIR/withheld.tsv``, stays out of the release, as file names can identify
 people, e.g. by a date).
 
 **Resuming.** Each finished subject × step is recorded in
@@ -60,6 +63,7 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.app.dataset_files import write_description, write_readme_and_changes
 from isyb.bids.classify import (
     classify_dataset,
     classify_subject,
@@ -68,16 +72,14 @@ from isyb.bids.classify import (
     withheld_tsv,
 )
 from isyb.bids.layout import (
-    BIDS_VERSION,
     DERIVATIVES,
     check_separate,
     collect_participants,
-    describe_derivatives,
     read_description,
-    source_dataset,
 )
+from isyb.bids.leaks import dataset_needles, scan_release
 from isyb.bids.participants import validate_participants
-from isyb.bids.scrub import REPORT_COLUMNS, find_leaks, load_policy, scrub_in_place
+from isyb.bids.scrub import REPORT_COLUMNS, load_policy, scrub_in_place
 from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
@@ -180,7 +182,9 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
                       str("deface" in options.skip)])
     qc_inputs = {k: v for k, v in files.items()
                  if k.endswith((".nii", ".nii.gz", ".json")) and ("/anat/" in k or "/func/" in k)}
-    scrub = _digest([deface, Path(policy.source).read_text()])
+    # The values redacted in this subject's text come from the whole dataset.
+    needles = sorted(dataset_needles(task.bids_dir, policy).identifiers)
+    scrub = _digest([deface, Path(policy.source).read_text(), *needles])
     return {
         "deface": deface,
         "scrub": scrub,
@@ -238,7 +242,9 @@ def release_subject(task: SubjectTask) -> dict:
                  task.out_dir / DERIVATIVES / f"sub-{task.subject}")
         files = [p.relative_to(task.out_dir) for root in roots
                  for p in sorted(root.rglob("*")) if p.is_file()]
-        changes = scrub_in_place(task.out_dir, files, load_policy(task.options.policy), task.key)
+        policy = load_policy(task.options.policy)
+        changes = scrub_in_place(task.out_dir, files, policy, task.key,
+                                 needles=dataset_needles(task.bids_dir, policy))
         table = pd.DataFrame([c.__dict__ for c in changes], columns=REPORT_COLUMNS)
         with atomic_path(task.work_dir / "scrub" / f"sub-{task.subject}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
@@ -327,20 +333,6 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     return [records[task.subject] for task in tasks]
 
 
-README_NOTE = """
-## Release notes (isyb)
-
-This release was prepared with isyb {version} on {date}:
-
-- anatomical images: face masked with template `{template}`, method `{method}`,
-  brain guard {guard} mm (per-image provenance under `derivatives/isyb`);
-- metadata: identifying keys removed or dates shifted by a secret per-subject
-  offset, as listed in `derivatives/isyb/scrub_report.tsv`;
-- quality control: `derivatives/isyb/group_*.tsv`, `exclusions.tsv`,
-  `group_qc.html`.
-"""
-
-
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                   options: ReleaseOptions) -> dict:
     """Group level: dataset files, QC tables and report, scrub report, leak scan, summary."""
@@ -369,9 +361,11 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     for item in top:
         copy_file(item.source, out_dir / item.output)
     write_text(work_dir / "withheld.tsv", withheld_tsv(items))
-    changes = scrub_in_place(out_dir, [Path(i.output) for i in top], policy, scrub_key(work_dir))
-    _write_description(bids_dir, out_dir, template, options)
-    _write_readme_and_changes(bids_dir, out_dir, template, options, today)
+    needles = dataset_needles(bids_dir, policy)
+    changes = scrub_in_place(out_dir, [Path(i.output) for i in top], policy, scrub_key(work_dir),
+                             needles=needles)
+    description = write_description(bids_dir, out_dir, template, options, needles)
+    write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
 
     reports = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
                for p in sorted((work_dir / "scrub").glob("sub-*.tsv"))]
@@ -405,43 +399,11 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         summary["derive"] = derive_group(out_dir, space=options.derive.space,
                                          metrics=options.derive.metrics) \
             if derive_records(out_dir) else "no BOLD, DWI or ASL runs"
-    leaks = find_leaks(out_dir, policy)
-    summary["leak_scan"] = {"forbidden_keys_found": len(leaks), "findings": leaks[:50]}
+    leaks = scan_release(out_dir, needles, policy)
+    summary["leak_scan"] = {"values_searched": len(needles),
+                            "values_too_short_or_public": needles.skipped,
+                            "findings": len(leaks), "where": leaks[:50]}
+    summary["complete"] = not leaks  # a release with a leak is not finished
     write_text(out_dir / DERIVATIVES / "release_summary.json",
                json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_description(bids_dir: Path, out_dir: Path, template: Template,
-                       options: ReleaseOptions) -> None:
-    """The release's ``dataset_description.json`` (the source's, with isyb added to
-    ``GeneratedBy``) and isyb's entry in ``derivatives/isyb/dataset_description.json``
-    (merged with the entries of other isyb commands that wrote there)."""
-    source = read_description(bids_dir)
-    generated = {"Name": "isyb", "Version": __version__,
-                 "Description": f"face masking (template {template.name}, method "
-                                f"{options.deface.method}), metadata scrubbing, QC"}
-    release = dict(source)
-    release["DatasetType"] = "raw"
-    release.setdefault("BIDSVersion", BIDS_VERSION)
-    release["GeneratedBy"] = [*source.get("GeneratedBy", []), generated]
-    release["SourceDatasets"] = [source_dataset(bids_dir, source)]
-    write_text(out_dir / "dataset_description.json", json.dumps(release, indent=2) + "\n")
-    describe_derivatives(out_dir, bids_dir,
-                         name=f"isyb outputs for {source.get('Name', 'the release')}",
-                         generated_by=generated)
-
-
-def _write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,
-                              options: ReleaseOptions, today: str) -> None:
-    readme = next((bids_dir / n for n in ("README", "README.md") if (bids_dir / n).is_file()),
-                  None)
-    text = readme.read_text() if readme else f"# {out_dir.name}\n"
-    note = README_NOTE.format(version=__version__, date=today, template=template.name,
-                              method=options.deface.method, guard=options.deface.guard_mm)
-    write_text(out_dir / (readme.name if readme else "README"), text.rstrip() + "\n" + note)
-    changes = (bids_dir / "CHANGES").read_text() if (bids_dir / "CHANGES").is_file() else ""
-    entry = (f"1.0.0 {today}\n  - Release prepared with isyb {__version__}: faces masked "
-             f"(template {template.name}, method {options.deface.method}), identifying "
-             "metadata scrubbed, quality control added under derivatives/isyb.\n")
-    write_text(out_dir / "CHANGES", entry + ("\n" + changes if changes else ""))

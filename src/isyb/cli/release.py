@@ -91,8 +91,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Make OUTPUT_DIR a release of BIDS_DIR: participant level defaces, "
         "scrubs and QCs each subject and derives its metrics (ALFF, fALFF, ReHo, VMHC, FA, "
         "MD, CBF; as isyb derive) from the released files; group level writes the dataset "
-        "files, group QC, exclusions, group maps, scrub report, leak scan and release "
-        "summary. Resumable: finished "
+        "files (README, CHANGES and dataset_description.json written by isyb with the "
+        "source's Name, License and Authors), group QC, exclusions, group maps, scrub "
+        "report, leak scan and release summary. Scrubbing keeps only what the policy "
+        "allows; the leak scan searches the release for every identifying value of the "
+        "input, and a hit makes the group level exit 1. Resumable: finished "
         "subject x steps are recorded in the work folder's manifest.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
@@ -102,7 +105,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                      help="steps to leave out (metadata scrubbing is never skipped)")
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
                      "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
-    app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
+    app.add_argument("--policy", type=Path, help="scrubbing policy JSON: the sidecar keys "
+                     "and table columns to keep (default: isyb's allow-list)")
     app.add_argument("--release-policy", type=Path, metavar="POLICY.json",
                      help="what the release may contain (datatypes, suffixes, top-level "
                      "files, extra allowed paths); anything else is withheld and listed in "
@@ -206,6 +210,11 @@ def cmd_app(args: argparse.Namespace) -> int:
                                                       if isinstance(v, dict))}
         print(json.dumps(printed))
         note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
+        if summary["leak_scan"]["findings"]:
+            failure(f"release incomplete: the leak scan found {summary['leak_scan']['findings']}"
+                    " identifying value(s) in the release (listed, without the values, in "
+                    "release_summary.json)")
+            return 1
         return 0
     template = resolve(args.template, progress=note)
     records = release_participants(args.bids_dir, args.output_dir, work_dir, template, options,

@@ -1,0 +1,106 @@
+"""The release's dataset-level text: ``dataset_description.json``, README and CHANGES.
+
+All three are **written by isyb, never copied** from the source dataset: a
+source README, CHANGES or description can hold a contact's phone number, a
+participant's name or a scan date. What the release takes from the source
+is its ``Name``, ``License`` and ``Authors`` (set them in the source's
+``dataset_description.json``); a value among them that holds one of the
+dataset's identifying values (:mod:`isyb.bids.leaks`) is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from isyb import __version__
+from isyb.bids.identifiers import REDACTED, Needles
+from isyb.bids.layout import BIDS_VERSION, describe_derivatives, read_description, source_dataset
+from isyb.bids.scrub import redact_text
+from isyb.io import write_text
+from isyb.templates.registry import Template
+
+if TYPE_CHECKING:
+    from isyb.app.release import ReleaseOptions
+
+README_NOTE = """
+## Release notes (isyb)
+
+This release was prepared with isyb {version} on {date}:
+
+- anatomical images: face masked with template `{template}`, method `{method}`,
+  brain guard {guard} mm (per-image provenance under `derivatives/isyb`);
+- metadata: only the acquisition parameters and table columns of the
+  scrubbing policy kept, identifying text redacted, dates shifted by a secret
+  per-subject offset, as listed in `derivatives/isyb/scrub_report.tsv`; the
+  release searched for every identifying value of the source (`leak_scan` in
+  `derivatives/isyb/release_summary.json`);
+- quality control: `derivatives/isyb/group_*.tsv`, `exclusions.tsv`,
+  `group_qc.html`.
+"""
+
+
+DESCRIPTION_FIELDS = ("Name", "License", "Authors")
+
+
+def write_description(bids_dir: Path, out_dir: Path, template: Template,
+                       options: ReleaseOptions, needles: Needles | None = None) -> dict:
+    """Write and return the release's ``dataset_description.json``: built by isyb from
+    the source's ``Name``, ``License`` and ``Authors`` (a value holding one of the
+    dataset's identifying values is redacted), never copied, so no other field of the
+    source (acknowledgements, ethics approvals, contacts) reaches the release; and
+    isyb's entry in ``derivatives/isyb/dataset_description.json`` (merged with the
+    entries of other isyb commands that wrote there)."""
+    source = read_description(bids_dir)
+    generated = {"Name": "isyb", "Version": __version__,
+                 "Description": f"face masking (template {template.name}, method "
+                                f"{options.deface.method}), metadata scrubbing, QC"}
+    release: dict = {"Name": source.get("Name") or "isyb release", "BIDSVersion": BIDS_VERSION,
+                     "DatasetType": "raw"}
+    release.update({k: source[k] for k in DESCRIPTION_FIELDS[1:] if source.get(k)})
+    for key in DESCRIPTION_FIELDS:
+        values = release.get(key)
+        if isinstance(values, list):
+            release[key] = [REDACTED if redact_text(str(v), False, needles) else v
+                            for v in values]
+        elif values is not None and redact_text(str(values), False, needles):
+            release[key] = REDACTED
+    release["GeneratedBy"] = [generated]
+    release["SourceDatasets"] = [source_dataset(bids_dir, source)]
+    write_text(out_dir / "dataset_description.json", json.dumps(release, indent=2) + "\n")
+    describe_derivatives(out_dir, bids_dir,
+                         name=f"isyb outputs for {release['Name']}",
+                         generated_by=generated)
+    return release
+
+
+README_TEMPLATE = """# {name}
+
+This dataset was released with isyb. This README, CHANGES and
+`dataset_description.json` are written by isyb from its template and the
+source dataset's `Name`, `License` and `Authors`; no other text of the source
+is copied.
+
+- License: {license}
+- Authors: {authors}
+"""
+
+
+def write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,
+                              options: ReleaseOptions, today: str, description: dict) -> None:
+    """README and CHANGES from isyb's templates (the source's are never copied: they
+    can hold names, phone numbers, dates). The README keeps the source's file name."""
+    readme = next((n for n in ("README.md", "README.rst", "README.txt")
+                   if (bids_dir / n).is_file()), "README")
+    authors = description.get("Authors") or ["not given"]
+    text = README_TEMPLATE.format(name=description["Name"],
+                                  license=description.get("License", "not given"),
+                                  authors=", ".join(map(str, authors)))
+    note = README_NOTE.format(version=__version__, date=today, template=template.name,
+                              method=options.deface.method, guard=options.deface.guard_mm)
+    write_text(out_dir / readme, text + note)
+    entry = (f"1.0.0 {today}\n  - Release prepared with isyb {__version__}: faces masked "
+             f"(template {template.name}, method {options.deface.method}), identifying "
+             "metadata scrubbed, quality control added under derivatives/isyb.\n")
+    write_text(out_dir / "CHANGES", entry)

@@ -48,6 +48,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import secrets
 from dataclasses import dataclass, field, replace
@@ -92,6 +94,10 @@ class ReleaseOptions:
     derive: DeriveOptions = field(default_factory=DeriveOptions)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.fd_threshold, numbers.Real) and math.isfinite(self.fd_threshold)
+                and self.fd_threshold > 0):
+            raise IsybError(f"--fd-threshold must be a finite number > 0 mm, got "
+                            f"{self.fd_threshold!r}")
         unknown = set(self.skip) - set(SKIPPABLE)
         if unknown:
             raise IsybError(f"--skip {', '.join(sorted(unknown))}: only "

@@ -10,6 +10,7 @@ from isyb.cli.options import (
     executor_arguments,
     executor_options,
     failure,
+    nonnegative_float,
     note,
     positive_int,
 )
@@ -50,10 +51,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "face (default); template: the registered template's own face plus "
                         "--face-margin, within those half-spaces, like mask_face and pydeface "
                         "(a face larger than the template's is partly left)")
-    deface.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+    deface.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
                         help="--face-region template: margin around the template's face, "
                         "template mm (default: %(default)s)")
-    deface.add_argument("--guard-mm", type=float, default=10.0,
+    deface.add_argument("--guard-mm", type=nonnegative_float, default=10.0,
                         help="brain guard: brain mask dilated by this margin is never "
                         "changed (default: %(default)s mm)")
     deface.add_argument("--save-mask", type=Path, metavar="MASK.nii.gz",

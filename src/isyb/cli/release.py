@@ -14,7 +14,9 @@ from isyb.cli.options import (
     executor_arguments,
     executor_options,
     failure,
+    nonnegative_int,
     note,
+    positive_float,
     positive_int,
 )
 from isyb.errors import IsybError
@@ -53,7 +55,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     split.add_argument("--sizes", default="discovery:0.5,validation:0.5",
                        help="NAME:SIZE,... as counts (discovery:89,validation:126) or "
                        "fractions (default: %(default)s)")
-    split.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    split.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     split.add_argument("--stratify", metavar="COLUMNS",
                        help="comma-separated participants.tsv columns to stratify by, e.g. "
                        "sex,age (numeric columns are cut into --age-bins quantile bins)")
@@ -103,7 +105,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
                      "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
-    app.add_argument("--fd-threshold", type=float, default=0.2,
+    app.add_argument("--fd-threshold", type=positive_float, default=0.2,
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
     executor_arguments(app, "participant level: subjects")
 

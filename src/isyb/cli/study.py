@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import executor_arguments, executor_options, note, positive_int
+from isyb.cli.options import (
+    executor_arguments,
+    executor_options,
+    nonnegative_float,
+    nonnegative_int,
+    note,
+    positive_int,
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -34,14 +41,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--face-region", choices=("rule", "template"), default="rule",
                        help="face region of the defacing, as for `isyb deface` (default: "
                        "%(default)s)")
-    study.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+    study.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
                        help="--face-region template: margin around the template's face, "
                        "template mm (default: %(default)s)")
     split = study.add_mutually_exclusive_group()
     split.add_argument("--split", help="subset sizes, counts or fractions, e.g. "
                        "discovery:89,validation:126 (default: two halves)")
     split.add_argument("--split-column", help="participants.tsv column giving the subset")
-    study.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    study.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random split")
     study.add_argument("--padjust", choices=("bonf", "holm"), default="bonf",
                        help="multiple-comparison correction of the post-hoc tests")
     study.add_argument("--wilcoxon", action="store_true",

@@ -7,11 +7,14 @@ files, anatomical images defaced, identifying metadata scrubbed
 Participant level, per subject, in four steps:
 
 1. ``deface``: copy the subject's files and deface every anatomical image
-   (:func:`isyb.deface.dataset.run_subject`). ``--skip deface`` copies the
-   images as they are (for data already defaced).
-2. ``scrub``: JSON sidecars, NIfTI headers and ``scans.tsv`` of the copied
-   subject, in place; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
-   Never skipped: a release is not made without it.
+   (:func:`isyb.deface.dataset.run_subject`) into the staging folder
+   ``WORK_DIR/stage/sub-<label>``. ``--skip deface`` copies the images as
+   they are (for data already defaced).
+2. ``scrub``: JSON sidecars, NIfTI headers and ``scans.tsv`` of a fresh copy
+   of the staged subject; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
+   Only then are the files moved into ``OUTPUT_DIR``, so the release never
+   holds an unscrubbed file, even after a kill. Never skipped: a release is
+   not made without it.
 3. ``qc``: MRIQC-style metrics of every T1w, T2w and BOLD run
    (:mod:`isyb.qc.dataset`), measured on the input images.
 4. ``derive``: ALFF, fALFF, ReHo, VMHC, FA, MD and CBF of the subject's
@@ -19,7 +22,9 @@ Participant level, per subject, in four steps:
    *released* files (defaced T1w, scrubbed sidecars), with the default
    settings; normalisations are cached in ``WORK_DIR/derive``.
 
-Group level: dataset-level files (``dataset_description.json`` with
+Group level: refused (exit 1, ``release_summary.json`` with ``"complete":
+false`` and the subjects named) while any subject's participant level is
+missing or unfinished; otherwise dataset-level files (``dataset_description.json`` with
 ``GeneratedBy`` and ``SourceDatasets``, ``participants.tsv`` checked against
 the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
 QC tables, exclusions and report, the group maps of the derived metrics,
@@ -45,6 +50,7 @@ keeps the results independent of the executor and of the number of processes.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -52,6 +58,7 @@ import math
 import numbers
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -182,12 +189,26 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
     }
 
 
+def _stage(task: SubjectTask) -> Path:
+    """The subject's staging folder in the work folder (``defaced/`` and ``scrubbed/``, each
+    laid out like OUTPUT_DIR)."""
+    return task.work_dir / "stage" / f"sub-{task.subject}"
+
+
 def release_subject(task: SubjectTask) -> dict:
-    """Participant level for one subject: deface, scrub, QC; skip steps already done."""
+    """Participant level for one subject: deface, scrub, QC; skip steps already done.
+
+    The subject is defaced (or copied) into ``WORK_DIR/stage/sub-<label>/defaced``, copied
+    to ``scrubbed/`` and scrubbed there, and only then moved into OUTPUT_DIR, so OUTPUT_DIR
+    never holds an unscrubbed file, even after a kill. A rerun scrubs a fresh copy of the
+    defaced files, never a file twice (dates would move twice).
+    """
     from isyb.qc.dataset import ParticipantJob, find_runs, run_participant_job
 
-    sweep_partial(task.out_dir / f"sub-{task.subject}")  # left by a killed run
-    sweep_partial(task.out_dir / DERIVATIVES / f"sub-{task.subject}")
+    stage = _stage(task)
+    for folder in (task.out_dir / f"sub-{task.subject}",  # left by a killed run
+                   task.out_dir / DERIVATIVES / f"sub-{task.subject}", stage):
+        sweep_partial(folder)
     manifest_path = _manifest_path(task)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     digests = _step_digests(task)
@@ -202,14 +223,15 @@ def release_subject(task: SubjectTask) -> dict:
                               timespec="seconds"), **result}
         write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    if done("deface"):
+    if done("deface") and (done("scrub") or (stage / "defaced").is_dir()):
         record["steps"]["deface"] = "skipped (done)"
     else:
+        shutil.rmtree(stage, ignore_errors=True)
         if "deface" in task.options.skip:
-            _copy_subject(task)
+            _copy_subject(task, stage / "defaced")
             result = {"images": "copied without defacing (--skip deface)"}
         else:
-            job = DatasetJob(task.bids_dir, task.out_dir, task.subject, task.template,
+            job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface)
             images = run_subject(job)["images"]
             result = {"defaced": sum(i["status"] == "ok" for i in images),
@@ -224,17 +246,22 @@ def release_subject(task: SubjectTask) -> dict:
     if done("scrub"):
         record["steps"]["scrub"] = "skipped (done)"
     else:
+        scrubbed = stage / "scrubbed"
+        shutil.rmtree(scrubbed, ignore_errors=True)
+        shutil.copytree(stage / "defaced", scrubbed)
         # The subject's copies and its derivatives: masks are written with the
         # source image's header, so they carry its descrip too.
-        roots = (task.out_dir / f"sub-{task.subject}",
-                 task.out_dir / DERIVATIVES / f"sub-{task.subject}")
-        files = [p.relative_to(task.out_dir) for root in roots
+        roots = (scrubbed / f"sub-{task.subject}",
+                 scrubbed / DERIVATIVES / f"sub-{task.subject}")
+        files = [p.relative_to(scrubbed) for root in roots
                  for p in sorted(root.rglob("*")) if p.is_file()]
-        changes = scrub_in_place(task.out_dir, files, load_policy(task.options.policy), task.key)
+        changes = scrub_in_place(scrubbed, files, load_policy(task.options.policy), task.key)
         table = pd.DataFrame([c.__dict__ for c in changes], columns=REPORT_COLUMNS)
         with atomic_path(task.work_dir / "scrub" / f"sub-{task.subject}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
+        _publish(scrubbed, task.out_dir)
         finish("scrub", {"changes": len(changes)})
+        shutil.rmtree(stage)
         record["steps"]["scrub"] = "done"
 
     if "qc" in task.options.skip:
@@ -270,11 +297,27 @@ def release_subject(task: SubjectTask) -> dict:
     return record
 
 
-def _copy_subject(task: SubjectTask) -> None:
+def _copy_subject(task: SubjectTask, target: Path) -> None:
     root = task.bids_dir / f"sub-{task.subject}"
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            copy_file(path, task.out_dir / path.relative_to(task.bids_dir))
+            copy_file(path, target / path.relative_to(task.bids_dir))
+
+
+def _publish(staged: Path, out_dir: Path) -> None:
+    """Move every file of ``staged`` to the same place in ``out_dir``, each by one atomic
+    rename (an atomic copy when the work folder is on another file system)."""
+    for path in sorted(staged.rglob("*")):
+        if path.is_file():
+            target = out_dir / path.relative_to(staged)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with atomic_path(target) as tmp:
+                    shutil.copy2(path, tmp)
 
 
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
@@ -324,7 +367,11 @@ This release was prepared with isyb {version} on {date}:
 
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                   options: ReleaseOptions) -> dict:
-    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary."""
+    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary.
+
+    While a subject's participant level is missing or unfinished, only a summary marked
+    ``"complete": false`` is written (the caller exits 1).
+    """
     from isyb.deface.report import write_summary
     from isyb.qc.dataset import qc_group, read_records
     from isyb.qc.rules import ExclusionRules
@@ -338,6 +385,14 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     if not manifests:
         raise IsybError(f"{work_dir}: no participant-level results; run the participant "
                         "level first")
+    unfinished = [s for s in subjects if "scrub" not in manifests.get(s, {})]
+    if unfinished:
+        summary = {"isyb_version": __version__, "complete": False, "subjects": len(subjects),
+                   "participant_level_done": len(subjects) - len(unfinished),
+                   "participant_level_missing": [f"sub-{s}" for s in unfinished]}
+        write_text(out_dir / DERIVATIVES / "release_summary.json",
+                   json.dumps(summary, indent=2) + "\n")
+        return summary
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
     today = dt.date.today().isoformat()
@@ -356,7 +411,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     with atomic_path(out_dir / DERIVATIVES / "scrub_report.tsv") as tmp:
         scrub_report.to_csv(tmp, sep="\t", index=False)
 
-    summary: dict = {"isyb_version": __version__, "date": today, "template": template.name,
+    summary: dict = {"isyb_version": __version__, "complete": True, "date": today,
+                     "template": template.name,
                      "method": options.deface.method, "subjects": len(subjects),
                      "participant_level_done": len(manifests),
                      "scrub_changes": len(scrub_report)}

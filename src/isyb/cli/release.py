@@ -190,6 +190,11 @@ def cmd_app(args: argparse.Namespace) -> int:
             raise IsybError("--participant-label is for the participant level")
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
                                 resolve(args.template, progress=note), options)
+        if not summary["complete"]:
+            failure(f"release incomplete: the participant level of "
+                    f"{', '.join(summary['participant_level_missing'])} is missing or was "
+                    "interrupted; run it, then the group level again")
+            return 1
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
                                            "scrub_changes", "deface_failures", "leak_scan")}
         derive = summary.get("derive")

@@ -28,12 +28,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -115,6 +117,27 @@ class ExecutorOptions:
             raise IsybError("give --dask-scheduler or --dask-cluster, not both")
         if self.dask_cluster not in (None, "slurm"):
             raise IsybError(f"unknown --dask-cluster {self.dask_cluster!r}: use slurm")
+
+
+def check_scheduler(options: ExecutorOptions, timeout: float = 5.0) -> None:
+    """Refuse, before any work, a ``dask_scheduler`` address that is malformed or where no
+    TCP server answers (a tcp:// or tls:// address; others are left to Dask)."""
+    address = options.dask_scheduler
+    if not address:
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise IsybError(f"--dask-scheduler {address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise IsybError(f"cannot reach the dask scheduler {address}: {exc}") from None
 
 
 def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,

@@ -81,7 +81,7 @@ from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, sweep_partial, write_text
+from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
@@ -116,14 +116,18 @@ def default_work_dir(out_dir: Path) -> Path:
 
 
 def check_folders(bids_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Refuse a folder that is not a BIDS dataset, overlapping folders and a work folder
-    inside the release."""
+    """Refuse a folder that is not a BIDS dataset, overlapping folders, a work folder
+    inside the release, and an output or work folder under a file or holding files isyb
+    did not write."""
     read_description(bids_dir)
     check_separate(bids_dir, out_dir)
     release, work = out_dir.resolve(), work_dir.resolve()
     if work == release or release in work.parents:
         raise IsybError(f"{work_dir}: the work folder holds the secret date-shift key and "
                         "must not be inside OUTPUT_DIR")
+    check_output_folder(work_dir, ours=(work_dir / "scrub.key").is_file())
+    check_output_folder(out_dir, ours=(work_dir / "manifest").is_dir()
+                        or (out_dir / DERIVATIVES).is_dir())
 
 
 def scrub_key(work_dir: Path) -> bytes:
@@ -320,15 +324,24 @@ def _publish(staged: Path, out_dir: Path) -> None:
                     shutil.copy2(path, tmp)
 
 
-def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
-                      options: ReleaseOptions, labels: list[str] | None) -> list[SubjectTask]:
-    """One task per subject (all, or ``labels``), after checking the inputs."""
+def check_inputs(bids_dir: Path, out_dir: Path, work_dir: Path, options: ReleaseOptions,
+                 labels: list[str] | None = None) -> list[str]:
+    """The subjects of the release (all, or ``labels``), after checking the folders and
+    every input (description, ``participants.tsv``, sidecars, policy): one-line errors
+    before anything is written or a template prepared."""
     check_folders(bids_dir, out_dir, work_dir)
-    validate_participants(bids_dir)
-    load_policy(options.policy)
     subjects = collect_participants(bids_dir, labels or None)
     if not subjects:
         raise IsybError(f"{bids_dir}: no sub-* folders")
+    validate_participants(bids_dir)
+    load_policy(options.policy)
+    return subjects
+
+
+def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
+                      options: ReleaseOptions, labels: list[str] | None) -> list[SubjectTask]:
+    """One task per subject (all, or ``labels``), after checking the inputs."""
+    subjects = check_inputs(bids_dir, out_dir, work_dir, options, labels)
     key = scrub_key(work_dir)
     return [SubjectTask(bids_dir, out_dir, work_dir, s, template, options, key)
             for s in subjects]
@@ -376,10 +389,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     from isyb.qc.dataset import qc_group, read_records
     from isyb.qc.rules import ExclusionRules
 
-    check_folders(bids_dir, out_dir, work_dir)
-    validate_participants(bids_dir)
+    subjects = check_inputs(bids_dir, out_dir, work_dir, options)
     policy = load_policy(options.policy)
-    subjects = collect_participants(bids_dir)
     manifests = {s: json.loads(p.read_text()) for s in subjects
                  if (p := work_dir / "manifest" / f"sub-{s}.json").is_file()}
     if not manifests:

@@ -120,7 +120,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_deface(args: argparse.Namespace) -> int:
-    from isyb.deface.dataset import deface_dataset
+    from isyb.deface.dataset import check_dataset, deface_dataset
     from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
     from isyb.templates.registry import resolve
@@ -133,6 +133,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
                             "to OUT/derivatives/isyb")
         executor = executor_options(args)
+        check_dataset(args.input, args.output, args.participant_label)
         template = resolve(args.template, progress=note)
         records = deface_dataset(args.input, args.output, template, options,
                                  labels=args.participant_label, executor=executor,
@@ -147,9 +148,12 @@ def cmd_deface(args: argparse.Namespace) -> int:
     if args.participant_label:
         raise IsybError("--participant-label needs a BIDS dataset folder as IN")
     from isyb.deface.file import check_paths
-    from isyb.io import load_image
+    from isyb.io import load_image, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
+    for path in (args.output, args.save_mask):
+        for partial in sweep_partial_of(path) if path else ():
+            note(f"removed {partial}, left by an interrupted run")
     load_image(args.input)  # a bad input fails now, not after a first template preparation
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,

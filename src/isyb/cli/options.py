@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from isyb.executor import ExecutorOptions
+from isyb.executor import ExecutorOptions, check_scheduler
 
 #: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
 APP = "app"
@@ -99,6 +99,9 @@ def executor_arguments(parser: argparse.ArgumentParser, units: str) -> None:
 
 
 def executor_options(args: argparse.Namespace) -> ExecutorOptions:
-    """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`."""
-    return ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler, args.dask_cluster,
-                           threads=args.omp_nthreads)
+    """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`; an
+    unreachable ``--dask-scheduler`` is refused here, before any file is written."""
+    options = ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler,
+                              args.dask_cluster, threads=args.omp_nthreads)
+    check_scheduler(options)
+    return options

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     from isyb.bids.participants import assign_split, strata_labels, validate_participants
     from isyb.io import write_text
 
+    if args.column == "participant_id" or not re.fullmatch(r"[A-Za-z0-9_]+", args.column):
+        raise IsybError(f"--column {args.column!r}: expected a new column name (letters, "
+                        "digits, _), not participant_id")
     subjects = collect_participants(args.bids_dir)
     if not subjects:
         raise IsybError(f"{args.bids_dir}: no sub-* folders")
@@ -172,6 +176,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from isyb.app.release import (
         ReleaseOptions,
+        check_inputs,
         default_work_dir,
         release_group,
         release_participants,
@@ -185,6 +190,8 @@ def cmd_app(args: argparse.Namespace) -> int:
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)
+    check_inputs(args.bids_dir, args.output_dir, work_dir, options,
+                 args.participant_label if args.level == "participant" else None)
     if args.level == "group":
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")

@@ -85,6 +85,7 @@ def _study_template(args: argparse.Namespace):
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from isyb.bids.layout import collect_participants
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
@@ -93,6 +94,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
     executor = executor_options(args)
+    collect_participants(args.bids_dir)  # bad inputs fail now, not after the templates
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]

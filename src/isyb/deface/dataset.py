@@ -34,15 +34,16 @@ from isyb.bids.layout import (
     read_description,
     subject_files,
 )
+from isyb.bids.participants import validate_participants
 from isyb.deface.engine import DefaceOptions
 from isyb.deface.report import write_summary
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, write_text
+from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
-__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_file",
-           "deface_dataset", "record_path", "run_subject"]
+__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "check_dataset",
+           "copy_file", "deface_dataset", "record_path", "run_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,21 @@ def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
                                      f"face region {options.face_region}"})
 
 
+def check_dataset(bids_in: Path, bids_out: Path, labels: Iterable[str] | None = None,
+                  ) -> list[str]:
+    """The subjects to deface, after checking every input (description,
+    ``participants.tsv``, sidecars) and that ``bids_out`` is new, empty or isyb's own; a
+    bad one is a one-line error, before anything is written or a template prepared."""
+    read_description(bids_in)
+    check_separate(bids_in, bids_out)
+    check_output_folder(bids_out, ours=derivatives_dir(bids_out).is_dir())
+    subjects = collect_participants(bids_in, labels)
+    if not subjects:
+        raise IsybError(f"{bids_in}: no sub-* folders")
+    validate_participants(bids_in)
+    return subjects
+
+
 def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: DefaceOptions,
                    *, labels: Iterable[str] | None = None,
                    executor: ExecutorOptions | None = None,
@@ -166,11 +182,14 @@ def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: D
     """Deface a BIDS dataset into ``bids_out``; return one record per subject, in label order.
 
     ``executor`` says where subjects run (default: one local process; see
-    :mod:`isyb.executor`). Finished subjects (their record exists) are skipped.
+    :mod:`isyb.executor`). Finished subjects (their record exists) are skipped. The inputs
+    (description, ``participants.tsv``, sidecars) and ``bids_out`` (new, empty or isyb's
+    own) are checked before anything is written; temporary files a killed run left are
+    removed.
     """
-    read_description(bids_in)
-    check_separate(bids_in, bids_out)
-    todo_all = collect_participants(bids_in, labels)
+    todo_all = check_dataset(bids_in, bids_out, labels)
+    for path in sweep_partial(bids_out):
+        log.warning("removed %s, left by an interrupted run", path)
     write_dataset_files(bids_in, bids_out, template, options)
     records: dict[str, SubjectRecord] = {}
     todo = []

@@ -186,3 +186,54 @@ def test_a_bad_scheduler_address_is_refused_before_the_scrub_key(
                  "dask", "--dask-scheduler", address])
     assert_one_line_error(code, capsys.readouterr().err, address)
     assert _tree(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- kills and full disks
+
+
+def test_stale_partial_files_are_swept_when_a_dataset_deface_is_rerun(
+        inputs: dict[str, Path], tmp_path: Path, default_template) -> None:
+    from isyb.deface.dataset import deface_dataset, record_path
+
+    out = tmp_path / "out"
+    record = record_path(out, "01")  # sub-01 finished: the rerun only sweeps and summarises
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"subject": "01", "images": [], "isyb_version": "0"}))
+    stale = [out / "sub-01/anat/.sub-01_T1w.nii.gz.k3j2x9.part.nii.gz",
+             out / "derivatives/isyb/sub-01/anat/.sub-01_T1w_mask.nii.gz.ab1.part.nii.gz"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half an image")
+    deface_dataset(inputs["bids"], out, default_template, DefaceOptions(), progress=False)
+    assert [p for p in stale if p.exists()] == []
+
+
+def test_stale_partial_files_beside_a_single_output_are_swept(tmp_path: Path, capsys,
+                                                             default_template) -> None:
+    """Swept once the input is known to be an image (here an all-zero one, refused later)."""
+    import nibabel as nib
+    import numpy as np
+
+    source = tmp_path / "in.nii.gz"
+    nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)).to_filename(str(source))
+    stale = [tmp_path / ".d.nii.gz.x1y2z3.part.nii.gz", tmp_path / ".d_isyb.json.q9.part.json"]
+    other = tmp_path / ".dog.nii.gz.x1y2z3.part.nii.gz"  # another output's: kept
+    for path in (*stale, other):
+        path.write_bytes(b"half")
+    code = main(["deface", str(source), str(tmp_path / "d.nii.gz"), "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, "all zero")
+    assert [p for p in stale if p.exists()] == [] and other.exists()
+
+
+def test_a_full_disk_during_the_participant_level_leaves_nothing_half_written(
+        inputs: dict[str, Path], tmp_path: Path, capsys, monkeypatch, default_template) -> None:
+    def full(source, target, *args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr("isyb.deface.dataset.shutil.copyfile", full)
+    out = tmp_path / "release"
+    code = main([str(inputs["bids"]), str(out), "participant", "--skip", "deface", "qc",
+                 "derive", "--quiet"])
+    assert_one_line_error(code, capsys.readouterr().err, "No space left on device")
+    assert [p for p in tmp_path.rglob("*") if ".part" in p.name] == []
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # nothing reached the release

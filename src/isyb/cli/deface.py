@@ -151,10 +151,10 @@ def cmd_deface(args: argparse.Namespace) -> int:
     from isyb.io import load_image, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
+    load_image(args.input)  # a bad input fails now, not after a first template preparation
     for path in (args.output, args.save_mask):
         for partial in sweep_partial_of(path) if path else ():
             note(f"removed {partial}, left by an interrupted run")
-    load_image(args.input)  # a bad input fails now, not after a first template preparation
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png)

@@ -124,3 +124,14 @@ def test_a_kill_while_moving_into_the_release_never_scrubs_a_file_twice(
     assert main([str(bids), str(out), "participant", *CHEAP]) == 0
     assert _sidecars(out) == _sidecars(reference)
     assert _unscrubbed(out) == []
+
+
+def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
+        bids: Path, tmp_path: Path, default_template) -> None:
+    out = tmp_path / "release"
+    assert main([str(bids), str(out), "participant", *CHEAP]) == 0
+    (bids / "sub-02" / "anat" / "sub-02_T1w.json").unlink()
+    assert main([str(bids), str(out), "participant", *CHEAP]) == 0
+    assert not (out / "sub-02" / "anat" / "sub-02_T1w.json").exists()  # no stale copy
+    assert (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()
+    assert (out / "sub-01" / "anat" / "sub-01_T1w.json").is_file()

@@ -263,7 +263,7 @@ def release_subject(task: SubjectTask) -> dict:
         table = pd.DataFrame([c.__dict__ for c in changes], columns=REPORT_COLUMNS)
         with atomic_path(task.work_dir / "scrub" / f"sub-{task.subject}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
-        _publish(scrubbed, task.out_dir)
+        _publish(scrubbed, task.out_dir, task.subject)
         finish("scrub", {"changes": len(changes)})
         shutil.rmtree(stage)
         record["steps"]["scrub"] = "done"
@@ -308,20 +308,27 @@ def _copy_subject(task: SubjectTask, target: Path) -> None:
             copy_file(path, target / path.relative_to(task.bids_dir))
 
 
-def _publish(staged: Path, out_dir: Path) -> None:
+def _publish(staged: Path, out_dir: Path, subject: str) -> None:
     """Move every file of ``staged`` to the same place in ``out_dir``, each by one atomic
-    rename (an atomic copy when the work folder is on another file system)."""
-    for path in sorted(staged.rglob("*")):
-        if path.is_file():
-            target = out_dir / path.relative_to(staged)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(path, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                with atomic_path(target) as tmp:
-                    shutil.copy2(path, tmp)
+    rename (an atomic copy when the work folder is on another file system), after removing
+    the files of ``out_dir/sub-<subject>`` that this run did not stage (an earlier run's
+    copy of an image whose defacing now failed, of a file no longer in the input)."""
+    files = [p for p in sorted(staged.rglob("*")) if p.is_file()]
+    keep = {p.relative_to(staged) for p in files}
+    root = out_dir / f"sub-{subject}"
+    for path in sorted(root.rglob("*")) if root.is_dir() else ():
+        if path.is_file() and path.relative_to(out_dir) not in keep:
+            path.unlink()
+    for path in files:
+        target = out_dir / path.relative_to(staged)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with atomic_path(target) as tmp:
+                shutil.copy2(path, tmp)
 
 
 def check_inputs(bids_dir: Path, out_dir: Path, work_dir: Path, options: ReleaseOptions,

@@ -80,7 +80,7 @@ from isyb.deface.dataset import DatasetJob, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, run_tasks
+from isyb.executor import ExecutorOptions, check_scheduler, run_tasks
 from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
@@ -365,6 +365,7 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     if executor.threads not in (None, 1):
         raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
                         "files are the same on every executor")
+    check_scheduler(executor)  # before the scrub key is made
     tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
     records = {record["subject"]: record for record in run_tasks(
         release_subject, tasks, replace(executor, threads=1), progress=progress)}

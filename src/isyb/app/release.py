@@ -193,12 +193,6 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
     }
 
 
-def _stage(task: SubjectTask) -> Path:
-    """The subject's staging folder in the work folder (``defaced/`` and ``scrubbed/``, each
-    laid out like OUTPUT_DIR)."""
-    return task.work_dir / "stage" / f"sub-{task.subject}"
-
-
 def release_subject(task: SubjectTask) -> dict:
     """Participant level for one subject: deface, scrub, QC; skip steps already done.
 
@@ -209,7 +203,7 @@ def release_subject(task: SubjectTask) -> dict:
     """
     from isyb.qc.dataset import ParticipantJob, find_runs, run_participant_job
 
-    stage = _stage(task)
+    stage = task.work_dir / "stage" / f"sub-{task.subject}"  # defaced/, scrubbed/: as OUT
     for folder in (task.out_dir / f"sub-{task.subject}",  # left by a killed run
                    task.out_dir / DERIVATIVES / f"sub-{task.subject}", stage):
         sweep_partial(folder)
@@ -354,6 +348,15 @@ def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: T
             for s in subjects]
 
 
+def check_executor(executor: ExecutorOptions) -> None:
+    """Refuse threads other than one per task (the release's files are then the same on
+    every executor) and a Dask scheduler that does not answer, before the scrub key is made."""
+    if executor.threads not in (None, 1):
+        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
+                        "files are the same on every executor")
+    check_scheduler(executor)
+
+
 def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                          options: ReleaseOptions, *, labels: list[str] | None = None,
                          executor: ExecutorOptions | None = None,
@@ -362,10 +365,7 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     (default: one local process), each with one thread; one :func:`release_subject`
     record per subject, in label order."""
     executor = executor or ExecutorOptions()
-    if executor.threads not in (None, 1):
-        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
-                        "files are the same on every executor")
-    check_scheduler(executor)  # before the scrub key is made
+    check_executor(executor)
     tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
     records = {record["subject"]: record for record in run_tasks(
         release_subject, tasks, replace(executor, threads=1), progress=progress)}

@@ -176,6 +176,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from isyb.app.release import (
         ReleaseOptions,
+        check_executor,
         check_inputs,
         default_work_dir,
         release_group,
@@ -190,6 +191,8 @@ def cmd_app(args: argparse.Namespace) -> int:
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)
+    if args.level == "participant":
+        check_executor(executor)
     check_inputs(args.bids_dir, args.output_dir, work_dir, options,
                  args.participant_label if args.level == "participant" else None)
     if args.level == "group":

@@ -135,3 +135,36 @@ def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
     assert not (out / "sub-02" / "anat" / "sub-02_T1w.json").exists()  # no stale copy
     assert (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()
     assert (out / "sub-01" / "anat" / "sub-01_T1w.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_real_kill_mid_deface_leaves_no_unscrubbed_file_in_the_release(
+        bids: Path, tmp_path: Path) -> None:
+    """SIGKILL of the participant level while sub-02 is being defaced (its planted sidecar
+    already copied, unscrubbed, into the staging folder)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "release"
+    staged = (tmp_path / "release_work" / "stage" / "sub-02" / "defaced" / "sub-02" / "anat"
+              / "sub-02_T1w.json")
+    run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--skip", "qc",
+                            "derive", "--quiet"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and run.poll() is None and not staged.is_file():
+        time.sleep(0.1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert PLANTED.encode() in staged.read_bytes()
+    assert _unscrubbed(out) == [] and not (out / "sub-02").exists()
+    group = subprocess.run(["isyb", str(bids), str(out), "group"], capture_output=True,
+                           text=True)
+    assert group.returncode == 1 and "sub-02" in group.stderr
+    for level in ("participant", "group"):
+        done = subprocess.run(["isyb", str(bids), str(out), level, "--skip", "qc", "derive",
+                               "--quiet"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert _unscrubbed(out) == [] and (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()

@@ -95,7 +95,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("malformed")
     flat, mapping = build_demo_flat(root / "flat", n_subjects=1)
     return {"bids": build_demo_dataset(root / "bids", n_subjects=1), "flat": flat,
-            "map": mapping}
+            "map": mapping, "demo_func": build_demo_dataset(root / "func", n_subjects=1,
+                                                            modalities=("anat", "func"))}
 
 
 @pytest.mark.parametrize("case", MALFORMED)
@@ -173,8 +174,13 @@ def test_an_unusable_output_folder_is_refused_at_once(where: str, inputs: dict[s
         (tmp_path / "release").write_text("x")
         out, fragment = tmp_path / "release", "is a file"
     before = _tree(tmp_path)
-    for argv in (["deface", str(inputs["bids"]), str(out)],
-                 [str(inputs["bids"]), str(out), "participant"]):
+    commands = [["deface", str(inputs["bids"]), str(out)],
+                [str(inputs["bids"]), str(out), "participant"]]
+    if where != "foreign folder":  # qc, derive and study write only below OUT/derivatives
+        commands += [["qc", str(inputs["bids"]), str(out), "participant"],
+                     ["derive", str(inputs["demo_func"]), str(out), "participant"],
+                     ["study", str(inputs["bids"]), str(out), "--templates", "a,b"]]
+    for argv in commands:
         assert_one_line_error(main(argv), capsys.readouterr().err, fragment)
         assert _tree(tmp_path) == before
 

@@ -86,6 +86,7 @@ def _study_template(args: argparse.Namespace):
 
 def cmd_study(args: argparse.Namespace) -> int:
     from isyb.bids.layout import collect_participants
+    from isyb.io import check_output_folder
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
@@ -95,6 +96,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
     executor = executor_options(args)
     collect_participants(args.bids_dir)  # bad inputs fail now, not after the templates
+    check_output_folder(args.out_dir, ours=True)  # not a file, nor under one
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]

@@ -96,18 +96,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "MD, CBF; as isyb derive) from the released files; group level writes the dataset "
         "files, group QC, exclusions, group maps, scrub report, leak scan and release "
         "summary. Resumable: finished "
-        "subject x steps are recorded in the work folder's manifest.",
+        "subject x steps are recorded in the work folder's manifest. Each subject is "
+        "assembled in the work folder and moved into OUTPUT_DIR only when scrubbed; the "
+        "group level exits 1 (release marked incomplete) while a subject is unfinished.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
     app.add_argument("--template", default="default", help="head template name or path")
     app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
     app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
                      help="steps to leave out (metadata scrubbing is never skipped)")
-    app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
-                     "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
+    app.add_argument("--work-dir", type=Path, help="manifest, scrub key, scrub reports and "
+                     "the subjects being assembled (default: OUTPUT_DIR_work beside "
+                     "OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
     app.add_argument("--fd-threshold", type=positive_float, default=0.2,
-                     help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+                     help="FD threshold in mm (> 0) for fd_num/fd_perc and the FD exclusion "
+                     "rule")
     executor_arguments(app, "participant level: subjects")
 
     split.set_defaults(handler=cmd_split)

@@ -202,8 +202,8 @@ def sweep_partial(folder: str | os.PathLike) -> list[Path]:
 
 def sweep_partial_of(path: str | os.PathLike) -> list[Path]:
     """Remove the temporary files a killed run left beside the single output ``path`` and
-    its companions (``<stem>_isyb.json``, the mask...): only names that start with the
-    output's stem, only in its folder, never below it."""
+    its companions (``<stem>_isyb.json``, ``<stem>_isyb.png``): only names that start with
+    the output's stem, only in its folder, never below it."""
     path = Path(path)
     stem = Path(strip_image_suffix(path)).name if path.name.lower().endswith(
         IMAGE_SUFFIXES) else path.stem

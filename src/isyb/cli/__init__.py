@@ -21,6 +21,7 @@ import argparse
 import errno
 import logging
 import sys
+from typing import NoReturn
 
 from isyb import __version__
 from isyb.cli import deface, derive, qc, release, study
@@ -31,8 +32,8 @@ from isyb.errors import IsybError
 EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Errors of the file system that stop a run whatever it writes (disk or quota full, a
-#: read-only or forbidden output): one line and exit 2, like a refused input. Every output
-#: is written atomically, so nothing half-written is left; a rerun resumes.
+#: read-only file system): one line and exit 2, like a refused input. Every output is
+#: written atomically, so nothing half-written is left; a rerun resumes.
 WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
@@ -78,7 +79,7 @@ def _subparser_class(parent: argparse.ArgumentParser) -> type[argparse.ArgumentP
             kwargs["parents"] = [*kwargs.get("parents", []), parent]
             super().__init__(*args, **kwargs)
 
-        def error(self, message: str):
+        def error(self, message: str) -> NoReturn:
             raise IsybError(f"{self.prog}: {message} (see {self.prog} --help)")
 
     return Parser
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"isyb: error: cannot write{where}: {exc.strerror or exc}; finished files are "
-              "complete, free the space and rerun to resume", file=sys.stderr)
+              "complete, make room and rerun to resume", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         print("isyb: interrupted; finished files are complete, rerun to resume",

@@ -73,7 +73,7 @@ MALFORMED = {
                             "line 2 has 4 fields"),
     "binary sidecar": ("sub-01/anat/sub-01_T1w.json", b"\x89PNG\xff\x00", "sub-01_T1w.json"),
     "RepetitionTime two": ("sub-01/anat/sub-01_T1w.json", b'{"RepetitionTime": "two"}',
-                           "sub-01_T1w.json: RepetitionTime must be a positive number"),
+                           "sub-01_T1w.json: RepetitionTime must be a number > 0"),
 }
 
 

@@ -180,16 +180,17 @@ def metadata(bids_dir: Path, image: Path) -> dict:
     return merged
 
 
-#: Sidecar fields isyb computes with, and the numbers they must hold: a value that is not
-#: one (``"RepetitionTime": "two"``) is an error, never silently replaced by a guess.
-NUMERIC_FIELDS = {"RepetitionTime": 0.0, "RepetitionTimePreparation": 0.0, "EchoTime": None,
-                  "FlipAngle": None}
+#: Sidecar fields isyb computes with that must hold one number, and its lower bound (None:
+#: any finite number): ``"RepetitionTime": "two"`` is an error, never silently replaced by
+#: the header's guess. (Fields that BIDS allows to be arrays, such as ASL's
+#: ``RepetitionTimePreparation``, which real data set to 0, are not listed.)
+NUMERIC_FIELDS = {"RepetitionTime": 0.0}
 
 
 def read_json(path: Path) -> dict:
     """A JSON object from ``path`` (a sidecar or description); anything else, or a
-    :data:`NUMERIC_FIELDS` value that is not a finite number (> 0 for the times of
-    repetition), is a one-line error naming the file."""
+    :data:`NUMERIC_FIELDS` value that is not a finite number above its bound, is a
+    one-line error naming the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,9 +202,8 @@ def read_json(path: Path) -> dict:
         if key in value and not (isinstance(number, int | float) and not isinstance(number, bool)
                                  and math.isfinite(number)
                                  and (above is None or number > above)):
-            raise BIDSInputError(f"{path.name}: {key} must be a "
-                                 f"{'positive ' if above is not None else ''}number, got "
-                                 f"{number!r}")
+            raise BIDSInputError(f"{path.name}: {key} must be a number"
+                                 f"{'' if above is None else f' > {above:g}'}, got {number!r}")
     return value
 
 

@@ -8,7 +8,10 @@ slurm``; its queue, cores and memory come from dask's configuration, e.g.
 ``~/.config/dask/jobqueue.yaml``), or else a ``LocalCluster`` of ``nprocs``
 single-threaded worker processes. Tasks get ``retries`` so that a lost worker's
 task is run again elsewhere; tasks are idempotent (atomic writes, outputs
-rewritten whole), so a retry cannot leave a mixed result.
+rewritten whole), so a retry cannot leave a mixed result. The local pool does
+the same: a worker process that dies (killed, out of memory) breaks the pool,
+so a fresh pool runs every unfinished task again; a task that was running when
+a worker died more than ``retries`` times is refused with a one-line error.
 
 Threads: every task runs with :func:`limit_threads` set, before any library
 work, to ``ExecutorOptions.threads`` (``--omp-nthreads``) or by default to its
@@ -22,18 +25,25 @@ release always runs ``threads=1``.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
 from isyb.errors import IsybError
 
 EXECUTORS = ("local", "dask")
+
+log = logging.getLogger(__name__)
 
 
 #: Environment variable ITK (and so ANTsPy) reads for its default thread count.
@@ -79,7 +89,8 @@ class ExecutorOptions:
     processes, Dask workers or SLURM jobs); ``dask_scheduler``: the address of a
     running scheduler; ``dask_cluster``: ``slurm`` for dask-jobqueue workers;
     ``retries``: reruns of a Dask task that raised (a lost worker's tasks are
-    rerun by the scheduler anyway); ``threads``: torch and ITK threads of every
+    rerun by the scheduler anyway), and of a local task whose worker process
+    died while it ran; ``threads``: torch and ITK threads of every
     task (None: ``cores // nprocs`` locally, 1 under Dask). A bad value raises
     :class:`~isyb.errors.IsybError` with a one-line message.
     """
@@ -108,6 +119,27 @@ class ExecutorOptions:
             raise IsybError(f"unknown --dask-cluster {self.dask_cluster!r}: use slurm")
 
 
+def check_scheduler(options: ExecutorOptions, timeout: float = 5.0) -> None:
+    """Refuse, before any work, a ``dask_scheduler`` address that is malformed or where no
+    TCP server answers (a tcp:// or tls:// address; others are left to Dask)."""
+    address = options.dask_scheduler
+    if not address:
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise IsybError(f"--dask-scheduler {address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise IsybError(f"cannot reach the dask scheduler {address}: {exc}") from None
+
+
 def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
               *, progress: bool = True, desc: str = "subjects") -> Iterator[Any]:
     """Run ``function`` on every item; yield results as they complete.
@@ -127,12 +159,66 @@ def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: Exe
                 yield task(item)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=min(options.nprocs, len(items))) as pool:
-                for future in as_completed([pool.submit(task, item) for item in items]):
-                    yield future.result()
-                    bar.update()
+            yield from _local_pool(task, items, options, bar)
     finally:
         bar.close()
+
+
+#: Set in each local pool worker: where a task says that it started.
+_started = None
+
+
+def _watch(queue) -> None:
+    global _started
+    _started = queue
+
+
+def _run_marked(task: Callable[[Any], Any], index: int, item: Any) -> Any:
+    """Run ``task(item)`` in a pool worker after telling the parent that item ``index``
+    started, so that a dead worker is charged only to the tasks that were running."""
+    _started.put(index)
+    return task(item)
+
+
+def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
+                bar: tqdm) -> Iterator[Any]:
+    """Run the items in a process pool; when a worker dies (BrokenProcessPool), run the
+    unfinished items again in a fresh pool, at most ``options.retries`` times each."""
+    pending = dict(enumerate(items))
+    charged = dict.fromkeys(pending, 0)
+    context = multiprocessing.get_context()
+    while pending:
+        started = context.SimpleQueue()
+        broken = False
+        with ProcessPoolExecutor(max_workers=min(options.nprocs, len(pending)),
+                                 mp_context=context, initializer=_watch,
+                                 initargs=(started,)) as pool:
+            futures = {pool.submit(_run_marked, task, index, item): index
+                       for index, item in pending.items()}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                del pending[futures[future]]
+                yield result
+                bar.update()
+        if not broken:
+            break
+        ran = set()
+        while not started.empty():
+            ran.add(started.get())
+        running = (ran & pending.keys()) or set(pending)
+        for index in running:
+            charged[index] += 1
+        lost = sorted(i for i in running if charged[i] > options.retries)
+        if lost:
+            raise IsybError(f"a worker process died {options.retries + 1} times while running "
+                            f"task {lost[0] + 1} of {len(items)} (killed, or out of memory?); "
+                            "finished results are kept, rerun to resume")
+        log.warning("a worker process died (killed, or out of memory?); running %d "
+                    "unfinished task(s) again", len(pending))
 
 
 def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,

@@ -203,6 +203,43 @@ def sweep_partial(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def sweep_partial_of(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed run left beside the single output ``path`` and
+    its companions (``<stem>_isyb.json``, ``<stem>_isyb.png``): only names that start with
+    the output's stem, only in its folder, never below it."""
+    path = Path(path)
+    stem = Path(strip_image_suffix(path)).name if path.name.lower().endswith(
+        IMAGE_SUFFIXES) else path.stem
+    removed = []
+    if path.parent.is_dir():
+        stem = glob_escape(stem)
+        for partial in [*path.parent.glob(f".{stem}.*.part*"),
+                        *path.parent.glob(f".{stem}_*.part*")]:
+            if partial.is_file() and re.fullmatch(r"\..+\.[^.]+\.part(\..+)?", partial.name):
+                partial.unlink()
+                removed.append(partial)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob wildcards ``*?[`` matched literally."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def check_output_folder(out_dir: str | os.PathLike, *, ours: bool) -> None:
+    """Refuse, before any work, an output folder that cannot be used: a path under a file,
+    a file, or an existing non-empty folder that isyb did not write (``ours`` False), whose
+    files a run would mix with its own."""
+    out_dir = Path(out_dir)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is a file" if folder == out_dir else f"is under a file ({folder})"
+            raise IsybError(f"{out_dir}: {where}; expected a folder")
+    if out_dir.is_dir() and not ours and any(out_dir.iterdir()):
+        raise IsybError(f"{out_dir}: exists and holds files isyb did not write; give a new "
+                        "or empty folder")
+
+
 def cached_arrays(path: str | os.PathLike, stamp: str,
                   compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Arrays kept in an ``.npz`` cache file keyed by ``stamp``; ``compute()`` on a miss.

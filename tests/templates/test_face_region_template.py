@@ -219,5 +219,5 @@ def test_cli_options(command: str, tmp_path: Path, capsys) -> None:
             if command == "deface" else [command, str(tmp_path), str(tmp_path / "out"),
                                           "--templates", "a,b"])
     code = main([*args, "--face-region", "template", "--face-margin", "-2"])
-    assert_one_line_error(code, capsys.readouterr().err, "face margin")
+    assert_one_line_error(code, capsys.readouterr().err, "--face-margin")
     assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "out").exists()

@@ -7,13 +7,15 @@ files, anatomical images defaced, identifying metadata scrubbed
 Participant level, per subject, in four steps:
 
 1. ``deface``: copy the subject's files that the release policy allows and
-   deface every anatomical image (:func:`isyb.deface.dataset.run_subject`);
-   everything else is withheld (:mod:`isyb.bids.classify`, deny by default).
-   ``--skip deface`` copies the allowed images as they are (for data already
-   defaced).
-2. ``scrub``: JSON sidecars, NIfTI headers and ``scans.tsv`` of the copied
-   subject, in place; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
-   Never skipped: a release is not made without it.
+   deface every anatomical image (:func:`isyb.deface.dataset.run_subject`) into
+   the staging folder ``WORK_DIR/stage/sub-<label>``; everything else is
+   withheld (:mod:`isyb.bids.classify`, deny by default). ``--skip deface``
+   copies the allowed images as they are (for data already defaced).
+2. ``scrub``: JSON sidecars, NIfTI headers and tables of a fresh copy of the
+   staged subject; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
+   Only then are the files moved into ``OUTPUT_DIR``, so the release never
+   holds an unscrubbed file, even after a kill. Never skipped: a release is
+   not made without it.
 3. ``qc``: MRIQC-style metrics of every T1w, T2w and BOLD run
    (:mod:`isyb.qc.dataset`), measured on the input images.
 4. ``derive``: ALFF, fALFF, ReHo, VMHC, FA, MD and CBF of the subject's
@@ -21,17 +23,19 @@ Participant level, per subject, in four steps:
    *released* files (defaced T1w, scrubbed sidecars), with the default
    settings; normalisations are cached in ``WORK_DIR/derive``.
 
-Group level: dataset-level files (``dataset_description.json``, ``README``
-and ``CHANGES`` written from isyb's template, :mod:`isyb.app.dataset_files`;
-``participants.tsv`` checked against the subjects; the top-level sidecars and
-tables the release policy allows, scrubbed), the group QC tables, exclusions
-and report, the group maps of the derived metrics,
-``derivatives/isyb/scrub_report.tsv``, the leak scan (:mod:`isyb.bids.leaks`:
-every identifying value of the input searched for in the whole release; a hit
-marks the release incomplete), and ``derivatives/isyb/release_summary.json``
-(with the number of withheld files per reason; the list itself,
-``WORK_DIR/withheld.tsv``, stays out of the release, as file names can identify
-people, e.g. by a date).
+Group level: refused (exit 1, ``release_summary.json`` with ``"complete":
+false`` and the subjects named) while any subject's participant level is
+missing or unfinished; otherwise dataset-level files
+(``dataset_description.json``, ``README`` and ``CHANGES`` written from isyb's
+template, :mod:`isyb.app.dataset_files`; ``participants.tsv`` checked against
+the subjects; the top-level sidecars and tables the release policy allows,
+scrubbed), the group QC tables, exclusions and report, the group maps of the
+derived metrics, ``derivatives/isyb/scrub_report.tsv``, the leak scan
+(:mod:`isyb.bids.leaks`: every identifying value of the input searched for in
+the whole release; a hit marks the release incomplete), and
+``derivatives/isyb/release_summary.json`` (with the number of withheld files
+per reason; the list itself, ``WORK_DIR/withheld.tsv``, stays out of the
+release, as file names can identify people, e.g. by a date).
 
 **Resuming.** Each finished subject × step is recorded in
 ``WORK_DIR/manifest/sub-<label>.json`` with a digest of its inputs (SHA-256
@@ -52,11 +56,15 @@ keeps the results independent of the executor and of the number of processes.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,8 +92,8 @@ from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, sweep_partial, write_text
+from isyb.executor import ExecutorOptions, check_scheduler, run_tasks
+from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
@@ -106,6 +114,10 @@ class ReleaseOptions:
     release_policy: str | None = None
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.fd_threshold, numbers.Real) and math.isfinite(self.fd_threshold)
+                and self.fd_threshold > 0):
+            raise IsybError(f"--fd-threshold must be a finite number > 0 mm, got "
+                            f"{self.fd_threshold!r}")
         unknown = set(self.skip) - set(SKIPPABLE)
         if unknown:
             raise IsybError(f"--skip {', '.join(sorted(unknown))}: only "
@@ -117,14 +129,18 @@ def default_work_dir(out_dir: Path) -> Path:
 
 
 def check_folders(bids_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Refuse a folder that is not a BIDS dataset, overlapping folders and a work folder
-    inside the release."""
+    """Refuse a folder that is not a BIDS dataset, overlapping folders, a work folder
+    inside the release, and an output or work folder under a file or holding files isyb
+    did not write."""
     read_description(bids_dir)
     check_separate(bids_dir, out_dir)
     release, work = out_dir.resolve(), work_dir.resolve()
     if work == release or release in work.parents:
         raise IsybError(f"{work_dir}: the work folder holds the secret date-shift key and "
                         "must not be inside OUTPUT_DIR")
+    check_output_folder(work_dir, ours=(work_dir / "scrub.key").is_file())
+    check_output_folder(out_dir, ours=(work_dir / "manifest").is_dir()
+                        or (out_dir / DERIVATIVES).is_dir())
 
 
 def scrub_key(work_dir: Path) -> bytes:
@@ -195,11 +211,19 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
 
 
 def release_subject(task: SubjectTask) -> dict:
-    """Participant level for one subject: deface, scrub, QC; skip steps already done."""
+    """Participant level for one subject: deface, scrub, QC; skip steps already done.
+
+    The subject is defaced (or copied) into ``WORK_DIR/stage/sub-<label>/defaced``, copied
+    to ``scrubbed/`` and scrubbed there, and only then moved into OUTPUT_DIR, so OUTPUT_DIR
+    never holds an unscrubbed file, even after a kill. A rerun scrubs a fresh copy of the
+    defaced files, never a file twice (dates would move twice).
+    """
     from isyb.qc.dataset import ParticipantJob, find_runs, run_participant_job
 
-    sweep_partial(task.out_dir / f"sub-{task.subject}")  # left by a killed run
-    sweep_partial(task.out_dir / DERIVATIVES / f"sub-{task.subject}")
+    stage = task.work_dir / "stage" / f"sub-{task.subject}"  # defaced/, scrubbed/: as OUT
+    for folder in (task.out_dir / f"sub-{task.subject}",  # left by a killed run
+                   task.out_dir / DERIVATIVES / f"sub-{task.subject}", stage):
+        sweep_partial(folder)
     manifest_path = _manifest_path(task)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     digests = _step_digests(task)
@@ -214,14 +238,15 @@ def release_subject(task: SubjectTask) -> dict:
                               timespec="seconds"), **result}
         write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
-    if done("deface"):
+    if done("deface") and (done("scrub") or (stage / "defaced").is_dir()):
         record["steps"]["deface"] = "skipped (done)"
     else:
+        shutil.rmtree(stage, ignore_errors=True)
         if "deface" in task.options.skip:
-            _copy_subject(task)
+            _copy_subject(task, stage / "defaced")
             result = {"images": "copied without defacing (--skip deface)"}
         else:
-            job = DatasetJob(task.bids_dir, task.out_dir, task.subject, task.template,
+            job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface, task.options.release_policy)
             images = run_subject(job)["images"]
             result = {"defaced": sum(i["status"] == "ok" for i in images),
@@ -236,19 +261,24 @@ def release_subject(task: SubjectTask) -> dict:
     if done("scrub"):
         record["steps"]["scrub"] = "skipped (done)"
     else:
+        scrubbed = stage / "scrubbed"
+        shutil.rmtree(scrubbed, ignore_errors=True)
+        shutil.copytree(stage / "defaced", scrubbed)
         # The subject's copies and its derivatives: masks are written with the
         # source image's header, so they carry its descrip too.
-        roots = (task.out_dir / f"sub-{task.subject}",
-                 task.out_dir / DERIVATIVES / f"sub-{task.subject}")
-        files = [p.relative_to(task.out_dir) for root in roots
+        roots = (scrubbed / f"sub-{task.subject}",
+                 scrubbed / DERIVATIVES / f"sub-{task.subject}")
+        files = [p.relative_to(scrubbed) for root in roots
                  for p in sorted(root.rglob("*")) if p.is_file()]
         policy = load_policy(task.options.policy)
-        changes = scrub_in_place(task.out_dir, files, policy, task.key,
+        changes = scrub_in_place(scrubbed, files, policy, task.key,
                                  needles=dataset_needles(task.bids_dir, policy))
         table = pd.DataFrame([c.__dict__ for c in changes], columns=REPORT_COLUMNS)
         with atomic_path(task.work_dir / "scrub" / f"sub-{task.subject}.tsv") as tmp:
             table.to_csv(tmp, sep="\t", index=False)
+        _publish(scrubbed, task.out_dir, task.subject)
         finish("scrub", {"changes": len(changes)})
+        shutil.rmtree(stage)
         record["steps"]["scrub"] = "done"
 
     if "qc" in task.options.skip:
@@ -289,31 +319,73 @@ def release_subject(task: SubjectTask) -> dict:
     return record
 
 
-def _copy_subject(task: SubjectTask) -> None:
-    """``--skip deface``: copy what the release policy allows, anatomical images as they are."""
+def _copy_subject(task: SubjectTask, target: Path) -> None:
+    """``--skip deface``: copy what the release policy allows into ``target``, anatomical
+    images as they are."""
     items = classify_subject(task.bids_dir, task.subject,
                              load_release_policy(task.options.release_policy))
     written = {}
     for item in items:
         if item.kind == "deface":
-            copy_file(item.source, task.out_dir / item.output)
+            copy_file(item.source, target / item.output)
             written[item.relative] = item.output
-    copy_allowed(items, task.out_dir, written)
+    copy_allowed(items, target, written)
+
+
+def _publish(staged: Path, out_dir: Path, subject: str) -> None:
+    """Move every file of ``staged`` to the same place in ``out_dir``, each by one atomic
+    rename (an atomic copy when the work folder is on another file system), after removing
+    the files of ``out_dir/sub-<subject>`` that this run did not stage (an earlier run's
+    copy of an image whose defacing now failed, of a file no longer in the input)."""
+    files = [p for p in sorted(staged.rglob("*")) if p.is_file()]
+    keep = {p.relative_to(staged) for p in files}
+    root = out_dir / f"sub-{subject}"
+    for path in sorted(root.rglob("*")) if root.is_dir() else ():
+        if path.is_file() and path.relative_to(out_dir) not in keep:
+            path.unlink()
+    for path in files:
+        target = out_dir / path.relative_to(staged)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with atomic_path(target) as tmp:
+                shutil.copy2(path, tmp)
+
+
+def check_inputs(bids_dir: Path, out_dir: Path, work_dir: Path, options: ReleaseOptions,
+                 labels: list[str] | None = None) -> list[str]:
+    """The subjects of the release (all, or ``labels``), after checking the folders and
+    every input (description, ``participants.tsv``, sidecars, both policies): one-line
+    errors before anything is written or a template prepared."""
+    check_folders(bids_dir, out_dir, work_dir)
+    subjects = collect_participants(bids_dir, labels or None)
+    if not subjects:
+        raise IsybError(f"{bids_dir}: no sub-* folders")
+    validate_participants(bids_dir)
+    load_policy(options.policy)
+    load_release_policy(options.release_policy)
+    return subjects
 
 
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                       options: ReleaseOptions, labels: list[str] | None) -> list[SubjectTask]:
     """One task per subject (all, or ``labels``), after checking the inputs."""
-    check_folders(bids_dir, out_dir, work_dir)
-    validate_participants(bids_dir)
-    load_policy(options.policy)
-    load_release_policy(options.release_policy)
-    subjects = collect_participants(bids_dir, labels or None)
-    if not subjects:
-        raise IsybError(f"{bids_dir}: no sub-* folders")
+    subjects = check_inputs(bids_dir, out_dir, work_dir, options, labels)
     key = scrub_key(work_dir)
     return [SubjectTask(bids_dir, out_dir, work_dir, s, template, options, key)
             for s in subjects]
+
+
+def check_executor(executor: ExecutorOptions) -> None:
+    """Refuse threads other than one per task (the release's files are then the same on
+    every executor) and a Dask scheduler that does not answer, before the scrub key is made."""
+    if executor.threads not in (None, 1):
+        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
+                        "files are the same on every executor")
+    check_scheduler(executor)
 
 
 def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
@@ -324,9 +396,7 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     (default: one local process), each with one thread; one :func:`release_subject`
     record per subject, in label order."""
     executor = executor or ExecutorOptions()
-    if executor.threads not in (None, 1):
-        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
-                        "files are the same on every executor")
+    check_executor(executor)
     tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
     records = {record["subject"]: record for record in run_tasks(
         release_subject, tasks, replace(executor, threads=1), progress=progress)}
@@ -335,21 +405,31 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
 
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                   options: ReleaseOptions) -> dict:
-    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary."""
+    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary.
+
+    While a subject's participant level is missing or unfinished, only a summary marked
+    ``"complete": false`` is written (the caller exits 1).
+    """
     from isyb.deface.report import write_summary
     from isyb.qc.dataset import qc_group, read_records
     from isyb.qc.rules import ExclusionRules
 
-    check_folders(bids_dir, out_dir, work_dir)
-    validate_participants(bids_dir)
+    subjects = check_inputs(bids_dir, out_dir, work_dir, options)
     policy = load_policy(options.policy)
     release_policy = load_release_policy(options.release_policy)
-    subjects = collect_participants(bids_dir)
     manifests = {s: json.loads(p.read_text()) for s in subjects
                  if (p := work_dir / "manifest" / f"sub-{s}.json").is_file()}
     if not manifests:
         raise IsybError(f"{work_dir}: no participant-level results; run the participant "
                         "level first")
+    unfinished = [s for s in subjects if "scrub" not in manifests.get(s, {})]
+    if unfinished:
+        summary = {"isyb_version": __version__, "complete": False, "subjects": len(subjects),
+                   "participant_level_done": len(subjects) - len(unfinished),
+                   "participant_level_missing": [f"sub-{s}" for s in unfinished]}
+        write_text(out_dir / DERIVATIVES / "release_summary.json",
+                   json.dumps(summary, indent=2) + "\n")
+        return summary
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
     today = dt.date.today().isoformat()
@@ -374,7 +454,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     with atomic_path(out_dir / DERIVATIVES / "scrub_report.tsv") as tmp:
         scrub_report.to_csv(tmp, sep="\t", index=False)
 
-    summary: dict = {"isyb_version": __version__, "date": today, "template": template.name,
+    summary: dict = {"isyb_version": __version__, "complete": True, "date": today,
+                     "template": template.name,
                      "method": options.deface.method, "subjects": len(subjects),
                      "participant_level_done": len(manifests),
                      "scrub_changes": len(scrub_report),

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from isyb.bids.layout import BIDS_VERSION, check_separate, read_description
+from isyb.bids.layout import BIDS_VERSION, check_separate, read_description, read_json, read_table
 from isyb.errors import IsybError
 from isyb.io import atomic_path, write_text
 
@@ -118,10 +118,7 @@ def find_series(source: Path, rules: list[Rule], subject_pattern: str = DEFAULT_
         if not sidecar.is_file():
             unmatched.append(f"{image.name} (no JSON sidecar)")
             continue
-        try:
-            metadata = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise IsybError(f"{sidecar}: cannot be read as JSON ({exc})") from None
+        metadata = read_json(sidecar)
         description = str(metadata.get("SeriesDescription") or metadata.get("ProtocolName")
                           or "")
         rule = next((r for r in rules if fnmatch.fnmatch(description.lower(),
@@ -188,6 +185,11 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
     description = bids_dir / "dataset_description.json"
     if description.is_file():
         read_description(bids_dir)  # a broken one is an error, not silently kept
+    # every input is read before the first file is written
+    sidecars = {item.sidecar: read_json(item.sidecar) for item in series}
+    participants = bids_dir / "participants.tsv"
+    if participants.is_file() and "participant_id" not in read_table(participants)[0]:
+        raise IsybError(f"{participants}: no participant_id column")
     else:
         write_text(description, json.dumps({"Name": name or bids_dir.name,
                                             "BIDSVersion": BIDS_VERSION,
@@ -197,7 +199,7 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
         target = bids_dir / names[item.image]
         extension = ".nii.gz" if item.image.name.endswith(".gz") else ".nii"
         _copy(item.image, Path(f"{target}{extension}"))
-        metadata = json.loads(item.sidecar.read_text())
+        metadata = dict(sidecars[item.sidecar])
         task = re.search(r"(?:^|_)task-([A-Za-z0-9]+)", item.rule.entities)
         if item.rule.datatype == "func" and task and "TaskName" not in metadata:
             metadata["TaskName"] = task.group(1)
@@ -214,7 +216,6 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
         for table in sorted(item.image.parent.glob(f"{stem}_*.tsv")):
             _copy(table, Path(f"{base}{table.name[len(stem) + 1:]}"))
         copied.append(str(target.relative_to(bids_dir)) + extension)
-    participants = bids_dir / "participants.tsv"
     subjects = sorted({f"sub-{s.subject}" for s in series})
     if participants.is_file():
         table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)

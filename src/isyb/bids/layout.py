@@ -15,6 +15,7 @@ here, and describes ``derivatives/isyb`` here, after niworkflows'
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +113,27 @@ def collect_participants(bids_dir: Path, participant_label: Iterable[str] | None
 
     A requested label that has no ``sub-<label>`` folder is an error naming it
     (niworkflows' ``strict`` behaviour): a typo never silently shrinks a cohort.
+    Every dataset mode starts here, so the inputs are checked here, before any work:
+    the description, the form of ``participants.tsv`` (:func:`read_table`) and every JSON
+    file at the top level and in the chosen subjects' folders (:func:`read_json`).
     """
     read_description(bids_dir)
+    if (bids_dir / "participants.tsv").is_file():
+        read_table(bids_dir / "participants.tsv")
     found = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     if participant_label is None:
-        return found
-    wanted = list(dict.fromkeys(strip_sub(participant_label)))
-    missing = [label for label in wanted if label not in found]
-    if missing:
-        raise BIDSInputError(f"participant label(s) not found in {bids_dir}: "
-                             f"{', '.join(missing)}")
+        wanted = found
+    else:
+        wanted = list(dict.fromkeys(strip_sub(participant_label)))
+        missing = [label for label in wanted if label not in found]
+        if missing:
+            raise BIDSInputError(f"participant label(s) not found in {bids_dir}: "
+                                 f"{', '.join(missing)}")
+    for sidecar in [*sorted(bids_dir.glob("*.json")),
+                    *(p for label in wanted for p in sorted(
+                        (bids_dir / f"sub-{label}").rglob("*.json")))]:
+        if sidecar.is_file():
+            read_json(sidecar)
     return wanted
 
 
@@ -178,16 +190,51 @@ def metadata(bids_dir: Path, image: Path) -> dict:
     return merged
 
 
+#: Sidecar fields isyb computes with that must hold one number, and its lower bound (None:
+#: any finite number): ``"RepetitionTime": "two"`` is an error, never silently replaced by
+#: the header's guess. (Fields that BIDS allows to be arrays, such as ASL's
+#: ``RepetitionTimePreparation``, which real data set to 0, are not listed.)
+NUMERIC_FIELDS = {"RepetitionTime": 0.0}
+
+
 def read_json(path: Path) -> dict:
-    """A JSON object from ``path`` (a sidecar or description); anything else is a one-line
-    error naming the file."""
+    """A JSON object from ``path`` (a sidecar or description); anything else, or a
+    :data:`NUMERIC_FIELDS` value that is not a finite number above its bound, is a
+    one-line error naming the file."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BIDSInputError(f"{path.name}: cannot be read as JSON ({exc})") from None
     if not isinstance(value, dict):
         raise BIDSInputError(f"{path.name}: expected a JSON object")
+    for key, above in NUMERIC_FIELDS.items():
+        number = value.get(key)
+        if key in value and not (isinstance(number, int | float) and not isinstance(number, bool)
+                                 and math.isfinite(number)
+                                 and (above is None or number > above)):
+            raise BIDSInputError(f"{path.name}: {key} must be a number"
+                                 f"{'' if above is None else f' > {above:g}'}, got {number!r}")
     return value
+
+
+def read_table(path: Path) -> list[list[str]]:
+    """The rows of a BIDS TSV file (header first), refused with a one-line error naming the
+    file unless it is UTF-8 text with a header of unique names and as many fields in every
+    row (a binary or ragged ``participants.tsv`` must not reach pandas)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BIDSInputError(f"{path.name}: cannot be read as UTF-8 text ({exc})") from None
+    if "\x00" in text:
+        raise BIDSInputError(f"{path.name}: binary data, expected a tab-separated table")
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not rows or not all(rows[0]) or len(set(rows[0])) != len(rows[0]):
+        raise BIDSInputError(f"{path.name}: expected a header row of unique column names")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise BIDSInputError(f"{path.name}: line {number} has {len(row)} fields, the "
+                                 f"header {len(rows[0])}")
+    return rows
 
 
 def derivatives_dir(out_dir: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isyb.bids.layout import collect_participants
+from isyb.bids.layout import collect_participants, read_table
 from isyb.errors import IsybError
 
 SEX_VALUES = {"m", "male", "f", "female", "o", "other", "n/a"}
@@ -27,6 +27,7 @@ def read_participants(bids_dir: Path) -> pd.DataFrame | None:
     path = bids_dir / "participants.tsv"
     if not path.is_file():
         return None
+    read_table(path)
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     if "participant_id" not in table:
         raise IsybError(f"{path}: no participant_id column")

@@ -6,7 +6,8 @@ Exit codes, the same for every command:
 * 1: finished, but some items (images, runs, subjects) failed; they are named
   on stderr and in the outputs;
 * 2: refused before any work (bad input or options); one line on stderr,
-  ``isyb: error: ...``, and nothing written;
+  ``isyb: error: ...``, and nothing written; also a full disk or a read-only output
+  during the work (one line; files already finished are complete, none is half-written);
 * 130: interrupted; finished files are complete and a rerun resumes.
 
 Messages go through :mod:`logging` (logger ``isyb``) to stderr: ``-v`` adds
@@ -17,8 +18,10 @@ libraries isyb calls are shown once each, as Python does by default.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+from typing import NoReturn
 
 from isyb import __version__
 from isyb.cli import deface, derive, qc, release, study
@@ -27,6 +30,11 @@ from isyb.errors import IsybError
 
 #: Exit codes (see the module docstring and the README's table).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Errors of the file system that stop a run whatever it writes (disk or quota full, a
+#: read-only file system): one line and exit 2, like a refused input. Every output is
+#: written atomically, so nothing half-written is left; a rerun resumes.
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
             "demo", APP)
@@ -62,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subparser_class(parent: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
-    """Sub-command parsers that all take the verbosity options (-v, --quiet)."""
+    """Sub-command parsers that all take the verbosity options (-v, --quiet), and report a
+    bad option (a missing value, a number out of range) as one line and exit 2, like any
+    refused input."""
 
     class Parser(argparse.ArgumentParser):
         def __init__(self, *args, **kwargs) -> None:
             kwargs["parents"] = [*kwargs.get("parents", []), parent]
             super().__init__(*args, **kwargs)
+
+        def error(self, message: str) -> NoReturn:
+            raise IsybError(f"{self.prog}: {message} (see {self.prog} --help)")
 
     return Parser
 
@@ -87,13 +100,20 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_route_argv(sys.argv[1:] if argv is None else list(argv)))
-    configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     try:
+        args = parser.parse_args(_route_argv(sys.argv[1:] if argv is None else list(argv)))
+        configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         return args.handler(args)
     except IsybError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the library said
         print(f"isyb: error: {message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:
+        if exc.errno not in WRITE_FAULTS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"isyb: error: cannot write{where}: {exc.strerror or exc}; finished files are "
+              "complete, make room and rerun to resume", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         print("isyb: interrupted; finished files are complete, rerun to resume",

@@ -10,6 +10,7 @@ from isyb.cli.options import (
     executor_arguments,
     executor_options,
     failure,
+    nonnegative_float,
     note,
     positive_int,
 )
@@ -51,10 +52,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "face (default); template: the registered template's own face plus "
                         "--face-margin, within those half-spaces, like mask_face and pydeface "
                         "(a face larger than the template's is partly left)")
-    deface.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+    deface.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
                         help="--face-region template: margin around the template's face, "
                         "template mm (default: %(default)s)")
-    deface.add_argument("--guard-mm", type=float, default=10.0,
+    deface.add_argument("--guard-mm", type=nonnegative_float, default=10.0,
                         help="brain guard: brain mask dilated by this margin is never "
                         "changed (default: %(default)s mm)")
     deface.add_argument("--save-mask", type=Path, metavar="MASK.nii.gz",
@@ -126,7 +127,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def cmd_deface(args: argparse.Namespace) -> int:
     from isyb.bids.classify import load_release_policy
-    from isyb.deface.dataset import deface_dataset, withheld_path
+    from isyb.deface.dataset import check_dataset, deface_dataset, withheld_path
     from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
     from isyb.templates.registry import resolve
@@ -140,6 +141,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
                             "to OUT/derivatives/isyb")
         executor = executor_options(args)
         load_release_policy(args.release_policy)  # a bad policy fails before any work
+        check_dataset(args.input, args.output, args.participant_label)
         template = resolve(args.template, progress=note)
         records = deface_dataset(args.input, args.output, template, options,
                                  labels=args.participant_label, executor=executor,
@@ -160,10 +162,13 @@ def cmd_deface(args: argparse.Namespace) -> int:
         raise IsybError("--participant-label and --release-policy need a BIDS dataset folder "
                         "as IN")
     from isyb.deface.file import check_paths
-    from isyb.io import load_image
+    from isyb.io import load_image, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
     load_image(args.input)  # a bad input fails now, not after a first template preparation
+    for path in (args.output, args.save_mask):
+        for partial in sweep_partial_of(path) if path else ():
+            note(f"removed {partial}, left by an interrupted run")
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png)

@@ -11,6 +11,7 @@ from isyb.cli.options import (
     executor_arguments,
     executor_options,
     failure,
+    positive_float,
 )
 from isyb.errors import IsybError
 
@@ -55,7 +56,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     derive.add_argument("--cbf-formula", choices=("whitepaper", "ge"), default="whitepaper",
                         help="CBF quantification: the consensus white-paper formula, or GE's "
                         "3D pCASL product formula (needs --ge-scaling)")
-    derive.add_argument("--ge-scaling", nargs=2, type=float, metavar=("SF", "NEX"),
+    derive.add_argument("--ge-scaling", nargs=2, type=positive_float, metavar=("SF", "NEX"),
                         help="GE 3D pCASL: the PW scaling factor and the number of "
                         "excitations (not in BIDS sidecars)")
     derive.add_argument("--freesurfer-dir", metavar="SUBJECTS_DIR",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 
-from isyb.executor import ExecutorOptions
+from isyb.executor import ExecutorOptions, check_scheduler
 
 #: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
 APP = "app"
@@ -29,11 +31,42 @@ def failure(message: str) -> None:
     log.warning(message)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be ≥ 1")
+def _number(text: str, kind: type) -> float:
+    """``text`` as ``kind`` (int or float), refused unless it is a finite number."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a {'whole number' if kind is int else 'number'}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+def bounded(kind: type, low: float, *, strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` that accepts finite numbers of ``kind`` ≥ ``low`` (> ``low`` when
+    ``strict``), so that no numeric option can be NaN, infinite or out of range (a NaN guard
+    margin would change nothing and still pass)."""
+
+    def parse(text: str) -> float:
+        value = _number(text, kind)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {low:g}, "
+                                             f"got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+#: A whole number ≥ 1 (counts: processes, threads, subjects, iterations).
+positive_int = bounded(int, 1)
+#: A whole number ≥ 0 (random seeds).
+nonnegative_int = bounded(int, 0)
+#: A finite length or threshold ≥ 0 (mm margins).
+nonnegative_float = bounded(float, 0.0)
+#: A finite number > 0 (thresholds, times, scale factors).
+positive_float = bounded(float, 0.0, strict=True)
 
 
 def bids_app_arguments(parser: argparse.ArgumentParser, out_name: str,
@@ -66,6 +99,9 @@ def executor_arguments(parser: argparse.ArgumentParser, units: str) -> None:
 
 
 def executor_options(args: argparse.Namespace) -> ExecutorOptions:
-    """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`."""
-    return ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler, args.dask_cluster,
-                           threads=args.omp_nthreads)
+    """The :class:`~isyb.executor.ExecutorOptions` of parsed :func:`executor_arguments`; an
+    unreachable ``--dask-scheduler`` is refused here, before any file is written."""
+    options = ExecutorOptions(args.executor, args.nprocs, args.dask_scheduler,
+                              args.dask_cluster, threads=args.omp_nthreads)
+    check_scheduler(options)
+    return options

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import QC_DATASET, executor_arguments, executor_options, failure, note
+from isyb.cli.options import (
+    QC_DATASET,
+    executor_arguments,
+    executor_options,
+    failure,
+    note,
+    positive_float,
+)
 from isyb.errors import IsybError
 
 EXAMPLES_QC = """examples:
@@ -37,9 +44,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Rigid motion per volume, then MRIQC-style functional metrics. Prints "
         "one JSON object and writes the motion parameters, FD and DVARS per frame to a TSV.")
     qc_bold.add_argument("image", metavar="IMAGE", type=Path)
-    qc_bold.add_argument("--tr", type=float, help="repetition time in s (default: the JSON "
-                         "sidecar's RepetitionTime, else the NIfTI header)")
-    qc_bold.add_argument("--fd-threshold", type=float, default=0.2,
+    qc_bold.add_argument("--tr", type=positive_float,
+                         help="repetition time in s (default: the JSON sidecar's "
+                         "RepetitionTime, else the NIfTI header)")
+    qc_bold.add_argument("--fd-threshold", type=positive_float, default=0.2,
                          help="FD threshold for fd_num and fd_perc (default: %(default)s mm)")
     qc_bold.add_argument("--tsv", type=Path, help="per-frame table (default: "
                          "<image stem>_qc-frames.tsv in the current folder)")
@@ -59,14 +67,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     qc_set.add_argument("level", choices=("participant", "group"))
     qc_set.add_argument("--participant-label", nargs="+", metavar="LABEL",
                         help="participant level: only these subjects (with or without sub-)")
-    qc_set.add_argument("--sd-threshold", type=float, default=3.0,
+    qc_set.add_argument("--sd-threshold", type=positive_float, default=3.0,
                         help="SD rule: exclude beyond ± this many SDs (default: %(default)s)")
     qc_set.add_argument("--no-sd-rule", action="store_true", help="turn the SD rule off")
     qc_set.add_argument("--sd-metrics", metavar="LIST",
                         help="comma-separated metrics the SD rule checks (default: the "
                         "descriptor's: snr,fber,cnr,efc,fwhm_avg for T1w/T2w and "
                         "snr,fber,efc,fwhm_avg,fd_mean,dvars_std,gcor for BOLD)")
-    qc_set.add_argument("--fd-threshold", type=float, default=0.2,
+    qc_set.add_argument("--fd-threshold", type=positive_float, default=0.2,
                         help="FD rule: exclude BOLD runs with mean FD above this (mm; also "
                         "the fd_num/fd_perc threshold; default: %(default)s)")
     qc_set.add_argument("--no-fd-rule", action="store_true", help="turn the FD rule off")

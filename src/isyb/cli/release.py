@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from isyb.cli.options import (
     executor_arguments,
     executor_options,
     failure,
+    nonnegative_int,
     note,
+    positive_float,
     positive_int,
 )
 from isyb.errors import IsybError
@@ -53,7 +56,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     split.add_argument("--sizes", default="discovery:0.5,validation:0.5",
                        help="NAME:SIZE,... as counts (discovery:89,validation:126) or "
                        "fractions (default: %(default)s)")
-    split.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    split.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     split.add_argument("--stratify", metavar="COLUMNS",
                        help="comma-separated participants.tsv columns to stratify by, e.g. "
                        "sex,age (numeric columns are cut into --age-bins quantile bins)")
@@ -96,23 +99,27 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "report, leak scan and release summary. Scrubbing keeps only what the policy "
         "allows; the leak scan searches the release for every identifying value of the "
         "input, and a hit makes the group level exit 1. Resumable: finished "
-        "subject x steps are recorded in the work folder's manifest.",
+        "subject x steps are recorded in the work folder's manifest. Each subject is "
+        "assembled in the work folder and moved into OUTPUT_DIR only when scrubbed; the "
+        "group level exits 1 (release marked incomplete) while a subject is unfinished.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
     app.add_argument("--template", default="default", help="head template name or path")
     app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
     app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
                      help="steps to leave out (metadata scrubbing is never skipped)")
-    app.add_argument("--work-dir", type=Path, help="manifest, scrub key and scrub reports "
-                     "(default: OUTPUT_DIR_work beside OUTPUT_DIR; never inside it)")
+    app.add_argument("--work-dir", type=Path, help="manifest, scrub key, scrub reports and "
+                     "the subjects being assembled (default: OUTPUT_DIR_work beside "
+                     "OUTPUT_DIR; never inside it)")
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON: the sidecar keys "
                      "and table columns to keep (default: isyb's allow-list)")
     app.add_argument("--release-policy", type=Path, metavar="POLICY.json",
                      help="what the release may contain (datatypes, suffixes, top-level "
                      "files, extra allowed paths); anything else is withheld and listed in "
                      "WORK_DIR/withheld.tsv (default: isyb's release_policy.json)")
-    app.add_argument("--fd-threshold", type=float, default=0.2,
-                     help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+    app.add_argument("--fd-threshold", type=positive_float, default=0.2,
+                     help="FD threshold in mm (> 0) for fd_num/fd_perc and the FD exclusion "
+                     "rule")
     executor_arguments(app, "participant level: subjects")
 
     split.set_defaults(handler=cmd_split)
@@ -127,6 +134,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     from isyb.bids.participants import assign_split, strata_labels, validate_participants
     from isyb.io import write_text
 
+    if args.column == "participant_id" or not re.fullmatch(r"[A-Za-z0-9_]+", args.column):
+        raise IsybError(f"--column {args.column!r}: expected a new column name (letters, "
+                        "digits, _), not participant_id")
     subjects = collect_participants(args.bids_dir)
     if not subjects:
         raise IsybError(f"{args.bids_dir}: no sub-* folders")
@@ -178,6 +188,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from isyb.app.release import (
         ReleaseOptions,
+        check_executor,
+        check_inputs,
         default_work_dir,
         release_group,
         release_participants,
@@ -195,11 +207,20 @@ def cmd_app(args: argparse.Namespace) -> int:
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
     work_dir = args.work_dir or default_work_dir(args.output_dir)
+    if args.level == "participant":
+        check_executor(executor)
+    check_inputs(args.bids_dir, args.output_dir, work_dir, options,
+                 args.participant_label if args.level == "participant" else None)
     if args.level == "group":
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
                                 resolve(args.template, progress=note), options)
+        if "participant_level_missing" in summary:
+            failure(f"release incomplete: the participant level of "
+                    f"{', '.join(summary['participant_level_missing'])} is missing or was "
+                    "interrupted; run it, then the group level again")
+            return 1
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
                                            "scrub_changes", "deface_failures", "leak_scan",
                                            "withheld")}

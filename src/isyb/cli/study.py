@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import executor_arguments, executor_options, note, positive_int
+from isyb.cli.options import (
+    executor_arguments,
+    executor_options,
+    nonnegative_float,
+    nonnegative_int,
+    note,
+    positive_int,
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -34,14 +41,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--face-region", choices=("rule", "template"), default="rule",
                        help="face region of the defacing, as for `isyb deface` (default: "
                        "%(default)s)")
-    study.add_argument("--face-margin", type=float, default=8.0, metavar="MM",
+    study.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
                        help="--face-region template: margin around the template's face, "
                        "template mm (default: %(default)s)")
     split = study.add_mutually_exclusive_group()
     split.add_argument("--split", help="subset sizes, counts or fractions, e.g. "
                        "discovery:89,validation:126 (default: two halves)")
     split.add_argument("--split-column", help="participants.tsv column giving the subset")
-    study.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    study.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random split")
     study.add_argument("--padjust", choices=("bonf", "holm"), default="bonf",
                        help="multiple-comparison correction of the post-hoc tests")
     study.add_argument("--wilcoxon", action="store_true",
@@ -78,6 +85,8 @@ def _study_template(args: argparse.Namespace):
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from isyb.bids.layout import collect_participants
+    from isyb.io import check_output_folder
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
@@ -86,6 +95,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
     executor = executor_options(args)
+    collect_participants(args.bids_dir)  # bad inputs fail now, not after the templates
+    check_output_folder(args.out_dir, ours=True)  # not a file, nor under one
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]

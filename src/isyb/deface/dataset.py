@@ -47,15 +47,17 @@ from isyb.bids.layout import (
     describe_derivatives,
     read_description,
 )
+from isyb.bids.participants import validate_participants
 from isyb.deface.engine import DefaceOptions
 from isyb.deface.report import write_summary
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, write_text
+from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
-__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "copy_allowed", "copy_file",
-           "deface_dataset", "deface_stem", "record_path", "run_subject", "withheld_path"]
+__all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "check_dataset",
+           "copy_allowed", "copy_file", "deface_dataset", "deface_stem", "record_path",
+           "run_subject", "withheld_path"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +231,21 @@ def write_dataset_files(bids_in: Path, bids_out: Path, template: Template,
                                      f"face region {options.face_region}"})
 
 
+def check_dataset(bids_in: Path, bids_out: Path, labels: Iterable[str] | None = None,
+                  ) -> list[str]:
+    """The subjects to deface, after checking every input (description,
+    ``participants.tsv``, sidecars) and that ``bids_out`` is new, empty or isyb's own; a
+    bad one is a one-line error, before anything is written or a template prepared."""
+    read_description(bids_in)
+    check_separate(bids_in, bids_out)
+    check_output_folder(bids_out, ours=derivatives_dir(bids_out).is_dir())
+    subjects = collect_participants(bids_in, labels)
+    if not subjects:
+        raise IsybError(f"{bids_in}: no sub-* folders")
+    validate_participants(bids_in)
+    return subjects
+
+
 def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: DefaceOptions,
                    *, labels: Iterable[str] | None = None,
                    executor: ExecutorOptions | None = None,
@@ -237,14 +254,16 @@ def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: D
     """Deface a BIDS dataset into ``bids_out``; return one record per subject, in label order.
 
     ``executor`` says where subjects run (default: one local process; see
-    :mod:`isyb.executor`). Finished subjects (their record exists) are skipped.
-    ``release_policy``: the release policy file (None: isyb's default).
+    :mod:`isyb.executor`). Finished subjects (their record exists) are skipped. The inputs
+    (description, ``participants.tsv``, sidecars) and ``bids_out`` (new, empty or isyb's
+    own) are checked before anything is written; temporary files a killed run left are
+    removed. ``release_policy``: the release policy file (None: isyb's default).
     """
-    read_description(bids_in)
-    check_separate(bids_in, bids_out)
-    todo_all = collect_participants(bids_in, labels)
+    todo_all = check_dataset(bids_in, bids_out, labels)
     policy = load_release_policy(release_policy)
     items = classify_dataset(bids_in, policy)
+    for path in sweep_partial(bids_out):
+        log.warning("removed %s, left by an interrupted run", path)
     write_dataset_files(bids_in, bids_out, template, options, items)
     records: dict[str, SubjectRecord] = {}
     todo = []

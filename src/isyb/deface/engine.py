@@ -11,6 +11,8 @@ in the ``template`` face-region mode, the template's own face
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -84,13 +86,14 @@ class DefaceOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise IsybError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.guard_mm < 0:
-            raise IsybError("the brain guard margin must be ≥ 0 mm")
+        for name in ("guard_mm", "layer_mm", "smooth_mm", "blend_mm", "face_margin_mm"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+                # NaN compares false with everything: an unchecked NaN guard protects nothing
+                raise IsybError(f"{name} must be a finite number ≥ 0 mm, got {value!r}")
         if self.face_region not in FACE_REGIONS:
             raise IsybError(f"unknown face region {self.face_region!r}: use one of "
                             f"{', '.join(FACE_REGIONS)}")
-        if not self.face_margin_mm >= 0:
-            raise IsybError("the face margin must be ≥ 0 mm")
 
 
 @dataclass

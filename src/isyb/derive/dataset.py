@@ -70,7 +70,7 @@ from isyb.derive.options import (
 from isyb.derive.processors import PROCESSORS, RUN_METRICS, RunJob, Subject, run_output
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, write_text
+from isyb.io import atomic_path, check_output_folder, write_text
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -200,6 +200,7 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     if bids_dir.resolve() == out_dir.resolve():
         raise DeriveInputError(f"{out_dir}: OUT_DIR must differ from BIDS_DIR")
+    check_output_folder(out_dir, ours=True)  # not a file, nor under one
     subjects = [s for s in find_subjects(bids_dir, labels) if s.runs]
     if not subjects:
         raise DeriveInputError(f"{bids_dir}: no BOLD, DWI or ASL runs found")

@@ -43,7 +43,7 @@ from isyb.bids.layout import (
 )
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.io import atomic_path, write_text
+from isyb.io import atomic_path, check_output_folder, write_text
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, exclusions
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ def qc_participants(bids_dir: Path, out_dir: Path, *, labels: Iterable[str] | No
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
     if bids_dir.resolve() == out_dir.resolve():
         raise IsybError(f"{out_dir}: OUT_DIR must differ from BIDS_DIR")
+    check_output_folder(out_dir, ours=True)  # not a file, nor under one
     runs = find_runs(bids_dir, labels)
     if not runs:
         raise IsybError(f"{bids_dir}: no T1w, T2w or BOLD NIfTI runs found")

@@ -37,7 +37,7 @@ from isyb.synthetic.demo import build_demo_dataset
 
 T1W = "sub-01/anat/sub-01_T1w.nii.gz"
 
-#: (path planted in the dataset, how: a face image, a link to one outside, or a bad sidecar)
+#: (path planted in the dataset, how: a face image, a link to one outside, or a huge sidecar)
 PLANTED = [
     ("sub-01/anat/sub-01_T1w.nii.gz.orig", "face"),
     ("sub-01/anat/old/sub-01_T1w.nii.gz", "face"),
@@ -51,8 +51,9 @@ PLANTED = [
     ("derivatives/other/sub-01/anat/sub-01_desc-preproc_T1w.nii.gz", "face"),
     ("sub-01/anat/sub-01_T2w.nii.gz", "outside link"),
     ("sub-01/anat/sub-01_acq-huge_T1w.json", "huge sidecar"),
-    ("sub-01/anat/sub-01_T1w.json", "malformed sidecar"),
 ]
+#: A malformed sidecar is not withheld but refused (exit 2, nothing written): see
+#: ``test_a_malformed_sidecar_is_refused_before_any_work``.
 UPPER = "sub-01/anat/sub-01_acq-up_T1w.NII.GZ"
 #: What the release needs of a template when nothing is defaced (``--skip deface``): its
 #: name and digest; preparing the real one would cost a minute.
@@ -104,10 +105,8 @@ def plant(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
         elif how == "outside link":
             outside.write_bytes(face_variant(source, 1000 + index))
             path.symlink_to(outside)
-        elif how == "huge sidecar":
-            path.write_text(json.dumps({"Blob": "x" * (3 << 20)}))
         else:
-            path.write_text('{"RepetitionTime": 2.3,')
+            path.write_text(json.dumps({"Blob": "x" * (3 << 20)}))
         target = outside if how == "outside link" else path
         planted[relative] = (sha256(target.read_bytes()), voxel_digest(target))
     return planted
@@ -141,9 +140,13 @@ def test_release_withholds_every_planted_file(fuzzed: dict) -> None:
     root, bids = fuzzed["root"], fuzzed["bids"]
     out, work = root / "release", root / "release_work"
     options = ReleaseOptions(skip=frozenset({"deface", "qc", "derive"}))
-    stale = out / "sub-01" / "anat" / "sub-01_T1w.nii.gz.orig"  # left by an older run
-    stale.parent.mkdir(parents=True)
+    release_participants(bids, out, work, STUB_TEMPLATE, options, progress=False)
+    # A file an older isyb (or a person) left in the release is removed when the subject
+    # is published again, here after its input changed.
+    stale = out / "sub-01" / "anat" / "sub-01_T1w.nii.gz.orig"
     stale.write_bytes((bids / PLANTED[0][0]).read_bytes())
+    sidecar = bids / "sub-01" / "anat" / "sub-01_T1w.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "EchoTime": 0.0031}))
     records = release_participants(bids, out, work, STUB_TEMPLATE, options, progress=False)
     assert [r["subject"] for r in records] == ["01"]
     summary = release_group(bids, out, work, STUB_TEMPLATE, options)
@@ -221,6 +224,18 @@ def test_a_bad_release_policy_is_refused_before_any_work(fuzzed: dict, tmp_path:
     code = main([*command, str(fuzzed["bids"]), str(out), *level, "--release-policy",
                  str(policy)])
     assert_one_line_error(code, capsys.readouterr().err, "policy.json", "release policy")
+    assert not out.exists() and not (tmp_path / "out_work").exists()
+
+
+@pytest.mark.parametrize("command", [["deface"], []], ids=["deface", "bids-app"])
+def test_a_malformed_sidecar_is_refused_before_any_work(tmp_path: Path, command: list[str],
+                                                        capsys) -> None:
+    bids = build_demo_dataset(tmp_path / "bids", n_subjects=1)
+    (bids / "sub-01" / "anat" / "sub-01_T1w.json").write_text('{"RepetitionTime": 2.3,')
+    out = tmp_path / "out"
+    level = [] if command else ["participant"]
+    code = main([*command, str(bids), str(out), *level])
+    assert_one_line_error(code, capsys.readouterr().err, "sub-01_T1w.json", "JSON")
     assert not out.exists() and not (tmp_path / "out_work").exists()
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 PATTERNS = {
-    "email": re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),
+    "email": re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+\.[\w.-]+"),  # anchored: linear time
     "phone": re.compile(r"(?<![\w.])\+?(?:\(\d{1,4}\) ?)?\d{2,4}(?:[ ./-]\d{2,6}){1,4}"
                         r"(?![\w.-])"),
     "date": re.compile(r"(?<!\d)(?:(?:19|20)\d\d[-./]?(?:0[1-9]|1[0-2])[-./]?"

@@ -140,25 +140,24 @@ def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
 @pytest.mark.slow
 def test_a_real_kill_mid_deface_leaves_no_unscrubbed_file_in_the_release(
         bids: Path, tmp_path: Path) -> None:
-    """SIGKILL of the participant level while sub-02 is being defaced (its planted sidecar
-    already copied, unscrubbed, into the staging folder)."""
+    """SIGKILL of the participant level while sub-02 is being staged (defaced in the work
+    folder; its sidecars are copied there, unscrubbed, after its images)."""
     import os
     import signal
     import subprocess
     import time
 
     out = tmp_path / "release"
-    staged = (tmp_path / "release_work" / "stage" / "sub-02" / "defaced" / "sub-02" / "anat"
-              / "sub-02_T1w.json")
+    stage = tmp_path / "release_work" / "stage" / "sub-02"
     run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--skip", "qc",
                             "derive", "--quiet"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and run.poll() is None and not staged.is_file():
-        time.sleep(0.1)
+    while time.time() < deadline and run.poll() is None and not stage.is_dir():
+        time.sleep(0.05)
+    assert run.poll() is None, f"the run ended before sub-02 was staged: {run.stderr.read()}"
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    assert PLANTED.encode() in staged.read_bytes()
     assert _unscrubbed(out) == [] and not (out / "sub-02").exists()
     group = subprocess.run(["isyb", str(bids), str(out), "group"], capture_output=True,
                            text=True)

@@ -194,7 +194,7 @@ def test_face_is_cached_beside_the_template(templates) -> None:
 def test_options_are_checked_and_recorded(subject, templates, tmp_path: Path) -> None:
     with pytest.raises(IsybError, match="face region"):
         DefaceOptions(face_region="box")
-    with pytest.raises(IsybError, match="face margin"):
+    with pytest.raises(IsybError, match="face_margin_mm"):
         DefaceOptions(face_region="template", face_margin_mm=-1.0)
     assert DefaceOptions().face_region == "rule"  # the default is unchanged
     phantom, volume = subject

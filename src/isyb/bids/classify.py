@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from isyb.bids.layout import parse_entities
+from isyb.bids.layout import parse_entities, read_policy
 from isyb.errors import IsybError
 
 WITHHELD_COLUMNS = ("path", "reason")
@@ -101,11 +101,7 @@ def default_release_policy_path() -> Path:
 
 def load_release_policy(path: str | Path | None = None) -> ReleasePolicy:
     """Read and check a release policy file (default: the one shipped with isyb)."""
-    path = Path(path) if path is not None else default_release_policy_path()
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IsybError(f"{path}: cannot read the release policy ({exc})") from None
+    path, raw = read_policy(path, "release_policy.json", "release policy")
     try:
         datatypes = {str(k): frozenset(map(str, v)) for k, v in raw["datatypes"].items()}
         extensions = raw["extensions"]

@@ -18,9 +18,11 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from isyb.errors import InputError
+from isyb.errors import InputError, IsybError
 from isyb.io import IMAGE_SUFFIXES, strip_image_suffix, write_text
 
 #: Where isyb writes its derivatives, relative to an output dataset.
@@ -291,3 +293,14 @@ def describe_derivatives(out_dir: Path, bids_dir: Path, *, name: str,
     text = json.dumps(description, indent=2) + "\n"
     if not path.is_file() or path.read_text() != text:
         write_text(path, text)
+
+
+def read_policy(path: str | Path | None, shipped: str, what: str) -> tuple[Path, Any]:
+    """A policy file's path and parsed JSON: ``path``, or isyb's own ``data/<shipped>``
+    when None; a file that cannot be read as JSON is a one-line error naming ``what``."""
+    path = Path(path) if path is not None else Path(str(resources.files("isyb") / "data"
+                                                        / shipped))
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IsybError(f"{path}: cannot read the {what} ({exc})") from None

@@ -53,6 +53,7 @@ import nibabel as nib
 import numpy as np
 
 from isyb.bids.identifiers import REDACTED, Needles, pattern_hits
+from isyb.bids.layout import read_policy
 from isyb.errors import IsybError
 
 ACTIONS = ("keep", "drop", "shift")
@@ -94,11 +95,7 @@ def default_policy_path() -> Path:
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """Read and check a policy file (default: the one shipped with isyb)."""
-    path = Path(path) if path is not None else default_policy_path()
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IsybError(f"{path}: cannot read the scrubbing policy ({exc})") from None
+    path, raw = read_policy(path, "scrub_policy.json", "scrubbing policy")
     if not isinstance(raw, dict) or raw.get("version") != 2:
         raise IsybError(f"{path}: not a version 2 (allow-list) scrubbing policy; list the keys "
                         "to keep under 'keep' (see isyb's own policy)")

@@ -86,7 +86,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "face detection",
         description="Compare ORIG with DEFACED (same grid) inside FACE_MASK (the mask from "
         "`isyb deface --save-mask`). Prints one JSON object and writes a PNG of the *defaced* "
-        "head rendered at yaw -15, 0 and +15 degrees.")
+        "head rendered at yaw -15, 0 and +15 degrees. face_reference measures the subject's "
+        "own face surface (brows to the lower edge of the mandible, found without a "
+        "template): the fractions changed, left for a 10 mm brain guard and left unreached, "
+        "whole and by thirds.")
     evaluate.add_argument("original", metavar="ORIG", type=Path)
     evaluate.add_argument("defaced", metavar="DEFACED", type=Path)
     evaluate.add_argument("--mask", required=True, type=Path, metavar="FACE_MASK",
@@ -175,6 +178,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
     summary = {key: record[key] for key in ("output", "method", "changed_voxels",
                                             "face_surface_changed_fraction",
                                             "little_or_no_face")}
+    summary["face_reference_changed_fraction"] = record["face_reference"]["changed_fraction"]
     summary["registration_score"] = record["registration"]["score_brain_dice"]
     summary["brain_guard_passed"] = record["brain_guard"]["passed"]
     print(json.dumps(summary))

@@ -23,6 +23,7 @@ import numpy as np
 from isyb import __version__
 from isyb.deface.engine import Alignment, DefaceOptions, Defacing, deface_volume
 from isyb.errors import IsybError
+from isyb.head.face_reference import face_coverage
 from isyb.io import Volume, edit_stored, stored_data, to_source_order
 from isyb.templates.registry import Template
 
@@ -77,7 +78,11 @@ class DefaceReport:
     ``options`` the :class:`~isyb.deface.engine.DefaceOptions` used;
     ``changed_voxels`` the stored voxels that differ from the input;
     ``face_surface_changed_fraction`` the share of the head's skin-surface
-    voxels in the face region that changed (None without any); the fields
+    voxels in the defacing's own face region that changed (None without any:
+    it cannot see what the region missed); ``face_reference`` the
+    template-independent figures over the subject's own face surface
+    (:func:`isyb.head.face_reference.face_coverage`: changed, left for the
+    brain guard, left unreached; whole and by thirds); the fields
     from ``registration`` to ``timings_s`` are those of
     :class:`~isyb.deface.engine.FaceStats`. ``input``, ``output`` and
     ``qc_png`` are the names written in the record (None: left out);
@@ -93,6 +98,7 @@ class DefaceReport:
     changed_voxels: int
     brain_guard: BrainGuardCheck
     face_surface_changed_fraction: float | None
+    face_reference: dict[str, Any]
     registration: dict[str, Any]
     brain_mask_ml: float
     face_region_voxels: int
@@ -193,6 +199,8 @@ def deface_checked(volume: Volume, template: Template, options: DefaceOptions, *
                                     True),
         face_surface_changed_fraction=(round(surface_changed / surface_total, 4)
                                        if surface_total else None),
+        face_reference=face_coverage(to_source_order(result.reference, volume.source), changed3,
+                                     to_source_order(result.reference_guard, volume.source)),
         **result.report,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         versions=versions(),

@@ -22,6 +22,7 @@ import numpy as np
 from isyb.deface.obscure import BLEND_MM, METHODS, obscure
 from isyb.errors import IsybError
 from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.face_reference import face_reference
 from isyb.head.morphology import bounding_box, brain_guard, head_mask, skin_surface, skin_threshold
 from isyb.head.register import Registration, register_template
 from isyb.io import Volume
@@ -102,7 +103,9 @@ class Defacing:
 
     ``guard`` and ``skin`` (skin-surface voxels) are computed in the work box
     around the face region, where every change happens, and are False
-    elsewhere.
+    elsewhere. ``reference`` is the subject's own face surface by third
+    (:func:`isyb.head.face_reference.face_reference`, no template) and
+    ``reference_guard`` the brain guard computed around it.
     """
 
     data: np.ndarray
@@ -113,6 +116,8 @@ class Defacing:
     head: np.ndarray
     skin: np.ndarray
     report: FaceStats
+    reference: np.ndarray
+    reference_guard: np.ndarray
 
 
 @dataclass
@@ -200,6 +205,13 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     expected_ml = float(template.info.get("face_tissue_ml", 0.0)) * scale
     skin = np.zeros(volume.shape, dtype=bool)
     skin[box] = skin_surface(head[box])
+    clock = time.perf_counter()
+    reference = face_reference(head, brain, volume.affine)
+    reference_guard = np.zeros(volume.shape, dtype=bool)
+    if reference.any():
+        near = bounding_box(reference > 0, np.ceil(options.guard_mm / zooms).astype(int) + 1)
+        reference_guard[near] = brain_guard(brain[near], zooms, options.guard_mm)
+    timings["reference_s"] = time.perf_counter() - clock
     report: FaceStats = {
         "registration": {
             "score_brain_dice": round(registration.score, 4),
@@ -218,4 +230,5 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
         "face_surface_voxels_in_guard": int((skin & full_region & guard).sum()),
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
     }
-    return Defacing(new_data, allowed, region, guard, brain, head, skin, report)
+    return Defacing(new_data, allowed, region, guard, brain, head, skin, report, reference,
+                    reference_guard)

@@ -23,11 +23,26 @@ def _embed(png: str | None, root: Path) -> str:
     return img(root / png, "QC of the defaced image", quote='"') if png else ""
 
 
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _reference_cells(reference: dict | None) -> tuple[str, str, str]:
+    """Own-face changed, left for the guard, left unreached by third (issue 20)."""
+    if not reference:
+        return "n/a", "n/a", "n/a"
+    thirds = reference["thirds"]
+    unreached = " / ".join(_percent(thirds[name]["unreached_fraction"])
+                           for name in ("upper", "middle", "lower"))
+    return (_percent(reference["changed_fraction"]), _percent(reference["guard_fraction"]),
+            unreached)
+
+
 def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
     name = html.escape(image["file"])
     if image["status"] != "ok":
         cells = (f"<td>{html.escape(subject)}</td><td>{name}</td>"
-                 f"<td colspan='6'>failed: {html.escape(image['error'])}</td>")
+                 f"<td colspan='11'>failed: {html.escape(image['error'])}</td>")
         return f"<tr class='failed'>{cells}</tr>", ""
     p = image["provenance"]
     note = "little or no face found" if p.get("little_or_no_face") else ""
@@ -36,7 +51,7 @@ def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
         subject, image["file"], p["template"]["name"], p["method"],
         p["registration"]["score_brain_dice"], p["changed_voxels"],
         p["brain_guard"]["changed_voxels_in_guard"],
-        "n/a" if fraction is None else f"{100 * fraction:.1f}%", note))
+        _percent(fraction), *_reference_cells(p.get("face_reference")), note))
     css = " class='warn'" if note else ""
     return f"<tr{css}>{cells}</tr>", f"<h3>{name}</h3>{_embed(p.get('qc_png'), root)}"
 
@@ -58,10 +73,14 @@ def write_summary(path: Path, records: list[dict], root: Path) -> None:
             figures.append(figure)
     header = "".join(f"<th>{h}</th>" for h in (
         "subject", "image", "template", "method", "registration (brain Dice)",
-        "changed voxels", "changed in brain guard", "face surface changed", "note"))
+        "changed voxels", "changed in brain guard", "face-region surface changed",
+        "own face surface changed", "own face left for the brain guard",
+        "own face left unreached (upper / middle / lower third)", "note"))
     body = (f"<h1>isyb defacing summary</h1><p>isyb {__version__}; {len(records)} subjects; "
             f"{counts['ok']} images defaced, {counts['failed']} failed (failed images were "
             f"not copied to the release). Masks, provenance and QC pictures are in this "
-            f"folder.</p>"
+            f"folder. The <em>own face</em> columns measure the subject's own face surface "
+            f"(brows to the lower edge of the mandible, found without a template), so they "
+            f"show what the template's face region missed.</p>"
             f"<table><tr>{header}</tr>{''.join(rows)}</table>{''.join(figures)}")
     write_text(path, page("isyb defacing summary", body, style=STYLE))

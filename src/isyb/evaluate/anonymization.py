@@ -10,7 +10,14 @@ from isyb.errors import IsybError
 from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
 from isyb.head.brain import extract_brain
-from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
+from isyb.head.face_reference import face_coverage, face_reference
+from isyb.head.morphology import (
+    bounding_box,
+    brain_guard,
+    head_mask,
+    skin_surface,
+    skin_threshold,
+)
 from isyb.io import ImageLike, Volume, atomic_path, load_volume
 from isyb.templates.face import derive_face_rule, face_region
 from isyb.viz.render import render_faces
@@ -44,6 +51,26 @@ def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
     return region & ~brain_guard(brain, zooms, guard_mm)
 
 
+def reference_coverage(original: Volume, changed: np.ndarray, brain: np.ndarray, *,
+                       guard_mm: float = 10.0, head: np.ndarray | None = None) -> dict:
+    """:func:`isyb.head.face_reference.face_coverage` of a defacing, with no template.
+
+    The subject's own face surface (:func:`~isyb.head.face_reference.face_reference`
+    of the original's head and ``brain``) and the brain guard (``brain``
+    dilated by ``guard_mm`` mm) around it; ``changed`` marks the voxels that
+    differ after defacing; ``head`` is the original's
+    :func:`~isyb.head.morphology.head_mask` (computed when not given).
+    """
+    if head is None:
+        head = head_mask(original.data, skin_threshold(original.data))
+    reference = face_reference(head, brain, original.affine)
+    guard = np.zeros(brain.shape, dtype=bool)
+    if reference.any():
+        near = bounding_box(reference > 0, np.ceil(guard_mm / original.zooms).astype(int) + 1)
+        guard[near] = brain_guard(brain[near], original.zooms, guard_mm)
+    return face_coverage(reference, changed, guard)
+
+
 def _as_volume(image: Volume | ImageLike) -> Volume:
     return image if isinstance(image, Volume) else load_volume(image)
 
@@ -60,7 +87,8 @@ def _as_mask(mask: np.ndarray | Volume | ImageLike, original: Volume, name: str)
 def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
                       face_mask: np.ndarray | Volume | ImageLike, *,
                       brain: np.ndarray | Volume | ImageLike | None = None,
-                      nmi_method: str = "arithmetic", detect: bool = True) -> dict:
+                      nmi_method: str = "arithmetic", detect: bool = True,
+                      guard_mm: float = 10.0) -> dict:
     """Anonymization metrics of one original/defaced pair on one grid.
 
     ``original`` and ``defaced`` are :class:`~isyb.io.Volume` objects, NIfTI/MGZ
@@ -71,8 +99,14 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     or such images (voxels > 0). Images must share the original's grid. Keys:
     ``nmi``, ``brain_changed_voxels``, ``face_surface_changed_fraction``
     (skin-surface voxels of the original head inside the face mask that
-    changed), ``face_detected_original`` and ``face_detected_defaced`` (stock
-    Haar detector on front renders at yaw 0 and ±15 degrees).
+    changed: it cannot see what the mask missed), ``face_reference`` (the
+    subject's own face surface, found without a template, and the fractions
+    of it changed, left for the brain guard of ``guard_mm`` mm and left
+    unreached, whole and by thirds: :func:`reference_coverage`) with its
+    ``face_reference_changed_fraction`` and
+    ``face_reference_lower_changed_fraction`` (mouth and chin third) also at
+    the top level, ``face_detected_original`` and ``face_detected_defaced``
+    (stock Haar detector on front renders at yaw 0 and ±15 degrees).
     """
     original, defaced = _as_volume(original), _as_volume(defaced)
     check_same_grid(original, defaced, ("original", "defaced"))
@@ -84,7 +118,9 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     if brain is None:
         brain = extract_brain(original.data, original.zooms)
         brain_source = "deepbet on the original"
-    skin = skin_surface(head_mask(original.data, skin_threshold(original.data))) & face_mask
+    head = head_mask(original.data, skin_threshold(original.data))
+    skin = skin_surface(head) & face_mask
+    reference = reference_coverage(original, changed, brain, guard_mm=guard_mm, head=head)
     record = {
         "nmi": face_nmi(original.data, defaced.data, face_mask, method=nmi_method),
         "nmi_method": nmi_method,
@@ -94,6 +130,9 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
         "brain_changed_voxels": int((changed & brain).sum()),
         "brain_mask": brain_source,
         "face_surface_changed_fraction": (float(changed[skin].mean()) if skin.any() else None),
+        "face_reference_changed_fraction": reference["changed_fraction"],
+        "face_reference_lower_changed_fraction": reference["thirds"]["lower"]["changed_fraction"],
+        "face_reference": reference,
     }
     if detect:
         before = face_detected(original.data, original.zooms, yaws=YAWS)

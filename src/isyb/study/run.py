@@ -44,12 +44,15 @@ from isyb.head.brain import extract_brain
 from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
 
-METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels",
+METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "face_reference_changed_fraction",
+                  "face_reference_lower_changed_fraction", "face_reference_guard_fraction",
+                  "brain_changed_voxels",
                   "changed_voxels", "registration_score", "face_detected_original",
                   "face_detected_defaced")
 #: Version of the metric definitions in ``metrics.json``; other versions are recomputed.
 #: 2: NMI and face-surface fraction over the subject's evaluation region.
-METRICS_VERSION = 2
+#: 3: the template-independent face reference's fractions (issue 20).
+METRICS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,18 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 alignment = align(volume, template, brain=brain)
                 result = deface_volume(volume, template, job.options, alignment=alignment)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
-                metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False)
+                metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False,
+                                            guard_mm=job.options.guard_mm)
                 record = {
                     "status": "ok",
                     "nmi": metrics["nmi"],
                     "face_surface_changed_fraction": metrics["face_surface_changed_fraction"],
+                    "face_reference_changed_fraction":
+                        metrics["face_reference_changed_fraction"],
+                    "face_reference_lower_changed_fraction":
+                        metrics["face_reference_lower_changed_fraction"],
+                    "face_reference_guard_fraction":
+                        metrics["face_reference"]["guard_fraction"],
                     "brain_changed_voxels": metrics["brain_changed_voxels"],
                     "changed_voxels": metrics["changed_voxels"],
                     "evaluation_region_voxels": metrics["face_mask_voxels"],

@@ -62,7 +62,9 @@ def test_ears_and_neck_are_options(phantom, case, default_template) -> None:
     assert plain.allowed[ear_voxels].mean() < 0.05
     assert ears.allowed[ear_voxels].mean() > 0.5
     assert not (ears.allowed & np.isin(labels, [Label.GM, Label.WM])).any()
-    assert neck.region.sum() > plain.region.sum()
+    # since issue 20 the chin plane lies below the lower edge of the mandible, here below
+    # the FOV (15 mm of neck), so the neck option adds nothing on this phantom
+    assert neck.region.sum() >= plain.region.sum()
     assert not (neck.allowed & ~neck.region).any()
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from isyb.deface.obscure import blended_envelope, obscure, outline_weight, tissue_blur
+from isyb.deface.obscure import BLEND_MM, blended_envelope, obscure, outline_weight, tissue_blur
 from isyb.head.morphology import downsample, head_mask, signed_distance, smooth_envelope, upsample
 from isyb.synthetic.phantom import Label, make_phantom
-from isyb.templates.outline import template_outline
+from isyb.templates.outline import SIDE_MM, template_outline
 
 
 def test_upsample_matches_scipy_linear_interpolation() -> None:
@@ -100,7 +100,11 @@ def test_template_outline_gives_different_faces_the_same_surface() -> None:
         surfaces.append(out[deep] > 50.0)
         own, _ = obscure(data, region, "blur", zooms, head=head, smooth_mm=8.0)
         own_surfaces.append(own[deep] > 50.0)
-    expected = upsample(template.field, np.ones(3, dtype=int), (60, 60, 60))[deep] > 0.5
+    # the template's field is padded beyond its field of view: sample it at the data's voxels
+    mapping = np.linalg.inv(template.affine) @ affine
+    carried = ndimage.affine_transform(template.field, mapping[:3, :3], offset=mapping[:3, 3],
+                                       output_shape=(60, 60, 60), order=1)
+    expected = carried[deep] > 0.5
     assert np.array_equal(surfaces[0], expected) and np.array_equal(surfaces[1], expected)
     # the subject's own smoothed outline still differs between the two faces
     assert (own_surfaces[0] != own_surfaces[1]).sum() > 50
@@ -118,15 +122,28 @@ def test_outline_weight_rises_from_the_region_border() -> None:
     assert np.all(outline_weight(np.ones((5, 5, 5), dtype=bool), np.ones(3), 10.0) == 1.0)
 
 
-def test_blended_envelope_keeps_the_subject_outline_beyond_the_template_fov() -> None:
+def test_blended_envelope_continues_past_the_template_fov_then_gives_way_smoothly() -> None:
+    """Issue 20: the template's outline goes on past its field of view (air above it, here),
+    and where even that ends the subject's outline takes over without a step."""
     head = _ball_head([((30, 52, 30), 2)])
     zooms = np.full(3, 2.0)
-    small = template_outline(_ball_head([])[:, :, :30], np.diag([2.0, 2.0, 2.0, 1.0]), 8.0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    small = template_outline(_ball_head([])[:, :, :30], affine, 8.0)
     face = np.ones(head.shape, dtype=bool)
-    mixed = blended_envelope(head, zooms, 8.0, face, small, np.diag([2.0, 2.0, 2.0, 1.0]))
+    mixed = blended_envelope(head, zooms, 8.0, face, small, affine)
     own = smooth_envelope(head, zooms, 8.0)
-    assert np.array_equal(mixed[:, :, 30:], own[:, :, 30:])
-    assert np.array_equal(mixed[:, :, :29], small.field[:, :, :29])
+    reach = 30 + int(SIDE_MM / 2.0)  # the padded field's last slice
+    assert np.array_equal(mixed[:, :, reach:], own[:, :, reach:])
+    mapping = np.linalg.inv(small.affine) @ affine
+    carried = ndimage.affine_transform(small.field, mapping[:3, :3], offset=mapping[:3, 3],
+                                       output_shape=head.shape, order=1)
+    deep = reach - int(BLEND_MM / 2.0) - 1
+    assert np.allclose(mixed[:, :, :deep], carried[:, :, :deep], atol=1e-5)
+    # the template's own FOV edge (z index 30) and the hand-over leave no step: the field
+    # changes per 2 mm voxel at most as much as the outlines do plus a smoothstep's steepest
+    # slope (1.5 / BLEND_MM per mm) over their full difference (at most 1)
+    steepest = max(np.abs(np.diff(field, axis=2)).max() for field in (own, carried))
+    assert np.abs(np.diff(mixed, axis=2)).max() <= steepest + 1.5 * 2.0 / BLEND_MM
 
 
 def test_tissue_blur_is_not_darkened_far_from_tissue() -> None:

@@ -47,6 +47,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deface.add_argument("--ears", action="store_true", help="also obscure the ears")
     deface.add_argument("--neck", action="store_true",
                         help="also obscure the front of the neck below the chin")
+    deface.add_argument("--keep-chin", action="store_true",
+                        help="stop the face region at the mouth: the lower lip and the chin "
+                        "keep their shape (by default they are obscured down to the lower "
+                        "edge of the mandible)")
     deface.add_argument("--face-region", choices=("rule", "template"), default="rule",
                         help="rule: the template's face half-spaces, generous enough for any "
                         "face (default); template: the registered template's own face plus "
@@ -136,6 +140,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
     from isyb.templates.registry import resolve
 
     options = DefaceOptions(method=args.method, ears=args.ears, neck=args.neck,
+                            keep_chin=args.keep_chin,
                             guard_mm=args.guard_mm, face_region=args.face_region,
                             face_margin_mm=args.face_margin)
     if args.input.is_dir():

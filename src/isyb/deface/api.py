@@ -86,7 +86,7 @@ def deface(image: ImageLike, template: str | os.PathLike | Template = "default",
         ``blur`` (default), ``remove`` or ``noise``.
     **options:
         Any other field of :class:`~isyb.deface.engine.DefaceOptions`:
-        ``ears``, ``neck``, ``face_region``, ``face_margin_mm``, ``guard_mm``
+        ``ears``, ``neck``, ``keep_chin``, ``face_region``, ``face_margin_mm``, ``guard_mm``
         (mm), ``layer_mm``, ``smooth_mm``, ``blend_mm``, ``seed``.
 
     Returns

@@ -157,7 +157,7 @@ def _template_record(template: Template) -> dict[str, Any]:
 
 
 def _options_record(options: DefaceOptions) -> dict[str, Any]:
-    return {"ears": options.ears, "neck": options.neck,
+    return {"ears": options.ears, "neck": options.neck, "keep_chin": options.keep_chin,
             "face_region": options.face_region,
             "face_margin_mm": (options.face_margin_mm
                                if options.face_region == "template" else None),

@@ -71,11 +71,15 @@ class DefaceOptions:
     default: the template's half-spaces) or ``template`` (the template's own
     face grown by ``face_margin_mm`` template mm, within those half-spaces;
     see :mod:`isyb.templates.face`); ``face_margin_mm`` is unused by ``rule``.
+    The region reaches over the lips and the chin to below the lower edge of
+    the mandible; ``keep_chin`` stops it at the mouth (the region of isyb
+    before issue 20 on the MNI templates, whose field of view ends there).
     """
 
     method: str = "blur"
     ears: bool = False
     neck: bool = False
+    keep_chin: bool = False
     face_region: str = "rule"
     face_margin_mm: float = FACE_MARGIN_MM
     guard_mm: float = 10.0
@@ -168,7 +172,8 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     clock = time.perf_counter()
     voxel_to_template = registration.subject_to_template @ volume.affine
     full_region = face_region(template.rule, volume.shape, voxel_to_template,
-                              ears=options.ears, neck=options.neck)
+                              ears=options.ears, neck=options.neck,
+                              keep_chin=options.keep_chin)
     if options.face_region == "template":
         full_region = within_template_face(full_region, template.face(), voxel_to_template,
                                            options.face_margin_mm)

@@ -8,7 +8,10 @@
   outline passes smoothly into the subject's own smoothed outline, so the
   head stays continuous and plausible for downstream tools; the face itself
   has no nose, lips, brows or eye sockets, and its shape is the template's.
-* ``remove`` (after pydeface): the face region is set to zero.
+* ``remove`` (after pydeface): the face region is set to zero, except a
+  :data:`SEAL_MM` wall along its back surface (:func:`sealing_layer`), set
+  to the region's median tissue value, so a render shows a plain surface
+  rather than the sinuses and nasal cavity the cut opens.
 * ``noise`` (after MiDeFace): the same outline as ``blur``, filled with values
   drawn from the intensities of the head tissue in the face region, so the
   histogram stays plausible but no facial surface remains.
@@ -42,6 +45,7 @@ from scipy import ndimage
 from isyb.head.morphology import (
     bounding_box,
     coarse_factors,
+    dilate_mm,
     downsample,
     signed_distance,
     smooth_envelope,
@@ -53,6 +57,12 @@ METHODS = ("blur", "remove", "noise")
 #: Width (mm) of the band along the face region's border over which the
 #: template's outline gives way to the subject's own.
 BLEND_MM = 10.0
+#: Width (mm) of the band inside the region's border (the guard's edge
+#: included) over which ``blur`` and ``noise`` values pass from the original
+#: ones to the new ones, so the intensities leave no crease either (issue 15).
+SEAM_MM = 4.0
+#: Thickness (mm) of the wall ``remove`` leaves along the region's back surface.
+SEAL_MM = 3.0
 
 
 def tissue_blur(data: np.ndarray, head: np.ndarray, zooms: np.ndarray,
@@ -108,7 +118,10 @@ def blended_envelope(head_coarse: np.ndarray, coarse_zooms: np.ndarray, smooth_m
     ``face_coarse``: ``w * template + (1 - w) * subject``. Both fields fall
     smoothly (about 2.5 % per mm at the surface for the default 16 mm) across
     their outlines, so the mix moves the outline gradually from one to the
-    other. Beyond the template's field of view the subject's outline is kept.
+    other. The template's outline reaches beyond its field of view
+    (:data:`isyb.templates.outline.EXTEND_MM`); past that, the subject's
+    outline is kept, and the weight falls to 0 over ``blend_mm`` before it, so
+    that edge leaves no step either.
     """
     own = smooth_envelope(head_coarse, coarse_zooms, smooth_mm)
     if outline is None or face_coarse is None or coarse_to_template is None:
@@ -119,8 +132,28 @@ def blended_envelope(head_coarse: np.ndarray, coarse_zooms: np.ndarray, smooth_m
                                        output_shape=head_coarse.shape, order=1, mode="constant",
                                        cval=np.nan)
     inside_fov = np.isfinite(carried)
-    weight = np.where(inside_fov, outline_weight(face_coarse, coarse_zooms, blend_mm), 0.0)
+    weight = outline_weight(face_coarse & inside_fov, coarse_zooms, blend_mm)
     return np.where(inside_fov, weight * carried + (1.0 - weight) * own, own).astype(np.float32)
+
+
+def sealing_layer(region: np.ndarray, head: np.ndarray, zooms: np.ndarray,
+                  seal_mm: float = SEAL_MM) -> np.ndarray:
+    """The voxels of ``region`` within ``seal_mm`` of the head left behind it.
+
+    ``remove`` zeroes the region, which opens the head: a surface render
+    then looks through the cut into sinuses and the nasal cavity (issue 15).
+    Filled with one tissue value, this layer along the region's back surface
+    (where it meets head tissue outside the region, the brain guard
+    included) closes the cut with a plain wall. Distances are Euclidean in
+    mm (:func:`isyb.head.morphology.dilate_mm`), computed in the region's
+    bounding box.
+    """
+    if not region.any():
+        return np.zeros(region.shape, dtype=bool)
+    box = bounding_box(region, np.ceil(seal_mm / np.asarray(zooms, dtype=float)).astype(int) + 1)
+    out = np.zeros(region.shape, dtype=bool)
+    out[box] = region[box] & dilate_mm(head[box] & ~region[box], zooms, seal_mm)
+    return out
 
 
 def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray, *,
@@ -139,16 +172,23 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     ``region``); see :func:`blended_envelope`. Without ``outline`` the new
     outline is the subject's own, smoothed with a Gaussian of ``smooth_mm``
     (sigma). They treat the skin layer (``layer_mm`` on either side of the
-    surface) plus every voxel whose side of the surface changes. Inside the new
-    outline, ``blur`` writes the tissue blurred with sigma ``smooth_mm / 2``
-    and ``noise`` writes values drawn from the region's tissue intensities;
-    outside it both write the median air value of the region.
+    old surface and of the new one, so no inner anatomy, such as a dark
+    eyeball, is left just under the new surface) plus every voxel whose side
+    of the surface changes. Inside the new outline, ``blur`` writes the tissue
+    blurred with sigma ``smooth_mm / 2`` and ``noise`` writes values drawn
+    from the region's tissue intensities; outside it both write the median
+    air value of the region. Within :data:`SEAM_MM` of the region's border
+    the written value is mixed with the original one by the same smoothstep
+    as the outline (:func:`outline_weight`), so there is no intensity step.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     out = data.astype(np.float32, copy=True)
     if method == "remove":
         out[region] = 0.0
+        seal = sealing_layer(region, head, zooms)
+        if seal.any():
+            out[seal] = float(np.median(data[region & head])) if (region & head).any() else 0.0
         return out, region.copy()
     allowed = np.zeros_like(region)
     if not region.any():
@@ -166,11 +206,12 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
         grid[:3, 3] = [part.start + factor // 2 for part, factor in zip(box, factors, strict=True)]
         coarse_to_template = voxel_to_template @ grid
     face_coarse = downsample((region if face is None else face)[box], factors) > 0.5
-    envelope = upsample(blended_envelope(head_coarse, coarse_zooms, smooth_mm, face_coarse,
-                                         outline, coarse_to_template, blend_mm),
-                        factors, shape) > 0.5
-    near_skin = np.abs(upsample(signed_distance(head_coarse, coarse_zooms), factors,
-                                shape)) <= layer_mm
+    field = blended_envelope(head_coarse, coarse_zooms, smooth_mm, face_coarse, outline,
+                             coarse_to_template, blend_mm)
+    envelope = upsample(field, factors, shape) > 0.5
+    near_skin = np.abs(upsample(np.minimum(np.abs(signed_distance(head_coarse, coarse_zooms)),
+                                           np.abs(signed_distance(field > 0.5, coarse_zooms))),
+                                factors, shape)) <= layer_mm
     allowed[box] = region[box] & (near_skin | (envelope != head[box]))
     treat = allowed[box]
     inside = envelope[treat]
@@ -184,5 +225,8 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
         pool = data[region & head]
         pool = pool if pool.size else data[head]
         tissue = np.random.default_rng(seed).choice(pool, size=inside.size)
-    out[box][treat] = np.where(inside, tissue, air_value)
+    value = np.where(inside, tissue, air_value)
+    region_coarse = downsample(region[box], factors) > 0.5
+    weight = upsample(outline_weight(region_coarse, coarse_zooms, SEAM_MM), factors, shape)[treat]
+    out[box][treat] = weight * value + (1.0 - weight) * data[box][treat]
     return out, allowed

@@ -12,8 +12,12 @@ the template's brain mask, like quickshear's plane under the frontal lobe:
 * the *back plane*: a coronal plane at ``back_fraction`` of the brain's
   length behind its frontal pole. Only points in front of it are face, so
   the ears and the back of the neck stay;
-* the *chin plane*: an axial plane below the chin. Points below it are
-  neck, masked only on request;
+* the *chin plane*: an axial plane below the chin (below the lower edge of
+  the mandible). Points below it are neck, masked only on request;
+* the *mouth plane* (only with ``keep_chin``): an axial plane at the mouth,
+  where the MNI templates' field of view ends; the region then stops there
+  and the lower lip and chin keep their shape (isyb's region before issue 20
+  on those templates);
 * with ``ears``, two boxes beside the temporal lobes, outside the brain's
   width, are added.
 
@@ -53,6 +57,16 @@ FACE_REGIONS = ("rule", "template")
 #: Default margin (template mm) around the template's face in the ``template``
 #: mode: NRG mask_face builds a layer of about ±8 mm around the skin surface.
 FACE_MARGIN_MM = 8.0
+#: Depth of the chin plane below the front half of the brain, as a fraction of
+#: the brain's length. 0.45 until issue 20: subjects registered to the MNI
+#: templates (whose brains are larger than most) had their chins 0-16 mm below
+#: that plane; at 0.6 it lies about 10 mm below the lowest of them (pycortex
+#: S1: menton at -148 mm in MNI152NLin6Asym space, plane at -158 mm).
+CHIN_FRACTION = 0.6
+#: Depth of the mouth plane below the front half of the brain, as a fraction of
+#: the brain's length: on both MNI templates it falls at their field of view's
+#: lower edge (z = -72 and -74 mm against a box edge at -72 and -78 mm).
+MOUTH_FRACTION = 0.12
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,13 @@ class FaceRule:
     ear_y: tuple[float, float]
     ear_z: tuple[float, float]
 
+    @property
+    def mouth_z(self) -> float:
+        """Height (template mm) of the mouth plane: ``MOUTH_FRACTION * L`` below the front
+        half of the brain, recovered from the ear box (``L`` = its height / 0.45)."""
+        length = (self.ear_z[1] - self.ear_z[0]) / 0.45
+        return self.ear_z[0] + 0.15 * length - MOUTH_FRACTION * length
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -77,7 +98,8 @@ class FaceRule:
 
 
 def derive_face_rule(brain: np.ndarray, affine: np.ndarray, *, back_fraction: float = 0.42,
-                     chin_fraction: float = 0.45, plane_inset_mm: float = 16.0) -> FaceRule:
+                     chin_fraction: float = CHIN_FRACTION,
+                     plane_inset_mm: float = 16.0) -> FaceRule:
     """Place the face rule relative to a template's brain mask.
 
     ``brain`` is a boolean RAS array with voxel->world ``affine``. Only the
@@ -122,11 +144,16 @@ def _linear_field(coefficients: np.ndarray, constant: float, shape: tuple[int, .
 
 
 def face_region(rule: FaceRule, shape: tuple[int, int, int], voxel_to_template: np.ndarray,
-                *, ears: bool = False, neck: bool = False) -> np.ndarray:
+                *, ears: bool = False, neck: bool = False,
+                keep_chin: bool = False) -> np.ndarray:
     """Boolean mask of the face region on a grid.
 
     ``voxel_to_template`` maps the grid's voxel indices to template RAS mm
     (the subject->template affine times the subject's voxel->world affine).
+    By default the region reaches down to the chin plane, over the lips and
+    the chin; ``keep_chin`` stops it at the mouth plane
+    (:attr:`FaceRule.mouth_z`), and then neither ``neck`` nor the chin is
+    masked.
     """
     def field(row: np.ndarray) -> np.ndarray:
         coefficients = row @ voxel_to_template[:3, :3]
@@ -137,7 +164,9 @@ def face_region(rule: FaceRule, shape: tuple[int, int, int], voxel_to_template: 
     z = field(axes[2])
     region = field(np.asarray(rule.face_normal)) > rule.face_offset
     region &= y > rule.back_y
-    if not neck:
+    if keep_chin:
+        region &= z > rule.mouth_z
+    elif not neck:
         region &= z > rule.chin_z
     if ears:
         x = field(axes[0])

@@ -32,7 +32,35 @@ if TYPE_CHECKING:
     from isyb.templates.registry import Template
 
 #: Bump when the way the outline is built changes, so cached files are rebuilt.
-OUTLINE_VERSION = 1
+#: 2: the outline continues beyond the template's field of view (:data:`EXTEND_MM`).
+OUTLINE_VERSION = 2
+#: How far (mm) the outline continues beyond each face of the template's field
+#: of view: past the face rule's chin plane below the MNI boxes (about 80 mm
+#: under their lower edge, where the chin of a subject registered to them lies).
+EXTEND_MM = 96.0
+#: Below the template's field of view, the front of the head recedes this many
+#: mm per mm of descent (a chin and throat at about 27 degrees from vertical).
+TAPER = 0.5
+#: Air (mm) added on the other five sides, so the outline is defined a little
+#: beyond the template's field of view there too.
+SIDE_MM = 24.0
+
+
+def extend_down(edge: np.ndarray, count: int, shift_per_slice: float) -> np.ndarray:
+    """``count`` axial slices (x, y, z) that continue the lowest slice ``edge`` (x, y) downwards.
+
+    Slice ``count - 1 - n`` lies ``n + 1`` slices below ``edge``: it is
+    ``edge`` with its front (largest y) moved back by ``(n + 1) *
+    shift_per_slice`` voxels, kept only where ``edge`` is head.
+    """
+    out = np.zeros((*edge.shape, count), dtype=bool)
+    for n in range(count):
+        shift = round((n + 1) * shift_per_slice)
+        moved = np.zeros_like(edge)
+        if shift < edge.shape[1]:
+            moved[:, : edge.shape[1] - shift] = edge[:, shift:]
+        out[:, :, count - 1 - n] = moved & edge
+    return out
 
 
 def outline_for(template: Template, smooth_mm: float) -> TemplateOutline:
@@ -76,13 +104,26 @@ def template_outline(head: np.ndarray, affine: np.ndarray, smooth_mm: float) -> 
     to about :data:`COARSE_MM` (a coarse voxel is head when more than half of
     it is) and smoothed by :func:`smooth_envelope` with ``smooth_mm``, as the
     subject's own outline would be, so the template's nose and lips flatten out
-    too. Coarse voxel ``c`` sits at fine index ``c * factor + factor // 2``, as
-    in :func:`upsample`.
+    too. The coarse grid is padded, so the outline reaches beyond the
+    template's field of view (issue 20): with :data:`SIDE_MM` of air on five
+    sides (a nose tip cut by the box stays cut), and by :data:`EXTEND_MM` below the box
+    with the head's lowest slice continued downwards while its front recedes
+    by :data:`TAPER` mm per mm (:func:`extend_down`), so that where a box cuts
+    the face at the mouth (the MNI templates) the outline goes on smoothly
+    over the subject's chin, as a generic receding chin, with no step at the
+    box's edge. Coarse voxel ``c`` of the padded grid sits at fine index
+    ``(c - pad) * factor + factor // 2``, as in :func:`upsample`.
     """
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     factors = coarse_factors(zooms)
-    coarse = downsample(head, factors) > 0.5
+    spacing = zooms * factors
+    side = np.ceil(SIDE_MM / spacing).astype(int)
+    below = int(np.ceil(EXTEND_MM / spacing[2]))
+    coarse = np.pad(downsample(head, factors) > 0.5,
+                    [(side[0], side[0]), (side[1], side[1]), (below, side[2])])
+    coarse[:, :, :below] = extend_down(coarse[:, :, below], below,
+                                       TAPER * spacing[2] / spacing[1])
     grid = np.diag([*factors.astype(float), 1.0])
-    grid[:3, 3] = factors // 2
-    return TemplateOutline(smooth_envelope(coarse, zooms * factors, smooth_mm), affine @ grid)
+    grid[:3, 3] = factors // 2 - np.array([side[0], side[1], below]) * factors
+    return TemplateOutline(smooth_envelope(coarse, spacing, smooth_mm), affine @ grid)
 

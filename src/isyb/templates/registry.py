@@ -298,8 +298,9 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
     return _from_meta(key, folder, meta)
 
 
-#: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt.
-RULE_VERSION = 2
+#: Bumped whenever :func:`derive_face_rule` changes, so caches are rebuilt
+#: (3: the chin plane lower, issue 20).
+RULE_VERSION = 3
 #: Bumped whenever :func:`isyb.templates.face.template_face` changes.
 FACE_VERSION = 1
 

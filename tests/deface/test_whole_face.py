@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.deface.obscure import sealing_layer
+from isyb.head.morphology import skin_surface
 from isyb.io import volume_from_image
 from isyb.synthetic.phantom import Label, make_phantom, to_nifti
 from isyb.templates.face import FaceRule, face_region
@@ -77,8 +79,9 @@ def test_the_whole_face_is_obscured_by_default_and_the_chin_kept_on_request(
 
 
 def test_remove_leaves_a_plain_surface(case, default_template) -> None:
-    """Every frontal ray that crosses the removed region stops at its wall, not at the
-    cavities and the guard's outline behind it."""
+    """Every frontal ray that crosses the removed region stops at its wall or at the original
+    skin (within a voxel: the renderer smooths), not at the cavities and the brain guard's
+    outline behind the cut."""
     volume, alignment = case
     result = deface_volume(volume, default_template, DefaceOptions(method="remove"),
                            alignment=alignment)
@@ -90,4 +93,6 @@ def test_remove_leaves_a_plain_surface(case, default_template) -> None:
     j = index[i, k]
     crossed = behind[i, np.minimum(j + 1, volume.shape[1] - 1), k] & (j + 1 < volume.shape[1])
     assert crossed.sum() > 1000
-    assert seal[i, j, k][crossed].mean() > 0.97
+    plain = ndimage.binary_dilation(seal | skin_surface(result.head))
+    assert plain[i, j, k][crossed].all()
+    assert seal[i, j, k][crossed].mean() > 0.5

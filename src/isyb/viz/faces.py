@@ -21,10 +21,17 @@ A face cut by the field of view (no nose or no mouth) is not found either, so
 Sources: P. Viola and M. Jones, "Rapid object detection using a boosted cascade
 of simple features", CVPR 2001; R. Lienhart and J. Maydt, "An extended set of
 Haar-like features for rapid object detection", ICIP 2002 (the ``alt2`` cascade).
+
+It lives in :mod:`isyb.viz` (beside the renders) so that the release gate
+(:mod:`isyb.app.gate`) can scan a release's pictures and renders with it;
+:mod:`isyb.evaluate` uses it from here.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -147,3 +154,30 @@ def face_detected(
         for yaw, image in zip(yaws, renders, strict=True)
     }
     return {"detected": any(per_yaw.values()), "yaws": per_yaw, "threshold": thr}
+
+
+#: Raster pictures embedded as ``data:`` URIs in HTML or SVG text.
+_DATA_URI = re.compile(rb"data:image/(?:png|jpe?g);base64,([A-Za-z0-9+/=\s]+)")
+
+
+def embedded_pictures(text: bytes) -> list[bytes]:
+    """The raster pictures (PNG, JPEG) embedded base64 in an HTML or SVG document."""
+    found = []
+    for match in _DATA_URI.finditer(text):
+        try:
+            found.append(base64.b64decode(b"".join(match.group(1).split()), validate=True))
+        except binascii.Error:
+            continue
+    return found
+
+
+def picture_faces(encoded: bytes) -> list[Box] | None:
+    """Faces in a PNG or JPEG picture (its bytes), with :func:`detect_faces`' defaults.
+
+    Returns ``None`` when the bytes do not decode as a picture, so that a caller can
+    treat an unreadable picture as unchecked rather than as clean.
+    """
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None
+    return detect_faces(image)

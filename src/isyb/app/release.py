@@ -13,7 +13,10 @@ Participant level, per subject, in four steps:
    subject, in place; the changes go to ``WORK_DIR/scrub/sub-<label>.tsv``.
    Never skipped: a release is not made without it.
 3. ``qc``: MRIQC-style metrics of every T1w, T2w and BOLD run
-   (:mod:`isyb.qc.dataset`), measured on the input images.
+   (:mod:`isyb.qc.dataset`), measured on the *released* images (defaced,
+   scrubbed): the QC pages go into the release, so their pictures must never
+   show a face the deface step removed, and each record's input size is the
+   released file's.
 4. ``derive``: ALFF, fALFF, ReHo, VMHC, FA, MD and CBF of the subject's
    BOLD, DWI and ASL runs (:mod:`isyb.derive.dataset`), computed on the
    *released* files (defaced T1w, scrubbed sidecars), with the default
@@ -23,8 +26,10 @@ Group level: dataset-level files (``dataset_description.json`` with
 ``GeneratedBy`` and ``SourceDatasets``, ``participants.tsv`` checked against
 the subjects, ``README``, ``CHANGES``, scrubbed top-level sidecars), the group
 QC tables, exclusions and report, the group maps of the derived metrics,
-``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids, and
-``derivatives/isyb/release_summary.json``.
+``derivatives/isyb/scrub_report.tsv``, a scan of the whole release for keys the policy forbids,
+the release gate (:mod:`isyb.app.gate`: every image accounted for, every anatomical image
+past the brain guard, no face on any picture) and ``derivatives/isyb/release_summary.json``,
+whose ``complete`` is false when the gate found a violation.
 
 **Resuming.** Each finished subject × step is recorded in
 ``WORK_DIR/manifest/sub-<label>.json`` with a digest of its inputs (SHA-256
@@ -56,6 +61,7 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
 from isyb.bids.layout import (
     BIDS_VERSION,
     DERIVATIVES,
@@ -164,21 +170,19 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
     deface = _digest([__version__, json.dumps(files, sort_keys=True),
                       task.template.info["head_sha256"], repr(options.deface),
                       str("deface" in options.skip)])
-    qc_inputs = {k: v for k, v in files.items()
-                 if k.endswith((".nii", ".nii.gz", ".json")) and ("/anat/" in k or "/func/" in k)}
     scrub = _digest([deface, Path(policy.source).read_text()])
     return {
         "deface": deface,
         "scrub": scrub,
         "derive": _digest([scrub, __version__, options.derive.key()]),
-        "qc": _digest([__version__, json.dumps(qc_inputs, sort_keys=True),
-                       str(options.fd_threshold)]),
+        "qc": _digest([scrub, __version__, str(options.fd_threshold)]),
     }
 
 
 def release_subject(task: SubjectTask) -> dict:
     """Participant level for one subject: deface, scrub, QC; skip steps already done."""
-    from isyb.qc.dataset import ParticipantJob, find_runs, run_participant_job
+    from isyb.bids.layout import collect_runs
+    from isyb.qc.dataset import QC_RUNS, ParticipantJob, run_participant_job
 
     sweep_partial(task.out_dir / f"sub-{task.subject}")  # left by a killed run
     sweep_partial(task.out_dir / DERIVATIVES / f"sub-{task.subject}")
@@ -236,9 +240,11 @@ def release_subject(task: SubjectTask) -> dict:
     elif done("qc"):
         record["steps"]["qc"] = "skipped (done)"
     else:
-        runs = find_runs(task.bids_dir, [task.subject])
-        results = [run_participant_job(ParticipantJob(task.bids_dir, task.out_dir, run,
-                                                      task.options.fd_threshold))
+        # The released copies, never the source: the pages' pictures go into the release.
+        runs = collect_runs(task.out_dir, [task.subject], QC_RUNS)
+        results = [run_participant_job(ParticipantJob(task.out_dir, task.out_dir, run,
+                                                      task.options.fd_threshold,
+                                                      metadata_dir=task.bids_dir))
                    for run in runs]
         finish("qc", {"runs": len(results),
                       "failed": [r["source"] for r in results if r["status"] != "ok"]})
@@ -261,6 +267,9 @@ def release_subject(task: SubjectTask) -> dict:
     if "derive" in manifest:
         record["derive"] = {k: v for k, v in manifest["derive"].items()
                             if k in ("runs", "failed")}
+    # What the steps wrote, for the release gate: recorded after the last step writes.
+    manifest["outputs"] = subject_outputs(task.out_dir, task.subject)
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return record
 
 
@@ -317,8 +326,10 @@ This release was prepared with isyb {version} on {date}:
 
 
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
-                  options: ReleaseOptions) -> dict:
-    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary."""
+                  options: ReleaseOptions, *, strict: bool = False) -> dict:
+    """Group level: dataset files, QC tables and report, scrub report, leak scan, the
+    release gate (:mod:`isyb.app.gate`; ``strict``: a face on a render of a released
+    anatomical image fails it) and the summary, whose ``complete`` is the gate's verdict."""
     from isyb.deface.report import write_summary
     from isyb.qc.dataset import qc_group, read_records
     from isyb.qc.rules import ExclusionRules
@@ -334,6 +345,7 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
                         "level first")
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
+    before = image_stamps(out_dir)  # the gate accepts the images this run writes
     today = dt.date.today().isoformat()
     top = [p for p in sorted(bids_dir.iterdir()) if p.is_file()
            and p.name not in ("dataset_description.json", "README", "README.md", "CHANGES")]
@@ -376,6 +388,11 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
             if derive_records(out_dir) else "no BOLD, DWI or ASL runs"
     leaks = find_leaks(out_dir, policy)
     summary["leak_scan"] = {"forbidden_keys_found": len(leaks), "findings": leaks[:50]}
+    recorded = {name: digest for m in manifests.values()
+                for name, digest in m.get("outputs", {}).items()}
+    gate = run_gate(out_dir, recorded, written=written_since(out_dir, before), strict=strict)
+    summary["gate"] = gate.to_json()
+    summary["complete"] = gate.passed
     write_text(out_dir / DERIVATIVES / "release_summary.json",
                json.dumps(summary, indent=2) + "\n")
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ EXAMPLES_IMPORT = """examples:
   isyb import demo_out/dcm2niix demo_out/bids --map demo_out/map.tsv
 """
 
+log = logging.getLogger(__name__)
 
 EXAMPLES_APP = """examples:
   isyb bids/ release/ participant --nprocs 2
@@ -105,6 +107,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--policy", type=Path, help="scrubbing policy JSON (default: isyb's)")
     app.add_argument("--fd-threshold", type=float, default=0.2,
                      help="FD threshold in mm for fd_num/fd_perc and the FD exclusion rule")
+    app.add_argument("--strict", action="store_true",
+                     help="group level: a face that isyb's detector finds on a render of a "
+                     "released anatomical image fails the release gate (default: listed "
+                     "for review)")
     executor_arguments(app, "participant level: subjects")
 
     split.set_defaults(handler=cmd_split)
@@ -187,17 +193,23 @@ def cmd_app(args: argparse.Namespace) -> int:
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
-                                resolve(args.template, progress=note), options)
+                                resolve(args.template, progress=note), options,
+                                strict=args.strict)
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
-                                           "scrub_changes", "deface_failures", "leak_scan")}
+                                           "scrub_changes", "deface_failures", "leak_scan",
+                                           "complete")}
         derive = summary.get("derive")
         if isinstance(derive, dict):
             printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],
                                  "group_maps": sorted(k for k, v in derive["metrics"].items()
                                                       if isinstance(v, dict))}
         print(json.dumps(printed))
+        for item in summary["gate"]["review"]:
+            log.warning("for review: %s: %s", item["file"], item["reason"])
+        for item in summary["gate"]["violations"]:
+            failure(f"release gate: {item['file']}: {item['reason']}")
         note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
-        return 0
+        return 0 if summary["complete"] else 1
     template = resolve(args.template, progress=note)
     records = release_participants(args.bids_dir, args.output_dir, work_dir, template, options,
                                    labels=args.participant_label, executor=executor,

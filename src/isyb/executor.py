@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,38 +109,86 @@ class ExecutorOptions:
             raise IsybError(f"unknown --dask-cluster {self.dask_cluster!r}: use slurm")
 
 
+#: Seconds between two looks at the steps of running tasks (``run_tasks(steps=...)``).
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Progress inside tasks: ``total(item)`` steps per task, of which ``done(item)`` are
+    finished so far, counted from what the task writes (e.g. its manifest), so that it
+    works whichever process or machine runs the task."""
+
+    total: Callable[[Any], int]
+    done: Callable[[Any], int]
+
+
 def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-              *, progress: bool = True, desc: str = "subjects") -> Iterator[Any]:
+              *, progress: bool = True, desc: str = "subjects",
+              steps: Steps | None = None) -> Iterator[Any]:
     """Run ``function`` on every item; yield results as they complete.
 
     Each call runs under :func:`limit_threads` with ``options.threads`` threads,
-    by default its share of the cores (1 under Dask).
+    by default its share of the cores (1 under Dask). With ``steps``, the progress
+    bar counts steps and moves while tasks run: the running tasks' ``steps.done``
+    are polled every ``POLL_S`` seconds.
     """
-    bar = tqdm(total=len(items), desc=desc, unit="task", disable=not progress, file=sys.stderr)
+    total = sum(steps.total(item) for item in items) if steps else len(items)
+    bar = tqdm(total=total, desc=desc, unit="step" if steps else "task",
+               disable=not progress, file=sys.stderr)
     threads = options.threads or (1 if options.executor == "dask" else
                                   threads_per_task(options.nprocs, len(items)))
     task = _Limited(function, threads)
+    polled = steps if progress else None
     try:
         if options.executor == "dask":
-            yield from _dask(task, items, options, bar)
-        elif options.nprocs <= 1 or len(items) <= 1:
+            yield from _dask(task, items, options, bar, polled)
+        elif (options.nprocs <= 1 or len(items) <= 1) and polled is None:
             for item in items:
                 yield task(item)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=min(options.nprocs, len(items))) as pool:
-                for future in as_completed([pool.submit(task, item) for item in items]):
-                    yield future.result()
-                    bar.update()
+            pool = ThreadPoolExecutor(max_workers=1) if options.nprocs <= 1 or len(items) <= 1 \
+                else ProcessPoolExecutor(max_workers=min(options.nprocs, len(items)))
+            try:
+                futures = [pool.submit(task, item) for item in items]
+                yield from _as_done(futures, items, bar, polled)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
 
+def _as_done(futures: list, items: Sequence[Any], bar: tqdm,
+             steps: Steps | None) -> Iterator[Any]:
+    """Results of ``futures`` (concurrent or Dask) as they finish; the bar moves per step."""
+    pending = dict(zip(futures, items, strict=True))
+    finished = 0
+    while pending:
+        done = [future for future in pending if future.done()]
+        for future in done:
+            finished += steps.total(pending.pop(future)) if steps else 1
+            result = future.result()
+            _show(bar, finished, pending, steps)
+            yield result
+        if not done:
+            _show(bar, finished, pending, steps)
+            time.sleep(POLL_S)
+
+
+def _show(bar: tqdm, finished: int, running: dict, steps: Steps | None) -> None:
+    """Move the bar to the finished tasks' steps plus the running tasks' finished steps."""
+    position = finished
+    if steps:
+        position += sum(min(steps.total(item), steps.done(item)) for item in running.values())
+    if position > bar.n:
+        bar.update(position - bar.n)
+
+
 def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-          bar: tqdm) -> Iterator[Any]:
+          bar: tqdm, steps: Steps | None) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
-        from distributed import as_completed as dask_completed
     except ImportError:
         raise IsybError("--executor dask needs dask.distributed: pip install "
                         "'dask[distributed]'") from None
@@ -159,9 +208,7 @@ def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: Executo
         client = Client(cluster)
     try:
         futures = client.map(function, list(items), pure=False, retries=options.retries)
-        for future in dask_completed(futures):
-            yield future.result()
-            bar.update()
+        yield from _as_done(futures, items, bar, steps)
     finally:
         client.close()
         if cluster is not None:

@@ -77,7 +77,7 @@ from isyb.deface.dataset import DatasetJob, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, run_tasks
+from isyb.executor import ExecutorOptions, Steps, run_tasks
 from isyb.io import atomic_path, sweep_partial, write_text
 from isyb.templates.registry import Template
 
@@ -306,9 +306,27 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
         raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
                         "files are the same on every executor")
     tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
+    steps = Steps(lambda _: len(STEPS),
+                  _StepsDone(dt.datetime.now().astimezone().replace(microsecond=0)))
     records = {record["subject"]: record for record in run_tasks(
-        release_subject, tasks, replace(executor, threads=1), progress=progress)}
+        release_subject, tasks, replace(executor, threads=1), progress=progress,
+        desc="release steps", steps=steps)}
     return [records[task.subject] for task in tasks]
+
+
+@dataclass(frozen=True)
+class _StepsDone:
+    """Steps of a subject finished since ``since``, from its manifest (progress bar)."""
+
+    since: dt.datetime
+
+    def __call__(self, task: SubjectTask) -> int:
+        try:
+            manifest = json.loads(_manifest_path(task).read_text())
+            return sum(dt.datetime.fromisoformat(manifest[step]["finished"]) >= self.since
+                       for step in STEPS if step in manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
 
 README_NOTE = """

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import QC_DATASET, executor_arguments, executor_options, failure, note
+from isyb.cli.options import (
+    QC_DATASET,
+    check_out_folder,
+    executor_arguments,
+    executor_options,
+    failure,
+    note,
+)
 from isyb.errors import IsybError
 
 EXAMPLES_QC = """examples:
@@ -99,6 +106,7 @@ def cmd_qc_dataset(args: argparse.Namespace) -> int:
     from isyb.qc.dataset import qc_group, qc_participants
     from isyb.qc.rules import ExclusionRules
 
+    check_out_folder(args.out_dir, "OUT_DIR")
     if args.level == "participant":
         records = qc_participants(args.bids_dir, args.out_dir, labels=args.participant_label,
                                   fd_threshold=args.fd_threshold,

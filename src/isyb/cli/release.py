@@ -12,6 +12,7 @@ from pathlib import Path
 from isyb.cli.options import (
     APP,
     bids_app_arguments,
+    check_out_folder,
     executor_arguments,
     executor_options,
     failure,
@@ -176,6 +177,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from isyb.app.release import (
         ReleaseOptions,
+        check_folders,
         default_work_dir,
         release_group,
         release_participants,
@@ -188,7 +190,9 @@ def cmd_app(args: argparse.Namespace) -> int:
                              policy=str(args.policy) if args.policy else None,
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
+    check_out_folder(args.output_dir, "OUTPUT_DIR")
     work_dir = args.work_dir or default_work_dir(args.output_dir)
+    check_folders(args.bids_dir, args.output_dir, work_dir)  # before a template is prepared
     if args.level == "group":
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from isyb.cli.options import executor_arguments, executor_options, note, positive_int
+from isyb.cli.options import (
+    check_out_folder,
+    executor_arguments,
+    executor_options,
+    note,
+    positive_int,
+)
+from isyb.errors import IsybError
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -78,7 +85,7 @@ def _study_template(args: argparse.Namespace):
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from isyb.study.study import StudyOptions, run_study
+    from isyb.study.study import StudyOptions, plan_cohort, run_study
     from isyb.templates.registry import resolve
 
     options = StudyOptions(method=args.method, face_region=args.face_region,
@@ -87,6 +94,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
     executor = executor_options(args)
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
+    if len(set(names)) < 2:
+        raise IsybError("--templates needs at least two different templates")
+    check_out_folder(args.out_dir, "OUT_DIR")
+    plan_cohort(args.bids_dir, options)  # the split and cohort, before templates are prepared
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]
     result = run_study(args.bids_dir, args.out_dir, templates, options,

@@ -73,3 +73,19 @@ def test_study_needs_two_templates_before_any_work(bids: Path, tmp_path: Path, c
     code, err, _ = _call(["study", bids, tmp_path / "s", "--templates", "default,default"],
                          capsys)
     assert_one_line_error(code, err, "two different templates")
+
+
+def test_import_refuses_a_dataset_it_did_not_make_unless_merge(bids: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    from isyb.synthetic.demo import build_demo_flat
+
+    folder, mapping = build_demo_flat(tmp_path / "flat", n_subjects=2)
+    code, err, elapsed = _call(["import", folder, bids, "--map", mapping], capsys)
+    assert_one_line_error(code, err, "was not made by isyb import", "--merge")
+    assert elapsed < 1.0
+    fresh = tmp_path / "fresh"
+    assert main(["import", str(folder), str(fresh), "--map", str(mapping)]) == 0
+    assert main(["import", str(folder), str(fresh), "--map", str(mapping)]) == 0  # resumes
+    merged = tmp_path / "merged"
+    build_demo_dataset(merged, n_subjects=1)
+    assert main(["import", str(folder), str(merged), "--map", str(mapping), "--merge"]) == 0

@@ -87,6 +87,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                      "text before the first _)")
     imp.add_argument("--session-pattern", help="regex with a (?P<session>...) group")
     imp.add_argument("--name", help="dataset Name for a new dataset_description.json")
+    imp.add_argument("--merge", action="store_true",
+                     help="add to an existing, non-empty BIDS_DIR that isyb import did not "
+                     "make (refused otherwise)")
 
     app = commands.add_parser(
         APP, usage="isyb BIDS_DIR OUTPUT_DIR {participant,group} [options]",
@@ -167,7 +170,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     summary = import_flat(args.source, args.bids_dir, args.map,
                           subject_pattern=args.subject_pattern,
-                          session_pattern=args.session_pattern, name=args.name)
+                          session_pattern=args.session_pattern, name=args.name,
+                          merge=args.merge)
     for item in summary["left_out"]:
         note(f"left out: {item}")
     print(json.dumps({k: summary[k] for k in ("subjects", "images", "left_out")}))

@@ -89,3 +89,16 @@ def test_import_refuses_a_dataset_it_did_not_make_unless_merge(bids: Path, tmp_p
     merged = tmp_path / "merged"
     build_demo_dataset(merged, n_subjects=1)
     assert main(["import", str(folder), str(merged), "--map", str(mapping), "--merge"]) == 0
+
+
+@pytest.mark.slow
+def test_single_file_deface_names_its_stages_unless_quiet(bids: Path, tmp_path: Path,
+                                                          default_template, capsys) -> None:
+    source = bids / "sub-01/anat/sub-01_T1w.nii.gz"
+    assert main(["deface", str(source), str(tmp_path / "a.nii.gz"), "--no-png"]) == 0
+    err = capsys.readouterr().err
+    where = [err.find(f"isyb: {stage}: ") for stage in ("brain", "registration", "masking",
+                                                         "writing")]
+    assert -1 not in where and where == sorted(where), err
+    assert main(["deface", str(source), str(tmp_path / "b.nii.gz"), "--no-png", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

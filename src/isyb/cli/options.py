@@ -31,8 +31,12 @@ def check_out_folder(out_dir: Path, metavar: str) -> None:
 
 
 def check_in_out(source: Path, target: Path) -> None:
-    """``isyb deface IN OUT``: a folder IN needs a folder OUT, a file IN a file OUT."""
+    """``isyb deface IN OUT``: a folder IN must be a BIDS dataset and needs a folder OUT;
+    a file IN needs a file OUT."""
     if source.is_dir():
+        from isyb.bids.layout import read_description
+
+        read_description(source)
         check_out_folder(target, "OUT")
     elif target.is_dir():
         raise IsybError(f"{target}: is a folder, but IN is a file; give OUT as an image file "

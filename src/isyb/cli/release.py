@@ -97,7 +97,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Make OUTPUT_DIR a release of BIDS_DIR: participant level defaces, "
         "scrubs and QCs each subject and derives its metrics (ALFF, fALFF, ReHo, VMHC, FA, "
         "MD, CBF; as isyb derive) from the released files; group level writes the dataset "
-        "files, group QC, exclusions, group maps, scrub report, leak scan and release "
+        "files, group QC, exclusions, group maps, scrub report, leak scan, the release gate "
+        "(exit 1 when it fails) and release "
         "summary. Resumable: finished "
         "subject x steps are recorded in the work folder's manifest.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)

@@ -92,7 +92,10 @@ def test_evaluation_of_a_phantom_defacing(default_template, tmp_path: Path) -> N
     assert record["brain_changed_voxels"] == 0
     assert record["changed_voxels_outside_face_mask"] == 0
     assert record["face_surface_changed_fraction"] > 0.95
-    assert record["nmi"] == pytest.approx(1.0)  # remove: R equals A inside the mask
+    # remove: R equals A inside the mask except on the sealing wall (one constant value,
+    # issue 15), so the NMI is high but no longer exactly 1
+    assert 0.7 < record["nmi"] < 1.0
+    assert record["face_reference_lower_changed_fraction"] >= 0.9
 
     # the CLI: one JSON object, renders of the defaced head, exit 0
     renders = tmp_path / "renders.png"

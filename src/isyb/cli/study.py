@@ -108,7 +108,6 @@ def _study_template(args: argparse.Namespace):
 
 
 def _stats_only(args: argparse.Namespace, options) -> int:
-    from isyb.errors import IsybError
     from isyb.io import check_output_folder
     from isyb.study.study import stats_only
 
@@ -128,7 +127,6 @@ def _stats_only(args: argparse.Namespace, options) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from isyb.bids.layout import collect_participants
-    from isyb.errors import IsybError
     from isyb.io import check_output_folder
     from isyb.study.study import StudyOptions, plan_cohort, run_study
     from isyb.templates.registry import resolve

@@ -83,8 +83,11 @@ def table1_isyb(means: pd.DataFrame, anova: pd.DataFrame, pairs: pd.DataFrame,
     })
     effects = anova[~anova["Source"].str.startswith("Error")]
     correction = ["Greenhouse–Geisser" if applied is True else
-                  ("none (sphericity not rejected)" if applied is False else "")
-                  for applied in effects["gg_applied"]]
+                  ("" if applied is not False else
+                   "none (two templates: sphericity holds)" if not np.isfinite(mauchly_p) else
+                   "none (sphericity not rejected)")
+                  for applied, mauchly_p in zip(effects["gg_applied"],
+                                                effects["mauchly_p"].astype(float), strict=True)]
     table = pd.DataFrame({
         "Source": effects["Source"], "F": effects["F"],
         "df": [f"{a:.4g}, {b:.4g}" for a, b in zip(effects["df1"], effects["df2"], strict=True)],

@@ -65,3 +65,28 @@ def test_depth_distances_are_mean_absolute_differences_over_the_region() -> None
     assert result.closer_to == "original"
     small = face_distance.depth_distances(original, defaced, template, np.eye(20, dtype=bool))
     assert small.to_original is None and small.closer_to is None
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reports_the_face_distances_with_a_template(default_template, tmp_path,
+                                                                 capsys) -> None:
+    import json
+
+    from isyb.cli import main
+    from isyb.deface.engine import DefaceOptions
+    from isyb.deface.file import deface_file
+
+    source = tmp_path / "phantom.nii.gz"
+    to_nifti(make_phantom(voxel_size=2.0, seed=4), "LIA").to_filename(str(source))
+    out, mask = tmp_path / "defaced.nii.gz", tmp_path / "mask.nii.gz"
+    deface_file(source, out, default_template, DefaceOptions(method="blur"), save_mask=mask,
+                qc_png=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(source), str(out), "--mask", str(mask), "--detect", "haar",
+                 "--template", "default"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    distance = record["face_distance"]
+    assert record["face_distance_template"] == "default" and "ensemble_defaced" not in record
+    assert distance["pixels"] >= face_distance.MIN_PIXELS
+    assert distance["to_original"] > 0 and distance["to_template"] > 0
+    assert distance["closer_to"] in ("original", "template")

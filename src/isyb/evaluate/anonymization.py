@@ -10,12 +10,12 @@ import numpy as np
 from isyb.errors import IsybError
 from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
-from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
 from isyb.head.brain import extract_brain
 from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
 from isyb.io import ImageLike, Volume, atomic_path, load_volume
 from isyb.templates.face import derive_face_rule, face_region
+from isyb.viz.faces import face_detected
 from isyb.viz.render import render_faces
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ under the portrait light (30 degrees above the viewer), plus the three yaws at
 pitch 0 under a second light at the viewer (0 degrees, no cast shadows): 12
 views. Each view goes to each detector:
 
-- ``haar``: OpenCV's Viola-Jones cascade (:func:`isyb.evaluate.faces.detect_faces`),
+- ``haar``: OpenCV's Viola-Jones cascade (:func:`isyb.viz.faces.detect_faces`),
   always available;
 - ``mtcnn``: the MTCNN convolutional cascade (:mod:`isyb.evaluate.mtcnn`), with
   the weights of ``facenet-pytorch`` (:data:`isyb.evaluate.mtcnn.INSTALL`). Without them the
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isyb.evaluate import mtcnn
-from isyb.evaluate.faces import MIN_FACE_MM, RENDER_PIXEL_MM, detect_faces
 from isyb.head.morphology import skin_threshold
+from isyb.viz.faces import MIN_FACE_MM, RENDER_PIXEL_MM, detect_faces
 from isyb.viz.render import Zooms, render_views
 
 log = logging.getLogger(__name__)

@@ -39,12 +39,12 @@ from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.face_distance import face_distances
-from isyb.evaluate.faces import face_detected
 from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import extract_brain
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
+from isyb.viz.faces import face_detected
 
 METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels",
                   "changed_voxels", "registration_score", "face_detected_original",

@@ -138,3 +138,13 @@ def test_mtcnn_matches_facenet_pytorch_on_a_real_head(data_root: Path) -> None:
     x1, y1, x2, y2, p = theirs[0]
     assert np.allclose(ours[0][:4], (x1, y1, x2 - x1, y2 - y1), atol=1.0)
     assert ours[0][4] == pytest.approx(p, abs=1e-4)
+
+
+def test_views_with_a_face_count_each_view_once() -> None:
+    views = ensemble.default_views()[:3]
+    hits = {"haar": {views[0].name: [[1, 2, 90, 90]], views[1].name: [], views[2].name: []},
+            "mtcnn": {views[0].name: [[1, 2, 90, 90, 0.99]], views[1].name: [[3, 4, 95, 95, 0.8]],
+                      views[2].name: []}}
+    result = ensemble.EnsembleResult(views=views, hits=hits)
+    assert result.views_with_face("haar") == 1 and result.views_with_face("mtcnn") == 2
+    assert result.views_with_any_face() == 2 and result.to_json()["views_with_any_face"] == 2

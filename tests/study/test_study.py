@@ -134,6 +134,7 @@ def test_study_writes_every_output(study_run) -> None:
     assert (metrics["face_distance_to_original_mm"] > 0).all()
     assert (metrics["face_distance_to_template_mm"] >= 0).all()
     assert "subject_to_template" not in metrics
+    assert metrics["ensemble_views_with_face_defaced"].between(0, 12).all()
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "anova.tsv" in report
 

@@ -89,6 +89,10 @@ class EnsembleResult:
         """In how many views ``detector`` found a face."""
         return sum(bool(boxes) for boxes in self.hits[detector].values())
 
+    def views_with_any_face(self) -> int:
+        """In how many views at least one detector found a face."""
+        return sum(any(self.hits[d][v.name] for d in self.hits) for v in self.views)
+
     def to_json(self) -> dict:
         """A JSON-ready dict: views, detectors run and missing, per-detector counts and boxes."""
         return {
@@ -97,6 +101,7 @@ class EnsembleResult:
             "detectors_missing": dict(self.missing),
             "detected": self.detected,
             "views_with_face": {d: self.views_with_face(d) for d in self.detectors},
+            "views_with_any_face": self.views_with_any_face(),
             "hits": self.hits,
         }
 

@@ -38,6 +38,7 @@ from isyb import __version__
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
+from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
 from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
 from isyb.executor import ExecutorOptions, run_tasks
@@ -50,10 +51,11 @@ METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels"
                   "changed_voxels", "registration_score", "face_detected_original",
                   "face_detected_defaced", "face_distance_to_original_mm",
                   "face_distance_to_template_mm", "face_distance_original_to_template_mm",
-                  "reid_rank", "reid_rank1")
+                  "reid_rank", "reid_rank1", "ensemble_views_with_face_defaced")
 #: Version of the metric definitions in ``metrics.json``; other versions are recomputed.
 #: 2: NMI and face-surface fraction over the subject's evaluation region.
-#: 3: face distances to the original and the template, and the defaced face descriptor.
+#: 3: face distances to the original and the template, the defaced face descriptor, and
+#: the face-detector ensemble on the defaced head.
 METRICS_VERSION = 3
 #: The defaced face's descriptor (template frame), saved per pair for re-identification.
 #: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
@@ -145,6 +147,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 to_template = alignment.registration.subject_to_template
                 frame = frames.setdefault(template.name, frame_for(template))
                 distance = face_distances(volume, defaced, result.allowed, to_template, frame)
+                judged = ensemble_detect(defaced.data, defaced.zooms)
                 target.mkdir(parents=True, exist_ok=True)
                 with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
                     np.save(handle, face_descriptor(defaced, to_template, frame))
@@ -160,6 +163,9 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "face_detected_original": original_detected,
                     "face_detected_defaced": bool(
                         face_detected(defaced.data, defaced.zooms)["detected"]),
+                    "ensemble_views_with_face_defaced": judged.views_with_any_face(),
+                    "ensemble_views": len(judged.views),
+                    "ensemble_detectors": "+".join(judged.detectors),
                     "face_distance_to_original_mm": distance.to_original,
                     "face_distance_to_template_mm": distance.to_template,
                     "face_distance_original_to_template_mm": distance.original_to_template,

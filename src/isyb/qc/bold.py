@@ -20,8 +20,8 @@ and SynthStrip for the brain mask. The differences: the motion engine of
 :mod:`isyb.head.motion`, trilinear resampling (a cubic one costs about 6
 times more; it smooths the noise of moved volumes a little, which lowers
 their DVARS slightly), an intensity-threshold brain mask instead of
-SynthStrip, and ``fwhm_*`` in mm where MRIQC divides AFNI's mm by the voxel
-size (MRIQC's ``fwhm_*`` are in voxels).
+SynthStrip. ``fwhm_x/y/z/avg`` are in voxels, as MRIQC's (AFNI's mm divided
+by the voxel size); ``fwhm_*_mm`` give the same in mm.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from isyb.bids.layout import metadata as bids_metadata
 from isyb.bids.layout import read_json
 from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
 from isyb.io import atomic_path, load_image, strip_image_suffix
-from isyb.qc.anat import QCInputError, efc, fwhm_afni
+from isyb.qc.anat import QCInputError, efc, fwhm_afni, fwhm_columns
 from isyb.qc.functional import (
     bold_brain_mask,
     bold_fber,
@@ -222,10 +222,7 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
         "snr": bold_snr(epi, brain),
         "fber": bold_fber(epi, brain),
         "efc": efc(epi),
-        "fwhm_x": float(fwhm[0]),
-        "fwhm_y": float(fwhm[1]),
-        "fwhm_z": float(fwhm[2]),
-        "fwhm_avg": float(np.mean(fwhm)),
+        **fwhm_columns(fwhm, vox),
         "dummy_trs": n_dummy,
         "size_x": int(data.shape[0]),
         "size_y": int(data.shape[1]),
@@ -283,7 +280,8 @@ def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *
         ``metrics``: ``fd_mean`` (mm), ``fd_num``, ``fd_perc`` (%),
         ``dvars_std``, ``dvars_nstd``, ``dvars_vstd`` (time averages of
         :func:`dvars`), ``gcor``, ``tsnr``, ``snr``, ``fber``, ``efc``,
-        ``fwhm_x``, ``fwhm_y``, ``fwhm_z``, ``fwhm_avg`` (mm), ``dummy_trs``,
+        ``fwhm_x``, ``fwhm_y``, ``fwhm_z``, ``fwhm_avg`` (voxels; ``fwhm_*_mm``
+        in mm), ``dummy_trs``,
         ``size_*`` and ``spacing_*`` (mm, ``spacing_tr`` in s).
         ``table``: one value per input volume for ``trans_x, trans_y, trans_z``
         (mm), ``rot_x, rot_y, rot_z`` (rad), ``framewise_displacement`` (mm),

@@ -30,15 +30,16 @@ from isyb.viz.html import figure_png, img, page
 
 #: Metrics plotted in the group report, per modality, in this order.
 REPORT_METRICS: dict[str, tuple[str, ...]] = {
-    "T1w": ("snr", "snrd_gm", "cnr", "fber", "efc", "fwhm_avg", "fwhm_x", "fwhm_y", "fwhm_z",
-            "cjv", "wm2max"),
+    "T1w": ("isyb_snr", "isyb_snrd_gm", "isyb_cnr", "isyb_fber", "snrd_gm", "cnr", "fber",
+            "efc", "fwhm_avg", "fwhm_avg_mm", "cjv", "wm2max", "icvs_csf", "icvs_gm",
+            "icvs_wm"),
     "bold": ("fd_mean", "fd_num", "fd_perc", "dvars_std", "dvars_nstd", "dvars_vstd", "gcor",
              "tsnr", "snr", "fber", "efc", "fwhm_avg", "fwhm_x", "fwhm_y", "fwhm_z"),
 }
 REPORT_METRICS["T2w"] = REPORT_METRICS["T1w"]
 
-UNITS = {"fd_mean": "mm", "fwhm_avg": "mm", "fwhm_x": "mm", "fwhm_y": "mm", "fwhm_z": "mm",
-         "fd_perc": "%"}
+UNITS = {"fd_mean": "mm", "fwhm_avg": "voxels", "fwhm_x": "voxels", "fwhm_y": "voxels",
+         "fwhm_z": "voxels", "fwhm_avg_mm": "mm", "fd_perc": "%"}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}

@@ -28,10 +28,13 @@ import pandas as pd
 
 #: Metrics the descriptor screened with the SD rule, per modality
 #: (its Figs. 1-2: SNR, FBER, CNR, EFC, FWHM for T1w; SNR, FBER, EFC, FWHM,
-#: mean FD, standardized DVARS, GCOR for resting-state BOLD).
+#: mean FD, standardized DVARS, GCOR for resting-state BOLD). For T1w/T2w
+#: these are isyb's own SNR, FBER and CNR (the descriptor's definitions, see
+#: :func:`isyb.qc.anat.anat_metrics`), defined on every scan; ``fwhm_avg``
+#: is in voxels, as MRIQC's.
 SD_METRICS: dict[str, tuple[str, ...]] = {
-    "T1w": ("snr", "fber", "cnr", "efc", "fwhm_avg"),
-    "T2w": ("snr", "fber", "cnr", "efc", "fwhm_avg"),
+    "T1w": ("isyb_snr", "isyb_fber", "isyb_cnr", "efc", "fwhm_avg"),
+    "T2w": ("isyb_snr", "isyb_fber", "isyb_cnr", "efc", "fwhm_avg"),
     "bold": ("snr", "fber", "efc", "fwhm_avg", "fd_mean", "dvars_std", "gcor"),
 }
 

@@ -198,10 +198,12 @@ def read_records(out_dir: Path) -> list[dict]:
 
 
 def group_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
-    """One table per modality: ``bids_name``, ``participant_id`` and every metric."""
+    """One table per modality: ``bids_name``, ``participant_id``, every metric and, for
+    T1w/T2w, each run's ``noise_source``."""
     tables = {}
     for modality in GROUP_FILES:
         rows = [{"bids_name": r["bids_name"], "participant_id": r["participant_id"],
+                 **({"noise_source": r["noise_source"]} if "noise_source" in r else {}),
                  **r["metrics"]} for r in records
                 if r["modality"] == modality and r.get("status") == "ok"]
         if rows:

@@ -59,6 +59,7 @@ from isyb.qc.functional import (
 )
 
 __all__ = [
+    "MIN_STEADY_VOLUMES",
     "MIN_VOLUMES",
     "BoldInputError",
     "BoldQC",
@@ -78,7 +79,14 @@ __all__ = [
 ]
 
 MIN_VOLUMES = 10
-"""Fewest volumes a run may have, and fewest steady-state volumes QC runs on."""
+"""Fewest volumes a run may have."""
+
+MIN_STEADY_VOLUMES = 5
+"""Fewest steady-state volumes QC runs on, after the non-steady-state ones are dropped.
+
+MRIQC drops every volume nipype's detector flags, whatever the length of the
+run; isyb does the same as long as this many remain (a 10-volume run may
+lose up to 5)."""
 
 
 class BoldInputError(QCInputError):
@@ -179,12 +187,12 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
     data, vox, tr_value = _validate(series, zooms, tr)
     n_all = data.shape[3]
     if dummy_scans is None:
-        n_dummy = min(detect_dummy_scans(data), n_all - MIN_VOLUMES)
+        n_dummy = min(detect_dummy_scans(data), n_all - MIN_STEADY_VOLUMES)
     else:
         n_dummy = int(dummy_scans)
-        if n_dummy < 0 or n_all - n_dummy < MIN_VOLUMES:
+        if n_dummy < 0 or n_all - n_dummy < MIN_STEADY_VOLUMES:
             raise BoldInputError(f"dropping {n_dummy} dummy scans of {n_all} volumes leaves "
-                                 f"fewer than {MIN_VOLUMES} volumes for QC")
+                                 f"fewer than {MIN_STEADY_VOLUMES} volumes for QC")
     # Volumes first (t, x, y, z), contiguous: one volume is one block of memory.
     steady = np.ascontiguousarray(np.moveaxis(data[..., n_dummy:], 3, 0), dtype=np.float32)
 
@@ -272,7 +280,8 @@ def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *
     dummy_scans:
         Number of leading non-steady-state volumes to drop; default
         :func:`detect_dummy_scans`, capped so that at least
-        :data:`MIN_VOLUMES` volumes remain.
+        :data:`MIN_STEADY_VOLUMES` volumes remain. The count is reported as
+        ``dummy_trs`` (MRIQC's name).
 
     Returns
     -------

@@ -146,6 +146,8 @@ def _bold(job: ParticipantJob) -> tuple[dict, dict[str, bytes]]:
     qc.save_frames(tsv)
     result = {"metrics": qc.json_metrics(), "tr_s": qc.tr_s,
               "fd_threshold_mm": job.fd_threshold, "timeseries": tsv.name}
+    if qc.motion_note:
+        result["note"] = qc.motion_note
     return result, bold_figures(qc, job.fd_threshold)
 
 

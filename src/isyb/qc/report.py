@@ -263,10 +263,14 @@ def _bounds(table: pd.DataFrame, metric: str, modality: str,
 
 def _group_notes(table: pd.DataFrame, rules: ExclusionRules) -> str:
     """Paragraphs on the noise-source groups and on the group size the SD rule needs."""
-    from isyb.qc.rules import min_runs_to_exclude, noise_groups
+    from isyb.qc.rules import min_runs_to_exclude, noise_groups, unreliable_motion
 
+    unmeasured = unreliable_motion(table)
+    motion = (f"<p><b>Motion not measurable</b> (field of view too small for the FD radius; "
+              f"the FD rule does not exclude them): {html.escape(', '.join(unmeasured))}.</p>"
+              if unmeasured else "")
     if rules.sd_threshold is None:
-        return ""
+        return motion
     k = float(rules.sd_threshold)
     need = min_runs_to_exclude(k)
     groups = noise_groups(table)
@@ -284,7 +288,7 @@ def _group_notes(table: pd.DataFrame, rules: ExclusionRules) -> str:
     if small:
         notes.append(f"<b>Warning</b>: smaller than that, so the SD rule cannot fire: "
                      f"{html.escape(', '.join(small))}.")
-    return "".join(f"<p>{n}</p>" for n in notes)
+    return motion + "".join(f"<p>{n}</p>" for n in notes)
 
 
 def write_group_report(path: Path, tables: dict[str, pd.DataFrame], reasons: pd.DataFrame,

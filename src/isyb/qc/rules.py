@@ -19,7 +19,10 @@ Two rules, as in the ISYB data descriptor:
    (Shiffler, Am Stat 42(1):79, 1988), so below :func:`min_runs_to_exclude`
    runs (11 for k = 3) the rule cannot exclude anything.
 2. **FD rule** (BOLD only). A run is excluded when its mean framewise
-   displacement ``fd_mean`` is strictly above ``fd_threshold`` mm.
+   displacement ``fd_mean`` is strictly above ``fd_threshold`` mm, unless its
+   motion could not be measured (``motion_reliable`` = 0, see
+   :func:`isyb.qc.bold.motion_reliability`): such a run is listed by
+   :func:`unreliable_motion`, not excluded on a number that is noise.
 
 Both rules look at the same, unfiltered group: the FD rule does not change
 the mean and SD that the SD rule uses.
@@ -123,10 +126,23 @@ def exclusion_reasons(table: pd.DataFrame, modality: str, rules: ExclusionRules)
                                         source))
     if rules.fd_threshold is not None and modality == "bold" and "fd_mean" in table:
         fd = pd.to_numeric(table["fd_mean"], errors="coerce").to_numpy(dtype=float)
-        for i in np.flatnonzero(np.isfinite(fd) & (fd > rules.fd_threshold)):
+        measured = ~_unreliable(table)
+        for i in np.flatnonzero(np.isfinite(fd) & (fd > rules.fd_threshold) & measured):
             rows.append(_reason(table.iloc[i], modality, "fd", "fd_mean", fd[i], None, None, None,
                                 f">{rules.fd_threshold:g}"))
     return pd.DataFrame(rows, columns=REASON_COLUMNS)
+
+
+def _unreliable(table: pd.DataFrame) -> np.ndarray:
+    if "motion_reliable" not in table:
+        return np.zeros(len(table), dtype=bool)
+    flag = pd.to_numeric(table["motion_reliable"], errors="coerce").to_numpy(dtype=float)
+    return flag == 0
+
+
+def unreliable_motion(table: pd.DataFrame) -> list[str]:
+    """``bids_name`` of the runs whose motion could not be measured (``motion_reliable`` = 0)."""
+    return [str(name) for name in table["bids_name"].to_numpy()[_unreliable(table)]]
 
 
 def _reason(row: pd.Series, modality: str, rule: str, metric: str, value: float,

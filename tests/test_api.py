@@ -163,7 +163,8 @@ def _breaking_the_guard(volume, template, options, *, alignment=None) -> Defacin
     guard[tuple(s // 2 for s in volume.shape)] = True
     nothing = np.zeros(volume.shape, dtype=bool)
     return Defacing(volume.data + 100.0, np.ones(volume.shape, dtype=bool), nothing, guard,
-                    nothing, nothing, nothing, {})  # type: ignore[typeddict-item]
+                    nothing, nothing, nothing, {},  # type: ignore[typeddict-item]
+                    nothing.astype(np.uint8), nothing)
 
 
 def test_a_failing_guard_check_returns_and_writes_nothing(head: Path, default_template,

@@ -258,9 +258,9 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
         meta = json.loads(meta_path.read_text())
         if meta.get("head_sha256") == digest and meta.get("isyb_rule_version") == RULE_VERSION:
             return _from_meta(key, folder, meta)
+    volume = load_volume(head)  # a hostile head is refused before anything is said or written
     if progress:
         progress(f"preparing template {key} (first use; cached in {folder})")
-    volume = load_volume(head)
     if brain_mask is not None:
         brain = load_volume(brain_mask).data > 0
         if brain.shape != volume.shape:

@@ -336,6 +336,8 @@ def fetch_pinned(url: str, dest: str | os.PathLike, sha256: str | None, *,
                 _record(sidecar, dest, actual)
             return dest
         dest.unlink()  # stale or damaged: it matches neither the pin nor the record
+        if blob is not None:
+            sidecar.unlink(missing_ok=True)  # the digest of a file that no longer verifies
     source = resolve_url(url)
     try:
         actual = download(source, dest, expected, progress=progress, timeout=timeout,

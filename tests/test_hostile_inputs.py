@@ -468,3 +468,20 @@ def test_another_template_under_a_templateflow_name_is_caught(data_root: Path, t
                           "(193, 229, 193)")
     _, _, isyb_home = places
     assert not isyb_home.exists()
+
+
+# --------------------------------------------------------------------------- BIDS-App
+
+
+def test_a_description_that_is_not_json_is_one_line_at_the_group_level(places) -> None:
+    from isyb.synthetic.demo import build_demo_dataset
+
+    inputs, out, home = places
+    bids = build_demo_dataset(inputs / "bids", n_subjects=1)
+    (bids / "dataset_description.json").write_bytes(b"{not json")
+    run = run_cli(bids, out / "release", "group")
+    assert "Traceback" not in run.stderr
+    assert_one_line_error(run.returncode, run.stderr, "dataset_description.json",
+                          "cannot be read as JSON")
+    assert list(out.iterdir()) == []
+    assert not home.exists()

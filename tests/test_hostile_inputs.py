@@ -383,6 +383,22 @@ def test_a_tampered_prepared_template_is_prepared_again(cn200, heads) -> None:
     assert prepared.read_bytes() == heads["cn"].read_bytes()  # prepared again from the source
 
 
+def test_a_cache_without_file_digests_or_readable_json_is_prepared_again(cn200) -> None:
+    _, home = cn200
+    assert run_cli("templates", "prepare", "CN200").returncode == 0
+    meta_path = home / "templates" / "tpl-CN200" / "template.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]  # as written before file digests were recorded
+    meta_path.write_text(json.dumps(meta))
+    run = run_cli("templates", "prepare", "CN200")
+    assert run.returncode == 0 and "no SHA-256 recorded for its prepared files" in run.stderr
+    assert "files" in json.loads(meta_path.read_text())
+    meta_path.write_text("{not json")
+    run = run_cli("templates", "prepare", "CN200")
+    assert run.returncode == 0 and "template.json is unreadable" in run.stderr
+    assert run_cli("templates", "list").returncode == 0
+
+
 def test_a_file_changed_under_a_template_in_use_is_refused(cn200, heads) -> None:
     template = registry.load_template("CN200")
     shutil.copyfile(heads["ref"], template.head)

@@ -360,9 +360,12 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
             meta, why = {}, f"{meta_path.name} is unreadable"
         if meta.get("head_sha256") == digest and meta.get("isyb_rule_version") == RULE_VERSION:
             changed = _changed_files(folder, key, meta.get("files"))
-            if not changed:
+            if changed is None:
+                why = "no SHA-256 recorded for its prepared files"
+            elif changed:
+                why = f"{', '.join(changed)} changed since it was prepared (SHA-256)"
+            else:
                 return _from_meta(key, folder, meta)
-            why = f"{', '.join(changed)} changed since it was prepared (SHA-256)"
     volume = load_volume(head)  # a hostile head is refused before anything is said or written
     if progress:
         progress(f"preparing template {key} ({why}; cached in {folder})")
@@ -414,11 +417,12 @@ RULE_VERSION = 2
 FACE_VERSION = 1
 
 
-def _changed_files(folder: Path, key: str, recorded: object) -> list[str]:
-    """The prepared files in ``folder`` that are missing or differ from their recorded SHA-256."""
+def _changed_files(folder: Path, key: str, recorded: object) -> list[str] | None:
+    """The prepared files in ``folder`` that are missing or differ from their recorded SHA-256;
+    None when ``template.json`` does not record the digest of each of them."""
     names = {f"tpl-{key}_{part}.nii.gz" for part in ("T1w", "desc-brain_mask", "desc-face_mask")}
     if not isinstance(recorded, dict) or set(recorded) != names:
-        return ["template.json (no digest of its prepared files)"]
+        return None
     changed = []
     for name, digest in sorted(recorded.items()):
         path = folder / name

@@ -287,6 +287,22 @@ def test_the_pinned_ccs_blob_ids_are_the_issue_s() -> None:
     assert registry.BUILTINS["Chinese2020"].git_blob == "c19eb9092540e9fe1c96d71be42d2bbcd47224ef"
 
 
+@pytest.mark.parametrize(("name", "file", "blob"), [
+    ("CN200", "CN200.nii.gz", "3c980cf6ed8eaf8407f76cd6adda4371bfd9f698"),
+    ("CN2020", "CN2020.nii.gz", "c19eb9092540e9fe1c96d71be42d2bbcd47224ef"),
+])
+def test_the_real_pins_refuse_any_other_file(name: str, file: str, blob: str, places,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not trusted on first use: a mirror's copy that is not the pinned blob is refused."""
+    inputs, _, home = places
+    (inputs / file).write_bytes(b"another head\n")
+    monkeypatch.setenv(fetch.MIRROR_ENV, str(inputs))
+    run = run_cli("templates", "prepare", name)
+    assert_one_line_error(run.returncode, run.stderr, "Git blob id mismatch", blob,
+                          git_blob_id(inputs / file))
+    assert list((home / "downloads").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- mirrors
 
 

@@ -265,7 +265,7 @@ def test_qc_anat_runs_on_a_real_head_with_a_small_shear(data_root: Path, tmp_pat
     _, path, _ = _sheared_head(data_root, tmp_path)
     run = run_cli("qc", "anat", path)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["snr"] > 0
+    assert json.loads(run.stdout)["isyb_snr"] > 0
 
 
 # --------------------------------------------------------------------------- Git blob ids

@@ -173,13 +173,14 @@ def cmd_deface(args: argparse.Namespace) -> int:
         raise IsybError("--participant-label and --release-policy need a BIDS dataset folder "
                         "as IN")
     from isyb.deface.file import check_paths
-    from isyb.io import load_image, sweep_partial_of
+    from isyb.io import load_image, load_volume, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
     load_image(args.input)  # a bad input fails now, not after a first template preparation
     for path in (args.output, args.save_mask):
         for partial in sweep_partial_of(path) if path else ():
             note(f"removed {partial}, left by an interrupted run")
+    load_volume(args.input)  # its voxels too (NaN, constant), before any template work
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png, stage=note)

@@ -42,8 +42,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deface.add_argument("--template", default="default",
                         help="built-in name (see `isyb templates list`) or a head image path "
                         "(default: %(default)s)")
-    deface.add_argument("--method", choices=("blur", "remove", "noise"), default="blur",
-                        help="how the face is obscured (default: %(default)s)")
+    deface.add_argument("--method", choices=("blur", "remove", "noise", "maskface"),
+                        default="blur",
+                        help="how the face is obscured (default: %(default)s); maskface is "
+                        "NRG mask_face's normalized anterior filtering of the subject's own skin "
+                        "layer, its face box placed by mask_face's landmarks for MNI152, CN200 "
+                        "and Chinese2020, else by --face-region")
     deface.add_argument("--ears", action="store_true", help="also obscure the ears")
     deface.add_argument("--neck", action="store_true",
                         help="also obscure the front of the neck below the chin")

@@ -37,7 +37,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("out_dir", metavar="OUT_DIR", type=Path)
     study.add_argument("--templates", required=True,
                        help="comma-separated template names or paths (at least two)")
-    study.add_argument("--method", choices=("blur", "remove", "noise"), default="blur")
+    study.add_argument("--method", choices=("blur", "remove", "noise", "maskface"),
+                        default="blur")
     study.add_argument("--face-region", choices=("rule", "template"), default="rule",
                        help="face region of the defacing, as for `isyb deface` (default: "
                        "%(default)s)")

@@ -232,3 +232,24 @@ def test_deface_phantom_with_brain_guard(phantom, default_template) -> None:
     assert record["brain_guard"] == GUARD_NOTE
     assert record["seed"] == 3
     assert record["face_box"].startswith("isyb face region")
+
+
+def test_cn200_matrix_through_the_template_header(tmp_path) -> None:
+    """CN200's matrix acts on FSL scaled voxels of its image (x flipped: neurological)."""
+    import nibabel as nib
+
+    shape = (60, 70, 50)
+    affine = np.array([[2.0, 0, 0, -60], [0, 2, 0, -80], [0, 0, 2, -50], [0, 0, 0, 1]])
+    path = tmp_path / "tpl-CN200_T1w.nii.gz"
+    nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine).to_filename(path)
+
+    class Named:
+        name = "CN200"
+        head = path
+
+    capiio_to_mm, source = capiio_to_template(Named)  # type: ignore[arg-type]
+    assert "CAPIIO_to_CN200.mat" in source
+    point = np.array([*FACE_ORIGIN, 1.0])
+    fsl = CAPIIO_TO["CN200"] @ point  # CAPIIO is Analyze (radiological), 1 mm: no flip
+    voxel = np.array([(shape[0] - 1) - fsl[0] / 2, fsl[1] / 2, fsl[2] / 2, 1.0])
+    assert np.allclose(capiio_to_mm @ point, affine @ voxel)

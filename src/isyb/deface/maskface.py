@@ -151,9 +151,8 @@ def _cells(hit: np.ndarray) -> np.ndarray:
 def tetrahedra(cells: np.ndarray, n1: int) -> np.ndarray:
     """Vertex ids (ntet, 4) of the six tetrahedra of each cell.
 
-    Vertex ``(i, j)`` has id ``i * n1 + j`` on the lower surface and that plus
-    ``n0 * n1`` on the upper (the caller adds the offset: here ``+ 0.5`` marks
-    "upper" and is resolved by :func:`_resolve`). A cell's corners v1..v4 are
+    Vertex ``(i, j)`` has id ``k = i * n1 + j`` on the lower surface and
+    ``-1 - k`` on the upper (resolved by :func:`_resolve`). A cell's corners v1..v4 are
     (i, j), (i+1, j), (i+1, j+1), (i, j+1); its prisms are (v1, v2, v3) and
     (v1, v4, v3), each split into (a0 a1 a2 b2), (a0 a1 b1 b2), (a0 b0 b1 b2)
     (a: lower, b: upper). Neighbouring prisms then split their shared faces

@@ -76,6 +76,11 @@ class DefaceOptions:
     default: the template's half-spaces) or ``template`` (the template's own
     face grown by ``face_margin_mm`` template mm, within those half-spaces;
     see :mod:`isyb.templates.face`); ``face_margin_mm`` is unused by ``rule``.
+    ``maskface`` keeps mask_face's own geometry (15 mm grid, ±8 mm layer;
+    :mod:`isyb.deface.maskface`) and ignores ``layer_mm``, ``smooth_mm`` and
+    ``blend_mm``; where a CAPIIO matrix places its face box
+    (:mod:`isyb.deface.maskface_roi`) it also ignores ``face_region``,
+    ``face_margin_mm``, ``ears`` and ``neck``. ``seed`` seeds its jitter.
     """
 
     method: str = "blur"

@@ -14,7 +14,7 @@ has no CAPIIO matrix (isyb's face region places the box); ``MNI152NLin6Asym``
 places mask_face's face box through ``CAPIIO_to_mni152.mat``, as the
 descriptor did (a sparse TemplateFlow home is laid out in OUT from
 ``DATA/templates``). The stage timings of the last run come from its
-provenance record. The face detector (:func:`isyb.evaluate.faces.face_detected`,
+provenance record. The face detector (:func:`isyb.viz.faces.face_detected`,
 OpenCV Viola-Jones on surface renders at yaw -15°, 0°, +15°) runs on the
 original and on each output; only booleans and counts are kept, no render.
 """
@@ -52,8 +52,8 @@ def templateflow_home(data: Path, home: Path) -> Path:
 
 def detect(path: Path) -> dict:
     """Face detection on ``path``: the boolean and the number of yaws with a face."""
-    from isyb.evaluate.faces import face_detected
     from isyb.io import load_volume
+    from isyb.viz.faces import face_detected
 
     volume = load_volume(path)
     found = face_detected(volume.data, volume.zooms)

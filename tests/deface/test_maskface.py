@@ -207,10 +207,15 @@ def test_constants_match_mask_face_files(data_root) -> None:
 
 
 def test_registered_everywhere() -> None:
-    from isyb.cli import main  # noqa: F401  (the parser lists the choices)
+    from isyb.cli import build_parser
 
     assert "maskface" in METHODS
     assert DefaceOptions(method="maskface").method == "maskface"
+    parser = build_parser()
+    assert parser.parse_args(["deface", "in.nii.gz", "out.nii.gz", "--method",
+                              "maskface"]).method == "maskface"
+    assert parser.parse_args(["study", "bids", "out", "--templates", "a,b", "--method",
+                              "maskface"]).method == "maskface"
 
 
 @pytest.mark.slow

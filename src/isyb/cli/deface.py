@@ -48,7 +48,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="how the face is obscured (default: %(default)s); maskface is "
                         "NRG mask_face's normalized anterior filtering of the subject's own skin "
                         "layer, its face box placed by mask_face's landmarks for MNI152, CN200 "
-                        "and Chinese2020, else by --face-region")
+                        "and Chinese2020, else by --face-region; it keeps the face's coarse "
+                        "shape and protects much less than blur (benchmarks/README.md)")
     deface.add_argument("--ears", action="store_true", help="also obscure the ears")
     deface.add_argument("--neck", action="store_true",
                         help="also obscure the front of the neck below the chin")

@@ -20,6 +20,7 @@ from isyb.errors import IsybError
 EXAMPLES_DEFACE = """examples:
   isyb deface sub-01_T1w.nii.gz sub-01_defaced.nii.gz
   isyb deface sub-01_T1w.nii.gz out.nii.gz --template MNI152NLin6Asym --method remove
+  isyb deface sub-01_T1w.nii.gz out.nii.gz --template CN200 --method maskface
   isyb deface sub-01_T1w.nii.gz out.nii.gz --template /data/my_head.nii.gz --ears \\
       --save-mask out_mask.nii.gz
   isyb deface bids/ bids_defaced/ --participant-label 01 02 --nprocs 2

@@ -101,6 +101,8 @@ from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
+#: The deface step's record of a subject copied as it was (``--skip deface``).
+COPIED_AS_IS = "copied without defacing (--skip deface)"
 SKIPPABLE = ("deface", "qc", "derive")
 
 log = logging.getLogger(__name__)
@@ -246,7 +248,7 @@ def release_subject(task: SubjectTask) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
         if "deface" in task.options.skip:
             _copy_subject(task, stage / "defaced")
-            result = {"images": "copied without defacing (--skip deface)"}
+            result = {"images": COPIED_AS_IS}
         else:
             job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface, task.options.release_policy)
@@ -511,7 +513,9 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     recorded = {name: digest for m in manifests.values()
                 for name, digest in m.get("outputs", {}).items()}
     gate = run_gate(out_dir, recorded, written=written_since(out_dir, before), strict=strict,
-                    policy=release_policy, predefaced="deface" in options.skip)
+                    policy=release_policy, predefaced=[
+                        s for s, m in manifests.items()
+                        if m.get("deface", {}).get("images") == COPIED_AS_IS])
     summary["gate"] = gate.to_json()
     summary["complete"] = not leaks and gate.passed  # a leak or a gate violation: unfinished
     write_text(out_dir / DERIVATIVES / "release_summary.json",

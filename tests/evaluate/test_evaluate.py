@@ -97,7 +97,8 @@ def test_evaluation_of_a_phantom_defacing(default_template, tmp_path: Path) -> N
     # the CLI: one JSON object, renders of the defaced head, exit 0
     renders = tmp_path / "renders.png"
     assert main(["evaluate", str(source), str(out), "--mask", str(mask_path),
-                 "--brain-mask", str(mask_path), "--renders", str(renders)]) == 0
+                 "--brain-mask", str(mask_path), "--renders", str(renders),
+                 "--detect", "haar"]) == 0  # the ensemble: tests/evaluate/test_ensemble.py
     assert renders.is_file()
 
 
@@ -118,7 +119,7 @@ def test_evaluate_cli_on_a_real_head(data_root: Path, default_template, tmp_path
     out, mask = tmp_path / "defaced.nii.gz", tmp_path / "mask.nii.gz"
     deface_file(source, out, default_template, DefaceOptions(), save_mask=mask, qc_png=False)
     capsys.readouterr()
-    assert main(["evaluate", str(source), str(out), "--mask", str(mask)]) == 0
+    assert main(["evaluate", str(source), str(out), "--mask", str(mask), "--detect", "haar"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["face_detected_original"] and not record["face_detected_defaced"]
     assert record["brain_changed_voxels"] == 0

@@ -63,7 +63,7 @@ def test_participant_level_writes_every_run_and_goes_on_after_a_failure(qc_datas
     assert "failed: sub-06/func/sub-06_task-rest_bold.nii.gz" in run.stderr
     derivatives = qc_dataset["derivatives"]
     anat = json.loads((derivatives / "sub-01" / "anat" / "sub-01_desc-qc_T1w.json").read_text())
-    assert anat["status"] == "ok" and anat["metrics"]["snr"] > 0
+    assert anat["status"] == "ok" and anat["metrics"]["isyb_snr"] > 0
     assert (derivatives / "sub-01" / "anat" / "sub-01_desc-qc_T1w.html").is_file()
     for label in ("02", "05"):
         stem = derivatives / f"sub-{label}" / "func" / f"sub-{label}_task-rest_desc-qc_"

@@ -37,6 +37,7 @@ class DeriveOptions:
     freesurfer_dir: str | None = None
     cbf_formula: str = "whitepaper"
     ge_scaling: tuple[float, float] | None = None
+    convention: str = "ccs"
 
     def key(self) -> str:
         """A short digest of the options, stored in every record."""

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
+    python benchmarks/bench_derive.py --anatomy [--data DIR]
 
 Times, in this process (no file reading, no start-up, except the last row):
 
@@ -21,6 +22,12 @@ Times, in this process (no file reading, no start-up, except the last row):
 * The whole participant level of ``isyb derive`` (separate process, SyN) for
   one subject of the extended demo (T1w, 46×54×37×125 BOLD, DWI, pCASL).
 
+* ``--anatomy`` (only these rows, once each): anatomy without FreeSurfer on
+  the real 1 mm colin27 T1w of ``DATA/heads`` with its reference brain: the
+  three-tissue segmentation, total GMV, and DiReCT cortical thickness
+  (:mod:`isyb.derive.morphometry`), with the mean CT and GMV found. Target:
+  CT and GMV <= 60 s on 2 cores.
+
 Prints the median and the range of ``--repeats`` runs of each (``--quick``:
 the subject row once).
 """
@@ -38,7 +45,8 @@ import numpy as np
 
 from _timing import default_data
 
-TARGETS_S = {"alff_falff": 10.0, "reho": 30.0}
+TARGETS_S = {"alff_falff": 10.0, "reho": 30.0, "cortical thickness (DiReCT)": 60.0,
+             "GM volume": 60.0}
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -61,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=default_data())
     parser.add_argument("--quick", action="store_true",
                         help="time the end-to-end subject once")
+    parser.add_argument("--anatomy", action="store_true",
+                        help="time only CT and GMV on a real 1 mm head")
     args = parser.parse_args(argv)
+    if args.anatomy:
+        return anatomy_rows(args.data)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -92,6 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     walls = timed(subject_job(), 1 if args.quick else args.repeats)
     print(f"{'derive participant, 1 demo subject':<34}{statistics.median(walls):>10.2f}"
           f"{min(walls):>8.2f}{max(walls):>8.2f}")
+    return 0
+
+
+def anatomy_rows(data: Path) -> int:
+    """Segmentation, GMV and DiReCT CT of colin27 (1 mm), once each, with the values found."""
+    from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
+    from isyb.head.tissue import segment_tissues
+
+    heads = data / "heads"
+    t1w = nib.as_closest_canonical(nib.load(str(heads / "colin27_T1w.nii.gz")))
+    brain = nib.as_closest_canonical(nib.load(str(heads / "colin27_brain.nii.gz")))
+    image = np.asarray(t1w.dataobj, dtype=np.float32)
+    zooms = t1w.header.get_zooms()[:3]
+    result: dict = {}
+    jobs = {
+        "segmentation (CSF/GM/WM)": lambda: result.update(
+            labels=segment_tissues(image, np.asarray(brain.dataobj) > 0, zooms)),
+        "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
+        "cortical thickness (DiReCT)": lambda: result.update(
+            ct=cortical_thickness(result["labels"], zooms)),
+    }
+    print(f"{'colin27 1 mm':<34}{'s':>10}{'target s':>10}")
+    for name, job in jobs.items():
+        wall = timed(job, 1)[0]
+        target = TARGETS_S.get(name)
+        print(f"{name:<34}{wall:>10.2f}{'' if target is None else f'{target:.0f}':>10}")
+    print(f"mean CT {mean_thickness(result['ct'], result['labels']):.2f} mm (adult 2.3-2.8), "
+          f"total GMV {result['gmv']:.0f} ml (adult 500-800)")
     return 0
 
 

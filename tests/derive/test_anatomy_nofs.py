@@ -1,0 +1,97 @@
+"""Anatomy without FreeSurfer: DiReCT thickness and GM volume on the phantom's known cortex.
+
+The phantom's cortex is a 3 mm grey-matter layer (``isyb.synthetic.phantom``,
+``_GM_MM``) between CSF and white matter. A block at the vertex keeps the
+test cheap: the segmentation is the QC's (:func:`segment_tissues`) on the
+phantom T1w, inside the phantom's intracranial mask (as a brain extraction
+would give it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from isyb.derive.morphometry import (
+    MorphometryError,
+    cortical_thickness,
+    gm_volumes,
+    mean_thickness,
+)
+from isyb.head.tissue import segment_tissues
+from isyb.synthetic.phantom import Label, make_phantom
+
+TRUE_THICKNESS_MM = 3.0
+ZOOMS = (1.0, 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def vertex() -> dict:
+    phantom = make_phantom(voxel_size=1.0, fov_mm=(36.0, 36.0, 28.0),
+                           fov_center_mm=(0.0, 8.0, 74.0), seed=1)
+    intracranial = phantom.mask(Label.CSF, Label.GM, Label.WM)
+    labels = segment_tissues(phantom.image, intracranial, ZOOMS)
+    return {"phantom": phantom, "labels": labels}
+
+
+@pytest.mark.slow
+def test_direct_thickness_of_the_phantom_cortex_is_within_10_percent(vertex: dict) -> None:
+    labels = vertex["labels"]
+    assert (labels == 2).any() and (labels == 3).any()
+    thickness = cortical_thickness(labels, ZOOMS)
+    assert np.all(thickness[labels != 2] == 0)
+    mean = mean_thickness(thickness, labels)
+    assert mean == pytest.approx(TRUE_THICKNESS_MM, rel=0.10), mean
+
+
+def test_gm_volume_of_the_segmentation_is_within_5_percent_of_the_phantom(vertex: dict) -> None:
+    phantom, labels = vertex["phantom"], vertex["labels"]
+    truth_ml = float((phantom.labels == Label.GM).sum()) / 1000.0
+    volumes = gm_volumes(labels, ZOOMS)
+    assert volumes["total"] == pytest.approx(truth_ml, rel=0.05)
+    halves = np.zeros(labels.shape, dtype=np.int16)
+    halves[: labels.shape[0] // 2] = 1
+    halves[labels.shape[0] // 2:] = 2
+    split = gm_volumes(labels, ZOOMS, regions=halves)
+    assert split["1"] + split["2"] == pytest.approx(split["total"])
+
+
+def test_gm_volume_counts_voxels_times_their_volume() -> None:
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[1:3, 1:3, 1:3] = 2
+    assert gm_volumes(labels, (2.0, 2.0, 2.5))["total"] == pytest.approx(8 * 10.0 / 1000.0)
+
+
+def test_a_segmentation_without_grey_or_white_matter_is_refused() -> None:
+    with pytest.raises(MorphometryError, match="no grey matter"):
+        gm_volumes(np.zeros((3, 3, 3), dtype=np.uint8), ZOOMS)
+    labels = np.full((3, 3, 3), 2, dtype=np.uint8)
+    with pytest.raises(MorphometryError, match="no white matter"):
+        cortical_thickness(labels, ZOOMS)
+
+
+@pytest.mark.slow
+def test_real_head_mean_thickness_and_gm_volume_are_reported(data_root: Path) -> None:
+    """Colin27 (1 mm) with its reference brain: the values the README reports.
+
+    Runs only with ``ISYB_REAL_ANATOMY=1`` (DiReCT on a whole 1 mm brain takes
+    many minutes on 2 cores); it then checks only that the numbers are finite
+    and positive, because the published adult ranges (CT 2.3-2.8 mm, GMV
+    500-800 ml) are not met by the current segmentation (see the README).
+    """
+    if os.environ.get("ISYB_REAL_ANATOMY") != "1":
+        pytest.skip("set ISYB_REAL_ANATOMY=1 to run DiReCT on a real 1 mm head (minutes)")
+    heads = data_root / "heads"
+    if not (heads / "colin27_T1w.nii.gz").is_file():
+        pytest.skip(f"no colin27 in {heads}")
+    t1w = nib.as_closest_canonical(nib.load(str(heads / "colin27_T1w.nii.gz")))
+    brain = nib.as_closest_canonical(nib.load(str(heads / "colin27_brain.nii.gz")))
+    zooms = t1w.header.get_zooms()[:3]
+    labels = segment_tissues(np.asarray(t1w.dataobj, dtype=np.float32),
+                             np.asarray(brain.dataobj) > 0, zooms)
+    thickness = cortical_thickness(labels, zooms)
+    assert np.isfinite(mean_thickness(thickness, labels)) and gm_volumes(labels, zooms)["total"] > 0

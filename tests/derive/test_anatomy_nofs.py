@@ -14,8 +14,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
+from isyb.derive.anatomy import Anatomy
+from isyb.derive.dataset import anatomy_outputs
 from isyb.derive.morphometry import (
     MorphometryError,
     cortical_thickness,
@@ -39,13 +42,20 @@ def vertex() -> dict:
 
 
 @pytest.mark.slow
-def test_direct_thickness_of_the_phantom_cortex_is_within_10_percent(vertex: dict) -> None:
+def test_direct_thickness_of_the_phantom_cortex_is_within_10_percent(vertex: dict,
+                                                                      tmp_path: Path) -> None:
+    """Through ``isyb derive --anatomy``'s writer: the map and the table it leaves."""
     labels = vertex["labels"]
     assert (labels == 2).any() and (labels == 3).any()
-    thickness = cortical_thickness(labels, ZOOMS)
+    anatomy = Anatomy(vertex["phantom"].image, np.eye(4), labels > 0, labels, None)
+    row = anatomy_outputs(anatomy, tmp_path, "sub-01")
+    folder = tmp_path / "derivatives" / "isyb" / "sub-01" / "anat"
+    thickness = np.asarray(nib.load(str(folder / "sub-01_desc-thickness_map.nii.gz")).dataobj)
     assert np.all(thickness[labels != 2] == 0)
-    mean = mean_thickness(thickness, labels)
-    assert mean == pytest.approx(TRUE_THICKNESS_MM, rel=0.10), mean
+    assert mean_thickness(thickness, labels) == pytest.approx(row["mean_ct_mm"], rel=1e-6)
+    assert row["mean_ct_mm"] == pytest.approx(TRUE_THICKNESS_MM, rel=0.10), row
+    table = pd.read_csv(folder / "sub-01_desc-anatomy_metrics.tsv", sep="\t")
+    assert table.loc[0, "gmv_ml"] == pytest.approx(gm_volumes(labels, ZOOMS)["total"])
 
 
 def test_gm_volume_of_the_segmentation_is_within_5_percent_of_the_phantom(vertex: dict) -> None:

@@ -69,6 +69,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     derive.add_argument("--freesurfer-dir", metavar="SUBJECTS_DIR",
                         help="FreeSurfer subjects_dir: summarise thickness, area, volume and "
                         "pial_lgi per aparc region for the subjects found there")
+    derive.add_argument("--anatomy", action="store_true",
+                        help="also measure cortical thickness (DiReCT) and grey-matter volume "
+                        "from the T1w of subjects without FreeSurfer outputs (slow: minutes "
+                        "per 1 mm T1w)")
     derive.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="cache of normalisations and tissue masks (default: "
                         "OUT_DIR/work/derive)")
@@ -103,6 +107,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
                             reho_neighbours=args.reho_neighbours, template=template,
                             space=space, freesurfer_dir=freesurfer,
                             cbf_formula=args.cbf_formula, convention=args.convention,
+                            anatomy=args.anatomy,
                             ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,

@@ -12,7 +12,12 @@ in the run's folder:
 * ``<entities>_desc-derive_<suffix>.json``: what was done, summaries
   (FA-WM, FA-GM, MD-WM, MD-GM; CBF in grey matter; timings), or the error.
 * with ``--freesurfer-dir``: ``<subject>_desc-surface_metrics.tsv`` (thickness,
-  area, volume, LGI per aparc region, read from FreeSurfer's files).
+  area, volume, LGI per aparc region, read from FreeSurfer's files);
+* with ``--anatomy``, for subjects with a T1w and no FreeSurfer outputs
+  (those stay preferred): ``<subject>_desc-thickness_map.nii.gz`` and
+  ``<subject>_desc-anatomy_metrics.tsv`` (mean CT, total GMV;
+  :func:`anatomy_outputs`). A failure there is logged; the runs' records
+  stand.
 
 Template space needs the subject's T1w: brain (deepbet), tissues
 (:func:`isyb.head.tissue.segment_tissues`), normalisation to the template
@@ -40,6 +45,7 @@ sidecars come from :mod:`isyb.bids.layout`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -71,6 +77,8 @@ from isyb.derive.processors import PROCESSORS, RUN_METRICS, RunJob, Subject, run
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.io import atomic_path, check_output_folder, write_text
+
+LOG = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -180,7 +188,42 @@ def run_subject(job: RunJob) -> list[dict]:
         write_text(_record_path(run, job.out_dir),
                    json.dumps(record, indent=2, default=_json_default) + "\n")
         records.append(record)
+    if options.anatomy and not _has_freesurfer(options, subject.label):
+        anatomy = source.get()
+        try:
+            if anatomy is not None:
+                anatomy_outputs(anatomy, job.out_dir, subject.label)
+        except IsybError as exc:
+            LOG.warning("%s: anatomy without FreeSurfer failed: %s", subject.label, exc)
     return records
+
+
+def _has_freesurfer(options: DeriveOptions, label: str) -> bool:
+    return options.freesurfer_dir is not None and (Path(options.freesurfer_dir) / label).is_dir()
+
+
+def anatomy_outputs(anatomy, out_dir: Path, label: str) -> dict:
+    """Anatomy without FreeSurfer (:mod:`isyb.derive.morphometry`) of a subject's T1w.
+
+    Writes ``<label>_desc-thickness_map.nii.gz`` (DiReCT CT in mm, T1w space)
+    and ``<label>_desc-anatomy_metrics.tsv`` (``mean_ct_mm``, ``gmv_ml``) in
+    the subject's ``anat`` folder; returns the table's row.
+    """
+    from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
+
+    zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(axis=0))
+    start = time.perf_counter()
+    thickness = cortical_thickness(anatomy.labels, zooms)
+    row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, anatomy.labels),
+           "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
+           "method": "DiReCT (ANTs KellyKapowski) on isyb's CSF/GM/WM segmentation",
+           "seconds": round(time.perf_counter() - start, 1)}
+    folder = derivatives_dir(out_dir) / label / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_map(thickness, anatomy.affine, folder / f"{label}_desc-thickness_map.nii.gz")
+    with atomic_path(folder / f"{label}_desc-anatomy_metrics.tsv") as tmp:
+        pd.DataFrame([row]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    return row
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,

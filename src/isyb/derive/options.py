@@ -38,6 +38,7 @@ class DeriveOptions:
     cbf_formula: str = "whitepaper"
     ge_scaling: tuple[float, float] | None = None
     convention: str = "ccs"
+    anatomy: bool = False
 
     def key(self) -> str:
         """A short digest of the options, stored in every record."""

@@ -105,3 +105,41 @@ def test_real_head_mean_thickness_and_gm_volume_are_reported(data_root: Path) ->
                              np.asarray(brain.dataobj) > 0, zooms)
     thickness = cortical_thickness(labels, zooms)
     assert np.isfinite(mean_thickness(thickness, labels)) and gm_volumes(labels, zooms)["total"] > 0
+
+
+@pytest.mark.slow
+def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_path: Path) -> None:
+    """Two subjects' template-space thickness maps (as ``--anatomy`` writes them) join the
+    group mean/SD maps and figures; their tables join ``group_anatomy_metrics.tsv``."""
+    import json
+
+    from isyb.derive.dataset import derive_group
+    from isyb.derive.normalize import normalization_template
+
+    template = normalization_template()
+    cortex = template.gm >= 0.5
+    root = tmp_path / "derivatives" / "isyb"
+    for index, value in enumerate((2.4, 2.8), start=1):
+        label = f"sub-0{index}"
+        anat = root / label / "anat"
+        anat.mkdir(parents=True)
+        thickness = np.where(cortex, value, 0.0).astype(np.float32)
+        nib.Nifti1Image(thickness, template.affine).to_filename(
+            str(anat / f"{label}_space-MNI152NLin2009aSym_desc-thickness_map.nii.gz"))
+        pd.DataFrame([{"participant_id": label, "mean_ct_mm": value, "gmv_ml": 600.0}]).to_csv(
+            anat / f"{label}_desc-anatomy_metrics.tsv", sep="\t", index=False)
+        func = root / label / "func"
+        func.mkdir()
+        (func / f"{label}_task-rest_desc-derive_bold.json").write_text(json.dumps(
+            {"bids_name": f"{label}_task-rest_bold", "participant_id": label,
+             "modality": "bold", "status": "ok"}))
+    result = derive_group(tmp_path, metrics=("alff",))
+    assert result["anatomy_subjects"] == 2
+    assert result["metrics"]["thickness"]["n"] == 2
+    group = root / "group"
+    mean = np.asarray(nib.load(str(
+        group / "group_space-MNI152NLin2009aSym_desc-thicknessmean_map.nii.gz")).dataobj)
+    assert mean[cortex] == pytest.approx(2.6, abs=1e-5)
+    assert (group / "group_desc-thickness_fsaverage5.png").is_file()
+    table = pd.read_csv(group / "group_anatomy_metrics.tsv", sep="\t")
+    assert list(table["mean_ct_mm"]) == [2.4, 2.8]

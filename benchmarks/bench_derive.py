@@ -7,7 +7,8 @@ Usage::
 
 Times, in this process (no file reading, no start-up, except the last row):
 
-* ALFF/fALFF and ReHo (27 neighbours) of a 61×73×61×240 run (random
+* ALFF/fALFF (isyb, ccs and dparsf conventions), the ccs and dparsf
+  band-passes and ReHo (27 neighbours) of a 61×73×61×240 run (random
   Gaussian series, TR 2 s, in a box mask of 51×63×51 voxels). Targets:
   ALFF/fALFF ≤ 10 s, ReHo ≤ 30 s on 2 cores.
 * CBF of the real pCASL run of ``DATA/asl`` and FA/MD of the real DWI of
@@ -60,6 +61,7 @@ def timed(function, repeats: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     from isyb.derive.cbf import asl_cbf
+    from isyb.derive.conventions import bandpass, convention_alff_falff
     from isyb.derive.dti import fa_md, read_gradients
     from isyb.derive.rfmri import alff_falff, reho
     from isyb.qc.bold import bold_brain_mask
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = {
         "alff_falff": lambda: alff_falff(series, 2.0, mask=mask),
+        "alff_falff ccs": lambda: convention_alff_falff(series, 2.0, "ccs", mask=mask),
+        "alff_falff dparsf": lambda: convention_alff_falff(series, 2.0, "dparsf", mask=mask),
+        "bandpass ccs (3dFourier)": lambda: bandpass(series, 2.0, "ccs", mask=mask),
+        "bandpass dparsf (y_IdealFilter)": lambda: bandpass(series, 2.0, "dparsf", mask=mask),
         "reho": lambda: reho(series, mask=mask),
         "cbf (real pCASL 64x57x16x110)": lambda: asl_cbf(asl_series, types, metadata),
         "fa_md (real DWI 72x72x39x21)": lambda: fa_md(dwi_series, bvals, bvecs, mask=dwi_mask),

@@ -122,9 +122,9 @@ def afni_padded_length(n: int) -> int:
 def _matlab_detrend(rows: np.ndarray) -> np.ndarray:
     """MATLAB ``detrend(x)`` along time: the least-squares line removed from each row."""
     n = rows.shape[1]
-    design = np.stack([np.ones(n), np.arange(1, n + 1, dtype=np.float64)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, rows.T, rcond=None)
-    return rows - (design @ coef).T
+    basis, _ = np.linalg.qr(np.stack([np.ones(n), np.arange(1, n + 1, dtype=np.float64)],
+                                     axis=1))
+    return rows - (rows @ basis) @ basis.T
 
 
 def _dparsf_band(padded: int, tr: float, low: float, high: float) -> tuple[int, int]:

@@ -27,7 +27,7 @@ A child started by fork/vfork inherits its parent's memory high-water mark
 until it execs, so this script keeps itself small (no numpy, no isyb
 computation) until every timed child has run; its own peak RSS at that point
 is reported as the floor of the figures. The brain mask is computed in a
-child too. Afterwards :func:`isyb.evaluate.faces.face_detected` (OpenCV's stock
+child too. Afterwards :func:`isyb.viz.faces.face_detected` (OpenCV's stock
 Viola-Jones face detector on surface renders) is run on the original, on
 quickshear's output and on isyb's output for each method. Only booleans and
 box counts are kept; no render is saved.
@@ -81,8 +81,8 @@ print(f"{mask.sum() * volume.zooms.prod() / 1000:.1f} ml")
 
 def detect(path: Path) -> dict:
     """Face detection on ``path``: the boolean and the number of yaws with a face."""
-    from isyb.evaluate.faces import face_detected
     from isyb.io import load_volume
+    from isyb.viz.faces import face_detected
 
     volume = load_volume(path)
     found = face_detected(volume.data, volume.zooms)

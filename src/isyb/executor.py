@@ -25,15 +25,17 @@ release always runs ``threads=1``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -140,28 +142,102 @@ def check_scheduler(options: ExecutorOptions, timeout: float = 5.0) -> None:
         raise IsybError(f"cannot reach the dask scheduler {address}: {exc}") from None
 
 
+#: Seconds between two looks at the steps of running tasks (``run_tasks(steps=...)``).
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Progress inside tasks: ``total(item)`` steps per task, of which ``done(item)`` are
+    finished so far, counted from what the task writes (e.g. its manifest), so that it
+    works whichever process or machine runs the task."""
+
+    total: Callable[[Any], int]
+    done: Callable[[Any], int]
+
+
 def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-              *, progress: bool = True, desc: str = "subjects") -> Iterator[Any]:
+              *, progress: bool = True, desc: str = "subjects",
+              steps: Steps | None = None) -> Iterator[Any]:
     """Run ``function`` on every item; yield results as they complete.
 
     Each call runs under :func:`limit_threads` with ``options.threads`` threads,
-    by default its share of the cores (1 under Dask).
+    by default its share of the cores (1 under Dask). With ``steps``, the progress
+    bar counts steps and moves while tasks run: the running tasks' ``steps.done``
+    are polled every ``POLL_S`` seconds.
     """
-    bar = tqdm(total=len(items), desc=desc, unit="task", disable=not progress, file=sys.stderr)
+    total = sum(steps.total(item) for item in items) if steps else len(items)
+    bar = tqdm(total=total, desc=desc, unit="step" if steps else "task",
+               disable=not progress, file=sys.stderr)
     threads = options.threads or (1 if options.executor == "dask" else
                                   threads_per_task(options.nprocs, len(items)))
     task = _Limited(function, threads)
+    shown = _Progress(bar, steps if progress else None)
     try:
         if options.executor == "dask":
-            yield from _dask(task, items, options, bar)
-        elif options.nprocs <= 1 or len(items) <= 1:
+            yield from _dask(task, items, options, shown)
+        elif (options.nprocs <= 1 or len(items) <= 1) and shown.steps is None:
             for item in items:
                 yield task(item)
-                bar.update()
+                shown.finish(item)
+        elif options.nprocs <= 1 or len(items) <= 1:
+            yield from _in_thread(task, items, shown)
         else:
-            yield from _local_pool(task, items, options, bar)
+            yield from _local_pool(task, items, options, shown)
     finally:
         bar.close()
+
+
+class _Progress:
+    """The bar of :func:`run_tasks`: finished tasks' steps plus, when polled, the
+    finished steps of the tasks still running."""
+
+    def __init__(self, bar: tqdm, steps: Steps | None) -> None:
+        self.bar, self.steps, self.finished = bar, steps, 0
+
+    def finish(self, item: Any) -> None:
+        self.finished += self.steps.total(item) if self.steps else 1
+        self.show(())
+
+    def show(self, running: Iterable[Any]) -> None:
+        position = self.finished
+        if self.steps:
+            position += sum(min(self.steps.total(item), self.steps.done(item))
+                            for item in running)
+        if position > self.bar.n:
+            self.bar.update(position - self.bar.n)
+
+
+def _local_wait(futures: list) -> None:
+    wait(futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
+
+
+def _as_done(pending: dict, shown: _Progress,
+             wait_some: Callable[[list], None]) -> Iterator[tuple[Any, Any]]:
+    """``(future, item)`` pairs of ``pending`` (future -> item, concurrent or Dask
+    futures) as they finish; between two, the running tasks' steps are shown."""
+    while pending:
+        done = [future for future in pending if future.done()]
+        for future in done:
+            yield future, pending.pop(future)
+        if not done:
+            shown.show(pending.values())
+            wait_some(list(pending))
+
+
+def _in_thread(task: Callable[[Any], Any], items: Sequence[Any],
+               shown: _Progress) -> Iterator[Any]:
+    """Run the items one after another in a helper thread, so that the bar can poll
+    their steps meanwhile."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        futures = {pool.submit(task, item): item for item in items}
+        for future, item in _as_done(futures, shown, _local_wait):
+            result = future.result()
+            shown.finish(item)
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 #: Set in each local pool worker: where a task says that it started.
@@ -181,7 +257,7 @@ def _run_marked(task: Callable[[Any], Any], index: int, item: Any) -> Any:
 
 
 def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-                bar: tqdm) -> Iterator[Any]:
+                shown: _Progress) -> Iterator[Any]:
     """Run the items in a process pool; when a worker dies (BrokenProcessPool), run the
     unfinished items again in a fresh pool, at most ``options.retries`` times each."""
     pending = dict(enumerate(items))
@@ -193,17 +269,19 @@ def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: Execu
         with ProcessPoolExecutor(max_workers=min(options.nprocs, len(pending)),
                                  mp_context=context, initializer=_watch,
                                  initargs=(started,)) as pool:
-            futures = {pool.submit(_run_marked, task, index, item): index
-                       for index, item in pending.items()}
-            for future in as_completed(futures):
+            index_of = {pool.submit(_run_marked, task, index, item): index
+                        for index, item in pending.items()}
+            running = {future: items[index] for future, index in index_of.items()}
+            for future, item in _as_done(running, shown, _local_wait):
+                index = index_of[future]
                 try:
                     result = future.result()
                 except BrokenProcessPool:
                     broken = True
                     continue
-                del pending[futures[future]]
+                del pending[index]
+                shown.finish(item)
                 yield result
-                bar.update()
         if not broken:
             break
         ran = set()
@@ -222,10 +300,10 @@ def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: Execu
 
 
 def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-          bar: tqdm) -> Iterator[Any]:
+          shown: _Progress) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
-        from distributed import as_completed as dask_completed
+        from distributed import wait as dask_wait
     except ImportError:
         raise IsybError("--executor dask needs dask.distributed: pip install "
                         "'dask[distributed]'") from None
@@ -245,13 +323,20 @@ def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: Executo
         client = Client(cluster)
     try:
         futures = client.map(function, list(items), pure=False, retries=options.retries)
-        for future in dask_completed(futures):
-            yield future.result()
-            bar.update()
+        for future, item in _as_done(dict(zip(futures, items, strict=True)), shown,
+                                     partial(_dask_wait, dask_wait)):
+            result = future.result()
+            shown.finish(item)
+            yield result
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _dask_wait(dask_wait: Callable, futures: list) -> None:
+    with contextlib.suppress(TimeoutError):
+        dask_wait(futures, timeout=POLL_S, return_when="FIRST_COMPLETED")
 
 
 def _slurm_cluster(jobs: int):

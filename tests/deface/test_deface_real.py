@@ -16,10 +16,10 @@ import pytest
 
 from isyb.deface.engine import Alignment, DefaceOptions, align
 from isyb.deface.file import deface_file
-from isyb.evaluate.faces import face_detected
 from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume
 from isyb.templates.registry import Template, resolve
+from isyb.viz.faces import face_detected
 
 pytestmark = pytest.mark.realdata
 

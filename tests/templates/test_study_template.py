@@ -133,9 +133,9 @@ def test_bad_settings_are_refused(phantom_heads: list[Path], tmp_path: Path) -> 
 @pytest.mark.realdata
 def test_real_heads_template_is_prepared_like_any_other(data_root: Path, isyb_home: Path,
                                                         tmp_path: Path) -> None:
-    from isyb.evaluate.faces import face_detected
     from isyb.head.brain import check_brain_mask
     from isyb.templates.registry import prepare
+    from isyb.viz.faces import face_detected
 
     heads = [data_root / "heads" / name for name in REAL_HEADS]
     missing = [p.name for p in heads if not p.is_file()]

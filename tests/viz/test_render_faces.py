@@ -1,5 +1,5 @@
 """Tests of the surface renderer (isyb.viz.render) and the face-detectability check
-(isyb.evaluate.faces).
+(isyb.viz.faces).
 
 Synthetic phantoms check the geometry: silhouettes, orientation, rotation and
 anisotropic voxels. The real-data tests check that faces are found on original
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from isyb.evaluate.faces import detect_faces, face_detected
 from isyb.head.morphology import skin_threshold
+from isyb.viz.faces import detect_faces, face_detected
 from isyb.viz.render import face_depth, head_centre, qc_figure, render_face, render_faces
 
 # --------------------------------------------------------------------------- phantoms
@@ -257,7 +257,7 @@ def test_no_face_once_the_face_is_zeroed(name: str) -> None:
     reason=(
         "known limit of the stock Haar cascade: a 15 mm box blur keeps the coarse face "
         "(eye sockets, nose, mouth) the cascade keys on, so the blurred face is still found "
-        "(its 20x20 px window puts 7-8 mm of face in a pixel); see isyb.evaluate.faces"
+        "(its 20x20 px window puts 7-8 mm of face in a pixel); see isyb.viz.faces"
     ),
 )
 def test_no_face_once_the_face_is_box_blurred() -> None:

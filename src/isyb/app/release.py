@@ -17,7 +17,10 @@ Participant level, per subject, in four steps:
    holds an unscrubbed file, even after a kill. Never skipped: a release is
    not made without it.
 3. ``qc``: MRIQC-style metrics of every T1w, T2w and BOLD run
-   (:mod:`isyb.qc.dataset`), measured on the input images.
+   (:mod:`isyb.qc.dataset`), measured on the *released* images (defaced,
+   scrubbed): the QC pages go into the release, so their pictures must never
+   show a face the deface step removed, and each record's input size is the
+   released file's.
 4. ``derive``: ALFF, fALFF, ReHo, VMHC, FA, MD and CBF of the subject's
    BOLD, DWI and ASL runs (:mod:`isyb.derive.dataset`), computed on the
    *released* files (defaced T1w, scrubbed sidecars), with the default
@@ -72,6 +75,7 @@ import pandas as pd
 
 from isyb import __version__
 from isyb.app.dataset_files import write_description, write_readme_and_changes
+from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
 from isyb.bids.classify import (
     classify_dataset,
     classify_subject,
@@ -92,7 +96,7 @@ from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, check_scheduler, run_tasks
+from isyb.executor import ExecutorOptions, Steps, check_scheduler, run_tasks
 from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
@@ -196,8 +200,6 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
     deface = _digest([__version__, json.dumps(files, sort_keys=True),
                       task.template.info["head_sha256"], repr(options.deface),
                       str("deface" in options.skip)])
-    qc_inputs = {k: v for k, v in files.items()
-                 if k.endswith((".nii", ".nii.gz", ".json")) and ("/anat/" in k or "/func/" in k)}
     # The values redacted in this subject's text come from the whole dataset.
     needles = sorted(dataset_needles(task.bids_dir, policy).identifiers)
     scrub = _digest([deface, Path(policy.source).read_text(), *needles])
@@ -205,8 +207,7 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
         "deface": deface,
         "scrub": scrub,
         "derive": _digest([scrub, __version__, options.derive.key()]),
-        "qc": _digest([__version__, json.dumps(qc_inputs, sort_keys=True),
-                       str(options.fd_threshold)]),
+        "qc": _digest([scrub, __version__, str(options.fd_threshold)]),
     }
 
 
@@ -218,7 +219,8 @@ def release_subject(task: SubjectTask) -> dict:
     never holds an unscrubbed file, even after a kill. A rerun scrubs a fresh copy of the
     defaced files, never a file twice (dates would move twice).
     """
-    from isyb.qc.dataset import ParticipantJob, find_runs, run_participant_job
+    from isyb.bids.layout import collect_runs
+    from isyb.qc.dataset import QC_RUNS, ParticipantJob, run_participant_job
 
     stage = task.work_dir / "stage" / f"sub-{task.subject}"  # defaced/, scrubbed/: as OUT
     for folder in (task.out_dir / f"sub-{task.subject}",  # left by a killed run
@@ -286,14 +288,11 @@ def release_subject(task: SubjectTask) -> dict:
     elif done("qc"):
         record["steps"]["qc"] = "skipped (done)"
     else:
-        # only runs the release policy keeps: nothing is read through a link leading outside
-        kept = {i.relative for i in classify_subject(
-            task.bids_dir, task.subject, load_release_policy(task.options.release_policy))
-            if i.kind != "withheld"}
-        runs = [r for r in find_runs(task.bids_dir, [task.subject])
-                if r.relative.as_posix() in kept]
-        results = [run_participant_job(ParticipantJob(task.bids_dir, task.out_dir, run,
-                                                      task.options.fd_threshold))
+        # The released copies, never the source: the pages' pictures go into the release.
+        runs = collect_runs(task.out_dir, [task.subject], QC_RUNS)
+        results = [run_participant_job(ParticipantJob(task.out_dir, task.out_dir, run,
+                                                      task.options.fd_threshold,
+                                                      metadata_dir=task.bids_dir))
                    for run in runs]
         finish("qc", {"runs": len(results),
                       "failed": [r["source"] for r in results if r["status"] != "ok"]})
@@ -316,6 +315,9 @@ def release_subject(task: SubjectTask) -> dict:
     if "derive" in manifest:
         record["derive"] = {k: v for k, v in manifest["derive"].items()
                             if k in ("runs", "failed")}
+    # What the steps wrote, for the release gate: recorded after the last step writes.
+    manifest["outputs"] = subject_outputs(task.out_dir, task.subject)
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return record
 
 
@@ -398,17 +400,38 @@ def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template
     executor = executor or ExecutorOptions()
     check_executor(executor)
     tasks = participant_tasks(bids_dir, out_dir, work_dir, template, options, labels)
+    steps = Steps(lambda _: len(STEPS),
+                  _StepsDone(dt.datetime.now().astimezone().replace(microsecond=0)))
     records = {record["subject"]: record for record in run_tasks(
-        release_subject, tasks, replace(executor, threads=1), progress=progress)}
+        release_subject, tasks, replace(executor, threads=1), progress=progress,
+        desc="release steps", steps=steps)}
     return [records[task.subject] for task in tasks]
 
 
+@dataclass(frozen=True)
+class _StepsDone:
+    """Steps of a subject finished since ``since``, from its manifest (progress bar)."""
+
+    since: dt.datetime
+
+    def __call__(self, task: SubjectTask) -> int:
+        try:
+            manifest = json.loads(_manifest_path(task).read_text())
+            return sum(dt.datetime.fromisoformat(manifest[step]["finished"]) >= self.since
+                       for step in STEPS if step in manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+
 def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
-                  options: ReleaseOptions) -> dict:
-    """Group level: dataset files, QC tables and report, scrub report, leak scan, summary.
+                  options: ReleaseOptions, *, strict: bool = False) -> dict:
+    """Group level: dataset files, QC tables and report, scrub report, leak scan, the
+    release gate (:mod:`isyb.app.gate`; ``strict``: a face on a render of a released
+    anatomical image fails it) and the summary.
 
     While a subject's participant level is missing or unfinished, only a summary marked
-    ``"complete": false`` is written (the caller exits 1).
+    ``"complete": false`` is written (the caller exits 1). Otherwise ``complete`` is true
+    only when the leak scan found nothing and the gate passed.
     """
     from isyb.deface.report import write_summary
     from isyb.qc.dataset import qc_group, read_records
@@ -432,6 +455,7 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         return summary
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
+    before = image_stamps(out_dir)  # the gate accepts the images this run writes
     today = dt.date.today().isoformat()
     # Deny by default: only the top-level files the release policy allows; the list of
     # withheld files stays in the work folder (file names can identify people).
@@ -484,7 +508,12 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     summary["leak_scan"] = {"values_searched": len(needles),
                             "values_too_short_or_public": needles.skipped,
                             "findings": len(leaks), "where": leaks[:50]}
-    summary["complete"] = not leaks  # a release with a leak is not finished
+    recorded = {name: digest for m in manifests.values()
+                for name, digest in m.get("outputs", {}).items()}
+    gate = run_gate(out_dir, recorded, written=written_since(out_dir, before), strict=strict,
+                    policy=release_policy, predefaced="deface" in options.skip)
+    summary["gate"] = gate.to_json()
+    summary["complete"] = not leaks and gate.passed  # a leak or a gate violation: unfinished
     write_text(out_dir / DERIVATIVES / "release_summary.json",
                json.dumps(summary, indent=2) + "\n")
     return summary

@@ -37,12 +37,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from isyb import __version__
 from isyb.bids.layout import BIDS_VERSION, check_separate, read_description, read_json, read_table
 from isyb.errors import IsybError
 from isyb.io import atomic_path, write_text
 
 DEFAULT_SUBJECT_PATTERN = r"^(?P<subject>[^_]+)_"
 MAP_COLUMNS = ("series", "datatype", "suffix")
+#: The ``GeneratedBy`` name of the datasets ``isyb import`` makes (see :func:`import_flat`).
+IMPORTER = "isyb import"
 
 
 @dataclass(frozen=True)
@@ -166,16 +169,35 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def _made_by_import(bids_dir: Path) -> bool:
+    """Whether ``bids_dir`` is new, empty, or a dataset ``isyb import`` made."""
+    if not bids_dir.exists() or (bids_dir.is_dir() and not any(bids_dir.iterdir())):
+        return True
+    try:
+        generated = json.loads((bids_dir / "dataset_description.json").read_text()).get(
+            "GeneratedBy", [])
+        return any(isinstance(g, dict) and g.get("Name") == IMPORTER for g in generated)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
                 subject_pattern: str = DEFAULT_SUBJECT_PATTERN,
-                session_pattern: str | None = None, name: str | None = None) -> dict:
+                session_pattern: str | None = None, name: str | None = None,
+                merge: bool = False) -> dict:
     """Copy the mapped series of ``source`` into the BIDS dataset ``bids_dir``.
 
-    ``bids_dir`` is made (with a ``dataset_description.json`` named ``name``) when
-    new; an existing one must be a readable BIDS dataset. Neither folder may contain
-    the other.
+    ``bids_dir`` is made (with a ``dataset_description.json`` named ``name``, whose
+    ``GeneratedBy`` names ``isyb import``) when new or empty. A non-empty folder that
+    ``isyb import`` did not make is refused unless ``merge``: importing into another
+    dataset by mistake would silently mix two cohorts. A folder it made is filled
+    again (a rerun resumes). An existing dataset must be readable. Neither folder may
+    contain the other.
     """
     check_separate(source, bids_dir)
+    if not merge and not _made_by_import(bids_dir):
+        raise IsybError(f"{bids_dir}: exists, is not empty and was not made by isyb import; "
+                        "choose a new folder, or pass --merge to add to this dataset")
     series, unmatched = find_series(source, read_map(map_path), subject_pattern,
                                     session_pattern)
     if not series:
@@ -193,7 +215,10 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
     else:
         write_text(description, json.dumps({"Name": name or bids_dir.name,
                                             "BIDSVersion": BIDS_VERSION,
-                                            "DatasetType": "raw"}, indent=2) + "\n")
+                                            "DatasetType": "raw",
+                                            "GeneratedBy": [{"Name": IMPORTER,
+                                                             "Version": __version__}]},
+                                           indent=2) + "\n")
     copied = []
     for item in series:
         target = bids_dir / names[item.image]

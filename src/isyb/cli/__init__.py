@@ -18,9 +18,11 @@ libraries isyb calls are shown once each, as Python does by default.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import logging
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from isyb import __version__
@@ -35,20 +37,39 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: read-only file system): one line and exit 2, like a refused input. Every output is
 #: written atomically, so nothing half-written is left; a rerun resumes.
 WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
+LEVELS = ("participant", "group")
 COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
             "demo", APP)
 
 
 def _route_argv(argv: list[str]) -> list[str]:
     """Route ``isyb BIDS_DIR ...`` to the BIDS-App command and ``qc BIDS_DIR ...`` (a path,
-    not anat/bold/an option) to the dataset form of ``qc``."""
+    not anat/bold/an option) to the dataset form of ``qc``.
+
+    A first word that is neither a command nor an existing path, and is close to a
+    command or not followed by the BIDS-App's ``OUTPUT_DIR LEVEL``, is a mistyped
+    command: refused with the nearest command, not sent to the BIDS-App parser.
+    """
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        _check_command(argv)
         return [APP, *argv]
     if len(argv) >= 2 and argv[0] == "qc" and not argv[1].startswith("-") \
             and argv[1] not in ("anat", "bold", QC_DATASET):
         return ["qc", QC_DATASET, *argv[1:]]
     return argv
+
+
+def _check_command(argv: list[str]) -> None:
+    word = argv[0]
+    if Path(word).exists():
+        return
+    known = [c for c in COMMANDS if c != APP]
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    if close:
+        raise IsybError(f"unknown command {word!r}; did you mean {close[0]!r}?")
+    if len(argv) < 3 or argv[2] not in LEVELS:
+        raise IsybError(f"unknown command {word!r} (and not a BIDS folder); commands: "
+                        f"{', '.join(known)}, or isyb BIDS_DIR OUTPUT_DIR participant|group")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         return args.handler(args)
     except IsybError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the library said
-        print(f"isyb: error: {message}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _refused(exc)
     except OSError as exc:
         if exc.errno not in WRITE_FAULTS:
             raise
@@ -119,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         print("isyb: interrupted; finished files are complete, rerun to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _refused(exc: IsybError) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever the library said
+    print(f"isyb: error: {message}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from isyb.cli.options import (
+    check_in_out,
     executor_arguments,
     executor_options,
     failure,
@@ -135,6 +136,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
     options = DefaceOptions(method=args.method, ears=args.ears, neck=args.neck,
                             guard_mm=args.guard_mm, face_region=args.face_region,
                             face_margin_mm=args.face_margin)
+    check_in_out(args.input, args.output)
     if args.input.is_dir():
         if args.save_mask:
             raise IsybError("--save-mask is for single files; dataset mode writes every mask "
@@ -171,7 +173,7 @@ def cmd_deface(args: argparse.Namespace) -> int:
             note(f"removed {partial}, left by an interrupted run")
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
-                         force=args.force, qc_png=not args.no_png)
+                         force=args.force, qc_png=not args.no_png, stage=note)
     summary = {key: record[key] for key in ("output", "method", "changed_voxels",
                                             "face_surface_changed_fraction",
                                             "little_or_no_face")}

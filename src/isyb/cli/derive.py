@@ -8,6 +8,7 @@ from pathlib import Path
 
 from isyb.cli.options import (
     DERIVE_METRICS,
+    check_out_folder,
     executor_arguments,
     executor_options,
     failure,
@@ -89,6 +90,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
         parse_metrics,
     )
 
+    check_out_folder(args.out_dir, "OUT_DIR")
     metrics = parse_metrics(args.metrics)
     if args.cbf_formula == "ge" and not args.ge_scaling:
         raise IsybError("--cbf-formula ge needs --ge-scaling SF NEX (GE's PW scaling factor "

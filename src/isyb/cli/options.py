@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, check_scheduler
 
 #: Name of the sub-command that ``isyb BIDS_DIR OUTPUT_DIR LEVEL`` maps to.
@@ -18,6 +19,30 @@ QC_DATASET = "dataset"
 DERIVE_METRICS = ("alff", "falff", "reho", "vmhc", "fa", "md", "cbf")
 
 log = logging.getLogger("isyb")
+#: Endings of file names: an output folder named like this is a mistake for a file.
+FILE_ENDINGS = (".nii", ".nii.gz", ".mgz", ".mgh", ".json", ".tsv", ".html", ".png")
+
+
+def check_out_folder(out_dir: Path, metavar: str) -> None:
+    """Refuse at once a dataset mode's output folder that is an existing file or is named
+    like one (``out.nii.gz``): the command would run for minutes and then make a folder
+    of that name."""
+    if out_dir.is_file() or (not out_dir.is_dir() and out_dir.name.lower().endswith(FILE_ENDINGS)):
+        raise IsybError(f"{out_dir}: {metavar} must be a folder for a dataset, not a file "
+                        "(name the output folder without a file extension)")
+
+
+def check_in_out(source: Path, target: Path) -> None:
+    """``isyb deface IN OUT``: a folder IN must be a BIDS dataset and needs a folder OUT;
+    a file IN needs a file OUT."""
+    if source.is_dir():
+        from isyb.bids.layout import read_description
+
+        read_description(source)
+        check_out_folder(target, "OUT")
+    elif target.is_dir():
+        raise IsybError(f"{target}: is a folder, but IN is a file; give OUT as an image file "
+                        "path (for a dataset, IN is the dataset folder)")
 
 
 def note(message: str) -> None:

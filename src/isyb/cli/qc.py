@@ -8,6 +8,7 @@ from pathlib import Path
 
 from isyb.cli.options import (
     QC_DATASET,
+    check_out_folder,
     executor_arguments,
     executor_options,
     failure,
@@ -107,6 +108,7 @@ def cmd_qc_dataset(args: argparse.Namespace) -> int:
     from isyb.qc.dataset import qc_group, qc_participants
     from isyb.qc.rules import ExclusionRules
 
+    check_out_folder(args.out_dir, "OUT_DIR")
     if args.level == "participant":
         records = qc_participants(args.bids_dir, args.out_dir, labels=args.participant_label,
                                   fd_threshold=args.fd_threshold,

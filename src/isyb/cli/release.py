@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from isyb.cli.options import (
     APP,
     bids_app_arguments,
+    check_out_folder,
     executor_arguments,
     executor_options,
     failure,
@@ -33,6 +35,7 @@ EXAMPLES_IMPORT = """examples:
   isyb import demo_out/dcm2niix demo_out/bids --map demo_out/map.tsv
 """
 
+log = logging.getLogger(__name__)
 
 EXAMPLES_APP = """examples:
   isyb bids/ release/ participant --nprocs 2
@@ -87,6 +90,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                      "text before the first _)")
     imp.add_argument("--session-pattern", help="regex with a (?P<session>...) group")
     imp.add_argument("--name", help="dataset Name for a new dataset_description.json")
+    imp.add_argument("--merge", action="store_true",
+                     help="add to an existing, non-empty BIDS_DIR that isyb import did not "
+                     "make (refused otherwise)")
 
     app = commands.add_parser(
         APP, usage="isyb BIDS_DIR OUTPUT_DIR {participant,group} [options]",
@@ -101,7 +107,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "input, and a hit makes the group level exit 1. Resumable: finished "
         "subject x steps are recorded in the work folder's manifest. Each subject is "
         "assembled in the work folder and moved into OUTPUT_DIR only when scrubbed; the "
-        "group level exits 1 (release marked incomplete) while a subject is unfinished.",
+        "group level exits 1 (release marked incomplete) while a subject is unfinished. "
+        "Last, the release gate checks every image by digest, every anatomical image past "
+        "the brain guard and every picture for faces (exit 1 when it fails).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
     app.add_argument("--template", default="default", help="head template name or path")
@@ -120,6 +128,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     app.add_argument("--fd-threshold", type=positive_float, default=0.2,
                      help="FD threshold in mm (> 0) for fd_num/fd_perc and the FD exclusion "
                      "rule")
+    app.add_argument("--strict", action="store_true",
+                     help="group level: a face that isyb's detector finds on a render of a "
+                     "released anatomical image fails the release gate (default: listed "
+                     "for review)")
     executor_arguments(app, "participant level: subjects")
 
     split.set_defaults(handler=cmd_split)
@@ -178,7 +190,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     summary = import_flat(args.source, args.bids_dir, args.map,
                           subject_pattern=args.subject_pattern,
-                          session_pattern=args.session_pattern, name=args.name)
+                          session_pattern=args.session_pattern, name=args.name,
+                          merge=args.merge)
     for item in summary["left_out"]:
         note(f"left out: {item}")
     print(json.dumps({k: summary[k] for k in ("subjects", "images", "left_out")}))
@@ -206,6 +219,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                              if args.release_policy else None,
                              fd_threshold=args.fd_threshold)
     executor = executor_options(args)
+    check_out_folder(args.output_dir, "OUTPUT_DIR")
     work_dir = args.work_dir or default_work_dir(args.output_dir)
     if args.level == "participant":
         check_executor(executor)
@@ -215,7 +229,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")
         summary = release_group(args.bids_dir, args.output_dir, work_dir,
-                                resolve(args.template, progress=note), options)
+                                resolve(args.template, progress=note), options,
+                                strict=args.strict)
         if "participant_level_missing" in summary:
             failure(f"release incomplete: the participant level of "
                     f"{', '.join(summary['participant_level_missing'])} is missing or was "
@@ -223,20 +238,24 @@ def cmd_app(args: argparse.Namespace) -> int:
             return 1
         printed = {k: summary[k] for k in ("subjects", "participant_level_done",
                                            "scrub_changes", "deface_failures", "leak_scan",
-                                           "withheld")}
+                                           "withheld", "complete")}
         derive = summary.get("derive")
         if isinstance(derive, dict):
             printed["derive"] = {"runs": derive["runs"], "failed": derive["failed"],
                                  "group_maps": sorted(k for k, v in derive["metrics"].items()
                                                       if isinstance(v, dict))}
         print(json.dumps(printed))
+        for item in summary["gate"]["review"]:
+            log.warning("for review: %s: %s", item["file"], item["reason"])
+        for item in summary["gate"]["violations"]:
+            failure(f"release gate: {item['file']}: {item['reason']}")
         note(f"release summary: {args.output_dir / 'derivatives/isyb/release_summary.json'}")
         if summary["leak_scan"]["findings"]:
             failure(f"release incomplete: the leak scan found {summary['leak_scan']['findings']}"
                     " identifying value(s) in the release (listed, without the values, in "
                     "release_summary.json)")
             return 1
-        return 0
+        return 0 if summary["complete"] else 1
     template = resolve(args.template, progress=note)
     records = release_participants(args.bids_dir, args.output_dir, work_dir, template, options,
                                    labels=args.participant_label, executor=executor,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from isyb.cli.options import (
+    check_out_folder,
     executor_arguments,
     executor_options,
     nonnegative_float,
@@ -14,6 +15,7 @@ from isyb.cli.options import (
     note,
     positive_int,
 )
+from isyb.errors import IsybError
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -87,7 +89,7 @@ def _study_template(args: argparse.Namespace):
 def cmd_study(args: argparse.Namespace) -> int:
     from isyb.bids.layout import collect_participants
     from isyb.io import check_output_folder
-    from isyb.study.study import StudyOptions, run_study
+    from isyb.study.study import StudyOptions, plan_cohort, run_study
     from isyb.templates.registry import resolve
 
     options = StudyOptions(method=args.method, face_region=args.face_region,
@@ -95,9 +97,13 @@ def cmd_study(args: argparse.Namespace) -> int:
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
     executor = executor_options(args)
-    collect_participants(args.bids_dir)  # bad inputs fail now, not after the templates
-    check_output_folder(args.out_dir, ours=True)  # not a file, nor under one
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
+    if len(set(names)) < 2:
+        raise IsybError("--templates needs at least two different templates")
+    check_out_folder(args.out_dir, "OUT_DIR")
+    check_output_folder(args.out_dir, ours=True)  # not under a file either
+    collect_participants(args.bids_dir)  # a bad description or participants.tsv fails now
+    plan_cohort(args.bids_dir, options)  # the split and cohort, before templates are prepared
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]
     result = run_study(args.bids_dir, args.out_dir, templates, options,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -129,17 +130,23 @@ class Alignment:
     timings: dict[str, float]
 
 
-def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None) -> Alignment:
+def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None,
+          stage: Callable[[str], None] | None = None) -> Alignment:
     """Brain-extract ``volume`` (unless ``brain`` is given) and register ``template`` to it.
 
+    ``stage`` is told, in words, when each of the two (long) steps starts.
     Raises :class:`isyb.errors.BrainExtractionError` or
     :class:`isyb.errors.RegistrationError` when either looks wrong.
     """
     clock = time.perf_counter()
     if brain is None:
+        if stage:
+            stage("brain: extracting the brain (deepbet)")
         brain = extract_brain(volume.data, volume.zooms)
     brain_ml = check_brain_mask(brain, volume.zooms, in_fov_fraction=0.3)
     brain_s = time.perf_counter() - clock
+    if stage:
+        stage(f"registration: aligning template {template.name} to the head")
     clock = time.perf_counter()
     registration = register_template(volume.data, volume.affine, brain, template.working_grid())
     timings = {"brain_s": brain_s, "registration_s": time.perf_counter() - clock}

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from isyb.deface.checked import deface_checked
-from isyb.deface.engine import Alignment, DefaceOptions, Defacing
+from isyb.deface.engine import Alignment, DefaceOptions, Defacing, align
 from isyb.errors import IsybError
 from isyb.io import (
     image_suffix,
@@ -81,7 +82,8 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
                 provenance_path: str | os.PathLike | None = None,
                 png_path: str | os.PathLike | None = None,
                 alignment: Alignment | None = None,
-                recorded_as: dict[str, str] | None = None) -> dict:
+                recorded_as: dict[str, str] | None = None,
+                stage: Callable[[str], None] | None = None) -> dict:
     """Deface ``in_path`` into ``out_path``; return the provenance record.
 
     ``provenance_path`` and ``png_path`` override the default names next to
@@ -90,20 +92,28 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
     ``recorded_as`` gives the names the record uses for ``input``, ``output``
     and ``qc_png`` instead of the paths: dataset mode records them relative to
     the datasets, so that no local path (which can name a person or a site)
-    ends up in a release.
+    ends up in a release. ``stage`` is told, in words, when each step starts
+    (brain, registration, masking, writing): the command line shows them.
     """
     names = recorded_as or {}
     in_path, out_path = Path(in_path), Path(out_path)
     save_mask = Path(save_mask) if save_mask is not None else None
     check_paths(in_path, out_path, force=force, save_mask=save_mask)
     start = time.perf_counter()
-    checked = deface_checked(load_volume(in_path), template, options, alignment=alignment)
+    volume = load_volume(in_path)
+    if alignment is None:
+        alignment = align(volume, template, stage=stage)
+    if stage:
+        stage(f"masking: {options.method} of the face, then the brain-guard check")
+    checked = deface_checked(volume, template, options, alignment=alignment)
     volume, result = checked.volume, checked.defacing
     default_json, default_png = sidecar_paths(out_path)
     provenance_path = Path(provenance_path) if provenance_path else default_json
     png_path = Path(png_path) if png_path else default_png
     report = replace(checked.report, input=names.get("input", str(in_path)),
                      output=names.get("output", str(out_path)))
+    if stage:
+        stage(f"writing: {out_path}")
     write_stored(checked.raw, volume, out_path)
     if save_mask is not None:
         save_mask_like(result.allowed, volume, save_mask)

@@ -51,6 +51,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -78,7 +79,7 @@ from isyb.derive.options import (
 )
 from isyb.derive.processors import PROCESSORS, RUN_METRICS, RunJob, Subject, run_output
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, run_tasks
+from isyb.executor import ExecutorOptions, Steps, run_tasks
 from isyb.io import atomic_path, check_output_folder, write_text
 
 LOG = logging.getLogger(__name__)
@@ -157,6 +158,26 @@ def _clean_message(message: str, bids_dir: Path) -> str:
     return " ".join(message.split())
 
 
+def _wanted(job: RunJob) -> list:
+    """The subject's runs that yield at least one of the wanted metrics."""
+    return [run for run in job.subject.runs
+            if set(RUN_METRICS[run.suffix]) & set(job.options.metrics)]
+
+
+@dataclass(frozen=True)
+class _RunsDone:
+    """Runs of a subject whose record was written since ``since_ns`` (progress bar)."""
+
+    since_ns: int
+
+    def __call__(self, job: RunJob) -> int:
+        count = 0
+        for run in _wanted(job):
+            path = _record_path(run, job.out_dir)
+            count += path.is_file() and path.stat().st_mtime_ns >= self.since_ns
+        return count
+
+
 def run_subject(job: RunJob) -> list[dict]:
     """Derive every wanted metric of one subject's runs; write one JSON record per run.
 
@@ -164,7 +185,7 @@ def run_subject(job: RunJob) -> list[dict]:
     not redone; their records are returned as they are.
     """
     subject, options = job.subject, job.options
-    wanted = [run for run in subject.runs if set(RUN_METRICS[run.suffix]) & set(options.metrics)]
+    wanted = _wanted(job)
     todo = [run for run in wanted
             if _finished(_record_path(run, job.out_dir), file_stamp(run.path), options) is None]
     records = [json.loads(_record_path(run, job.out_dir).read_text())
@@ -275,8 +296,9 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
         _surface_tables(Path(options.freesurfer_dir), [s.label for s in subjects], out_dir)
     jobs = [RunJob(bids_dir, out_dir, work, subject, options) for subject in subjects]
     records: list[dict] = []
+    steps = Steps(lambda job: len(_wanted(job)), _RunsDone(time.time_ns()))
     for result in run_tasks(run_subject, jobs, executor or ExecutorOptions(), progress=progress,
-                            desc="derive"):
+                            desc="derive runs", steps=steps):
         records.extend(result)
     return sorted(records, key=lambda r: r["source"])
 

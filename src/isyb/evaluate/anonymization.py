@@ -7,12 +7,12 @@ import os
 import numpy as np
 
 from isyb.errors import IsybError
-from isyb.evaluate.faces import face_detected
 from isyb.evaluate.nmi import face_nmi
 from isyb.head.brain import extract_brain
 from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
 from isyb.io import ImageLike, Volume, atomic_path, load_volume
 from isyb.templates.face import derive_face_rule, face_region
+from isyb.viz.faces import face_detected
 from isyb.viz.render import render_faces
 
 YAWS = (-15.0, 0.0, 15.0)

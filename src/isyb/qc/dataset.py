@@ -81,12 +81,18 @@ def _finished(json_path: Path, stamp: dict, fd_threshold: float) -> dict | None:
 
 @dataclass(frozen=True)
 class ParticipantJob:
-    """One run to measure: where it lies, where its outputs go, the FD threshold (mm)."""
+    """One run to measure: where it lies, where its outputs go, the FD threshold (mm).
+
+    ``metadata_dir`` is the dataset whose sidecars describe the run when it is not
+    ``bids_dir``: a release measures its released copies before their top-level
+    sidecars are written, so it reads the technical metadata from the source.
+    """
 
     bids_dir: Path
     out_dir: Path
     run: BIDSFile
     fd_threshold: float
+    metadata_dir: Path | None = None
 
 
 def run_participant_job(job: ParticipantJob) -> dict:
@@ -140,8 +146,9 @@ def _bold(job: ParticipantJob) -> tuple[dict, dict[str, bytes]]:
     from isyb.qc.report import bold_figures
 
     run = job.run
+    source = job.metadata_dir or job.bids_dir
     qc = qc_bold(run.path, fd_threshold=job.fd_threshold,
-                 metadata=metadata(job.bids_dir, run.path))
+                 metadata=metadata(source, source / run.relative))
     tsv = run_output(run, job.out_dir, "timeseries", ".tsv")
     qc.save_frames(tsv)
     result = {"metrics": qc.json_metrics(), "tr_s": qc.tr_s,

@@ -38,11 +38,11 @@ from isyb import __version__
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
-from isyb.evaluate.faces import face_detected
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import extract_brain
 from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
+from isyb.viz.faces import face_detected
 
 METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels",
                   "changed_voxels", "registration_score", "face_detected_original",

@@ -7,6 +7,7 @@ every template (see :mod:`isyb.study.run`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from isyb.study.stats import (
 )
 from isyb.templates.face import FACE_MARGIN_MM
 from isyb.templates.registry import Template
+
+#: Fewest subjects a subset of the study may have.
+MIN_SUBSET = 2
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,26 @@ def write_tsv(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
 
 
+def plan_cohort(bids_dir: Path, options: StudyOptions) -> tuple[dict[str, Path], dict[str, str]]:
+    """The cohort (each subject's first T1w) and each subject's subset, checked.
+
+    Cheap (file names and ``participants.tsv`` only), so the command line runs it
+    before it prepares any template: a split that does not fit the cohort, or a
+    subset with fewer than ``MIN_SUBSET`` subjects (no variance, no statistics),
+    is refused within a second instead of after minutes of preparation.
+    """
+    images = find_t1w(bids_dir)
+    subsets = assign_subsets(sorted(images), split=options.split, column=options.split_column,
+                             participants=read_participants(bids_dir), seed=options.seed)
+    counts = Counter(subsets.values())
+    small = sorted(name for name, n in counts.items() if n < MIN_SUBSET)
+    if small:
+        raise IsybError(f"subset(s) {', '.join(small)} of the {len(images)}-subject cohort "
+                        f"would have fewer than {MIN_SUBSET} subjects; the statistics need "
+                        f"at least {MIN_SUBSET} per subset")
+    return images, subsets
+
+
 def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options: StudyOptions,
               *, executor: ExecutorOptions | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None) -> dict:
@@ -71,9 +95,7 @@ def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options:
     """
     if len({t.name for t in templates}) < 2:
         raise IsybError("--templates needs at least two different templates")
-    images = find_t1w(bids_dir)
-    subsets = assign_subsets(sorted(images), split=options.split, column=options.split_column,
-                             participants=read_participants(bids_dir), seed=options.seed)
+    images, subsets = plan_cohort(bids_dir, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = collect_metrics(images, templates, out_dir / "work", options.deface_options(),
                               executor=executor, progress=progress)

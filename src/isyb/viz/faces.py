@@ -21,10 +21,17 @@ A face cut by the field of view (no nose or no mouth) is not found either, so
 Sources: P. Viola and M. Jones, "Rapid object detection using a boosted cascade
 of simple features", CVPR 2001; R. Lienhart and J. Maydt, "An extended set of
 Haar-like features for rapid object detection", ICIP 2002 (the ``alt2`` cascade).
+
+It lives in :mod:`isyb.viz` (beside the renders) so that the release gate
+(:mod:`isyb.app.gate`) can scan a release's pictures and renders with it;
+:mod:`isyb.evaluate` uses it from here.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -47,6 +54,13 @@ MIN_SIZE_FRACTION = 0.2
 MIN_FACE_MM = 80.0
 #: Pixel size (mm) of the renders :func:`face_detected` makes.
 RENDER_PIXEL_MM = 1.0
+#: Overlapping raw detections a face needs in a picture of unknown scale
+#: (:func:`picture_faces`). Measured on QC figures (:func:`isyb.viz.render.qc_figure`)
+#: and front renders saved as PNG: the faces of two demo phantoms and three real
+#: full-face scans were all found with 40 (pycortex-S1's QC figure not with 60);
+#: a defaced demo phantom's forehead texture scored between 30 and 40 (found with
+#: 30, not 40), and the already-defaced ds000240 scan none.
+PICTURE_MIN_NEIGHBORS = 40
 
 Box = tuple[int, int, int, int]
 
@@ -70,7 +84,8 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def detect_faces(image: np.ndarray, min_size: float | None = None) -> list[Box]:
+def detect_faces(image: np.ndarray, min_size: float | None = None, *,
+                 min_neighbors: int = MIN_NEIGHBORS) -> list[Box]:
     """Faces found by OpenCV's Haar cascade on a grey render, as ``(x, y, w, h)`` boxes.
 
     Boxes are in pixels of ``image`` (column, row, width, height). ``image`` is 2-D,
@@ -89,7 +104,8 @@ def detect_faces(image: np.ndarray, min_size: float | None = None) -> list[Box]:
       ±22.5° or less); non-faces collect at most 10.
     - ``minNeighbors=20``: a face needs more than 20 overlapping raw hits, about
       twice the most any non-face reached and half the fewest any real face
-      reached at yaws of ±22.5° or less.
+      reached at yaws of ±22.5° or less. ``min_neighbors`` overrides it
+      (pictures: :data:`PICTURE_MIN_NEIGHBORS`).
     - ``minSize``: a face box (brows to mouth) is at least ``MIN_FACE_MM`` (80 mm)
       on renders of known scale. Real adult faces give boxes of 130-170 mm.
       Smaller boxes are texture: a skin marker on the forehead of the defaced
@@ -114,7 +130,7 @@ def detect_faces(image: np.ndarray, min_size: float | None = None) -> list[Box]:
     if side_px > min(equalized.shape):
         return []
     boxes = _cascade().detectMultiScale(
-        equalized, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(side_px, side_px)
+        equalized, scaleFactor=SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(side_px, side_px)
     )
     found = np.rint(np.reshape(boxes, (-1, 4)) / scale).astype(int)
     return [(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
@@ -147,3 +163,31 @@ def face_detected(
         for yaw, image in zip(yaws, renders, strict=True)
     }
     return {"detected": any(per_yaw.values()), "yaws": per_yaw, "threshold": thr}
+
+
+#: Raster pictures embedded as ``data:`` URIs in HTML or SVG text.
+_DATA_URI = re.compile(rb"data:image/(?:png|jpe?g);base64,([A-Za-z0-9+/=\s]+)")
+
+
+def embedded_pictures(text: bytes) -> list[bytes]:
+    """The raster pictures (PNG, JPEG) embedded base64 in an HTML or SVG document."""
+    found = []
+    for match in _DATA_URI.finditer(text):
+        try:
+            found.append(base64.b64decode(b"".join(match.group(1).split()), validate=True))
+        except binascii.Error:
+            continue
+    return found
+
+
+def picture_faces(encoded: bytes) -> list[Box] | None:
+    """Faces in a PNG or JPEG picture (its bytes): :func:`detect_faces` with its default
+    smallest box (20 % of the picture's height) and ``PICTURE_MIN_NEIGHBORS``.
+
+    Returns ``None`` when the bytes do not decode as a picture, so that a caller can
+    treat an unreadable picture as unchecked rather than as clean.
+    """
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None
+    return detect_faces(image, min_neighbors=PICTURE_MIN_NEIGHBORS)

@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     error = results["qc_bold"]["motion_error"]
     print(f"BOLD motion vs truth: {error['trans_rms_mm']:.3f} mm, {error['rot_rms_deg']:.3f} deg "
           "RMS (checks ≤ 0.1 mm, ≤ 0.1 deg)")
-    print(f"T1w metrics: snr {anat_json['snr']:.2f}, cnr {anat_json['cnr']:.2f}, "
-          f"efc {anat_json['efc']:.3f}")
+    print(f"T1w metrics: isyb_snr {anat_json['isyb_snr']:.2f}, isyb_cnr "
+          f"{anat_json['isyb_cnr']:.2f}, efc {anat_json['efc']:.3f}, icvs_wm "
+          f"{anat_json['icvs_wm']:.3f}")
     print(f"load average at the end {os.getloadavg()}; MRIQC documents ~42 min per subject "
           "(T1w + BOLD)")
     record = {"started": started.isoformat(timespec="seconds"), "machine": info,

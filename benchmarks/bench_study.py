@@ -1,12 +1,22 @@
 """Time `isyb study` on 10 subjects x 3 templates (real heads plus phantoms).
 
 Run: python benchmarks/bench_study.py [--data DIR] [--out DIR] [--nprocs 1]
+     python benchmarks/bench_study.py --isyb-scale [--subjects 2] [--method blur]
 
 The cohort is the 8 head scans of ../shared/data/heads (symlinked into a BIDS
 layout) plus 2 phantoms; the templates are default, MNI152NLin6Asym and
 MNI152NLin2009cAsym (a local TemplateFlow home filled from
 ../shared/data/templates). Templates are prepared once before the timed run.
 The same command is then run again to time a fully cached rerun.
+
+``--isyb-scale`` times the study's own per-subject task
+(:func:`isyb.study.run.run_subject`, in this process, one process) on a
+small sample of ISYB-shaped heads: 1 mm phantoms with a 200 × 232 × 256 mm
+field of view (the ISYB T1w grid is 1 mm), 3 templates, and extrapolates to
+the descriptor's 215 subjects × 3 templates. Each stage (brain extraction,
+evaluation region, face detection, registration, defacing, metrics) is
+timed by wrapping the functions the task calls; per-subject stages are shared
+by the subject's templates.
 """
 
 from __future__ import annotations
@@ -60,12 +70,79 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+STAGES = {"load_volume": "load", "extract_brain": "brain extraction",
+          "evaluation_region": "evaluation region", "face_detected": "face detection",
+          "align": "registration", "deface_volume": "defacing",
+          "evaluate_defacing": "metrics (NMI, surface)", "save_mask_like": "writing masks"}
+ISYB_SUBJECTS, ISYB_TEMPLATES = 215, 3
+
+
+def isyb_scale(args: argparse.Namespace) -> dict:
+    """Time per subject × template pair on 1 mm phantoms, by stage; extrapolate to 215 × 3."""
+    os.environ.setdefault("ISYB_HOME", str(args.out / "isyb_home"))
+    os.environ["TEMPLATEFLOW_HOME"] = str(templateflow_home(args.data, args.out / "templateflow"))
+    import nibabel as nib
+
+    import isyb.study.run as run
+    from isyb.deface.engine import DefaceOptions
+    from isyb.synthetic.phantom import make_phantom
+    from isyb.templates.registry import resolve
+
+    templates = tuple(resolve(name) for name in TEMPLATES.split(","))  # prepared, untimed
+    spent: dict[str, float] = dict.fromkeys(STAGES.values(), 0.0)
+    for name, label in STAGES.items():
+        function = getattr(run, name)
+
+        def timed_stage(*a, _function=function, _label=label, **k):
+            start = time.perf_counter()
+            try:
+                return _function(*a, **k)
+            finally:
+                spent[_label] += time.perf_counter() - start
+        setattr(run, name, timed_stage)
+    options = DefaceOptions(method=args.method, face_region=args.face_region)
+    total = 0.0
+    for index in range(args.subjects):
+        phantom = make_phantom(voxel_size=1.0, seed=index, length=190.0 + 6 * index)
+        image = args.out / "heads" / f"sub-{index:02d}_T1w.nii.gz"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(phantom.image.astype("float32"), phantom.affine), image)
+        job = run.SubjectJob(f"{index:02d}", image, templates, args.out / "work", options)
+        start = time.perf_counter()
+        rows = run.run_subject(job)
+        total += time.perf_counter() - start
+        assert all(row["status"] == "ok" for row in rows), rows
+    pairs = args.subjects * len(templates)
+    per_pair = total / pairs
+    return {"mode": "isyb-scale", "subjects_sampled": args.subjects,
+            "templates": TEMPLATES, "method": args.method, "face_region": args.face_region,
+            "voxel_mm": 1.0, "grid": list(phantom.image.shape), "processes": 1,
+            "cores": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+            "total_s": round(total, 1), "per_pair_s": round(per_pair, 2),
+            "stage_s_per_pair": {k: round(v / pairs, 2) for k, v in spent.items()},
+            "extrapolated_215x3_h_one_process": round(
+                per_pair * ISYB_SUBJECTS * ISYB_TEMPLATES / 3600, 2),
+            "target_per_pair_s": 3.0}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data())
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="bench-study-")))
     parser.add_argument("--nprocs", type=int, default=1)
+    parser.add_argument("--isyb-scale", action="store_true",
+                        help="time per pair on ISYB-shaped 1 mm heads, by stage, extrapolated "
+                        "to 215 subjects x 3 templates")
+    parser.add_argument("--subjects", type=int, default=2, help="--isyb-scale: heads sampled")
+    parser.add_argument("--method", default="blur", help="--isyb-scale: defacing method")
+    parser.add_argument("--face-region", default="template",
+                        help="--isyb-scale: face region (the isyb design's: template)")
     args = parser.parse_args()
+    if args.isyb_scale:
+        result = isyb_scale(args)
+        print(json.dumps(result, indent=2))
+        (args.out / "results_isyb_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     isyb = str(Path(sys.executable).with_name("isyb"))
     env = dict(os.environ, ISYB_HOME=str(args.out / "isyb_home"),
                TEMPLATEFLOW_HOME=str(templateflow_home(args.data, args.out / "templateflow")))

@@ -83,7 +83,7 @@ def _commands(bids: str, out: str, source: str, mapping: str) -> dict[str, list[
             "derive": ["derive", bids, out, "participant"],
             "study": ["study", bids, out, "--templates", "default,MNI152NLin6Asym"],
             "split": ["split", bids, "--output", f"{out}.tsv"],
-            "import": ["import", source, bids, "--map", mapping],
+            "import": ["import", source, bids, "--map", mapping, "--merge"],
             "participant": [bids, out, "participant"],
             "group": [bids, out, "group"]}
 

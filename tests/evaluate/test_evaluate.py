@@ -97,15 +97,18 @@ def test_evaluation_of_a_phantom_defacing(default_template, tmp_path: Path) -> N
     # the CLI: one JSON object, renders of the defaced head, exit 0
     renders = tmp_path / "renders.png"
     assert main(["evaluate", str(source), str(out), "--mask", str(mask_path),
-                 "--brain-mask", str(mask_path), "--renders", str(renders)]) == 0
+                 "--brain-mask", str(mask_path), "--renders", str(renders),
+                 "--detect", "haar"]) == 0  # the ensemble: tests/evaluate/test_ensemble.py
     assert renders.is_file()
 
 
 def test_mismatched_grids_are_a_one_line_error(tmp_path: Path, capsys) -> None:
     a = tmp_path / "a.nii.gz"
     b = tmp_path / "b.nii.gz"
-    nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)).to_filename(str(a))
-    nib.Nifti1Image(np.ones((10, 10, 12), np.float32), np.eye(4)).to_filename(str(b))
+    nib.Nifti1Image(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), np.eye(4)).to_filename(
+        str(a))  # not constant: a constant image is refused before the grids are compared
+    nib.Nifti1Image(np.arange(1200, dtype=np.float32).reshape(10, 10, 12), np.eye(4)).to_filename(
+        str(b))
     assert main(["evaluate", str(a), str(b), "--mask", str(a)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different grids" in err[0]
@@ -118,7 +121,7 @@ def test_evaluate_cli_on_a_real_head(data_root: Path, default_template, tmp_path
     out, mask = tmp_path / "defaced.nii.gz", tmp_path / "mask.nii.gz"
     deface_file(source, out, default_template, DefaceOptions(), save_mask=mask, qc_png=False)
     capsys.readouterr()
-    assert main(["evaluate", str(source), str(out), "--mask", str(mask)]) == 0
+    assert main(["evaluate", str(source), str(out), "--mask", str(mask), "--detect", "haar"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["face_detected_original"] and not record["face_detected_defaced"]
     assert record["brain_changed_voxels"] == 0

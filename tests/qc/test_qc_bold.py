@@ -348,7 +348,7 @@ def test_qc_bold_refuses_a_3d_image_and_what_is_not_an_image():
 
 def test_too_many_dummy_scans_is_an_error(small_run):
     with pytest.raises(BoldInputError, match="dummy"):
-        bold_metrics(small_run[0], (6.0, 6.0, 6.0), 2.0, dummy_scans=5)
+        bold_metrics(small_run[0], (6.0, 6.0, 6.0), 2.0, dummy_scans=10)  # 4 would remain
 
 
 # ---------------------------------------------------------------------------

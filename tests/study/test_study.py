@@ -129,6 +129,12 @@ def test_study_writes_every_output(study_run) -> None:
     assert len(metrics) == 8 and (metrics["status"] == "ok").all()
     assert metrics["brain_changed_voxels"].eq(0).all()
     assert metrics["nmi"].between(0, 1).all()
+    # issue 15: re-identification per template (ranks among 4 originals) and face distances
+    assert metrics["reid_rank"].between(1, 4).all() and metrics["reid_rank1"].between(0, 1).all()
+    assert (metrics["face_distance_to_original_mm"] > 0).all()
+    assert (metrics["face_distance_to_template_mm"] >= 0).all()
+    assert "subject_to_template" not in metrics
+    assert metrics["ensemble_views_with_face_defaced"].between(0, 12).all()
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "anova.tsv" in report
 

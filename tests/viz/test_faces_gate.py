@@ -129,8 +129,8 @@ def test_skip_deface_releases_are_listed_for_review_not_passed_silently(tmp_path
     (out / "derivatives/isyb/logs/sub-01.json").unlink()  # --skip deface writes no record
     refused = run_gate(out, {}, render_faces=False)
     assert [v["file"] for v in refused.violations] == ["sub-01/anat/sub-01_T1w.nii.gz"]
-    claimed = run_gate(out, {}, render_faces=False, predefaced=True)
+    claimed = run_gate(out, {}, render_faces=False, predefaced=["01"])
     assert claimed.passed, claimed.violations
     assert [r["file"] for r in claimed.review] == ["sub-01/anat/sub-01_T1w.nii.gz"]
     shutil.copyfile(figures["head"], out / "sub-01/anat/old_T1w.nii.gz")  # not a BIDS name
-    assert not run_gate(out, {}, render_faces=False, predefaced=True).passed
+    assert not run_gate(out, {}, render_faces=False, predefaced=["01"]).passed

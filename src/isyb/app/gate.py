@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,10 @@ def sha256(path: Path) -> str:
 
 
 def allowed_copies(out_dir: Path, policy: ReleasePolicy | None = None, *,
-                   predefaced: bool = False) -> set[str]:
+                   predefaced: Collection[str] = ()) -> set[str]:
     """Release paths of the images the release policy lets be plain copies (with
-    ``predefaced``, the anatomical images too: ``--skip deface`` copies them as they are).
+    the anatomical images of the ``predefaced`` subjects too: ``--skip deface`` copies them
+    as they are).
 
     The released subjects are classified by :mod:`isyb.bids.classify` under the same
     policy the participant level used (``None``: isyb's default): an image is an allowed
@@ -64,8 +65,14 @@ def allowed_copies(out_dir: Path, policy: ReleasePolicy | None = None, *,
     policy = policy or load_release_policy()
     subjects = sorted(p.name[4:] for p in out_dir.glob("sub-*") if p.is_dir())
     return {item.relative for item in classify_dataset(out_dir, policy, subjects)
-            if item.kind in (("copy", "deface") if predefaced else ("copy",))
-            and is_image(Path(item.relative))}
+            if is_image(Path(item.relative)) and (item.kind == "copy" or (
+                item.kind == "deface" and _subject(item.relative) in predefaced))}
+
+
+def _subject(relative: str) -> str:
+    """The label of the subject a release path belongs to (``""`` outside ``sub-*``)."""
+    first = relative.split("/", 1)[0]
+    return first[4:] if first.startswith("sub-") else ""
 
 
 def _images(root: Path) -> list[Path]:
@@ -126,7 +133,8 @@ class GateReport:
 
 def run_gate(out_dir: Path, recorded: dict[str, str], *, written: Iterable[str] = (),
              strict: bool = False, render_faces: bool = True,
-             policy: ReleasePolicy | None = None, predefaced: bool = False) -> GateReport:
+             policy: ReleasePolicy | None = None,
+             predefaced: Collection[str] = ()) -> GateReport:
     """Check the release in ``out_dir`` (see the module docstring).
 
     ``recorded`` maps release paths to the SHA-256 the participant level recorded
@@ -135,14 +143,15 @@ def run_gate(out_dir: Path, recorded: dict[str, str], *, written: Iterable[str] 
     released anatomical image a violation instead of an item for review.
     ``render_faces=False`` leaves out check 3 (the renders). ``policy`` is the release
     policy (``None``: isyb's default) that says which images may be plain copies.
-    ``predefaced`` (the participant level ran with ``--skip deface``: the user says the
-    data are already defaced): an anatomical image needs no deface record; it must be
-    one the policy allows, and it is listed for review as released without defacing.
+    ``predefaced``: labels of the subjects whose participant level ran with ``--skip
+    deface`` (the user says their data are already defaced): their anatomical images need
+    no deface record, must be ones the policy allows, and are listed for review as
+    released without defacing.
     """
     report = GateReport()
     written = set(written)
     copies = allowed_copies(out_dir, policy, predefaced=predefaced)
-    anatomical = _check_images(out_dir, recorded, written, copies, predefaced, report)
+    anatomical = _check_images(out_dir, recorded, written, copies, set(predefaced), report)
     if render_faces:
         _check_renders(out_dir, anatomical, strict, report)
     _check_pictures(out_dir, report)
@@ -150,7 +159,7 @@ def run_gate(out_dir: Path, recorded: dict[str, str], *, written: Iterable[str] 
 
 
 def _check_images(out_dir: Path, recorded: dict[str, str], written: set[str],
-                  copies: set[str], predefaced: bool, report: GateReport) -> list[Path]:
+                  copies: set[str], predefaced: set[str], report: GateReport) -> list[Path]:
     guard = {}
     for folder in sorted(out_dir.glob("sub-*")):
         for item in _deface_images(out_dir, folder.name[4:]):
@@ -160,7 +169,8 @@ def _check_images(out_dir: Path, recorded: dict[str, str], written: set[str],
     for path in images:
         name = path.relative_to(out_dir).as_posix()
         is_anat = name.startswith("sub-") and "anat" in path.relative_to(out_dir).parts[1:-1]
-        if is_anat and predefaced:
+        as_it_was = _subject(name) in predefaced
+        if is_anat and as_it_was:
             anatomical.append(path)
             report.review.append({"file": name, "reason": "released as it was, not defaced by "
                                   "isyb (--skip deface)"})
@@ -175,7 +185,7 @@ def _check_images(out_dir: Path, recorded: dict[str, str], written: set[str],
                 continue
         if name in written or (name in recorded and recorded[name] == sha256(path)):
             continue
-        if (predefaced or not is_anat) and name in copies:
+        if (as_it_was or not is_anat) and name in copies:
             continue
         reason = "content differs from the one isyb wrote" if name in recorded else \
             "image isyb did not write and the policy does not allow"

@@ -74,6 +74,7 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.app.checks import check_executor, check_inputs
 from isyb.app.dataset_files import write_description, write_readme_and_changes
 from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
 from isyb.bids.classify import (
@@ -85,22 +86,20 @@ from isyb.bids.classify import (
 )
 from isyb.bids.layout import (
     DERIVATIVES,
-    check_separate,
-    collect_participants,
-    read_description,
 )
 from isyb.bids.leaks import dataset_needles, scan_release
-from isyb.bids.participants import validate_participants
 from isyb.bids.scrub import REPORT_COLUMNS, load_policy, scrub_in_place
 from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
-from isyb.executor import ExecutorOptions, Steps, check_scheduler, run_tasks
-from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
+from isyb.executor import ExecutorOptions, Steps, run_tasks
+from isyb.io import atomic_path, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
+#: The deface step's record of a subject copied as it was (``--skip deface``).
+COPIED_AS_IS = "copied without defacing (--skip deface)"
 SKIPPABLE = ("deface", "qc", "derive")
 
 log = logging.getLogger(__name__)
@@ -130,21 +129,6 @@ class ReleaseOptions:
 
 def default_work_dir(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}_work"
-
-
-def check_folders(bids_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Refuse a folder that is not a BIDS dataset, overlapping folders, a work folder
-    inside the release, and an output or work folder under a file or holding files isyb
-    did not write."""
-    read_description(bids_dir)
-    check_separate(bids_dir, out_dir)
-    release, work = out_dir.resolve(), work_dir.resolve()
-    if work == release or release in work.parents:
-        raise IsybError(f"{work_dir}: the work folder holds the secret date-shift key and "
-                        "must not be inside OUTPUT_DIR")
-    check_output_folder(work_dir, ours=(work_dir / "scrub.key").is_file())
-    check_output_folder(out_dir, ours=(work_dir / "manifest").is_dir()
-                        or (out_dir / DERIVATIVES).is_dir())
 
 
 def scrub_key(work_dir: Path) -> bytes:
@@ -246,7 +230,7 @@ def release_subject(task: SubjectTask) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
         if "deface" in task.options.skip:
             _copy_subject(task, stage / "defaced")
-            result = {"images": "copied without defacing (--skip deface)"}
+            result = {"images": COPIED_AS_IS}
         else:
             job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface, task.options.release_policy)
@@ -357,37 +341,14 @@ def _publish(staged: Path, out_dir: Path, subject: str) -> None:
                 shutil.copy2(path, tmp)
 
 
-def check_inputs(bids_dir: Path, out_dir: Path, work_dir: Path, options: ReleaseOptions,
-                 labels: list[str] | None = None) -> list[str]:
-    """The subjects of the release (all, or ``labels``), after checking the folders and
-    every input (description, ``participants.tsv``, sidecars, both policies): one-line
-    errors before anything is written or a template prepared."""
-    check_folders(bids_dir, out_dir, work_dir)
-    subjects = collect_participants(bids_dir, labels or None)
-    if not subjects:
-        raise IsybError(f"{bids_dir}: no sub-* folders")
-    validate_participants(bids_dir)
-    load_policy(options.policy)
-    load_release_policy(options.release_policy)
-    return subjects
-
-
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
                       options: ReleaseOptions, labels: list[str] | None) -> list[SubjectTask]:
     """One task per subject (all, or ``labels``), after checking the inputs."""
-    subjects = check_inputs(bids_dir, out_dir, work_dir, options, labels)
+    subjects = check_inputs(bids_dir, out_dir, work_dir, policy=options.policy,
+                            release_policy=options.release_policy, labels=labels)
     key = scrub_key(work_dir)
     return [SubjectTask(bids_dir, out_dir, work_dir, s, template, options, key)
             for s in subjects]
-
-
-def check_executor(executor: ExecutorOptions) -> None:
-    """Refuse threads other than one per task (the release's files are then the same on
-    every executor) and a Dask scheduler that does not answer, before the scrub key is made."""
-    if executor.threads not in (None, 1):
-        raise IsybError("--omp-nthreads: the release runs one thread per task, so that its "
-                        "files are the same on every executor")
-    check_scheduler(executor)
 
 
 def release_participants(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
@@ -437,7 +398,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     from isyb.qc.dataset import qc_group, read_records
     from isyb.qc.rules import ExclusionRules
 
-    subjects = check_inputs(bids_dir, out_dir, work_dir, options)
+    subjects = check_inputs(bids_dir, out_dir, work_dir, policy=options.policy,
+                            release_policy=options.release_policy)
     policy = load_policy(options.policy)
     release_policy = load_release_policy(options.release_policy)
     manifests = {s: json.loads(p.read_text()) for s in subjects
@@ -511,7 +473,9 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     recorded = {name: digest for m in manifests.values()
                 for name, digest in m.get("outputs", {}).items()}
     gate = run_gate(out_dir, recorded, written=written_since(out_dir, before), strict=strict,
-                    policy=release_policy, predefaced="deface" in options.skip)
+                    policy=release_policy, predefaced=[
+                        s for s, m in manifests.items()
+                        if m.get("deface", {}).get("images") == COPIED_AS_IS])
     summary["gate"] = gate.to_json()
     summary["complete"] = not leaks and gate.passed  # a leak or a gate violation: unfinished
     write_text(out_dir / DERIVATIVES / "release_summary.json",

@@ -87,7 +87,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "face detection",
         description="Compare ORIG with DEFACED (same grid) inside FACE_MASK (the mask from "
         "`isyb deface --save-mask`). Prints one JSON object and writes a PNG of the *defaced* "
-        "head rendered at yaw -15, 0 and +15 degrees.")
+        "head rendered at yaw -15, 0 and +15 degrees. Face detection: the Haar cascade on 3 "
+        "views, and by default an ensemble (Haar + MTCNN, 12 views: yaw, pitch, two lights) "
+        "reported per detector and view. With --template: the defaced face's distance (mm) to "
+        "the original face and to that template's registered face.")
     evaluate.add_argument("original", metavar="ORIG", type=Path)
     evaluate.add_argument("defaced", metavar="DEFACED", type=Path)
     evaluate.add_argument("--mask", required=True, type=Path, metavar="FACE_MASK",
@@ -100,6 +103,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--renders", type=Path, metavar="PNG",
                           help="where to write the renders (default: DEFACED stem + "
                           "_renders.png)")
+    evaluate.add_argument("--detect", choices=("ensemble", "haar"), default="ensemble",
+                          help="face detection: the ensemble and the Haar cascade, or the Haar "
+                          "cascade on 3 views only (faster) (default: %(default)s)")
+    evaluate.add_argument("--template", metavar="NAME|PATH",
+                          help="the template the defacing used: also report the face distances "
+                          "to the original and to this template's face (registers ORIG to it)")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON object indented (it is always JSON)")
 
@@ -164,13 +173,14 @@ def cmd_deface(args: argparse.Namespace) -> int:
         raise IsybError("--participant-label and --release-policy need a BIDS dataset folder "
                         "as IN")
     from isyb.deface.file import check_paths
-    from isyb.io import load_image, sweep_partial_of
+    from isyb.io import load_image, load_volume, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
     load_image(args.input)  # a bad input fails now, not after a first template preparation
     for path in (args.output, args.save_mask):
         for partial in sweep_partial_of(path) if path else ():
             note(f"removed {partial}, left by an interrupted run")
+    load_volume(args.input)  # its voxels too (NaN, constant), before any template work
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png, stage=note)
@@ -218,8 +228,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         brain_volume = load_volume(args.brain_mask)
         check_same_grid(original, brain_volume, ("ORIG", "BRAIN"))
         brain = brain_volume.data > 0
+    template = None
+    if args.template:
+        from isyb.templates.registry import resolve
+
+        template = resolve(args.template)
     record = evaluate_defacing(original, defaced, mask_volume.data > 0, brain=brain,
-                               nmi_method=args.nmi)
+                               nmi_method=args.nmi, ensemble=args.detect == "ensemble",
+                               template=template)
     renders = args.renders or Path(f"{strip_image_suffix(args.defaced)}_renders.png")
     save_renders(defaced, renders)
     record["renders_png"] = str(renders)

@@ -27,7 +27,9 @@ def check_out_folder(out_dir: Path, metavar: str) -> None:
     """Refuse at once a dataset mode's output folder that is an existing file or is named
     like one (``out.nii.gz``): the command would run for minutes and then make a folder
     of that name."""
-    if out_dir.is_file() or (not out_dir.is_dir() and out_dir.name.lower().endswith(FILE_ENDINGS)):
+    if out_dir.is_file():
+        raise IsybError(f"{out_dir}: is a file; {metavar} must be a folder for a dataset")
+    if not out_dir.is_dir() and out_dir.name.lower().endswith(FILE_ENDINGS):
         raise IsybError(f"{out_dir}: {metavar} must be a folder for a dataset, not a file "
                         "(name the output folder without a file extension)")
 

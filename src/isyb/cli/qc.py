@@ -73,7 +73,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     qc_set.add_argument("--no-sd-rule", action="store_true", help="turn the SD rule off")
     qc_set.add_argument("--sd-metrics", metavar="LIST",
                         help="comma-separated metrics the SD rule checks (default: the "
-                        "descriptor's: snr,fber,cnr,efc,fwhm_avg for T1w/T2w and "
+                        "descriptor's: isyb_snr,isyb_fber,isyb_cnr,efc,fwhm_avg for T1w/T2w and "
                         "snr,fber,efc,fwhm_avg,fd_mean,dvars_std,gcor for BOLD)")
     qc_set.add_argument("--fd-threshold", type=positive_float, default=0.2,
                         help="FD rule: exclude BOLD runs with mean FD above this (mm; also "

@@ -199,10 +199,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    from isyb.app.checks import check_executor, check_inputs
     from isyb.app.release import (
         ReleaseOptions,
-        check_executor,
-        check_inputs,
         default_work_dir,
         release_group,
         release_participants,
@@ -223,8 +222,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     work_dir = args.work_dir or default_work_dir(args.output_dir)
     if args.level == "participant":
         check_executor(executor)
-    check_inputs(args.bids_dir, args.output_dir, work_dir, options,
-                 args.participant_label if args.level == "participant" else None)
+    check_inputs(args.bids_dir, args.output_dir, work_dir, policy=options.policy,
+                 release_policy=options.release_policy,
+                 labels=args.participant_label if args.level == "participant" else None)
     if args.level == "group":
         if args.participant_label:
             raise IsybError("--participant-label is for the participant level")

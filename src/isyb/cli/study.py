@@ -29,20 +29,41 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "for every template), cached in OUT_DIR/work. Then a mixed ANOVA "
         "(template within × subset between), repeated-measures ANOVAs per subset and pooled "
         "(Mauchly, Greenhouse-Geisser), post-hoc paired tests, marginal means, Table 1, "
-        "violins and report.html.",
+        "violins and report.html. --design names the analysis: isyb is the ISYB data "
+        "descriptor's (maskface with the template's face region; SPSS-style mixed ANOVA "
+        "with type III sums, Greenhouse-Geisser when Mauchly rejects sphericity, Bonferroni "
+        "pairs of the estimated marginal means); pingouin (default) is isyb's earlier "
+        "analysis (blur with the face rule; type II sums, per-subset and pooled tests), "
+        "which does not reproduce the descriptor. --method and --face-region override the "
+        "design's defacing, and the report says so. --stats-only METRICS.tsv OUT_DIR "
+        "recomputes the statistics, tables and figure from an existing metrics table "
+        "without defacing.",
         epilog="examples:\n  isyb study bids/ study_out/ --templates default,"
         "MNI152NLin6Asym,MNI152NLin2009cAsym --split discovery:89,validation:126 --seed 1\n"
+        "  isyb study --stats-only study_out/metrics.tsv restats/ --design isyb "
+        "--templates default,MNI152NLin6Asym,MNI152NLin2009cAsym\n"
         "  isyb study bids/ study_out/ --templates default,MNI152NLin6Asym --executor dask "
         "--dask-cluster slurm --nprocs 20",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    study.add_argument("bids_dir", metavar="BIDS_DIR", type=Path)
-    study.add_argument("out_dir", metavar="OUT_DIR", type=Path)
-    study.add_argument("--templates", required=True,
-                       help="comma-separated template names or paths (at least two)")
-    study.add_argument("--method", choices=("blur", "remove", "noise"), default="blur")
-    study.add_argument("--face-region", choices=("rule", "template"), default="rule",
-                       help="face region of the defacing, as for `isyb deface` (default: "
-                       "%(default)s)")
+    study.add_argument("bids_dir", metavar="BIDS_DIR", type=Path, nargs="?",
+                       help="the BIDS dataset (not with --stats-only)")
+    study.add_argument("out_dir", metavar="OUT_DIR", type=Path, nargs="?")
+    study.add_argument("--stats-only", metavar="METRICS_TSV", type=Path,
+                       help="no defacing: the statistics, tables, figure and report of this "
+                       "metrics.tsv (columns subject, subset, template and --dv; optional "
+                       "status), written to OUT_DIR")
+    study.add_argument("--design", choices=("isyb", "pingouin"), default="pingouin",
+                       help="the analysis (see above; default: %(default)s)")
+    study.add_argument("--templates",
+                       help="comma-separated template names or paths (at least two), in the "
+                       "order of the tables and figure; with --stats-only, the templates of "
+                       "the table to compare (default: all, sorted)")
+    study.add_argument("--method", choices=("blur", "remove", "noise", "maskface"),
+                       help="how the face is obscured (default: the design's: maskface for "
+                       "isyb, blur for pingouin)")
+    study.add_argument("--face-region", choices=("rule", "template"),
+                       help="face region of the defacing, as for `isyb deface` (default: the "
+                       "design's: template for isyb, rule for pingouin)")
     study.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
                        help="--face-region template: margin around the template's face, "
                        "template mm (default: %(default)s)")
@@ -86,16 +107,41 @@ def _study_template(args: argparse.Namespace):
                    source=f"study template built from {args.bids_dir}", progress=note)
 
 
+def _stats_only(args: argparse.Namespace, options) -> int:
+    from isyb.io import check_output_folder
+    from isyb.study.study import stats_only
+
+    if args.out_dir is not None:
+        raise IsybError("--stats-only METRICS_TSV takes OUT_DIR only, no BIDS_DIR")
+    out_dir = args.bids_dir
+    if out_dir is None:
+        raise IsybError("--stats-only METRICS_TSV needs OUT_DIR")
+    check_output_folder(out_dir, ours=True)
+    order = [n.strip() for n in args.templates.split(",") if n.strip()] if args.templates else None
+    note(f"design: {options.design_label}")
+    result = stats_only(args.stats_only, out_dir, options, order=order, log=note)
+    print(json.dumps(result["summary"]))
+    note(f"report: {out_dir / 'report.html'}")
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from isyb.bids.layout import collect_participants
     from isyb.io import check_output_folder
     from isyb.study.study import StudyOptions, plan_cohort, run_study
     from isyb.templates.registry import resolve
 
-    options = StudyOptions(method=args.method, face_region=args.face_region,
+    options = StudyOptions(design=args.design, method=args.method, face_region=args.face_region,
                            face_margin_mm=args.face_margin, dv=args.dv, split=args.split,
                            split_column=args.split_column, seed=args.seed,
                            padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
+    if args.stats_only is not None:
+        return _stats_only(args, options)
+    if args.bids_dir is None or args.out_dir is None:
+        raise IsybError("give BIDS_DIR and OUT_DIR (or --stats-only METRICS_TSV OUT_DIR)")
+    if not args.templates:
+        raise IsybError("--templates is required (comma-separated names, at least two)")
+    options.deface_options()  # bad defacing settings fail before any work
     executor = executor_options(args)
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     if len(set(names)) < 2:
@@ -106,6 +152,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     plan_cohort(args.bids_dir, options)  # the split and cohort, before templates are prepared
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]
+    note(f"design: {options.design_label}")
     result = run_study(args.bids_dir, args.out_dir, templates, options,
                        executor=executor, progress=not args.quiet, log=note)
     print(json.dumps(result["summary"]))

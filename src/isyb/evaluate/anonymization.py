@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from isyb.errors import IsybError
+from isyb.evaluate.ensemble import ensemble_detect
+from isyb.evaluate.face_distance import face_distances
 from isyb.evaluate.nmi import face_nmi
 from isyb.head.brain import extract_brain
 from isyb.head.morphology import brain_guard, head_mask, skin_surface, skin_threshold
@@ -14,6 +17,9 @@ from isyb.io import ImageLike, Volume, atomic_path, load_volume
 from isyb.templates.face import derive_face_rule, face_region
 from isyb.viz.faces import face_detected
 from isyb.viz.render import render_faces
+
+if TYPE_CHECKING:
+    from isyb.templates.registry import Template
 
 YAWS = (-15.0, 0.0, 15.0)
 
@@ -60,7 +66,8 @@ def _as_mask(mask: np.ndarray | Volume | ImageLike, original: Volume, name: str)
 def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
                       face_mask: np.ndarray | Volume | ImageLike, *,
                       brain: np.ndarray | Volume | ImageLike | None = None,
-                      nmi_method: str = "arithmetic", detect: bool = True) -> dict:
+                      nmi_method: str = "arithmetic", detect: bool = True,
+                      ensemble: bool = True, template: Template | None = None) -> dict:
     """Anonymization metrics of one original/defaced pair on one grid.
 
     ``original`` and ``defaced`` are :class:`~isyb.io.Volume` objects, NIfTI/MGZ
@@ -73,6 +80,15 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     (skin-surface voxels of the original head inside the face mask that
     changed), ``face_detected_original`` and ``face_detected_defaced`` (stock
     Haar detector on front renders at yaw 0 and ±15 degrees).
+
+    With ``detect`` and ``ensemble``, also ``ensemble_original`` and
+    ``ensemble_defaced``: the face-detector ensemble over 12 views, per detector
+    and view (:meth:`isyb.evaluate.ensemble.EnsembleResult.to_json`). With a
+    ``template`` (a prepared :class:`isyb.templates.registry.Template`, normally
+    the one the defacing used), ``face_distance``: the defaced face's mean
+    distance (mm) to the original face and to the registered template's face
+    over the face mask (:func:`isyb.evaluate.face_distance.face_distances`;
+    the original is registered to the template once for it).
     """
     original, defaced = _as_volume(original), _as_volume(defaced)
     check_same_grid(original, defaced, ("original", "defaced"))
@@ -103,6 +119,19 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
             face_detected_defaced=bool(after["detected"]),
             detections_defaced={str(yaw): boxes for yaw, boxes in after["yaws"].items()},
         )
+        if ensemble:
+            record.update(
+                ensemble_original=ensemble_detect(original.data, original.zooms).to_json(),
+                ensemble_defaced=ensemble_detect(defaced.data, defaced.zooms).to_json(),
+            )
+    if template is not None:
+        from isyb.deface.engine import align
+        from isyb.evaluate.reid import frame_for
+
+        registration = align(original, template, brain=brain).registration
+        distance = face_distances(original, defaced, face_mask,
+                                  registration.subject_to_template, frame_for(template))
+        record.update(face_distance=distance.to_json(), face_distance_template=template.name)
     return record
 
 

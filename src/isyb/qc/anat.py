@@ -1,48 +1,45 @@
-"""Image quality metrics of structural head scans (T1w, T2w), after MRIQC.
+"""Image quality metrics of structural head scans (T1w, T2w), after MRIQC 24.
 
 Every metric is a plain function of numpy arrays (and voxel sizes in mm
 where it needs them); :func:`anat_metrics` builds the masks and calls them
 all. Arrays are in RAS voxel order, as :func:`isyb.io.load_volume` gives them
 (axis 0 left->Right, axis 1 posterior->Anterior, axis 2 inferior->Superior).
 
-Definitions follow MRIQC's ``mriqc/qc/anatomical.py`` (the formulas) and
-``mriqc/interfaces/anatomical.py`` (which statistics it feeds them: medians,
-SDs, MADs), as read in the nipreps/mriqc repository (Esteban et al., PLoS
-ONE 12(9):e0184661, 2017). The code here is isyb's own. Where the numbers
-can differ from MRIQC's, the function says how and why. Differences that
-hold for all of them:
+**MRIQC's names, MRIQC's definitions.** The columns named like MRIQC's IQMs
+(``summary_*``, ``snr_*``, ``snrd_*``, ``cnr``, ``cjv``, ``fber``, ``efc``,
+``wm2max``, ``icvs_*``, ``fwhm_*``) are computed by
+:func:`isyb.qc.mriqc.mriqc_metrics` and :func:`isyb.qc.mriqc.fwhm_columns`
+with MRIQC 24.0.2's formulas (:mod:`isyb.qc.mriqc`) on the image MRIQC
+computes them on: the scan clipped to the 10th-99.9th percentiles of its
+positive values and rescaled to 0..255
+(:func:`isyb.qc.masks.intensity_clip`, niworkflows' ``IntensityClip``), N4
+bias-field corrected, segmented by Atropos into CSF, GM and WM posteriors
+(:func:`isyb.head.tissue.atropos_tissues`; MRIQC 24 uses Atropos, not FSL
+FAST), and rescaled so that the median of the white matter is 1000. The
+statistics are MRIQC 24's posterior-weighted ones, not eroded hard masks.
+``fwhm_*`` are in voxels, as MRIQC's; ``fwhm_*_mm`` in mm. What still
+differs: Atropos is initialised from isyb's intensity mixture instead of MNI
+tissue priors; the brain mask is deepbet's, not SynthStrip's; the air
+("hat") mask is isyb's :func:`isyb.qc.masks.air_mask`, which also leaves out
+the air in front of and below the face; the "rotation" mask is
+:func:`isyb.qc.masks.empty_mask`; the clip thresholds come from a cheaper
+median filter. Without a measurable background the air statistics are
+undefined, and ``summary_bg_*``, ``snrd_*`` and ``cnr`` are left out.
 
-* **No bias-field (N4) correction, no rescaling.** MRIQC computes its
-  metrics on the N4-corrected image, rescaled so that the median of WM is
-  1000. Every metric here is a ratio, so the rescaling changes nothing. A
-  strong bias field widens the tissue distributions, which raises ``cjv``
-  and lowers ``cnr`` here more than in MRIQC. Negative values are clipped
-  to 0, as in MRIQC.
-* **Segmentation.** MRIQC uses FSL FAST and takes, per tissue, the voxels
-  whose partial-volume fraction exceeds 0.85, eroded once (18-connectivity)
-  when every voxel side is under 1.9 mm. isyb fits a Gaussian mixture to the
-  brain intensities, with a light spatial regularisation
-  (:func:`segment_tissues`), and erodes each tissue label the same way
-  (:func:`tissue_masks`).
-* **Air mask.** MRIQC's air ("hat") mask is the air above the
-  nasion-cerebellum plane (from a registration to MNI space) without the
-  artefacts it detects (Mortamet et al. 2009), and its FBER and EFC use all
-  voxels outside the head. A defaced image puts a block of exact zeros or of
-  synthetic values next to the face, and MRIQC's background statistics
-  change with it (MRIQC issue #1182: the MAD of air becomes 0, ``snrd``
-  falls back, ``fber`` becomes -1). isyb's :func:`air_mask` keeps only the
-  air that no defacing method touches, and FBER uses it too; EFC leaves out
-  solid blocks of zeros (:func:`empty_mask`), as MRIQC leaves out its
-  rotation mask.
-* **No measurable background.** Most processed scans (FreeSurfer-conformed,
-  template-space, many public samples) have their background set to 0;
-  MRIQC then reports 0, -1 or a MAD-based value. isyb estimates the noise
-  inside the brain instead and says so (:func:`anat_metrics`,
-  ``AnatMasks.noise_source``).
+**isyb's own metrics, isyb's names.** ``isyb_snr`` (the data descriptor's
+mean GM / SD of the air), ``isyb_snrd_gm``, ``isyb_cnr`` and ``isyb_fber``
+are computed on the unprocessed image (negative values clipped to 0) with
+the eroded GM/WM cores and the defacing-proof air mask, and fall back on the
+noise measured inside the brain when the background was zeroed
+(``noise_source``: ``"air"`` or ``"brain"``). Each function says how it
+differs from the MRIQC metric of the similar name.
 
-Other metrics of MRIQC (``snr_csf``/``snr_wm``, ``qi_1``, ``qi_2``,
-``inu_*``, ``icvs_*``, ``rpve_*``, ``tpm_overlap_*``, ``summary_*``) are not
-computed.
+Sources: nipreps/mriqc 24.0.2 ``mriqc/qc/anatomical.py``,
+``mriqc/interfaces/anatomical.py`` (``StructuralQC``, ``Harmonize``),
+``mriqc/workflows/shared.py`` and ``mriqc/workflows/anatomical/base.py``;
+Esteban et al., PLoS ONE 12(9):e0184661, 2017. The code here is isyb's own.
+MRIQC's ``qi_1``, ``qi_2``, ``inu_*``, ``rpve_*`` and ``tpm_overlap_*`` are
+not computed.
 """
 
 from __future__ import annotations
@@ -68,6 +65,7 @@ from isyb.qc.masks import (
     check_image,
     robust_sd,
 )
+from isyb.qc.mriqc import fwhm_columns, mriqc_metrics
 
 __all__ = [
     "DIETRICH_FACTOR",
@@ -78,16 +76,16 @@ __all__ = [
     "anat_masks",
     "anat_metrics",
     "brain_noise_sd",
-    "cjv",
     "cnr",
     "efc",
     "fber",
     "fwhm_afni",
+    "fwhm_columns",
+    "mriqc_metrics",
     "qc_anat",
     "robust_sd",
     "snr",
     "snr_dietrich",
-    "wm2max",
 ]
 
 #: sqrt((4 - pi) / 2) = 1 / sqrt(2 / (4 - pi)) = 0.6551: the SD of a Rayleigh
@@ -196,21 +194,6 @@ def cnr(image: np.ndarray, gm: np.ndarray, wm: np.ndarray, air: np.ndarray | flo
     return abs(float(np.median(w)) - float(np.median(g))) / _positive(noise, "the noise term")
 
 
-def cjv(image: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> float:
-    """Coefficient of joint variation of GM and WM (MRIQC ``cjv``), unitless.
-
-    ``(sigma_WM + sigma_GM) / |mu_WM - mu_GM|`` (Ganzetti et al., Front
-    Neuroinform 10:10, 2016). As in MRIQC's interface, mu is the median and
-    sigma the normalised MAD (:func:`robust_sd`) of each tissue. Lower is
-    better; a bias field raises it (isyb does not correct the bias field
-    first, MRIQC does).
-    """
-    g = _values(image, gm, "GM")
-    w = _values(image, wm, "WM")
-    contrast = abs(float(np.median(w)) - float(np.median(g)))
-    return (robust_sd(w) + robust_sd(g)) / _positive(contrast, "the GM/WM contrast")
-
-
 def fber(image: np.ndarray, head: np.ndarray, air: np.ndarray | float) -> float:
     """Foreground-background energy ratio: ``mean(|head|^2) / mean(|air|^2)``, unitless.
 
@@ -263,20 +246,6 @@ def efc(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     entropy = -float(xlogy(p, p).sum())
     e_max = -n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
     return entropy / e_max
-
-
-def wm2max(image: np.ndarray, wm: np.ndarray) -> float:
-    """White-matter-to-max ratio (MRIQC ``wm2max``): ``median(WM) / P99.95(image)``.
-
-    The 99.95th percentile is over every voxel of the image; values well
-    under about 0.6 point at a long bright tail (vessels, fat). Unitless.
-    Same as MRIQC (whose docstring says "mean" and "95 %", but whose code
-    passes the WM median and takes the 99.95th percentile, as here).
-    """
-    mu = float(np.median(_values(image, wm, "WM")))
-    top = _positive(float(np.percentile(np.asarray(image, dtype=np.float64), 99.95)),
-                    "the 99.95th percentile of the image")
-    return mu / top
 
 
 def fwhm_afni(image: np.ndarray, mask: np.ndarray,
@@ -385,50 +354,47 @@ def anat_metrics(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
                  masks: AnatMasks | None = None) -> dict[str, float]:
     """All anatomical metrics of a RAS head image, as floats.
 
-    Keys: ``snr`` (:func:`snr` of GM), ``snrd_gm`` (:func:`snr_dietrich` of
-    GM), ``cnr``, ``fber``, ``efc`` (over all voxels except
-    :func:`empty_mask`), ``fwhm_x``, ``fwhm_y``, ``fwhm_z`` (mm, along the RAS
-    axes, inside the brain mask), ``fwhm_avg`` (their arithmetic mean, mm;
-    MRIQC's ``fwhm_avg`` is the mean in voxels, AFNI's ``-combine`` value the
-    geometric mean), ``cjv`` and ``wm2max``. ``masks`` reuses the output of
-    :func:`anat_masks`. Raises :class:`QCInputError` (a ValueError) naming the
-    problem instead of returning NaN or -1.
+    MRIQC's IQMs under MRIQC's names (:func:`mriqc_metrics`), the smoothness
+    (:func:`fwhm_afni` of the image inside the brain mask, as
+    :func:`fwhm_columns`: ``fwhm_*`` in voxels, ``fwhm_*_mm`` in mm), and
+    isyb's own metrics, on the unprocessed image with the GM/WM cores and the
+    air mask, under isyb's names: ``isyb_snr`` (:func:`snr`: the data
+    descriptor's mean GM / SD of the air), ``isyb_snrd_gm``
+    (:func:`snr_dietrich`), ``isyb_cnr`` (:func:`cnr`), ``isyb_fber``
+    (:func:`fber`). ``masks`` reuses the output of :func:`anat_masks`.
+    Raises :class:`QCInputError` (a ValueError) naming the problem instead of
+    returning NaN.
 
     Images without a measurable background (``masks.noise_source ==
     "brain"``: the air was set to 0 by the scanner or by processing, as in
     FreeSurfer-conformed or template-space images, or cut off by the FOV)
-    have no SD of air. For them the noise SD sigma is estimated inside the
-    brain (:func:`brain_noise_sd`) and the air is taken to be the Rayleigh
-    background that noise would give: SD(air) = 0.6551 sigma for ``snr``,
-    ``snrd_gm`` and ``cnr``, and mean energy 2 sigma^2 for ``fber``. Such
-    values are comparable with each other but not with those of scans with a
-    real background; report ``masks.noise_source`` next to them. MRIQC has
-    no such fall-back (it gives 0, -1 or a MAD-based value there).
+    have no SD of air. For the ``isyb_*`` metrics the noise SD sigma is then
+    estimated inside the brain (:func:`brain_noise_sd`) and the air is taken
+    to be the Rayleigh background that noise would give: SD(air) = 0.6551
+    sigma for ``isyb_snr``, ``isyb_snrd_gm`` and ``isyb_cnr``, and mean
+    energy 2 sigma^2 for ``isyb_fber``. Such values are comparable with each
+    other but not with those of scans with a real background: the group rule
+    compares each noise source's runs among themselves. MRIQC has no such
+    fall-back.
     """
     image = check_image(data)
     zooms = np.asarray(zooms, dtype=float)
     if masks is None:
         masks = anat_masks(image, zooms, brain=brain, contrast=contrast)
-    fx, fy, fz = fwhm_afni(image, masks.brain, zooms)
     air_sd: np.ndarray | float = masks.air
     air_energy: np.ndarray | float = masks.air
     if masks.noise_source == "brain":
         sigma = brain_noise_sd(image, masks.brain)
         air_sd = DIETRICH_FACTOR * sigma  # SD of Rayleigh air with channel SD sigma
         air_energy = 2.0 * sigma * sigma  # its mean energy E[|air|^2]
-    result = {
-        "snr": snr(image, masks.gm, air_sd),
-        "snrd_gm": snr_dietrich(image, masks.gm, air_sd),
-        "cnr": cnr(image, masks.gm, masks.wm, air_sd),
-        "fber": fber(image, masks.head, air_energy),
-        "efc": efc(image, ~masks.empty),
-        "fwhm_x": fx,
-        "fwhm_y": fy,
-        "fwhm_z": fz,
-        "fwhm_avg": (fx + fy + fz) / 3.0,
-        "cjv": cjv(image, masks.gm, masks.wm),
-        "wm2max": wm2max(image, masks.wm),
-    }
+    result = mriqc_metrics(masks)
+    result.update(fwhm_columns(fwhm_afni(image, masks.brain, zooms), zooms))
+    result.update({
+        "isyb_snr": snr(image, masks.gm, air_sd),
+        "isyb_snrd_gm": snr_dietrich(image, masks.gm, air_sd),
+        "isyb_cnr": cnr(image, masks.gm, masks.wm, air_sd),
+        "isyb_fber": fber(image, masks.head, air_energy),
+    })
     for key, value in result.items():
         if not np.isfinite(value):
             raise QCInputError(f"{key} came out as {value}")

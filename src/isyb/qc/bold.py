@@ -20,14 +20,15 @@ and SynthStrip for the brain mask. The differences: the motion engine of
 :mod:`isyb.head.motion`, trilinear resampling (a cubic one costs about 6
 times more; it smooths the noise of moved volumes a little, which lowers
 their DVARS slightly), an intensity-threshold brain mask instead of
-SynthStrip, and ``fwhm_*`` in mm where MRIQC divides AFNI's mm by the voxel
-size (MRIQC's ``fwhm_*`` are in voxels).
+SynthStrip. ``fwhm_x/y/z/avg`` are in voxels, as MRIQC's (AFNI's mm divided
+by the voxel size); ``fwhm_*_mm`` give the same in mm.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from isyb.bids.layout import metadata as bids_metadata
 from isyb.bids.layout import read_json
 from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
 from isyb.io import atomic_path, load_image, strip_image_suffix
-from isyb.qc.anat import QCInputError, efc, fwhm_afni
+from isyb.qc.anat import QCInputError, efc, fwhm_afni, fwhm_columns
 from isyb.qc.functional import (
     bold_brain_mask,
     bold_fber,
@@ -59,6 +60,7 @@ from isyb.qc.functional import (
 )
 
 __all__ = [
+    "MIN_STEADY_VOLUMES",
     "MIN_VOLUMES",
     "BoldInputError",
     "BoldQC",
@@ -70,6 +72,7 @@ __all__ = [
     "fd_summary",
     "framewise_displacement",
     "gcor",
+    "motion_reliability",
     "qc_bold",
     "repetition_time",
     "run_bold_qc",
@@ -78,7 +81,14 @@ __all__ = [
 ]
 
 MIN_VOLUMES = 10
-"""Fewest volumes a run may have, and fewest steady-state volumes QC runs on."""
+"""Fewest volumes a run may have."""
+
+MIN_STEADY_VOLUMES = 5
+"""Fewest steady-state volumes QC runs on, after the non-steady-state ones are dropped.
+
+MRIQC drops every volume nipype's detector flags, whatever the length of the
+run; isyb does the same as long as this many remain (a 10-volume run may
+lose up to 5)."""
 
 
 class BoldInputError(QCInputError):
@@ -108,6 +118,7 @@ class BoldQC:
     realigned: np.ndarray
     params: np.ndarray
     dummy_scans: int
+    motion_note: str = ""
 
     @property
     def tr_s(self) -> float:
@@ -119,9 +130,11 @@ class BoldQC:
         return {key: float(value) if isinstance(value, float | np.floating) else int(value)
                 for key, value in self.metrics.items()}
 
-    def to_json(self) -> dict[str, float | int]:
-        """The metrics and ``tr_s``: the record ``isyb qc bold`` prints."""
-        return {**self.json_metrics(), "tr_s": self.tr_s}
+    def to_json(self) -> dict[str, float | int | str]:
+        """The metrics, ``tr_s`` and, when the motion is unreliable, ``motion_note``: the
+        record ``isyb qc bold`` prints."""
+        note = {"motion_note": self.motion_note} if self.motion_note else {}
+        return {**self.json_metrics(), "tr_s": self.tr_s, **note}
 
     def frames(self) -> pd.DataFrame:
         """The per-frame table (one row per input volume, columns of :attr:`table`)."""
@@ -150,6 +163,8 @@ def _validate(series: np.ndarray, zooms: Sequence[float],
         raise BoldInputError(f"BOLD data must be real numbers, got dtype {data.dtype}")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise BoldInputError("the BOLD image contains NaN or infinite values")
+    if data.min() == data.max():
+        raise BoldInputError(f"the BOLD image is constant (every voxel is {data.min():g})")
     vox = np.asarray(zooms, dtype=np.float64).ravel()[:3]
     if vox.size != 3 or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
         raise BoldInputError(f"voxel sizes must be 3 positive numbers in mm, got {zooms!r}")
@@ -167,6 +182,28 @@ def _validate(series: np.ndarray, zooms: Sequence[float],
     return data, vox, tr_value
 
 
+def motion_reliability(shape: Sequence[int], zooms: Sequence[float],
+                       fd_radius: float = 50.0) -> tuple[bool, str]:
+    """Whether rigid motion can be measured at the FD radius in this field of view, and why not.
+
+    Power's FD turns rotations into mm on a sphere of radius ``fd_radius``
+    (50 mm). A rotation is estimated from how the image moves across the field
+    of view; when the FOV spans less than the sphere's diameter along two of
+    its three axes, a small registration error in the angle becomes a large
+    FD (on a 21 x 21 x 41 mm crop, five ANTs rigid set-ups gave mean FDs of
+    0.03 to 134 mm). Such a run gets ``motion_reliable = 0`` and the FD rule
+    does not exclude it (:mod:`isyb.qc.rules`). Only the FOV is checked; a
+    low post-registration similarity and disagreement between two starting
+    points are not (yet) tested.
+    """
+    span = np.asarray(shape[:3], dtype=float) * np.asarray(zooms[:3], dtype=float)
+    if int((span >= 2.0 * fd_radius).sum()) >= 2:
+        return True, ""
+    size = " x ".join(f"{v:.0f}" for v in span)
+    return False, (f"motion unreliable: the field of view ({size} mm) spans the "
+                   f"{2 * fd_radius:g} mm FD sphere along fewer than two axes")
+
+
 def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
                 mask: np.ndarray | None = None, fd_threshold: float = 0.2,
                 dummy_scans: int | None = None, fd_radius: float = 50.0) -> BoldQC:
@@ -179,12 +216,12 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
     data, vox, tr_value = _validate(series, zooms, tr)
     n_all = data.shape[3]
     if dummy_scans is None:
-        n_dummy = min(detect_dummy_scans(data), n_all - MIN_VOLUMES)
+        n_dummy = min(detect_dummy_scans(data), n_all - MIN_STEADY_VOLUMES)
     else:
         n_dummy = int(dummy_scans)
-        if n_dummy < 0 or n_all - n_dummy < MIN_VOLUMES:
+        if n_dummy < 0 or n_all - n_dummy < MIN_STEADY_VOLUMES:
             raise BoldInputError(f"dropping {n_dummy} dummy scans of {n_all} volumes leaves "
-                                 f"fewer than {MIN_VOLUMES} volumes for QC")
+                                 f"fewer than {MIN_STEADY_VOLUMES} volumes for QC")
     # Volumes first (t, x, y, z), contiguous: one volume is one block of memory.
     steady = np.ascontiguousarray(np.moveaxis(data[..., n_dummy:], 3, 0), dtype=np.float32)
 
@@ -204,6 +241,7 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
     voxels = np.ascontiguousarray(realigned[:, brain].T)  # (V, t) float32
 
     fd = framewise_displacement(params, radius=fd_radius)
+    reliable, motion_note = motion_reliability(data.shape, vox, fd_radius)
     dv_std, dv_nstd, dv_vstd = voxel_dvars(voxels)
     epi = np.clip(mean, 0.0, None)
     try:
@@ -222,11 +260,9 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
         "snr": bold_snr(epi, brain),
         "fber": bold_fber(epi, brain),
         "efc": efc(epi),
-        "fwhm_x": float(fwhm[0]),
-        "fwhm_y": float(fwhm[1]),
-        "fwhm_z": float(fwhm[2]),
-        "fwhm_avg": float(np.mean(fwhm)),
+        **fwhm_columns(fwhm, vox),
         "dummy_trs": n_dummy,
+        "motion_reliable": int(reliable),
         "size_x": int(data.shape[0]),
         "size_y": int(data.shape[1]),
         "size_z": int(data.shape[2]),
@@ -250,7 +286,8 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
         table[name] = column
     table["non_steady_state"] = np.arange(n_all) < n_dummy
     return BoldQC(metrics=metrics, table=table, mean=mean, mask=brain,
-                  realigned=np.moveaxis(realigned, 0, 3), params=params, dummy_scans=n_dummy)
+                  realigned=np.moveaxis(realigned, 0, 3), params=params, dummy_scans=n_dummy,
+                  motion_note=motion_note)
 
 
 def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
@@ -275,7 +312,8 @@ def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *
     dummy_scans:
         Number of leading non-steady-state volumes to drop; default
         :func:`detect_dummy_scans`, capped so that at least
-        :data:`MIN_VOLUMES` volumes remain.
+        :data:`MIN_STEADY_VOLUMES` volumes remain. The count is reported as
+        ``dummy_trs`` (MRIQC's name).
 
     Returns
     -------
@@ -283,7 +321,8 @@ def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *
         ``metrics``: ``fd_mean`` (mm), ``fd_num``, ``fd_perc`` (%),
         ``dvars_std``, ``dvars_nstd``, ``dvars_vstd`` (time averages of
         :func:`dvars`), ``gcor``, ``tsnr``, ``snr``, ``fber``, ``efc``,
-        ``fwhm_x``, ``fwhm_y``, ``fwhm_z``, ``fwhm_avg`` (mm), ``dummy_trs``,
+        ``fwhm_x``, ``fwhm_y``, ``fwhm_z``, ``fwhm_avg`` (voxels; ``fwhm_*_mm``
+        in mm), ``dummy_trs``,
         ``size_*`` and ``spacing_*`` (mm, ``spacing_tr`` in s).
         ``table``: one value per input volume for ``trans_x, trans_y, trans_z``
         (mm), ``rot_x, rot_y, rot_z`` (rad), ``framewise_displacement`` (mm),
@@ -361,5 +400,8 @@ def qc_bold(image: str | os.PathLike | nib.spatialimages.SpatialImage, *,
         if metadata is None and not isinstance(image, nib.spatialimages.SpatialImage):
             metadata = bold_sidecar(image)
         tr = repetition_time(img.header, metadata)
-    series = np.asarray(img.dataobj, dtype=np.float32)
+    try:
+        series = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # truncated or corrupt data
+        raise BoldInputError(f"{name}: cannot be read as an image ({exc})") from None
     return run_bold_qc(series, img.header.get_zooms()[:3], tr, fd_threshold=fd_threshold)

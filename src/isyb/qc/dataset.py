@@ -153,6 +153,8 @@ def _bold(job: ParticipantJob) -> tuple[dict, dict[str, bytes]]:
     qc.save_frames(tsv)
     result = {"metrics": qc.json_metrics(), "tr_s": qc.tr_s,
               "fd_threshold_mm": job.fd_threshold, "timeseries": tsv.name}
+    if qc.motion_note:
+        result["note"] = qc.motion_note
     return result, bold_figures(qc, job.fd_threshold)
 
 
@@ -205,10 +207,12 @@ def read_records(out_dir: Path) -> list[dict]:
 
 
 def group_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
-    """One table per modality: ``bids_name``, ``participant_id`` and every metric."""
+    """One table per modality: ``bids_name``, ``participant_id``, every metric and, for
+    T1w/T2w, each run's ``noise_source``."""
     tables = {}
     for modality in GROUP_FILES:
         rows = [{"bids_name": r["bids_name"], "participant_id": r["participant_id"],
+                 **({"noise_source": r["noise_source"]} if "noise_source" in r else {}),
                  **r["metrics"]} for r in records
                 if r["modality"] == modality and r.get("status") == "ok"]
         if rows:

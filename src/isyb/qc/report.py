@@ -30,15 +30,16 @@ from isyb.viz.html import figure_png, img, page
 
 #: Metrics plotted in the group report, per modality, in this order.
 REPORT_METRICS: dict[str, tuple[str, ...]] = {
-    "T1w": ("snr", "snrd_gm", "cnr", "fber", "efc", "fwhm_avg", "fwhm_x", "fwhm_y", "fwhm_z",
-            "cjv", "wm2max"),
+    "T1w": ("isyb_snr", "isyb_snrd_gm", "isyb_cnr", "isyb_fber", "snrd_gm", "cnr", "fber",
+            "efc", "fwhm_avg", "fwhm_avg_mm", "cjv", "wm2max", "icvs_csf", "icvs_gm",
+            "icvs_wm"),
     "bold": ("fd_mean", "fd_num", "fd_perc", "dvars_std", "dvars_nstd", "dvars_vstd", "gcor",
              "tsnr", "snr", "fber", "efc", "fwhm_avg", "fwhm_x", "fwhm_y", "fwhm_z"),
 }
 REPORT_METRICS["T2w"] = REPORT_METRICS["T1w"]
 
-UNITS = {"fd_mean": "mm", "fwhm_avg": "mm", "fwhm_x": "mm", "fwhm_y": "mm", "fwhm_z": "mm",
-         "fd_perc": "%"}
+UNITS = {"fd_mean": "mm", "fwhm_avg": "voxels", "fwhm_x": "voxels", "fwhm_y": "voxels",
+         "fwhm_z": "voxels", "fwhm_avg_mm": "mm", "fd_perc": "%"}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -244,8 +245,10 @@ def metric_svg(table: pd.DataFrame, metric: str, excluded: set[str],
 
 def _bounds(table: pd.DataFrame, metric: str, modality: str,
             rules: ExclusionRules) -> tuple[float, float, float] | None:
-    from isyb.qc.rules import MIN_RUNS_FOR_SD
+    from isyb.qc.rules import MIN_RUNS_FOR_SD, noise_groups
 
+    if len(noise_groups(table)) > 1:  # one mean and SD per noise source: no single band
+        return None
     if metric == "fd_mean" and rules.fd_threshold is not None and modality == "bold":
         values = pd.to_numeric(table[metric], errors="coerce").dropna()
         return (float(values.mean()), float("nan"), float(rules.fd_threshold))
@@ -256,6 +259,36 @@ def _bounds(table: pd.DataFrame, metric: str, modality: str,
         return None
     mean, sd = float(values.mean()), float(values.std(ddof=1))
     return (mean, mean - rules.sd_threshold * sd, mean + rules.sd_threshold * sd)
+
+
+def _group_notes(table: pd.DataFrame, rules: ExclusionRules) -> str:
+    """Paragraphs on the noise-source groups and on the group size the SD rule needs."""
+    from isyb.qc.rules import min_runs_to_exclude, noise_groups, unreliable_motion
+
+    unmeasured = unreliable_motion(table)
+    motion = (f"<p><b>Motion not measurable</b> (field of view too small for the FD radius; "
+              f"the FD rule does not exclude them): {html.escape(', '.join(unmeasured))}.</p>"
+              if unmeasured else "")
+    if rules.sd_threshold is None:
+        return motion
+    k = float(rules.sd_threshold)
+    need = min_runs_to_exclude(k)
+    groups = noise_groups(table)
+    notes = []
+    if len(groups) > 1:
+        sizes = html.escape(", ".join(f"{source or 'unknown'}: {len(rows)}"
+                                      for source, rows in groups.items()))
+        notes.append(f"The SD rule compares runs only with runs of the same noise_source "
+                     f"({sizes}): their noise was measured differently, so they are never "
+                     f"pooled; the strip plots draw no bounds.")
+    notes.append(f"With n runs no run can lie beyond (n - 1)/sqrt(n) SDs, so the ±{k:g} SD "
+                 f"rule can exclude a run only in a group of at least {need} runs.")
+    small = [f"{source or 'all'} ({len(rows)} runs)" for source, rows in groups.items()
+             if len(rows) < need]
+    if small:
+        notes.append(f"<b>Warning</b>: smaller than that, so the SD rule cannot fire: "
+                     f"{html.escape(', '.join(small))}.")
+    return motion + "".join(f"<p>{n}</p>" for n in notes)
 
 
 def write_group_report(path: Path, tables: dict[str, pd.DataFrame], reasons: pd.DataFrame,
@@ -272,7 +305,7 @@ def write_group_report(path: Path, tables: dict[str, pd.DataFrame], reasons: pd.
             svg = metric_svg(table, metric, excluded, _bounds(table, metric, modality, rules))
             plots.append(f"<div class='metric'><h3>{metric}{unit}</h3>{svg}</div>")
         sections.append(f"<h2>{html.escape(modality)}: {len(table)} runs, {len(excluded)} "
-                        f"excluded</h2>{''.join(plots)}")
+                        f"excluded</h2>{_group_notes(table, rules)}{''.join(plots)}")
     reason_rows = "".join(
         f"<tr><td>{html.escape(r.participant_id)}</td><td>{html.escape(r.bids_name)}</td>"
         f"<td>{html.escape(r.rule)}</td><td>{html.escape(r.metric)}</td><td>{r.value:.5g}</td>"
@@ -282,7 +315,8 @@ def write_group_report(path: Path, tables: dict[str, pd.DataFrame], reasons: pd.
         f"<td>{html.escape(f['source'])}</td><td>{html.escape(f.get('error', ''))}</td></tr>"
         for f in failures)
     sd = "off" if rules.sd_threshold is None else f"±{rules.sd_threshold:g} SD of the group " \
-        "mean (mean and SD computed once over all runs of the modality, sample SD)"
+        "mean (mean and SD computed once over all runs of the modality with the same noise " \
+        "source, sample SD)"
     fd = "off" if rules.fd_threshold is None else f"mean FD > {rules.fd_threshold:g} mm"
     body = (
         f"<h1>isyb group quality control</h1><p>isyb {__version__}. Exclusion rules: SD rule "

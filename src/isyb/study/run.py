@@ -38,18 +38,28 @@ from isyb import __version__
 from isyb.deface.engine import DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
+from isyb.evaluate.ensemble import ensemble_detect
+from isyb.evaluate.face_distance import face_distances
+from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import extract_brain
-from isyb.io import Volume, cast_like, load_volume, save_mask_like, write_text
+from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
 from isyb.viz.faces import face_detected
 
 METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "brain_changed_voxels",
                   "changed_voxels", "registration_score", "face_detected_original",
-                  "face_detected_defaced")
+                  "face_detected_defaced", "face_distance_to_original_mm",
+                  "face_distance_to_template_mm", "face_distance_original_to_template_mm",
+                  "reid_rank", "reid_rank1", "ensemble_views_with_face_defaced")
 #: Version of the metric definitions in ``metrics.json``; other versions are recomputed.
 #: 2: NMI and face-surface fraction over the subject's evaluation region.
-METRICS_VERSION = 2
+#: 3: face distances to the original and the template, the defaced face descriptor, and
+#: the face-detector ensemble on the defaced head.
+METRICS_VERSION = 3
+#: The defaced face's descriptor (template frame), saved per pair for re-identification.
+#: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
+DESCRIPTOR = "face_descriptor_defaced.npy"
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
     brain: np.ndarray | None = None
     region: np.ndarray | None = None
     original_detected: bool | None = None
+    frames: dict[str, FaceFrame] = {}
     for template in job.templates:
         target = folder / setting / f"tpl-{template.name}"
         record = _current_record(target / "metrics.json")
@@ -133,6 +144,13 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 result = deface_volume(volume, template, job.options, alignment=alignment)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
                 metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False)
+                to_template = alignment.registration.subject_to_template
+                frame = frames.setdefault(template.name, frame_for(template))
+                distance = face_distances(volume, defaced, result.allowed, to_template, frame)
+                judged = ensemble_detect(defaced.data, defaced.zooms)
+                target.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
+                    np.save(handle, face_descriptor(defaced, to_template, frame))
                 record = {
                     "status": "ok",
                     "nmi": metrics["nmi"],
@@ -145,6 +163,13 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "face_detected_original": original_detected,
                     "face_detected_defaced": bool(
                         face_detected(defaced.data, defaced.zooms)["detected"]),
+                    "ensemble_views_with_face_defaced": judged.views_with_any_face(),
+                    "ensemble_views": len(judged.views),
+                    "ensemble_detectors": "+".join(judged.detectors),
+                    "face_distance_to_original_mm": distance.to_original,
+                    "face_distance_to_template_mm": distance.to_template,
+                    "face_distance_original_to_template_mm": distance.original_to_template,
+                    "subject_to_template": np.asarray(to_template).tolist(),
                 }
                 save_mask_like(result.allowed, volume, target / "face_mask.nii.gz")
             except IsybError as exc:
@@ -160,6 +185,51 @@ def run_subject(job: SubjectJob) -> list[dict]:
     return rows
 
 
+def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Template],
+               work: Path, options: DefaceOptions) -> pd.DataFrame:
+    """Add ``reid_rank`` and ``reid_rank1``: each defaced face against all originals, per template.
+
+    The attack of :mod:`isyb.evaluate.reid` (surface descriptors, trimmed ICP),
+    closed set: for each template, the gallery is every subject's *original*
+    face and the probes are the defaced faces (``DESCRIPTOR`` of each ok pair).
+    ``reid_rank`` is the rank of the subject's own original (1 = nearest, ties
+    averaged) among the ``N`` originals; ``reid_rank1`` its share of a rank-1
+    hit (1, 1/k for a k-way tie, or 0), so the template's rank-1 rate is the
+    mean of ``reid_rank1`` and chance is ``1/N``. Both scans use the
+    registration the defacing used (stored as ``subject_to_template``), which
+    favours the attacker: the defaced brain is the original's, so an attacker's
+    own registration would be nearly the same. NaN with fewer than two subjects.
+    """
+    table = table.assign(reid_rank=np.nan, reid_rank1=np.nan)
+    setting = work_name(options)
+    for template in templates:
+        rows = table.index[(table["template"] == template.name) & (table["status"] == "ok")]
+        if len(rows) < 2:
+            continue
+        frame = frame_for(template)
+        gallery, probes = [], []
+        for row in rows:
+            subject = table.at[row, "subject"]
+            matrix = np.asarray(table.at[row, "subject_to_template"], dtype=float)
+            gallery.append(face_descriptor(load_volume(images[subject]), matrix, frame))
+            probes.append(np.load(work / f"sub-{subject}" / setting / f"tpl-{template.name}"
+                                  / DESCRIPTOR))
+        result = identification(gallery, probes)
+        table.loc[rows, "reid_rank"] = result["ranks"]
+        table.loc[rows, "reid_rank1"] = [_rank1_share(d, i)
+                                         for i, d in enumerate(result["distances"])]
+    return table.drop(columns="subject_to_template", errors="ignore")
+
+
+def _rank1_share(distances: np.ndarray, own: int) -> float:
+    """1/k when the own entry ties with k-1 others for the smallest distance, else 0."""
+    if not np.isfinite(distances[own]):
+        return 0.0
+    if np.any(distances < distances[own]):
+        return 0.0
+    return 1.0 / float(np.sum(distances == distances[own]))
+
+
 def collect_metrics(images: dict[str, Path], templates: list[Template], work: Path,
                     options: DefaceOptions, *, executor: ExecutorOptions | None = None,
                     progress: bool = True) -> pd.DataFrame:
@@ -173,6 +243,7 @@ def collect_metrics(images: dict[str, Path], templates: list[Template], work: Pa
             for row in subject_rows]
     # subject order, whatever order the tasks finished in: the columns follow the rows
     table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
+    table = reidentify(table, images, templates, work, options)
     for column in METRIC_COLUMNS:
         if column not in table:
             table[column] = np.nan

@@ -18,6 +18,23 @@ from isyb.errors import IsybError
 POOLED = "pooled"
 
 
+def drop_reasons(metrics: pd.DataFrame, dv: str) -> dict[str, str]:
+    """Why each incomplete subject leaves the statistics: ``a template failed`` (a pair
+    whose status is not ok) or ``undefined <dv>`` (a pair that ran but scored NaN)."""
+    status = metrics["status"] if "status" in metrics else pd.Series("ok", metrics.index)
+    templates = metrics["template"].nunique()
+    reasons: dict[str, str] = {}
+    for subject, rows in metrics.groupby("subject", sort=True):
+        ok = status[rows.index] == "ok"
+        if (~ok).any():
+            reasons[str(subject)] = "a template failed"
+        elif (~np.isfinite(rows[dv].astype(float))).any():
+            reasons[str(subject)] = f"undefined {dv}"
+        elif rows["template"].nunique() < templates:
+            reasons[str(subject)] = "a template missing"
+    return reasons
+
+
 def complete_cases(metrics: pd.DataFrame, dv: str) -> tuple[pd.DataFrame, list[str]]:
     """Rows of subjects with a finite ``dv`` for every template; and the dropped subjects."""
     ok = metrics[np.isfinite(metrics[dv].astype(float))]
@@ -95,39 +112,101 @@ def _within_undefined_when_constant(table: pd.DataFrame, data: pd.DataFrame, dv:
     return out
 
 
+def adjust_p(p_values: np.ndarray, method: str) -> np.ndarray:
+    """Bonferroni or Holm (1979) adjusted p-values of one family of tests.
+
+    Unlike pingouin's ``multicomp``, an undefined test (NaN p: two templates
+    with identical scores) still counts in the family size m: it was one of
+    the comparisons made. Bonferroni: min(1, m p). Holm: the step-down
+    max_{j<=i} min(1, (m - j + 1) p_(j)) over the sorted defined p-values.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    out = np.full(m, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if method == "bonf":
+        out[finite] = np.minimum(1.0, m * p[finite])
+    elif method == "holm":
+        order = finite[np.argsort(p[finite], kind="stable")]
+        steps = np.minimum(1.0, (m - np.arange(order.size)) * p[order])
+        out[order] = np.maximum.accumulate(steps)
+    else:
+        raise IsybError(f"unknown p-value correction {method!r} (bonf, holm)")
+    return out
+
+
 def posthoc_tables(data: pd.DataFrame, dv: str, *, padjust: str = "bonf",
-                   parametric: bool = True) -> pd.DataFrame:
+                   parametric: bool = True, order: list[str] | None = None,
+                   confidence: float = 0.95) -> pd.DataFrame:
     """Paired tests between templates per subset and pooled (t-tests, or Wilcoxon).
 
-    ``padjust`` is pingouin's correction name (``bonf`` or ``holm``).
+    ``padjust`` is the correction (``bonf`` or ``holm``, :func:`adjust_p`);
+    ``p_corr`` is recomputed so that undefined pairs count in the family.
+    The statistic's column (``T`` or ``W_val``) is there even when every pair
+    is undefined (pingouin then leaves it out). Pairs follow ``order`` (A
+    before B; default: sorted names), and each has the mean paired difference
+    A − B, its SE (SD/√n) and t(n − 1) confidence interval.
     """
     import pingouin as pg
 
     frames = []
     groups = [(name, group) for name, group in data.groupby("subset", sort=True)]
     groups.append((POOLED, data))
+    stat = "T" if parametric else "W_val"
     for name, group in groups:
         table = pg.pairwise_tests(data=group, dv=dv, within="template", subject="subject",
                                   padjust=padjust, parametric=parametric)
+        for column in (stat, "p_unc"):
+            if column not in table:
+                table[column] = np.nan
+        if len(table) > 1:
+            table["p_corr"] = adjust_p(table["p_unc"].to_numpy(float), padjust)
+        table = _in_order(table, order or sorted(group["template"].unique()))
+        wide = group.pivot(index="subject", columns="template", values=dv)
+        diffs = [wide[a] - wide[b] for a, b in zip(table["A"], table["B"], strict=True)]
+        n = np.array([d.size for d in diffs], dtype=float)
+        table["mean_diff"] = [float(d.mean()) for d in diffs]
+        table["se"] = [float(d.std(ddof=1)) for d in diffs] / np.sqrt(n)
+        half = stats.t.ppf(1 - (1 - confidence) / 2, n - 1) * table["se"]
+        table["ci_low"], table["ci_high"] = table["mean_diff"] - half, table["mean_diff"] + half
         frames.append(table.assign(subset=name))
     out = pd.concat(frames, ignore_index=True)
     return out[["subset"] + [c for c in out.columns if c != "subset"]]
 
 
-def marginal_means(data: pd.DataFrame, dv: str, *, confidence: float = 0.95) -> pd.DataFrame:
+def _in_order(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """pingouin's pairs with A before B in ``order`` (T and Hedges' g change sign when a
+    pair is turned round), rows sorted by ``order``."""
+    out = table.copy()
+    rank = {name: index for index, name in enumerate(order)}
+    turn = np.array([rank[a] > rank[b] for a, b in zip(out["A"], out["B"], strict=True)],
+                    dtype=bool)
+    out.loc[turn, ["A", "B"]] = out.loc[turn, ["B", "A"]].to_numpy()
+    for column in ("T", "hedges"):
+        if column in out:
+            out.loc[turn, column] = -out.loc[turn, column]
+    keys = [(rank[a], rank[b]) for a, b in zip(out["A"], out["B"], strict=True)]
+    return out.iloc[sorted(range(len(out)), key=keys.__getitem__)].reset_index(drop=True)
+
+
+def marginal_means(data: pd.DataFrame, dv: str, *, confidence: float = 0.95,
+                   order: list[str] | None = None) -> pd.DataFrame:
     """Mean, SD, n and a t-based confidence interval per template, per subset and pooled.
 
     Rows with ``subset == "emm"`` are the estimated marginal means of each
     template over subsets: the unweighted mean of the subset means, with
     SE = sqrt(sum of the subset SEs squared) / k and a normal-approximation CI,
-    so unequal subset sizes do not weight the estimate.
+    so unequal subset sizes do not weight the estimate. Templates follow
+    ``order`` (default: sorted names).
     """
+    order = order or sorted(data["template"].unique())
     rows = []
     groups = [(name, group) for name, group in data.groupby("subset", sort=True)]
     groups.append((POOLED, data))
     level = 1.0 - (1.0 - confidence) / 2.0
     for name, group in groups:
-        for template, values in group.groupby("template", sort=True)[dv]:
+        for template in order:
+            values = group.loc[group["template"] == template, dv]
             n = int(values.size)
             mean, sd = float(values.mean()), float(values.std(ddof=1)) if n > 1 else np.nan
             se = sd / np.sqrt(n) if n > 1 else np.nan
@@ -138,7 +217,8 @@ def marginal_means(data: pd.DataFrame, dv: str, *, confidence: float = 0.95) -> 
     per_subset = table[table["subset"] != POOLED]
     if per_subset["subset"].nunique() > 1:
         z = float(stats.norm.ppf(level))
-        for template, cells in per_subset.groupby("template", sort=True):
+        for template in order:
+            cells = per_subset[per_subset["template"] == template]
             k = len(cells)
             mean = float(cells["mean"].mean())
             se = float(np.sqrt((cells["se"] ** 2).sum()) / k)

@@ -201,14 +201,16 @@ def face_depth(
     return _cast(_scene(data, zooms, threshold), yaw_deg, pitch_deg, pixel_mm)
 
 
-def shade_depth(depth: np.ndarray, pixel_mm: float = 1.0) -> np.ndarray:
+def shade_depth(depth: np.ndarray, pixel_mm: float = 1.0,
+                light_elevation_deg: float = LIGHT_ELEVATION_DEG) -> np.ndarray:
     """Shade a depth map like a portrait photo: a 2-D uint8 image, 0 where there is no hit.
 
     ``depth`` is in mm toward the viewer (NaN where the ray hit nothing), on pixels
     of ``pixel_mm`` mm, as :func:`face_depth` returns it. The surface normals come
     from the gradient of the depth map (central differences, after a Gaussian of
     ``DEPTH_SMOOTH_MM`` among hit pixels only). One directional light sits
-    ``LIGHT_ELEVATION_DEG`` (30°) above the viewing direction. Brightness is
+    ``light_elevation_deg`` (default ``LIGHT_ELEVATION_DEG``, 30°) above the
+    viewing direction (0 = a light at the viewer, which casts no shadow). Brightness is
     ``AMBIENT + (1 - AMBIENT) * max(n . l, 0)`` (Lambert, ``AMBIENT = 0.1``), and
     points that the surface hides from the light (under the brow, nose and chin)
     get the ambient term only: cast shadows, found with a running maximum down
@@ -234,7 +236,7 @@ def shade_depth(depth: np.ndarray, pixel_mm: float = 1.0) -> np.ndarray:
     # surface y = D(x, z); rows run toward -z and columns toward -x, so the
     # (unnormalized) outward normal (-dD/dx, 1, -dD/dz) is (d_col, 1, d_row)
     norm = np.sqrt(d_col**2 + d_row**2 + 1.0)
-    elevation = np.deg2rad(LIGHT_ELEVATION_DEG)
+    elevation = np.deg2rad(light_elevation_deg)
     lambert = np.clip((np.cos(elevation) + np.sin(elevation) * d_row) / norm, 0.0, 1.0)
     if elevation > 0:
         # shadowed if a point above, in the same column, blocks the ray to the light:
@@ -262,6 +264,23 @@ def render_faces(
     """:func:`render_face` at several yaw angles (degrees), smoothing the volume once."""
     scene = _scene(data, zooms, threshold)
     return [shade_depth(_cast(scene, float(yaw), pitch_deg, pixel_mm), pixel_mm) for yaw in yaws]
+
+
+def render_views(
+    data: np.ndarray,
+    zooms: Zooms,
+    views: Sequence[tuple[float, float, float]],
+    threshold: float | None = None,
+    pixel_mm: float = 1.0,
+) -> list[np.ndarray]:
+    """Renders of several ``(yaw_deg, pitch_deg, light_elevation_deg)`` views, smoothing once.
+
+    Each view is :func:`render_face` at that yaw and pitch (degrees), shaded by
+    :func:`shade_depth` with the light that many degrees above the viewing direction.
+    """
+    scene = _scene(data, zooms, threshold)
+    return [shade_depth(_cast(scene, float(yaw), float(pitch), pixel_mm), pixel_mm, float(light))
+            for yaw, pitch, light in views]
 
 
 def render_face(

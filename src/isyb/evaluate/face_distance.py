@@ -1,0 +1,118 @@
+"""Whose face is a defaced face? Its distance to the subject's face and to the template's.
+
+After ``blur`` or ``noise`` a face detector may still find a face; it should be
+the template's generic face, not the subject's (issue 15, item 5). Both faces
+are compared in the template's frame, with the descriptors of the
+re-identification attack (:mod:`isyb.evaluate.reid`): the skin depth map over
+the template's face window, one ray per 1 mm pixel, from the front backwards
+(:func:`isyb.evaluate.reid.face_descriptor`). The original and the defaced scan
+go through the *same* subject->template registration (the one the defacing
+used), and the template's face is its own depth map in its frame
+(:attr:`isyb.evaluate.reid.FaceFrame.template_depth`): the registered template's
+face, as the defacing placed it.
+
+The distance is the mean absolute depth difference (mm, along the template's
+anterior axis) over the pixels of the **face region**: those whose original or
+defaced skin point lies in the region the defacing was allowed to change (the
+applied face mask, carried into the frame). Outside it the defaced face is the
+original by construction, which would only dilute the comparison. No ICP: the
+question is what the defacing put where the template registration says the
+face is, not whether a shifted copy would fit. Distances are in template mm
+(an affine registration rescales the head by a few per cent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from isyb.evaluate.reid import FaceFrame, face_descriptor
+from isyb.head.morphology import skin_threshold
+from isyb.head.register import resample_to
+from isyb.io import Volume
+
+#: Fewest face-region pixels (1 mm² each) a distance needs; fewer gives None.
+MIN_PIXELS = 100
+
+
+@dataclass(frozen=True)
+class FaceDistance:
+    """Mean absolute depth differences (mm) over the face region's ``pixels``.
+
+    ``to_original``: defaced vs the subject's original face; ``to_template``:
+    defaced vs the registered template's face; ``original_to_template``: how far
+    the subject's own face is from the template's (the scale of the other two).
+    ``closer_to`` is ``"template"`` or ``"original"`` (the smaller distance).
+    """
+
+    to_original: float | None
+    to_template: float | None
+    original_to_template: float | None
+    pixels: int
+
+    @property
+    def closer_to(self) -> str | None:
+        if self.to_original is None or self.to_template is None:
+            return None
+        return "template" if self.to_template < self.to_original else "original"
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "closer_to": self.closer_to}
+
+
+def _mean_abs(a: np.ndarray, b: np.ndarray, pixels: np.ndarray) -> float | None:
+    both = pixels & np.isfinite(a) & np.isfinite(b)
+    if both.sum() < MIN_PIXELS:
+        return None
+    return float(np.mean(np.abs(a[both].astype(np.float64) - b[both])))
+
+
+def depth_distances(original: np.ndarray, defaced: np.ndarray, template: np.ndarray,
+                    region: np.ndarray) -> FaceDistance:
+    """:class:`FaceDistance` of three depth maps (mm) over the boolean pixels ``region``.
+
+    NaN marks a pixel with no skin; a distance uses the pixels where both of its
+    maps have skin, and is None with fewer than ``MIN_PIXELS`` of them.
+    """
+    region = np.asarray(region, dtype=bool)
+    return FaceDistance(to_original=_mean_abs(defaced, original, region),
+                        to_template=_mean_abs(defaced, template, region),
+                        original_to_template=_mean_abs(original, template, region),
+                        pixels=int(region.sum()))
+
+
+def _mask_at_depth(mask: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
+                   frame: FaceFrame, depth: np.ndarray) -> np.ndarray:
+    """Whether the skin point of each pixel of ``depth`` (template y, mm) lies in ``mask``."""
+    step = frame.spacing_mm
+    grid = np.diag([step, -step, step, 1.0])
+    grid[:3, 3] = (frame.xs[0], frame.ys[0], frame.zs[0])
+    sampled = resample_to(np.asarray(mask, dtype=np.float32), affine,
+                          (frame.xs.size, frame.ys.size, frame.zs.size), grid,
+                          np.linalg.inv(subject_to_template), order=1, cval=0.0)
+    finite = np.isfinite(depth)
+    j = np.clip(np.rint((frame.ys[0] - np.where(finite, depth, frame.ys[0])) / step), 0,
+                frame.ys.size - 1).astype(int)
+    rows, cols = np.indices(depth.shape)
+    return finite & (sampled[cols, j, rows] > 0.5)
+
+
+def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
+                   subject_to_template: np.ndarray, frame: FaceFrame) -> FaceDistance:
+    """:class:`FaceDistance` of a defacing, in the frame of the template it used.
+
+    ``original`` and ``defaced`` share a grid; ``face_mask`` (boolean, on that
+    grid) is the region the defacing was allowed to change;
+    ``subject_to_template`` (4x4, subject RAS mm -> template RAS mm) is the
+    registration the defacing used; ``frame`` is the template's
+    (:func:`isyb.evaluate.reid.frame_for`). Both scans use the original's skin
+    threshold, so that a changed intensity level is not taken for a moved surface.
+    """
+    thr = skin_threshold(original.data)
+    before = face_descriptor(original, subject_to_template, frame, threshold=thr)
+    after = face_descriptor(defaced, subject_to_template, frame, threshold=thr)
+    region = (_mask_at_depth(face_mask, original.affine, subject_to_template, frame, before)
+              | _mask_at_depth(face_mask, original.affine, subject_to_template, frame, after))
+    template = np.where(frame.window, frame.template_depth, np.nan)
+    return depth_distances(before, after, template, region)

@@ -1,0 +1,92 @@
+"""Whose face is a defaced face (isyb.evaluate.face_distance), with phantom ground truth.
+
+The "template" is a phantom and the subject the same phantom with its own face
+(:func:`isyb.synthetic.rescan.vary_face`), so the subject->template map is the
+identity and no registration runs. A defacing that puts the template's face in
+the face region must come out closer to the template; one that keeps the
+subject's face, closer to the original.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isyb.evaluate import face_distance
+from isyb.evaluate.reid import face_frame
+from isyb.io import volume_from_image
+from isyb.synthetic import rescan
+from isyb.synthetic.phantom import Label, make_phantom, to_nifti
+from isyb.templates.face import derive_face_rule
+
+
+@pytest.fixture(scope="module")
+def heads() -> dict:
+    phantom = make_phantom(voxel_size=2.0, fov_mm=rescan.PHANTOM_FOV_MM,
+                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM)
+    template = volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32))
+    brain = phantom.mask(Label.GM, Label.WM, Label.CSF)
+    rule = derive_face_rule(brain, template.affine)
+    weight = rescan.face_weight(template, np.eye(4), rule, brain=brain)
+    subject = rescan.vary_face(template, weight, np.random.default_rng(3), amplitude_mm=4.0)
+    mask = weight > 0
+    refaced = rescan.as_volume(np.where(mask, template.data, subject.data), subject.affine)
+    return {"template": template, "subject": subject, "refaced": refaced, "mask": mask,
+            "frame": face_frame(template, rule, spacing_mm=2.0)}
+
+
+def test_a_face_replaced_by_the_templates_is_closer_to_the_template(heads) -> None:
+    result = face_distance.face_distances(heads["subject"], heads["refaced"], heads["mask"],
+                                          np.eye(4), heads["frame"])
+    assert result.pixels >= face_distance.MIN_PIXELS
+    assert result.to_template < 0.2  # the template's own voxels: the same surface
+    assert result.original_to_template > 1.0  # vary_face moved the face by mm
+    assert result.to_original == pytest.approx(result.original_to_template, rel=0.05)
+    assert result.closer_to == "template"
+    assert result.to_json()["closer_to"] == "template"
+
+
+def test_a_kept_face_is_the_subjects(heads) -> None:
+    result = face_distance.face_distances(heads["subject"], heads["subject"], heads["mask"],
+                                          np.eye(4), heads["frame"])
+    assert result.to_original == 0.0
+    assert result.to_template > 1.0
+    assert result.closer_to == "original"
+
+
+def test_depth_distances_are_mean_absolute_differences_over_the_region() -> None:
+    original = np.zeros((20, 20))
+    template = np.full((20, 20), 3.0)
+    defaced = np.full((20, 20), 1.0)
+    defaced[0, 0] = np.nan  # no skin: left out
+    region = np.ones((20, 20), dtype=bool)
+    result = face_distance.depth_distances(original, defaced, template, region)
+    assert (result.to_original, result.to_template, result.original_to_template) == (1.0, 2.0, 3.0)
+    assert result.closer_to == "original"
+    small = face_distance.depth_distances(original, defaced, template, np.eye(20, dtype=bool))
+    assert small.to_original is None and small.closer_to is None
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reports_the_face_distances_with_a_template(default_template, tmp_path,
+                                                                 capsys) -> None:
+    import json
+
+    from isyb.cli import main
+    from isyb.deface.engine import DefaceOptions
+    from isyb.deface.file import deface_file
+
+    source = tmp_path / "phantom.nii.gz"
+    to_nifti(make_phantom(voxel_size=2.0, seed=4), "LIA").to_filename(str(source))
+    out, mask = tmp_path / "defaced.nii.gz", tmp_path / "mask.nii.gz"
+    deface_file(source, out, default_template, DefaceOptions(method="blur"), save_mask=mask,
+                qc_png=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(source), str(out), "--mask", str(mask), "--detect", "haar",
+                 "--template", "default"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    distance = record["face_distance"]
+    assert record["face_distance_template"] == "default" and "ensemble_defaced" not in record
+    assert distance["pixels"] >= face_distance.MIN_PIXELS
+    assert distance["to_original"] > 0 and distance["to_template"] > 0
+    assert distance["closer_to"] in ("original", "template")

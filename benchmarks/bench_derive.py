@@ -3,10 +3,12 @@
 Usage::
 
     python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
+    python benchmarks/bench_derive.py --anatomy [--data DIR]
 
 Times, in this process (no file reading, no start-up, except the last row):
 
-* ALFF/fALFF and ReHo (27 neighbours) of a 61×73×61×240 run (random
+* ALFF/fALFF (isyb, ccs and dparsf conventions), the ccs and dparsf
+  band-passes and ReHo (27 neighbours) of a 61×73×61×240 run (random
   Gaussian series, TR 2 s, in a box mask of 51×63×51 voxels). Targets:
   ALFF/fALFF ≤ 10 s, ReHo ≤ 30 s on 2 cores.
 * CBF of the real pCASL run of ``DATA/asl`` and FA/MD of the real DWI of
@@ -20,6 +22,12 @@ Times, in this process (no file reading, no start-up, except the last row):
   is reused), and ``to_template`` of the 64×64×36×240 run into it.
 * The whole participant level of ``isyb derive`` (separate process, SyN) for
   one subject of the extended demo (T1w, 46×54×37×125 BOLD, DWI, pCASL).
+
+* ``--anatomy`` (only these rows, once each): anatomy without FreeSurfer on
+  the real 1 mm colin27 T1w of ``DATA/heads`` with its reference brain: the
+  three-tissue segmentation, total GMV, and DiReCT cortical thickness
+  (:mod:`isyb.derive.morphometry`), with the mean CT and GMV found. Target:
+  CT and GMV <= 60 s on 2 cores.
 
 Prints the median and the range of ``--repeats`` runs of each (``--quick``:
 the subject row once).
@@ -38,7 +46,8 @@ import numpy as np
 
 from _timing import default_data
 
-TARGETS_S = {"alff_falff": 10.0, "reho": 30.0}
+TARGETS_S = {"alff_falff": 10.0, "reho": 30.0, "cortical thickness (DiReCT)": 60.0,
+             "GM volume": 60.0}
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -52,6 +61,7 @@ def timed(function, repeats: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     from isyb.derive.cbf import asl_cbf
+    from isyb.derive.conventions import bandpass, convention_alff_falff
     from isyb.derive.dti import fa_md, read_gradients
     from isyb.derive.rfmri import alff_falff, reho
     from isyb.qc.bold import bold_brain_mask
@@ -61,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=default_data())
     parser.add_argument("--quick", action="store_true",
                         help="time the end-to-end subject once")
+    parser.add_argument("--anatomy", action="store_true",
+                        help="time only CT and GMV on a real 1 mm head")
     args = parser.parse_args(argv)
+    if args.anatomy:
+        return anatomy_rows(args.data)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -78,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = {
         "alff_falff": lambda: alff_falff(series, 2.0, mask=mask),
+        "alff_falff ccs": lambda: convention_alff_falff(series, 2.0, "ccs", mask=mask),
+        "alff_falff dparsf": lambda: convention_alff_falff(series, 2.0, "dparsf", mask=mask),
+        "bandpass ccs (3dFourier)": lambda: bandpass(series, 2.0, "ccs", mask=mask),
+        "bandpass dparsf (y_IdealFilter)": lambda: bandpass(series, 2.0, "dparsf", mask=mask),
         "reho": lambda: reho(series, mask=mask),
         "cbf (real pCASL 64x57x16x110)": lambda: asl_cbf(asl_series, types, metadata),
         "fa_md (real DWI 72x72x39x21)": lambda: fa_md(dwi_series, bvals, bvecs, mask=dwi_mask),
@@ -92,6 +110,34 @@ def main(argv: list[str] | None = None) -> int:
     walls = timed(subject_job(), 1 if args.quick else args.repeats)
     print(f"{'derive participant, 1 demo subject':<34}{statistics.median(walls):>10.2f}"
           f"{min(walls):>8.2f}{max(walls):>8.2f}")
+    return 0
+
+
+def anatomy_rows(data: Path) -> int:
+    """Segmentation, GMV and DiReCT CT of colin27 (1 mm), once each, with the values found."""
+    from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
+    from isyb.head.tissue import segment_tissues
+
+    heads = data / "heads"
+    t1w = nib.as_closest_canonical(nib.load(str(heads / "colin27_T1w.nii.gz")))
+    brain = nib.as_closest_canonical(nib.load(str(heads / "colin27_brain.nii.gz")))
+    image = np.asarray(t1w.dataobj, dtype=np.float32)
+    zooms = t1w.header.get_zooms()[:3]
+    result: dict = {}
+    jobs = {
+        "segmentation (CSF/GM/WM)": lambda: result.update(
+            labels=segment_tissues(image, np.asarray(brain.dataobj) > 0, zooms)),
+        "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
+        "cortical thickness (DiReCT)": lambda: result.update(
+            ct=cortical_thickness(result["labels"], zooms)),
+    }
+    print(f"{'colin27 1 mm':<34}{'s':>10}{'target s':>10}")
+    for name, job in jobs.items():
+        wall = timed(job, 1)[0]
+        target = TARGETS_S.get(name)
+        print(f"{name:<34}{wall:>10.2f}{'' if target is None else f'{target:.0f}':>10}")
+    print(f"mean CT {mean_thickness(result['ct'], result['labels']):.2f} mm (adult 2.3-2.8), "
+          f"total GMV {result['gmv']:.0f} ml (adult 500-800)")
     return 0
 
 

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=2.0,
                         help="power of the CN200 matrix applied to the cn200 faces")
     parser.add_argument("--voxel", type=float, default=3.0, help="cohort voxel size, mm")
-    parser.add_argument("--method", choices=("remove", "blur", "noise"), default="remove")
+    parser.add_argument("--method", choices=("remove", "blur", "noise", "maskface"),
+                        default="remove")
     parser.add_argument("--face-region", choices=("template", "rule"), default="template")
     parser.add_argument("--face-margin", type=float, default=SIMULATION_MARGIN_MM,
                         help="template face-region margin, mm (default: %(default)s)")

@@ -164,6 +164,61 @@ def demo_release(shared_dir: Path, default_template) -> dict[str, Path]:
             "work": folder / "release_work"}
 
 
+#: A fake name and birth date planted in the real release's input (see :func:`real_release`).
+PLANTED_NAME = "Wang^Planted"
+PLANTED_DATE = "1990-01-02"
+
+
+@pytest.fixture(scope="session")
+def real_release(shared_dir: Path, data_root: Path, default_template) -> dict:
+    """A release of real scans, built once per test run and shared by every worker and module
+    (read-only): sub-01 has a real T1w head (myconnectome) and the real pCASL run, with a fake
+    name and birth date planted in the ASL sidecar and the T1w header; sub-02 a real
+    2x2x3 mm head (itk-kmeans); sub-03 only a truncated gzip as its T1w, which must fail alone.
+
+    Returns ``bids``, ``release``, ``original_asl`` (the planted input sidecar) and
+    ``participant`` (``returncode`` and ``stderr`` of the participant level, 2 processes).
+    """
+    import nibabel as nib
+
+    asl = json.loads((data_root / "asl" / "perf" / "sub-01_asl.json").read_text())
+    asl.update(PatientName=PLANTED_NAME, PatientBirthDate=PLANTED_DATE)
+
+    def build(root: Path) -> None:
+        bids = root / "bids"
+        for folder in ("sub-01/anat", "sub-01/perf", "sub-02/anat", "sub-03/anat"):
+            (bids / folder).mkdir(parents=True)
+        (bids / "dataset_description.json").write_text(json.dumps(
+            {"Name": "isyb real-data release test", "BIDSVersion": "1.9.0",
+             "DatasetType": "raw", "Authors": ["isyb tests", "shared data contributors"]}))
+        (bids / "participants.json").write_text(json.dumps(
+            {"age": {"Description": "age", "Units": "year"},
+             "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}}}))
+        (bids / "README").write_text("Real test scans from ../shared/data.\n")
+        (bids / "sub-01" / "perf" / "sub-01_asl.json").write_text(json.dumps(asl, indent=2))
+        for name in ("sub-01_asl.nii.gz", "sub-01_aslcontext.tsv"):
+            shutil.copyfile(data_root / "asl" / "perf" / name, bids / "sub-01" / "perf" / name)
+        head = nib.load(str(data_root / "heads" / "myconnectome_T1w_1p6mm.nii.gz"))
+        head.header["descrip"] = f"{PLANTED_NAME} {PLANTED_DATE}".encode()
+        head.to_filename(str(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"))
+        kmeans = data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"
+        shutil.copyfile(kmeans, bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")
+        whole = kmeans.read_bytes()
+        (bids / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(whole[: len(whole) // 2])
+        (bids / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t25\tM\n"
+                                               "sub-02\tn/a\tn/a\nsub-03\t31\tF\n")
+        participant = run_cli(bids, root / "release", "participant", "--quiet", "--nprocs", "2")
+        (root / "participant.json").write_text(json.dumps(
+            {"returncode": participant.returncode, "stderr": participant.stderr}))
+        group = run_cli(bids, root / "release", "group", "--quiet")
+        assert group.returncode == 0, group.stderr[-3000:]
+
+    root = build_once(shared_dir, "real_release", build)
+    participant = json.loads((root / "participant.json").read_text())
+    return {"bids": root / "bids", "release": root / "release", "original_asl": asl,
+            "participant": SimpleNamespace(**participant)}
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
     """Check a CLI failure: exit 2 and exactly one ``isyb: error:`` line naming ``fragments``."""
     assert code == 2, err

@@ -11,16 +11,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import nibabel as nib
 import pandas as pd
 import pytest
 
-from conftest import run_cli, run_isyb_killing_a_dask_worker
+from conftest import PLANTED_DATE, PLANTED_NAME, run_cli, run_isyb_killing_a_dask_worker
 from isyb.bids.scrub import find_leaks, load_policy
 from isyb.synthetic.demo import build_demo_dataset
 
-PLANTED_NAME = "Wang^Planted"
-PLANTED_DATE = "1990-01-02"
 CBF_KEYS = ("PostLabelingDelay", "LabelingDuration", "M0Type", "RepetitionTimePreparation",
             "ArterialSpinLabelingType", "LabelingEfficiency", "BackgroundSuppression")
 
@@ -119,10 +116,11 @@ def test_a_killed_run_resumes_without_redoing_finished_subjects(demo, tmp_path: 
 
 
 def test_a_changed_input_reruns_only_what_depends_on_it(demo, tmp_path: Path) -> None:
-    bids = tmp_path / "bids"
-    shutil.copytree(demo["bids"], bids)
-    out = tmp_path / "release"
-    _isyb(str(bids), str(out), "participant", "--quiet", "--skip", "qc")
+    """A copy of the finished demo release (input, release and work folder: the manifest
+    digests hold no absolute path) is rerun after sub-02's sidecar changed."""
+    for name in ("bids", "release", "release_work"):
+        shutil.copytree(demo["root"] / name, tmp_path / name)
+    bids, out = tmp_path / "bids", tmp_path / "release"
     work = tmp_path / "release_work" / "manifest"
     before = {s: json.loads((work / f"sub-{s}.json").read_text()) for s in ("01", "02")}
     sidecar = bids / "sub-02" / "anat" / "sub-02_T1w.json"
@@ -136,43 +134,11 @@ def test_a_changed_input_reruns_only_what_depends_on_it(demo, tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict[str, Path]:
-    """Two real T1w heads, the real ASL run with a fake name and birth date planted, and a
-    subject whose only T1w is corrupt."""
-    root = tmp_path_factory.mktemp("real_release")
-    bids = root / "bids"
-    (bids / "sub-01" / "anat").mkdir(parents=True)
-    (bids / "sub-01" / "perf").mkdir()
-    (bids / "sub-02" / "anat").mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(json.dumps(
-        {"Name": "isyb real-data release test", "BIDSVersion": "1.9.0", "DatasetType": "raw",
-         "Authors": ["isyb tests", "shared data contributors"]}))
-    (bids / "participants.json").write_text(json.dumps(
-        {"age": {"Description": "age", "Units": "year"},
-         "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}}}))
-    (bids / "README").write_text("Real test scans from ../shared/data.\n")
-    asl = json.loads((data_root / "asl" / "perf" / "sub-01_asl.json").read_text())
-    asl.update(PatientName=PLANTED_NAME, PatientBirthDate=PLANTED_DATE)
-    (bids / "sub-01" / "perf" / "sub-01_asl.json").write_text(json.dumps(asl, indent=2))
-    for name in ("sub-01_asl.nii.gz", "sub-01_aslcontext.tsv"):
-        shutil.copyfile(data_root / "asl" / "perf" / name, bids / "sub-01" / "perf" / name)
-    head = nib.load(str(data_root / "heads" / "myconnectome_T1w_1p6mm.nii.gz"))
-    head.header["descrip"] = f"{PLANTED_NAME} {PLANTED_DATE}".encode()
-    head.to_filename(str(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"))
-    shutil.copyfile(data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz",
-                    bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz")
-    # sub-03's T1w is a truncated gzip: it must fail alone
-    (bids / "sub-03" / "anat").mkdir(parents=True)
-    whole = (data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz").read_bytes()
-    (bids / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(whole[: len(whole) // 2])
-    (bids / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t25\tM\n"
-                                           "sub-02\tn/a\tn/a\nsub-03\t31\tF\n")
-    release = root / "release"
-    participant = _isyb(str(bids), str(release), "participant", "--quiet", "--nprocs", "2",
-                        check=False)
-    _isyb(str(bids), str(release), "group", "--quiet")
-    return {"bids": bids, "release": release, "original_asl": asl,
-            "participant": participant}
+def real(real_release: dict) -> dict:
+    """The run's shared release of real scans (conftest ``real_release``): two real T1w heads,
+    the real ASL run with a fake name and birth date planted, and a subject whose only T1w is
+    corrupt. Read-only."""
+    return real_release
 
 
 def test_real_release_passes_the_bids_validator(real) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from isyb.app import release
 from isyb.cli import main
 from isyb.synthetic.demo import build_demo_dataset
@@ -139,9 +140,10 @@ def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
 
 @pytest.mark.slow
 def test_a_real_kill_mid_deface_leaves_no_unscrubbed_file_in_the_release(
-        bids: Path, tmp_path: Path) -> None:
+        bids: Path, tmp_path: Path, default_template) -> None:
     """SIGKILL of the participant level while sub-02 is being staged (defaced in the work
-    folder; its sidecars are copied there, unscrubbed, after its images)."""
+    folder; its sidecars are copied there, unscrubbed, after its images). Only the killed
+    run is a process of its own; the later runs are in process (no start-up each)."""
     import os
     import signal
     import subprocess
@@ -159,11 +161,9 @@ def test_a_real_kill_mid_deface_leaves_no_unscrubbed_file_in_the_release(
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert _unscrubbed(out) == [] and not (out / "sub-02").exists()
-    group = subprocess.run(["isyb", str(bids), str(out), "group"], capture_output=True,
-                           text=True)
+    group = run_cli(bids, out, "group")
     assert group.returncode == 1 and "sub-02" in group.stderr
     for level in ("participant", "group"):
-        done = subprocess.run(["isyb", str(bids), str(out), level, "--skip", "qc", "derive",
-                               "--quiet"], capture_output=True, text=True)
+        done = run_cli(bids, out, level, "--skip", "qc", "derive", "--quiet")
         assert done.returncode == 0, done.stderr[-2000:]
     assert _unscrubbed(out) == [] and (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()

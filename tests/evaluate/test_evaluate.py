@@ -108,8 +108,10 @@ def test_evaluation_of_a_phantom_defacing(default_template, tmp_path: Path) -> N
 def test_mismatched_grids_are_a_one_line_error(tmp_path: Path, capsys) -> None:
     a = tmp_path / "a.nii.gz"
     b = tmp_path / "b.nii.gz"
-    nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)).to_filename(str(a))
-    nib.Nifti1Image(np.ones((10, 10, 12), np.float32), np.eye(4)).to_filename(str(b))
+    nib.Nifti1Image(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), np.eye(4)).to_filename(
+        str(a))  # not constant: a constant image is refused before the grids are compared
+    nib.Nifti1Image(np.arange(1200, dtype=np.float32).reshape(10, 10, 12), np.eye(4)).to_filename(
+        str(b))
     assert main(["evaluate", str(a), str(b), "--mask", str(a)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different grids" in err[0]

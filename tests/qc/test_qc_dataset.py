@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_cli
 from isyb.qc.report import REPORT_METRICS
 from isyb.synthetic.phantom import phantom_bold
 
@@ -49,10 +50,8 @@ def qc_dataset(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dic
     short, _ = phantom_bold((32, 32, 20), vox, 6, seed=9)
     _save_bold(root / "sub-06" / "func" / "sub-06_task-rest_bold.nii.gz", short, vox)
     out = root.parent / "out"
-    participant = subprocess.run(["isyb", "qc", str(root), str(out), "participant", "--quiet"],
-                                 capture_output=True, text=True)
-    group = subprocess.run(["isyb", "qc", str(root), str(out), "group"],
-                           capture_output=True, text=True)
+    participant = run_cli("qc", root, out, "participant", "--quiet")
+    group = run_cli("qc", root, out, "group")
     return {"root": root, "out": out, "derivatives": out / "derivatives" / "isyb",
             "participant": participant, "group": group}
 
@@ -84,9 +83,8 @@ def test_participant_level_resumes_without_recomputing(qc_dataset) -> None:
     derivatives = qc_dataset["derivatives"]
     record = derivatives / "sub-02" / "func" / "sub-02_task-rest_desc-qc_bold.json"
     before = record.stat().st_mtime_ns
-    rerun = subprocess.run(["isyb", "qc", str(qc_dataset["root"]), str(qc_dataset["out"]),
-                            "participant", "--participant-label", "02"],
-                           capture_output=True, text=True)
+    rerun = run_cli("qc", qc_dataset["root"], qc_dataset["out"], "participant",
+                    "--participant-label", "02")
     assert rerun.returncode == 0, rerun.stderr
     assert "1 run(s) already measured, skipped" in rerun.stderr
     assert record.stat().st_mtime_ns == before

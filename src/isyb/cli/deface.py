@@ -20,6 +20,7 @@ from isyb.errors import IsybError
 EXAMPLES_DEFACE = """examples:
   isyb deface sub-01_T1w.nii.gz sub-01_defaced.nii.gz
   isyb deface sub-01_T1w.nii.gz out.nii.gz --template MNI152NLin6Asym --method remove
+  isyb deface sub-01_T1w.nii.gz out.nii.gz --template CN200 --method maskface
   isyb deface sub-01_T1w.nii.gz out.nii.gz --template /data/my_head.nii.gz --ears \\
       --save-mask out_mask.nii.gz
   isyb deface bids/ bids_defaced/ --participant-label 01 02 --nprocs 2
@@ -43,8 +44,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deface.add_argument("--template", default="default",
                         help="built-in name (see `isyb templates list`) or a head image path "
                         "(default: %(default)s)")
-    deface.add_argument("--method", choices=("blur", "remove", "noise"), default="blur",
-                        help="how the face is obscured (default: %(default)s)")
+    deface.add_argument("--method", choices=("blur", "remove", "noise", "maskface"),
+                        default="blur",
+                        help="how the face is obscured (default: %(default)s); maskface is "
+                        "NRG mask_face's normalized anterior filtering of the subject's own skin "
+                        "layer, its face box placed by mask_face's landmarks for MNI152, CN200 "
+                        "and Chinese2020, else by --face-region; it keeps the face's coarse "
+                        "shape and protects much less than blur (benchmarks/README.md)")
     deface.add_argument("--ears", action="store_true", help="also obscure the ears")
     deface.add_argument("--neck", action="store_true",
                         help="also obscure the front of the neck below the chin")
@@ -181,13 +187,14 @@ def cmd_deface(args: argparse.Namespace) -> int:
         raise IsybError("--participant-label and --release-policy need a BIDS dataset folder "
                         "as IN")
     from isyb.deface.file import check_paths
-    from isyb.io import load_image, sweep_partial_of
+    from isyb.io import load_image, load_volume, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
     load_image(args.input)  # a bad input fails now, not after a first template preparation
     for path in (args.output, args.save_mask):
         for partial in sweep_partial_of(path) if path else ():
             note(f"removed {partial}, left by an interrupted run")
+    load_volume(args.input)  # its voxels too (NaN, constant), before any template work
     template = resolve(args.template, progress=note)
     record = deface_file(args.input, args.output, template, options, save_mask=args.save_mask,
                          force=args.force, qc_png=not args.no_png, stage=note)

@@ -21,6 +21,7 @@ EXAMPLES_DERIVE = """examples:
   isyb derive demo_out/bids derive_out participant --nprocs 2
   isyb derive demo_out/bids derive_out group
   isyb derive bids/ out/ participant --metrics fa,md,cbf --participant-label 01
+  isyb derive demo_out/bids derive_dparsf participant --convention dparsf --metrics alff,falff,reho
   isyb derive bids/ out/ participant --freesurfer-dir /data/freesurfer
   isyb derive bids/ out/ participant --executor dask --dask-cluster slurm --nprocs 20
 """
@@ -53,6 +54,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     derive.add_argument("--space", default=None, metavar="LABEL",
                         help="space label of template-space outputs (default: "
                         "MNI152NLin2009aSym, or 'custom' with --template)")
+    derive.add_argument("--convention", choices=("ccs", "dparsf", "isyb"), default="ccs",
+                        help="whose conventions ALFF/fALFF, ReHo and VMHC follow: CCS (the "
+                        "ISYB descriptor's pipeline), DPARSF/DPABI, or isyb's own; sets the "
+                        "detrending order, the spectrum (padding, band edges) and whether "
+                        "ReHo and VMHC use the 0.01-0.1 Hz band-passed series (ccs, dparsf) "
+                        "(default: %(default)s)")
     derive.add_argument("--reho-neighbours", type=int, choices=(7, 19, 27), default=27)
     derive.add_argument("--cbf-formula", choices=("whitepaper", "ge"), default="whitepaper",
                         help="CBF quantification: the consensus white-paper formula, or GE's "
@@ -63,6 +70,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     derive.add_argument("--freesurfer-dir", metavar="SUBJECTS_DIR",
                         help="FreeSurfer subjects_dir: summarise thickness, area, volume and "
                         "pial_lgi per aparc region for the subjects found there")
+    derive.add_argument("--anatomy", action="store_true",
+                        help="also measure cortical thickness (DiReCT) and grey-matter volume "
+                        "from the T1w of subjects without FreeSurfer outputs (slow: minutes "
+                        "per 1 mm T1w)")
     derive.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="cache of normalisations and tissue masks (default: "
                         "OUT_DIR/work/derive)")
@@ -97,7 +108,8 @@ def cmd_derive(args: argparse.Namespace) -> int:
     options = DeriveOptions(metrics=metrics, normalization=args.normalization,
                             reho_neighbours=args.reho_neighbours, template=template,
                             space=space, freesurfer_dir=freesurfer,
-                            cbf_formula=args.cbf_formula,
+                            cbf_formula=args.cbf_formula, convention=args.convention,
+                            anatomy=args.anatomy,
                             ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,

@@ -113,7 +113,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_APP)
     bids_app_arguments(app, "output_dir", "OUTPUT_DIR")
     app.add_argument("--template", default="default", help="head template name or path")
-    app.add_argument("--deface-method", choices=("blur", "remove", "noise"), default="blur")
+    app.add_argument("--deface-method", choices=("blur", "remove", "noise", "maskface"),
+                        default="blur")
     app.add_argument("--skip", nargs="+", choices=("deface", "qc", "derive"), default=[],
                      help="steps to leave out (metadata scrubbing is never skipped)")
     app.add_argument("--work-dir", type=Path, help="manifest, scrub key, scrub reports and "

@@ -83,7 +83,8 @@ def deface(image: ImageLike, template: str | os.PathLike | Template = "default",
         (:func:`~isyb.templates.registry.load_template`). A built-in is
         prepared and cached in ``$ISYB_HOME`` on first use.
     method:
-        ``blur`` (default), ``remove`` or ``noise``.
+        ``blur`` (default), ``remove``, ``noise`` or ``maskface`` (NRG
+        mask_face's normalized anterior filtering, :mod:`isyb.deface.maskface`).
     **options:
         Any other field of :class:`~isyb.deface.engine.DefaceOptions`:
         ``ears``, ``neck``, ``keep_chin``, ``face_region``, ``face_margin_mm``, ``guard_mm``

@@ -84,7 +84,10 @@ class DefaceReport:
     (:func:`isyb.head.face_reference.face_coverage`: changed, left for the
     brain guard, left unreached; whole and by thirds); the fields
     from ``registration`` to ``timings_s`` are those of
-    :class:`~isyb.deface.engine.FaceStats`. ``input``, ``output`` and
+    :class:`~isyb.deface.engine.FaceStats`; ``maskface`` (method ``maskface`` only)
+    how its face box was placed, its grid, layer, seed and jitter, and the note
+    that the brain guard stayed on where the ISYB descriptor's runs had none.
+    ``input``, ``output`` and
     ``qc_png`` are the names written in the record (None: left out);
     ``total_s`` is the wall time of the whole call, from reading to writing.
     :meth:`to_json` is the ``*_isyb.json`` provenance record.
@@ -113,6 +116,7 @@ class DefaceReport:
     versions: dict[str, str]
     qc_png: str | None = None
     total_s: float | None = None
+    maskface: dict[str, Any] | None = None
 
     @property
     def note(self) -> str | None:
@@ -123,7 +127,7 @@ class DefaceReport:
         """The provenance record, a JSON-ready dict (the ``*_isyb.json`` file's content)."""
         record = asdict(self)
         total_s, qc_png = record.pop("total_s"), record.pop("qc_png")
-        for key in ("input", "output"):
+        for key in ("input", "output", "maskface"):
             if record[key] is None:
                 del record[key]
         if total_s is not None:

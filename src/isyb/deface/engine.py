@@ -16,11 +16,13 @@ import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
-from isyb.deface.obscure import BLEND_MM, METHODS, obscure
+from isyb.deface.maskface_roi import maskface_obscure, place_face_box, region_box
+from isyb.deface.obscure import BLEND_MM, obscure
+from isyb.deface.obscure import METHODS as OBSCURE_METHODS
 from isyb.errors import IsybError
 from isyb.head.brain import check_brain_mask, extract_brain
 from isyb.head.face_reference import face_reference
@@ -39,6 +41,9 @@ from isyb.templates.registry import Template
 #: Below this ratio of face tissue found to face tissue expected from the
 #: template, the input is reported as having little or no face to mask.
 LITTLE_FACE_RATIO = 0.35
+#: Every defacing method: those of :mod:`isyb.deface.obscure`, and NRG mask_face's
+#: normalized anterior filtering (:mod:`isyb.deface.maskface`).
+METHODS = (*OBSCURE_METHODS, "maskface")
 
 
 class FaceStats(TypedDict):
@@ -58,6 +63,7 @@ class FaceStats(TypedDict):
     face_surface_voxels: int
     face_surface_voxels_in_guard: int
     timings_s: dict[str, float]
+    maskface: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,11 @@ class DefaceOptions:
     The region reaches over the lips and the chin to below the lower edge of
     the mandible; ``keep_chin`` stops it at the mouth (the region of isyb
     before issue 20 on the MNI templates, whose field of view ends there).
+    ``maskface`` keeps mask_face's own geometry (15 mm grid, ±8 mm layer;
+    :mod:`isyb.deface.maskface`) and ignores ``layer_mm``, ``smooth_mm`` and
+    ``blend_mm``; where a CAPIIO matrix places its face box
+    (:mod:`isyb.deface.maskface_roi`) it also ignores ``face_region``,
+    ``face_margin_mm``, ``ears`` and ``neck``. ``seed`` seeds its jitter.
     """
 
     method: str = "blur"
@@ -178,12 +189,17 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     zooms = volume.zooms
     clock = time.perf_counter()
     voxel_to_template = registration.subject_to_template @ volume.affine
-    full_region = face_region(template.rule, volume.shape, voxel_to_template,
-                              ears=options.ears, neck=options.neck,
-                              keep_chin=options.keep_chin)
-    if options.face_region == "template":
-        full_region = within_template_face(full_region, template.face(), voxel_to_template,
-                                           options.face_margin_mm)
+    face_box = (place_face_box(template, volume.shape, zooms, voxel_to_template)
+                if options.method == "maskface" else None)
+    if face_box is not None:
+        full_region = face_box.mask(volume.shape)
+    else:
+        full_region = face_region(template.rule, volume.shape, voxel_to_template,
+                                  ears=options.ears, neck=options.neck,
+                                  keep_chin=options.keep_chin)
+        if options.face_region == "template":
+            full_region = within_template_face(full_region, template.face(),
+                                               voxel_to_template, options.face_margin_mm)
     # Only the face region's bounding box can change. Grown by the guard margin
     # and the smoothing reach, it holds every brain voxel within the margin of a
     # changeable voxel, so the guard computed inside it is exact where it matters.
@@ -196,15 +212,22 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     # Tissue in the face region counts as head even when a dark gap cuts it off
     # from the largest piece: otherwise blur and noise would leave it untouched.
     head = head_mask(volume.data, threshold) | ((volume.data > threshold) & full_region)
-    outline = None if options.method == "remove" else outline_for(template, options.smooth_mm)
-    box_to_voxel = np.eye(4)
-    box_to_voxel[:3, 3] = [part.start for part in box]
-    new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
-                                   head=head[box], layer_mm=options.layer_mm,
-                                   smooth_mm=options.smooth_mm, seed=options.seed,
-                                   outline=outline,
-                                   voxel_to_template=voxel_to_template @ box_to_voxel,
-                                   face=full_region[box], blend_mm=options.blend_mm)
+    maskface_record = None
+    if options.method == "maskface":
+        face_box = face_box or region_box(full_region, voxel_to_template)
+        new_box, allowed_box, maskface_record = maskface_obscure(
+            volume.data[box], region[box], head[box], zooms, face_box, seed=options.seed)
+    else:
+        outline = (None if options.method == "remove"
+                   else outline_for(template, options.smooth_mm))
+        box_to_voxel = np.eye(4)
+        box_to_voxel[:3, 3] = [part.start for part in box]
+        new_box, allowed_box = obscure(volume.data[box], region[box], options.method, zooms,
+                                       head=head[box], layer_mm=options.layer_mm,
+                                       smooth_mm=options.smooth_mm, seed=options.seed,
+                                       outline=outline,
+                                       voxel_to_template=voxel_to_template @ box_to_voxel,
+                                       face=full_region[box], blend_mm=options.blend_mm)
     new_data = volume.data.copy()
     new_data[box] = new_box
     allowed = np.zeros(volume.shape, dtype=bool)
@@ -242,5 +265,7 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
         "face_surface_voxels_in_guard": int((skin & full_region & guard).sum()),
         "timings_s": {key: round(value, 2) for key, value in timings.items()},
     }
+    if maskface_record is not None:
+        report["maskface"] = maskface_record
     return Defacing(new_data, allowed, region, guard, brain, head, skin, report, reference,
                     reference_guard)

@@ -12,7 +12,12 @@ in the run's folder:
 * ``<entities>_desc-derive_<suffix>.json``: what was done, summaries
   (FA-WM, FA-GM, MD-WM, MD-GM; CBF in grey matter; timings), or the error.
 * with ``--freesurfer-dir``: ``<subject>_desc-surface_metrics.tsv`` (thickness,
-  area, volume, LGI per aparc region, read from FreeSurfer's files).
+  area, volume, LGI per aparc region, read from FreeSurfer's files);
+* with ``--anatomy``, for subjects with a T1w and no FreeSurfer outputs
+  (those stay preferred): ``<subject>_desc-thickness_map.nii.gz`` and
+  ``<subject>_desc-anatomy_metrics.tsv`` (mean CT, total GMV;
+  :func:`anatomy_outputs`). A failure there is logged; the runs' records
+  stand.
 
 Template space needs the subject's T1w: brain (deepbet), tissues
 (:func:`isyb.head.tissue.segment_tissues`), normalisation to the template
@@ -26,8 +31,10 @@ tissue summaries. Normalisation and tissue files are cached in
 ``group`` level, in ``OUT_DIR/derivatives/isyb/group/``: per metric the
 voxel-wise mean and SD over runs (:func:`isyb.derive.group.group_mean_sd`,
 within the voxels valid in every run), the mask, and a figure of both on
-fsaverage5; ``group_derive.tsv`` collects the per-run summaries and
-``group_surface_metrics.tsv`` the FreeSurfer region summaries.
+fsaverage5 (the ``--anatomy`` thickness maps too, when at least two subjects
+have one); ``group_derive.tsv`` collects the per-run summaries,
+``group_surface_metrics.tsv`` the FreeSurfer region summaries and
+``group_anatomy_metrics.tsv`` the ``--anatomy`` tables.
 
 A run whose JSON exists and was made from the same input, options and isyb
 version is skipped (a rerun resumes). A run that fails on bad input is
@@ -40,6 +47,7 @@ sidecars come from :mod:`isyb.bids.layout`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -61,6 +69,7 @@ from isyb.bids.layout import (
 )
 from isyb.derive.anatomy import AnatomySource, load_ras, load_template, save_map
 from isyb.derive.options import (
+    ANATOMY_MAPS,
     DEFAULT_SPACE,
     METRICS,
     UNITS,
@@ -72,6 +81,8 @@ from isyb.derive.processors import PROCESSORS, RUN_METRICS, RunJob, Subject, run
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, Steps, run_tasks
 from isyb.io import atomic_path, check_output_folder, write_text
+
+LOG = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -201,7 +212,59 @@ def run_subject(job: RunJob) -> list[dict]:
         write_text(_record_path(run, job.out_dir),
                    json.dumps(record, indent=2, default=_json_default) + "\n")
         records.append(record)
+    if options.anatomy and not _has_freesurfer(options, subject.label):
+        anatomy = source.get()
+        try:
+            if anatomy is not None:
+                anatomy_outputs(anatomy, job.out_dir, subject.label, template, options.space)
+        except IsybError as exc:
+            LOG.warning("%s: anatomy without FreeSurfer failed: %s", subject.label, exc)
     return records
+
+
+def _has_freesurfer(options: DeriveOptions, label: str) -> bool:
+    return options.freesurfer_dir is not None and (Path(options.freesurfer_dir) / label).is_dir()
+
+
+def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
+                    space: str = DEFAULT_SPACE) -> dict:
+    """Anatomy without FreeSurfer (:mod:`isyb.derive.morphometry`) of a subject's T1w.
+
+    Writes ``<label>_desc-thickness_map.nii.gz`` (DiReCT CT in mm, T1w space)
+    and ``<label>_desc-anatomy_metrics.tsv`` (``mean_ct_mm``, ``gmv_ml``) in
+    the subject's ``anat`` folder; returns the table's row. With a
+    ``template`` (and the anatomy's normalisation), also
+    ``<label>_space-<space>_desc-thickness_map.nii.gz`` for the group maps:
+    each non-GM voxel first takes the thickness of its nearest GM voxel, so
+    the trilinear warp does not mix the cortex with zeros, and the result is
+    kept where the template's GM probability is >= 0.5 (its brain mask for a
+    template without tissue maps).
+    """
+    from scipy import ndimage
+
+    from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
+    from isyb.derive.normalize import to_template
+
+    zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(axis=0))
+    start = time.perf_counter()
+    thickness = cortical_thickness(anatomy.labels, zooms)
+    row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, anatomy.labels),
+           "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
+           "method": "DiReCT (ANTs KellyKapowski) on isyb's CSF/GM/WM segmentation",
+           "seconds": round(time.perf_counter() - start, 1)}
+    folder = derivatives_dir(out_dir) / label / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_map(thickness, anatomy.affine, folder / f"{label}_desc-thickness_map.nii.gz")
+    if template is not None and anatomy.normalization is not None:
+        _, nearest = ndimage.distance_transform_edt(thickness <= 0, return_indices=True)
+        filled = thickness[tuple(nearest)]
+        warped = to_template(filled, anatomy.affine, anatomy.normalization, template)
+        cortex = template.gm >= 0.5 if np.any(template.gm) else template.brain_mask
+        save_map(np.where(cortex, warped, 0.0), template.affine,
+                 folder / f"{label}_space-{space}_desc-thickness_map.nii.gz")
+    with atomic_path(folder / f"{label}_desc-anatomy_metrics.tsv") as tmp:
+        pd.DataFrame([row]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    return row
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,
@@ -305,7 +368,13 @@ def derive_group(out_dir: Path, *, space: str = DEFAULT_SPACE,
             pd.concat([pd.read_csv(p, sep="\t") for p in surfaces]).to_csv(
                 tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
         result["surface_subjects"] = len(surfaces)
-    for metric in metrics:
+    anatomy_tables = sorted(root.glob("sub-*/anat/*_desc-anatomy_metrics.tsv"))
+    if anatomy_tables:
+        with atomic_path(group / "group_anatomy_metrics.tsv") as tmp:
+            pd.concat([pd.read_csv(p, sep="\t") for p in anatomy_tables]).to_csv(
+                tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        result["anatomy_subjects"] = len(anatomy_tables)
+    for metric in (*metrics, *ANATOMY_MAPS):
         paths = sorted(root.glob(f"sub-*/**/*_space-{space}_desc-{metric}_map.nii.gz"))
         if len(paths) < 2:
             if paths:

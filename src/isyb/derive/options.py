@@ -12,9 +12,11 @@ from isyb.errors import InputError
 METRICS = ("alff", "falff", "reho", "vmhc", "fa", "md", "cbf")
 #: Metrics computed from resting BOLD.
 BOLD_METRICS = ("alff", "falff", "reho", "vmhc")
+#: Per-subject anatomical maps of ``--anatomy`` that the group level averages too.
+ANATOMY_MAPS = ("thickness",)
 #: Units of each metric (figure labels).
 UNITS = {"alff": "a.u.", "falff": "ratio", "reho": "Kendall's W", "vmhc": "Fisher z",
-         "fa": "FA", "md": "mm²/s", "cbf": "ml/100 g/min"}
+         "fa": "FA", "md": "mm²/s", "cbf": "ml/100 g/min", "thickness": "mm"}
 #: BIDS space label of the default template (nilearn's ICBM 2009a symmetric).
 DEFAULT_SPACE = "MNI152NLin2009aSym"
 
@@ -37,6 +39,8 @@ class DeriveOptions:
     freesurfer_dir: str | None = None
     cbf_formula: str = "whitepaper"
     ge_scaling: tuple[float, float] | None = None
+    convention: str = "ccs"
+    anatomy: bool = False
 
     def key(self) -> str:
         """A short digest of the options, stored in every record."""

@@ -109,10 +109,21 @@ def _write_template_map(run: BIDSFile, job: RunJob, metric: str, warped: np.ndar
 
 def derive_bold(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> dict:
     """ALFF, fALFF and ReHo of a resting BOLD run after :mod:`~isyb.derive.preprocess`, and
-    VMHC in template space; nuisance WM and CSF signals from the T1w when there is one."""
+    VMHC in template space; nuisance WM and CSF signals from the T1w when there is one.
+
+    ``job.options.convention`` (:mod:`~isyb.derive.conventions`) sets the
+    detrending order, the ALFF/fALFF spectrum and whether ReHo and VMHC use
+    the band-passed residuals (``ccs``, ``dparsf``) or the unfiltered ones
+    (``isyb``)."""
+    from isyb.derive.conventions import (
+        bandpass,
+        check_run_length,
+        convention_alff_falff,
+        get_convention,
+    )
     from isyb.derive.normalize import coregister
     from isyb.derive.preprocess import clean_bold, prepare_bold
-    from isyb.derive.rfmri import alff_falff, band_bins, reho
+    from isyb.derive.rfmri import reho
     from isyb.derive.vmhc import vmhc
     from isyb.qc.bold import repetition_time
 
@@ -126,8 +137,9 @@ def derive_bold(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> 
     if tr is None:
         raise DeriveInputError(f"{run.relative}: the repetition time is unknown (no "
                                "RepetitionTime in the sidecar, no TR in the header)")
+    convention = get_convention(job.options.convention)
     if {"alff", "falff"} & set(wanted):  # fail before the preprocessing, not after
-        band_bins(series.shape[3] - job.options.n_dummy, tr)
+        check_run_length(series.shape[3] - job.options.n_dummy, tr, convention)
     anatomy = source.get()
     if "vmhc" in wanted and anatomy is None:
         raise DeriveInputError(f"{run.relative}: VMHC needs template space, which needs the "
@@ -148,17 +160,23 @@ def derive_bold(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> 
         csf = tissue_in(anatomy, "csf", prepared.mean.shape, affine, pre) & prepared.mask
     start = time.perf_counter()
     residuals, regressors = clean_bold(prepared, wm=wm if wm is not None and wm.any() else None,
-                                       csf=csf if csf is not None and csf.any() else None)
+                                       csf=csf if csf is not None and csf.any() else None,
+                                       polort=convention.polort)
     seconds["nuisance_regression"] = time.perf_counter() - start
     maps: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     if {"alff", "falff"} & set(wanted):
-        alff, falff = alff_falff(residuals, tr, mask=prepared.mask)
+        alff, falff = convention_alff_falff(residuals, tr, convention, mask=prepared.mask)
         maps.update({k: v for k, v in (("alff", alff), ("falff", falff)) if k in wanted})
     seconds["alff"] = time.perf_counter() - start
+    connectivity = residuals  # the series ReHo and VMHC use
+    if convention.filtered_reho_vmhc and {"reho", "vmhc"} & set(wanted):
+        start = time.perf_counter()
+        connectivity = bandpass(residuals, tr, convention, mask=prepared.mask)
+        seconds["bandpass"] = time.perf_counter() - start
     if "reho" in wanted:
         start = time.perf_counter()
-        maps["reho"] = reho(residuals, mask=prepared.mask,
+        maps["reho"] = reho(connectivity, mask=prepared.mask,
                             neighbourhood=job.options.reho_neighbours)
         seconds["reho"] = time.perf_counter() - start
     written: list[str] = []
@@ -168,7 +186,7 @@ def derive_bold(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> 
         written.append(path.name)
     start = time.perf_counter()
     moved = _template_outputs(run, job, maps, anatomy, template, affine, pre, written,
-                              series=residuals if "vmhc" in wanted else None)
+                              series=connectivity if "vmhc" in wanted else None)
     if moved is not None:
         from scipy import ndimage
 
@@ -181,7 +199,8 @@ def derive_bold(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> 
                             written)
     seconds["to_template"] = time.perf_counter() - start
     summary = {f"{m}_median": float(np.median(v[prepared.mask])) for m, v in maps.items()}
-    return {"tr_s": tr, "volumes_dropped": prepared.n_dummy, "spikes_replaced": prepared.n_spikes,
+    return {"tr_s": tr, "convention": convention.name, "volumes_dropped": prepared.n_dummy,
+            "spikes_replaced": prepared.n_spikes,
             "slice_timing_corrected": slice_timing is not None, "regressors": regressors,
             "motion_max_translation_mm": float(np.abs(prepared.motion[:, :3]).max()),
             "summary": summary, "files": written, "seconds": seconds}

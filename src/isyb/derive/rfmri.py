@@ -1,7 +1,11 @@
 """Resting-state metrics on preprocessed BOLD arrays: ALFF, fALFF and ReHo.
 
-**ALFF / fALFF** (Zang et al. 2007; Zou et al. 2008), in the convention of
-REST/DPARSF that CCS follows. For each voxel's time series x (N volumes,
+**ALFF / fALFF** (Zang et al. 2007; Zou et al. 2008), in isyb's own
+convention (``--convention isyb``): REST/DPARSF's amplitude without their
+zero padding, so fALFF is not DPARSF's (higher by 1-3% on white and 1/f
+noise, depending on how far N is below the next power of two: +1.4% on
+white noise at N = 230). :mod:`isyb.derive.conventions` has the CCS and DPARSF conventions,
+each after the pipeline's own code. For each voxel's time series x (N volumes,
 repetition time TR), the amplitude spectrum is
 ``a_k = 2 |X_k| / N`` for ``k = 1 .. floor(N/2)`` (``X = FFT(x)``; the DC
 term is left out), at frequencies ``f_k = k / (N TR)``. A sinusoid of

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,8 @@ def _validate(series: np.ndarray, zooms: Sequence[float],
         raise BoldInputError(f"BOLD data must be real numbers, got dtype {data.dtype}")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise BoldInputError("the BOLD image contains NaN or infinite values")
+    if data.min() == data.max():
+        raise BoldInputError(f"the BOLD image is constant (every voxel is {data.min():g})")
     vox = np.asarray(zooms, dtype=np.float64).ravel()[:3]
     if vox.size != 3 or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
         raise BoldInputError(f"voxel sizes must be 3 positive numbers in mm, got {zooms!r}")
@@ -397,5 +400,8 @@ def qc_bold(image: str | os.PathLike | nib.spatialimages.SpatialImage, *,
         if metadata is None and not isinstance(image, nib.spatialimages.SpatialImage):
             metadata = bold_sidecar(image)
         tr = repetition_time(img.header, metadata)
-    series = np.asarray(img.dataobj, dtype=np.float32)
+    try:
+        series = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # truncated or corrupt data
+        raise BoldInputError(f"{name}: cannot be read as an image ({exc})") from None
     return run_bold_qc(series, img.header.get_zooms()[:3], tr, fd_threshold=fd_threshold)

@@ -11,10 +11,13 @@ the upstream location of every template file: upstream ``U`` is fetched from
 ``{mirror}/{basename(U)}``. This is how offline sites and the tests serve
 ``CN200.nii.gz`` and ``CN2020.nii.gz``.
 
-When the true digest of an upstream file is not known (it could not be learnt
-when the registry was written), :func:`fetch_pinned` trusts the first copy it
-gets, records its digest in a ``.sha256`` sidecar file beside it and warns;
-every later download of that file must match the recorded digest.
+A file can be pinned by its SHA-256 digest or by its Git blob id (the SHA-1
+of ``b"blob <size>\\0" + content``, the name Git gives the file's content:
+``git hash-object FILE``), which is what a Git hosting site shows for a
+file whose SHA-256 nobody published. When neither is known, :func:`fetch_pinned`
+trusts the first copy it gets, records its digest in a ``.sha256`` sidecar
+file beside it and warns; every later download of that file must match the
+recorded digest.
 
 TemplateFlow templates are looked up with :func:`templateflow_files`, which
 imports ``templateflow.api`` lazily, because TemplateFlow reads
@@ -62,6 +65,7 @@ uses it when it populates an empty home; neither touches the network.)
 CHUNK_SIZE = 1 << 20
 _SCHEMES = ("http", "https", "file")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9]+")
 _IMAGE_EXTENSIONS = [".nii.gz", ".nii"]
 
@@ -115,6 +119,30 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := stream.read(CHUNK_SIZE):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def git_blob_id(path: str | os.PathLike) -> str:
+    """The Git blob id of a file: SHA-1 of ``b"blob <size>\\0"`` followed by its bytes.
+
+    This is what ``git hash-object`` prints and what a Git repository names the
+    file's content by (Git book, "Git Objects"); it identifies a file published
+    in a Git repository without any SHA-256 being published for it.
+    """
+    hasher = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _check_blob(git_blob: str | None) -> str | None:
+    """Normalise a Git blob id (40 hexadecimal digits) to lower case; refuse anything else."""
+    if git_blob is None:
+        return None
+    blob = git_blob.strip().lower()
+    if not _SHA1.fullmatch(blob):
+        raise IsybError(f"{git_blob!r} is not a Git blob id (40 hexadecimal digits)")
+    return blob
 
 
 def digest_sidecar(dest: str | os.PathLike) -> Path:
@@ -198,7 +226,7 @@ def resolve_url(url: str) -> str:
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None, *, progress: bool = True,
-             timeout: float = 60) -> str:
+             timeout: float = 60, git_blob: str | None = None) -> str:
     """Download ``url`` to ``dest`` and return the SHA-256 hex digest of its bytes.
 
     The bytes are streamed into a temporary file beside ``dest`` while their
@@ -211,16 +239,18 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None, *, progress:
         url: an ``http``, ``https`` or ``file`` URL.
         dest: the file to create or replace; its folder is created if needed.
         sha256: the expected hex digest, or None to accept any content.
+        git_blob: the expected Git blob id (:func:`git_blob_id`), or None.
         progress: show a progress bar on stderr (only when it is a terminal).
         timeout: seconds to wait for the connection and for each read.
 
     Raises:
-        DigestMismatchError: the content does not have the digest ``sha256``.
+        DigestMismatchError: the content does not have the digest ``sha256``
+            or the Git blob id ``git_blob``.
         IsybError: the URL cannot be read (network error, HTTP error, missing
             file, truncated transfer) or ``dest`` cannot be written.
     """
     dest = Path(dest)
-    expected = _check_digest(sha256)
+    expected, blob = _check_digest(sha256), _check_blob(git_blob)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         raise IsybError(f"cannot download {url}: unsupported URL scheme (use http, https or file)")
@@ -248,13 +278,17 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None, *, progress:
                 if expected is not None and actual != expected:
                     raise DigestMismatchError(f"{url}: SHA-256 mismatch, expected {expected}, "
                                               f"got {actual}")
+                if blob is not None and (got := git_blob_id(tmp)) != blob:
+                    raise DigestMismatchError(f"{url}: Git blob id mismatch, expected {blob}, "
+                                              f"got {got}")
         except OSError as exc:
             raise IsybError(f"cannot write {dest}: {_reason(exc)}") from None
     return actual
 
 
 def fetch_pinned(url: str, dest: str | os.PathLike, sha256: str | None, *,
-                 progress: bool = True, timeout: float = 60) -> Path:
+                 progress: bool = True, timeout: float = 60,
+                 git_blob: str | None = None) -> Path:
     """Make ``dest`` a verified copy of ``url`` and return it, downloading only if needed.
 
     The digest a file must have is ``sha256`` when it is pinned, otherwise the
@@ -262,6 +296,10 @@ def fetch_pinned(url: str, dest: str | os.PathLike, sha256: str | None, *,
     already at ``dest`` with that digest is returned without any network
     access. Otherwise the file is fetched from :func:`resolve_url` of ``url``
     (so ``ISYB_TEMPLATE_MIRROR`` applies) and checked.
+
+    A Git blob id ``git_blob`` pins the file like ``sha256`` does (the file at
+    ``dest`` and every download must have it); the sidecar then only records
+    the SHA-256 of the verified file.
 
     Trust on first use: when no digest is pinned and none is recorded yet, the
     first copy obtained (downloaded, or found at ``dest``) is accepted, its
@@ -275,35 +313,43 @@ def fetch_pinned(url: str, dest: str | os.PathLike, sha256: str | None, *,
         IsybError: the file cannot be downloaded or written.
     """
     dest = Path(dest)
-    pinned = _check_digest(sha256)
+    pinned, blob = _check_digest(sha256), _check_blob(git_blob)
     sidecar = digest_sidecar(dest)
     recorded = _read_sidecar(sidecar)
-    expected = pinned or recorded
+    expected = pinned or (None if blob else recorded)
     if dest.is_file():
         try:
             actual = sha256_file(dest)
+            blob_ok = blob is None or git_blob_id(dest) == blob
         except OSError as exc:
             raise IsybError(f"{dest}: cannot be read ({_reason(exc)})") from None
-        if expected is None:  # put there by hand, or left by an interrupted run
+        if blob is not None and blob_ok and expected in (None, actual):
+            if recorded != actual:
+                _record(sidecar, dest, actual)
+            return dest
+        if expected is None and blob is None:  # put there by hand, or left by an interrupted run
             _record(sidecar, dest, actual)
             _warn_unpinned(url, dest, actual, sidecar)
             return dest
-        if actual == expected:
+        if actual == expected and blob_ok:
             if recorded != actual:
                 _record(sidecar, dest, actual)
             return dest
         dest.unlink()  # stale or damaged: it matches neither the pin nor the record
+        if blob is not None:
+            sidecar.unlink(missing_ok=True)  # the digest of a file that no longer verifies
     source = resolve_url(url)
     try:
-        actual = download(source, dest, expected, progress=progress, timeout=timeout)
+        actual = download(source, dest, expected, progress=progress, timeout=timeout,
+                          git_blob=blob)
     except DigestMismatchError as exc:
-        if pinned is None:
+        if pinned is None and blob is None:
             raise DigestMismatchError(f"{exc} (recorded on first use in {sidecar}; delete that "
                                       "file to accept the new one)") from None
         raise
     if recorded != actual:
         _record(sidecar, dest, actual)
-    if expected is None:
+    if expected is None and blob is None:
         _warn_unpinned(source, dest, actual, sidecar)
     return dest
 

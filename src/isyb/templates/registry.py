@@ -8,11 +8,13 @@ A prepared template is a head image with a brain mask and a face rule
   mask, so one is derived.
 * ``MNI152NLin6Asym`` and ``MNI152NLin2009cAsym``: through TemplateFlow
   (``TEMPLATEFLOW_HOME`` may point at a local copy), with their brain masks.
+  Each file must have the grid TemplateFlow publishes for it
+  (:data:`TEMPLATEFLOW_GRIDS`: shape, voxel size and origin), so that one
+  template's file under another's name is refused.
 * ``CN200`` and ``Chinese2020``: downloaded from the copies in the
-  zuoxinian/CCS repository, which the ISYB data descriptor used. Their
-  SHA-256 digests could not be learned where isyb was written (no internet),
-  so they are recorded on first download and enforced afterwards; see
-  :func:`isyb.templates.fetch.fetch_pinned`.
+  zuoxinian/CCS repository, which the ISYB data descriptor used, and
+  verified against the Git blob ids of those copies (no SHA-256 is published
+  for them; see :func:`isyb.templates.fetch.git_blob_id`).
 * any head image given by path. A ``<stem>_desc-brain_mask`` file beside it
   (TemplateFlow naming) is used when present, else a mask is derived.
 
@@ -27,13 +29,20 @@ the brain mask) and caches the result under ``$ISYB_HOME/templates`` (default
                                                     of the ``template`` face-region mode)
     tpl-<name>/template.json                      (provenance, face rule)
 
-A cache entry is reused while the head's SHA-256 is unchanged.
+``template.json`` records the SHA-256 of the source head (``head_sha256``)
+and of every prepared file (``files``); the ``.npz`` caches beside them carry
+a ``.sha256`` sidecar. A cache entry is reused only while the source still
+has its digest and every prepared file still has the recorded one: a
+prepared file that was changed or removed is prepared again from the
+(verified) source, with a note, and a file that changes under a prepared
+template in use is a one-line error (:class:`TamperedCacheError`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -53,6 +62,7 @@ from isyb.io import (
     Volume,
     atomic_path,
     cached_arrays,
+    load_image,
     load_volume,
     save_mask_like,
     strip_image_suffix,
@@ -65,7 +75,14 @@ from isyb.templates.face import (
     face_region,
     template_face,
 )
-from isyb.templates.fetch import fetch_pinned, sha256_file, templateflow_files
+from isyb.templates.fetch import (
+    digest_sidecar,
+    fetch_pinned,
+    sha256_file,
+    templateflow_files,
+)
+
+LOG = logging.getLogger(__name__)
 
 CCS_TEMPLATES = ("https://github.com/zuoxinian/CCS/raw/master/projects/isybdemo/"
                  "face_masking_CN/bin/Template/")
@@ -81,6 +98,7 @@ class BuiltIn:
     description: str
     url: str | None = None
     sha256: str | None = None
+    git_blob: str | None = None
 
 
 BUILTINS: dict[str, BuiltIn] = {
@@ -91,11 +109,39 @@ BUILTINS: dict[str, BuiltIn] = {
         BuiltIn("MNI152NLin2009cAsym", "templateflow", "ICBM 2009c nonlinear asymmetric, "
                 "TemplateFlow"),
         BuiltIn("CN200", "url", "Chinese head template of 200 adults (zuoxinian/CCS)",
-                url=CCS_TEMPLATES + "CN200.nii.gz"),
+                url=CCS_TEMPLATES + "CN200.nii.gz",
+                git_blob="3c980cf6ed8eaf8407f76cd6adda4371bfd9f698"),
         BuiltIn("Chinese2020", "url", "Chinese2020 head template, Liang et al. 2015 "
-                "(zuoxinian/CCS copy CN2020.nii.gz)", url=CCS_TEMPLATES + "CN2020.nii.gz"),
+                "(zuoxinian/CCS copy CN2020.nii.gz)", url=CCS_TEMPLATES + "CN2020.nii.gz",
+                git_blob="c19eb9092540e9fe1c96d71be42d2bbcd47224ef"),
     )
 }
+
+
+#: Grids of the TemplateFlow res-01 files (shape; 1 mm voxels; world position of voxel
+#: (0, 0, 0) in mm), as TemplateFlow's template_description.json publishes them and as its
+#: T1w and brain-mask files have them. A file with another grid is another template's.
+TEMPLATEFLOW_GRIDS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+    "MNI152NLin6Asym": ((182, 218, 182), (-91.0, -126.0, -72.0)),
+    "MNI152NLin2009cAsym": ((193, 229, 193), (-96.0, -132.0, -78.0)),
+}
+
+
+class TamperedCacheError(IsybError):
+    """A prepared template file no longer has the SHA-256 recorded when it was prepared."""
+
+
+def check_templateflow_grid(name: str, path: Path) -> None:
+    """Refuse a TemplateFlow file whose grid is not the one published for ``name`` at res-01."""
+    shape, origin = TEMPLATEFLOW_GRIDS[name]
+    img = load_image(path)
+    expected = np.eye(4)
+    expected[:3, 3] = origin
+    if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, expected, atol=1e-3):
+        got = tuple(float(x) for x in np.round(img.affine[:3, 3], 2))
+        raise IsybError(f"{path}: not TemplateFlow's {name} res-01 file: grid {img.shape[:3]} "
+                        f"with origin {got} mm, expected {shape} with origin {origin} mm "
+                        "(another template's file under this name?)")
 
 
 @dataclass(frozen=True)
@@ -121,7 +167,9 @@ class Template:
 
     def load(self) -> tuple[Volume, np.ndarray]:
         """The head volume and its boolean brain mask (RAS), cached per process."""
-        return _load_prepared(self.head, self.brain_mask, self.info["head_sha256"])
+        files = self.info.get("files", {})
+        return _load_prepared(self.head, self.brain_mask, files.get(self.head.name),
+                              files.get(self.brain_mask.name))
 
     def working_grid(self, spacing_mm: float = 4.0) -> TemplateGrid:
         """The template on the registration grid, kept next to the prepared files.
@@ -138,7 +186,7 @@ class Template:
             return {"head": grid.head, "brain": grid.brain, "affine": grid.affine,
                     "spacing_mm": np.float64(grid.spacing_mm)}
 
-        arrays = cached_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
+        arrays = _verified_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
         return TemplateGrid(arrays["head"], arrays["brain"], arrays["affine"],
                             float(arrays["spacing_mm"]))
 
@@ -159,14 +207,57 @@ class Template:
             return {"field": face.field.astype(np.float32), "affine": face.affine}
 
         stamp = f"{self.info['head_sha256']}:{RULE_VERSION}:{FACE_VERSION}"
-        arrays = cached_arrays(path, stamp, build)
+        arrays = _verified_arrays(path, stamp, build)
         return TemplateFace(arrays["field"], arrays["affine"])
 
 
+def _verify(path: Path, digest: str | None) -> None:
+    """Refuse a prepared file that does not have the SHA-256 recorded when it was prepared."""
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise TamperedCacheError(f"{path}: prepared template file cannot be read "
+                                 f"({exc.strerror or exc})") from None
+    if actual != digest:
+        raise TamperedCacheError(f"{path}: SHA-256 mismatch with the digest recorded when the "
+                                 f"template was prepared (expected {digest}, got {actual}); "
+                                 f"run `isyb templates prepare` again")
+
+
 @functools.lru_cache(maxsize=4)
-def _load_prepared(head: Path, brain_mask: Path, digest: str) -> tuple[Volume, np.ndarray]:
-    """Read a prepared template once per process (``digest`` keys the cache)."""
+def _load_prepared(head: Path, brain_mask: Path, head_digest: str | None,
+                   brain_digest: str | None) -> tuple[Volume, np.ndarray]:
+    """Read a prepared template once per process, each file checked against its digest."""
+    _verify(head, head_digest)
+    _verify(brain_mask, brain_digest)
     return load_volume(head), load_volume(brain_mask).data > 0
+
+
+def _verified_arrays(path: Path, stamp: str,
+                     build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """:func:`isyb.io.cached_arrays`, trusting an ``.npz`` only with its ``.sha256`` sidecar.
+
+    A cache file whose digest is not the one recorded beside it when it was
+    written is removed and recomputed; the digest of what is then on disk is
+    recorded. A folder that cannot be written only costs the recomputation.
+    """
+    sidecar = digest_sidecar(path)
+    try:
+        recorded = sidecar.read_text(encoding="utf-8").split()[:1]
+    except (OSError, UnicodeDecodeError):
+        recorded = []
+    try:
+        if path.is_file() and recorded != [sha256_file(path)]:
+            path.unlink()
+    except OSError:
+        return build()  # a cache file that can be neither checked nor cleared is not used
+    arrays = cached_arrays(path, stamp, build)
+    try:
+        if path.is_file() and recorded != [digest := sha256_file(path)]:
+            write_text(sidecar, f"{digest}  {path.name}\n")
+    except OSError:
+        pass
+    return arrays
 
 
 def isyb_home() -> Path:
@@ -197,10 +288,12 @@ def _sources(entry: BuiltIn) -> tuple[Path, Path | None, str]:
         return _package_head(), None, "pydeface package data (mean_reg2mean.nii.gz)"
     if entry.kind == "templateflow":
         head, mask = templateflow_files(entry.name, resolution=1)
+        for path in (head, mask) if mask else (head,):
+            check_templateflow_grid(entry.name, path)
         return head, mask, f"TemplateFlow {head}"
     assert entry.url is not None
     target = isyb_home() / "downloads" / Path(entry.url).name
-    return fetch_pinned(entry.url, target, entry.sha256), None, entry.url
+    return fetch_pinned(entry.url, target, entry.sha256, git_blob=entry.git_blob), None, entry.url
 
 
 def _sibling_mask(head: Path) -> Path | None:
@@ -250,17 +343,34 @@ def load_template(name_or_path: str | os.PathLike, *,
 
 def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
             progress: Callable[[str], None] | None = None) -> Template:
-    """Derive the brain mask and face rule of a head image and cache them under ``key``."""
+    """Derive the brain mask and face rule of a head image and cache them under ``key``.
+
+    A cache entry is reused when ``template.json`` records this head's SHA-256
+    and every prepared file still has its recorded SHA-256; otherwise (first
+    use, another head, or prepared files changed since) it is prepared anew.
+    """
     folder = cache_dir(key)
     digest = sha256_file(head)
     meta_path = folder / "template.json"
+    why = "first use"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            meta, why = {}, f"{meta_path.name} is unreadable"
         if meta.get("head_sha256") == digest and meta.get("isyb_rule_version") == RULE_VERSION:
-            return _from_meta(key, folder, meta)
+            changed = _changed_files(folder, key, meta.get("files"))
+            if changed is None:
+                why = "no SHA-256 recorded for its prepared files"
+            elif changed:
+                why = f"{', '.join(changed)} changed since it was prepared (SHA-256)"
+            else:
+                return _from_meta(key, folder, meta)
+    volume = load_volume(head)  # a hostile head is refused before anything is said or written
     if progress:
-        progress(f"preparing template {key} (first use; cached in {folder})")
-    volume = load_volume(head)
+        progress(f"preparing template {key} ({why}; cached in {folder})")
+    elif why != "first use":
+        LOG.warning("template %s: %s; preparing it again from its verified source", key, why)
     if brain_mask is not None:
         brain = load_volume(brain_mask).data > 0
         if brain.shape != volume.shape:
@@ -284,6 +394,8 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
             volume.source.to_filename(str(tmp))
     save_mask_like(brain, volume, folder / f"tpl-{key}_desc-brain_mask.nii.gz")
     save_mask_like(region, volume, folder / f"tpl-{key}_desc-face_mask.nii.gz")
+    files = [head_copy, folder / f"tpl-{key}_desc-brain_mask.nii.gz",
+             folder / f"tpl-{key}_desc-face_mask.nii.gz"]
     meta = {
         "name": key,
         "source": source,
@@ -293,6 +405,7 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
         "face_tissue_ml": round(face_tissue_ml, 1),
         "isyb_version": __version__,
         "isyb_rule_version": RULE_VERSION,
+        "files": {path.name: sha256_file(path) for path in files},
     }
     write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return _from_meta(key, folder, meta)
@@ -303,6 +416,23 @@ def prepare(key: str, head: Path, brain_mask: Path | None, *, source: str,
 RULE_VERSION = 3
 #: Bumped whenever :func:`isyb.templates.face.template_face` changes.
 FACE_VERSION = 1
+
+
+def _changed_files(folder: Path, key: str, recorded: object) -> list[str] | None:
+    """The prepared files in ``folder`` that are missing or differ from their recorded SHA-256;
+    None when ``template.json`` does not record the digest of each of them."""
+    names = {f"tpl-{key}_{part}.nii.gz" for part in ("T1w", "desc-brain_mask", "desc-face_mask")}
+    if not isinstance(recorded, dict) or set(recorded) != names:
+        return None
+    changed = []
+    for name, digest in sorted(recorded.items()):
+        path = folder / name
+        try:
+            if sha256_file(path) != digest:
+                changed.append(path.name)
+        except OSError:
+            changed.append(path.name)
+    return changed
 
 
 def _from_meta(key: str, folder: Path, meta: dict) -> Template:
@@ -319,4 +449,7 @@ def _from_meta(key: str, folder: Path, meta: dict) -> Template:
 def cached(name: str) -> dict | None:
     """The cached ``template.json`` of a built-in name, or None if never prepared."""
     meta = cache_dir(canonical_name(name)) / "template.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # unreadable: prepared again on next use

@@ -16,8 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from isyb.app.gate import allowed_copies, run_gate, sha256
+from isyb.app.gate import allowed_copies, run_gate
 from isyb.synthetic.phantom import make_phantom, to_nifti
+from isyb.templates.fetch import sha256_file as sha256
 from isyb.viz.faces import embedded_pictures, picture_faces
 from isyb.viz.render import qc_figure
 

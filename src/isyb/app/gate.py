@@ -28,7 +28,6 @@ Any violation fails the group level (exit 1) and marks the release incomplete in
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -37,18 +36,10 @@ from typing import Any
 
 from isyb.bids.classify import ReleasePolicy, classify_dataset, load_release_policy
 from isyb.bids.layout import DERIVATIVES, is_image
+from isyb.templates.fetch import sha256_file
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DOCUMENT_SUFFIXES = (".html", ".htm", ".svg")
-
-
-def sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def allowed_copies(out_dir: Path, policy: ReleasePolicy | None = None, *,
@@ -90,7 +81,7 @@ def subject_outputs(out_dir: Path, subject: str) -> dict[str, str]:
     wanted = [out_dir / item["file"] for item in _deface_images(out_dir, subject)
               if item.get("status") == "ok"]
     wanted += _images(out_dir / DERIVATIVES / f"sub-{subject}")
-    return {p.relative_to(out_dir).as_posix(): sha256(p) for p in wanted if p.is_file()}
+    return {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in wanted if p.is_file()}
 
 
 def image_stamps(out_dir: Path) -> dict[str, tuple[int, int]]:
@@ -183,7 +174,7 @@ def _check_images(out_dir: Path, recorded: dict[str, str], written: set[str],
                 report.violations.append({"file": name, "reason": "anatomical image without "
                                           "a passed brain-guard check in its deface record"})
                 continue
-        if name in written or (name in recorded and recorded[name] == sha256(path)):
+        if name in written or (name in recorded and recorded[name] == sha256_file(path)):
             continue
         if (as_it_was or not is_anat) and name in copies:
             continue

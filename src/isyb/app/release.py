@@ -95,6 +95,7 @@ from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, Steps, run_tasks
 from isyb.io import atomic_path, sweep_partial, write_text
+from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template
 
 STEPS = ("deface", "scrub", "qc", "derive")
@@ -144,14 +145,6 @@ def scrub_key(work_dir: Path) -> bytes:
     return key
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -177,7 +170,7 @@ def _step_digests(task: SubjectTask) -> dict[str, str]:
     options = task.options
     release_policy = load_release_policy(options.release_policy)
     # What the release policy keeps (read from inside the dataset only) and what it withholds.
-    files = {i.relative: _sha256(i.source) if i.kind != "withheld" else i.reason
+    files = {i.relative: sha256_file(i.source) if i.kind != "withheld" else i.reason
              for i in classify_subject(task.bids_dir, task.subject, release_policy)}
     files["release policy"] = Path(release_policy.source).read_text()
     policy = load_policy(options.policy)

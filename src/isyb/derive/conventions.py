@@ -55,7 +55,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from isyb.derive.rfmri import RfmriInputError, alff_falff, band_bins
+from isyb.derive.rfmri import RfmriInputError, alff_falff, band_bins, series_in_mask
 
 CONVENTION_NAMES = ("ccs", "dparsf", "isyb")
 DEFAULT_CONVENTION = "ccs"
@@ -215,24 +215,13 @@ def check_run_length(n_volumes: int, tr: float, convention: Convention) -> None:
         dparsf_alff_falff_rows(np.zeros((1, n_volumes)), tr, convention.low, convention.high)
 
 
-def _rows_in_mask(series: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    series = np.asarray(series)
-    if series.ndim != 4:
-        raise RfmriInputError(f"a BOLD run is 4-D, got shape {series.shape}")
-    mask = np.ones(series.shape[:3], dtype=bool) if mask is None else np.asarray(mask, bool)
-    if mask.shape != series.shape[:3]:
-        raise RfmriInputError(f"mask shape {mask.shape} differs from the BOLD grid "
-                              f"{series.shape[:3]}")
-    return series, mask
-
-
 def convention_alff_falff(series: np.ndarray, tr: float, convention: Convention | str, *,
                           mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ALFF and fALFF maps of a 4-D run under ``convention``; 0 outside ``mask``."""
     conv = get_convention(convention) if isinstance(convention, str) else convention
     if conv.name == "isyb":
         return alff_falff(series, tr, mask=mask, low=conv.low, high=conv.high)
-    series, mask = _rows_in_mask(series, mask)
+    series, mask = series_in_mask(series, mask)
     check_run_length(series.shape[3], tr, conv)
     compute = ccs_alff_falff_rows if conv.name == "ccs" else dparsf_alff_falff_rows
     alff = np.zeros(mask.shape)
@@ -322,7 +311,7 @@ def bandpass(series: np.ndarray, tr: float, convention: Convention | str, *,
     series unchanged (as float32).
     """
     conv = get_convention(convention) if isinstance(convention, str) else convention
-    series, mask = _rows_in_mask(series, mask)
+    series, mask = series_in_mask(series, mask)
     if conv.name == "isyb":
         return np.asarray(series, dtype=np.float32)
     if tr <= 0:

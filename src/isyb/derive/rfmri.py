@@ -49,7 +49,8 @@ class RfmriInputError(IsybError, ValueError):
     """A BOLD array or setting that these metrics cannot use."""
 
 
-def _series_in_mask(series: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def series_in_mask(series: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A 4-D BOLD array and its boolean mask (all voxels when ``None``), checked to agree."""
     series = np.asarray(series)
     if series.ndim != 4:
         raise RfmriInputError(f"a BOLD run is 4-D, got shape {series.shape}")
@@ -77,7 +78,7 @@ def band_bins(n_volumes: int, tr: float, low: float = 0.01, high: float = 0.1) -
 def alff_falff(series: np.ndarray, tr: float, *, mask: np.ndarray | None = None,
                low: float = 0.01, high: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """ALFF (signal units) and fALFF (0..1) maps of a 4-D run; 0 outside ``mask``."""
-    series, mask = _series_in_mask(series, mask)
+    series, mask = series_in_mask(series, mask)
     bins = band_bins(series.shape[3], tr, low, high)
     voxels = series[mask].astype(np.float64)
     n = voxels.shape[1]
@@ -104,7 +105,7 @@ def neighbour_offsets(size: int) -> list[tuple[int, int, int]]:
 def reho(series: np.ndarray, *, mask: np.ndarray | None = None,
          neighbourhood: int = 27) -> np.ndarray:
     """ReHo (Kendall's W) map of a 4-D run; 0 outside ``mask``. Vectorised over voxels."""
-    series, mask = _series_in_mask(series, mask)
+    series, mask = series_in_mask(series, mask)
     n = series.shape[3]
     ranks = np.zeros(series.shape, dtype=np.float32)  # 0 outside the mask
     ranks[mask] = stats.rankdata(series[mask], axis=1).astype(np.float32)

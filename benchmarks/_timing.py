@@ -116,3 +116,15 @@ def isyb_version() -> str:
         return version("isyb")
     except PackageNotFoundError:
         return "unknown"
+
+
+def detect(path: Path) -> dict:
+    """Face detection on ``path``: the boolean and the number of yaws with a face."""
+    from isyb.io import load_volume
+    from isyb.viz.faces import face_detected
+
+    volume = load_volume(path)
+    found = face_detected(volume.data, volume.zooms)
+    return {"detected": bool(found["detected"]),
+            "yaws_with_face": sum(bool(boxes) for boxes in found["yaws"].values()),
+            "yaws": len(found["yaws"])}

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from _timing import (
     default_data,
+    detect,
     isyb_version,
     machine,
     run_child,
@@ -77,18 +78,6 @@ mask = extract_brain(volume.data, volume.zooms)
 save_mask_like(mask, volume, sys.argv[2])
 print(f"{mask.sum() * volume.zooms.prod() / 1000:.1f} ml")
 """
-
-
-def detect(path: Path) -> dict:
-    """Face detection on ``path``: the boolean and the number of yaws with a face."""
-    from isyb.io import load_volume
-    from isyb.viz.faces import face_detected
-
-    volume = load_volume(path)
-    found = face_detected(volume.data, volume.zooms)
-    return {"detected": bool(found["detected"]),
-            "yaws_with_face": sum(bool(boxes) for boxes in found["yaws"].values()),
-            "yaws": len(found["yaws"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _timing import default_data, machine, run_child, script, source_state, timed
+from _timing import default_data, detect, machine, run_child, script, source_state, timed
 
 SCAN = "heads/pycortex-S1_T1w.nii.gz"
 MNI_FILES = ("tpl-MNI152NLin6Asym_res-01_T1w.nii.gz",
@@ -48,18 +48,6 @@ def templateflow_home(data: Path, home: Path) -> Path:
     (home / "dataset_description.json").write_text(json.dumps(
         {"Name": "TemplateFlow (benchmark subset)", "BIDSVersion": "1.1.0"}))
     return home
-
-
-def detect(path: Path) -> dict:
-    """Face detection on ``path``: the boolean and the number of yaws with a face."""
-    from isyb.io import load_volume
-    from isyb.viz.faces import face_detected
-
-    volume = load_volume(path)
-    found = face_detected(volume.data, volume.zooms)
-    return {"detected": bool(found["detected"]),
-            "yaws_with_face": sum(bool(boxes) for boxes in found["yaws"].values()),
-            "yaws": len(found["yaws"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,8 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 def test_without_mtcnn_the_ensemble_says_so(monkeypatch, caplog) -> None:
     monkeypatch.setattr(mtcnn, "available", lambda: False)
+    # an in-process CLI run earlier in this worker may have stopped isyb's propagation
+    monkeypatch.setattr(logging.getLogger("isyb"), "propagate", True)
     views = ensemble.default_views()[:2]
     blank = [np.zeros((120, 100), np.uint8)] * 2
     with caplog.at_level(logging.WARNING, logger="isyb.evaluate.ensemble"):

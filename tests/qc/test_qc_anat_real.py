@@ -38,10 +38,13 @@ def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path) -> N
     path = data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"  # stored LSA, not RAS
     metrics, masks = _qc_file(path)
     in_memory = anat.qc_anat(nib.load(path))
-    assert in_memory.metrics == metrics
+    # Atropos sums in an order that depends on ITK's threads (the release runs one thread
+    # per task and is byte-identical); here two runs agree to float32 rounding.
+    assert in_memory.metrics == pytest.approx(metrics, rel=1e-5)
     assert np.array_equal(in_memory.masks.brain, masks.brain)
-    assert in_memory.to_json() == {**metrics, "noise_source": masks.noise_source,
-                                   **({"note": masks.note} if masks.note else {})}
+    assert set(in_memory.to_json()) == {*metrics, "noise_source",
+                                        *(("note",) if masks.note else ())}
+    assert in_memory.to_json()["noise_source"] == masks.noise_source
 
 
 def test_every_real_scan_gets_finite_metrics(data_root: Path) -> None:

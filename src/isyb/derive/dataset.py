@@ -362,18 +362,13 @@ def derive_group(out_dir: Path, *, space: str = DEFAULT_SPACE,
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     result: dict = {"runs": len(records), "failed": int((table["status"] != "ok").sum()),
                     "metrics": {}}
-    surfaces = sorted(root.glob("sub-*/anat/*_desc-surface_metrics.tsv"))
-    if surfaces:
-        with atomic_path(group / "group_surface_metrics.tsv") as tmp:
-            pd.concat([pd.read_csv(p, sep="\t") for p in surfaces]).to_csv(
-                tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-        result["surface_subjects"] = len(surfaces)
-    anatomy_tables = sorted(root.glob("sub-*/anat/*_desc-anatomy_metrics.tsv"))
-    if anatomy_tables:
-        with atomic_path(group / "group_anatomy_metrics.tsv") as tmp:
-            pd.concat([pd.read_csv(p, sep="\t") for p in anatomy_tables]).to_csv(
-                tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-        result["anatomy_subjects"] = len(anatomy_tables)
+    for kind in ("surface", "anatomy"):  # per-subject tables, stacked
+        tables = sorted(root.glob(f"sub-*/anat/*_desc-{kind}_metrics.tsv"))
+        if tables:
+            with atomic_path(group / f"group_{kind}_metrics.tsv") as tmp:
+                pd.concat([pd.read_csv(p, sep="\t") for p in tables]).to_csv(
+                    tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+            result[f"{kind}_subjects"] = len(tables)
     for metric in (*metrics, *ANATOMY_MAPS):
         paths = sorted(root.glob(f"sub-*/**/*_space-{space}_desc-{metric}_map.nii.gz"))
         if len(paths) < 2:

@@ -113,18 +113,25 @@ def _em(x: np.ndarray, w: np.ndarray, means: np.ndarray, span: float, min_sd_fra
     return likelihood, weights, means, var
 
 
-def _tissue_probabilities(data: np.ndarray, brain: np.ndarray, zooms: np.ndarray,
-                          contrast: Contrast,
-                          smooth_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Brain bounding box and the smoothed (CSF, GM, WM) probabilities in it (3, ...)."""
+def _checked_brain(data: np.ndarray, brain_mask: np.ndarray, contrast: str) -> np.ndarray:
+    """The brain mask as booleans, refused (one line) when it cannot be segmented: another
+    contrast than T1w/T2w, another grid than ``data``, or fewer than 1000 voxels."""
     if contrast not in ("T1w", "T2w"):
         raise InputError(f"contrast must be 'T1w' or 'T2w', got {contrast!r}")
-    brain = np.asarray(brain, dtype=bool)
+    brain = np.asarray(brain_mask, dtype=bool)
     if brain.shape != data.shape:
         raise InputError(f"the brain mask has shape {brain.shape}, the image {data.shape}")
     if int(brain.sum()) < 1000:
         raise InputError(f"the brain mask holds {int(brain.sum())} voxels; at least 1000 "
-                           "are needed to segment the tissues")
+                         "are needed to segment the tissues")
+    return brain
+
+
+def _tissue_probabilities(data: np.ndarray, brain: np.ndarray, zooms: np.ndarray,
+                          contrast: Contrast,
+                          smooth_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Brain bounding box and the smoothed (CSF, GM, WM) probabilities in it (3, ...)."""
+    brain = _checked_brain(data, brain, contrast)
     box = bounding_box(brain, pad=2)
     b = brain[box]
     values = np.asarray(data[box][b], dtype=np.float64)
@@ -188,14 +195,7 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     import ants
 
     zooms = np.asarray(zooms, dtype=float)
-    if contrast not in ("T1w", "T2w"):
-        raise InputError(f"contrast must be 'T1w' or 'T2w', got {contrast!r}")
-    brain = np.asarray(brain_mask, dtype=bool)
-    if brain.shape != data.shape:
-        raise InputError(f"the brain mask has shape {brain.shape}, the image {data.shape}")
-    if int(brain.sum()) < 1000:
-        raise InputError(f"the brain mask holds {int(brain.sum())} voxels; at least 1000 "
-                         "are needed to segment the tissues")
+    brain = _checked_brain(data, brain_mask, contrast)
     box = bounding_box(brain, pad=8)
     spacing = tuple(float(z) for z in zooms)
     image = np.asarray(data, dtype=np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 
 from isyb.head.morphology import head_mask, skin_threshold
 from isyb.templates import outline as outline_module
+from isyb.templates.fetch import digest_sidecar, sha256_file
 from isyb.templates.outline import template_outline
 
 
@@ -30,10 +31,17 @@ def test_outline_is_built_once_and_kept_beside_the_template(tmp_path) -> None:
     assert np.allclose(built.field, expected.field) and np.allclose(built.affine, expected.affine)
     stored = tmp_path / "tpl-toy_desc-outline_smooth-8mm.npz"
     assert stored.is_file()
-    # a new process reads the file: a stored field with the right stamp is used as is
+    assert digest_sidecar(stored).read_text().split()[0] == sha256_file(stored)
+    # a tampered file, even with the right stamp, lacks the recorded SHA-256: rebuilt (issue 17)
     with np.load(stored) as saved:
         fields = dict(saved)
     np.savez(stored, **{**fields, "field": fields["field"] * 0.5})
+    outline_module._cached.cache_clear()
+    assert np.allclose(outline_module.outline_for(template, 8.0).field, expected.field)
+    assert digest_sidecar(stored).read_text().split()[0] == sha256_file(stored)
+    # a new process reads the file: a stored field with its stamp and digest is used as is
+    np.savez(stored, **{**fields, "field": fields["field"] * 0.5})
+    digest_sidecar(stored).write_text(f"{sha256_file(stored)}  {stored.name}\n")
     outline_module._cached.cache_clear()
     assert np.allclose(outline_module.outline_for(template, 8.0).field, 0.5 * expected.field)
     # another head (new digest) makes it stale: rebuilt

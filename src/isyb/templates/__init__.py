@@ -17,4 +17,7 @@ Submodules:
 
 - :mod:`isyb.templates.fetch`: downloads with SHA-256 and Git blob id checks,
   mirrors, trust on first use for files with no pin, and TemplateFlow look-ups.
+- :mod:`isyb.templates.verify`: TemplateFlow files checked against the digests
+  of their git-annex keys (or a local pin list), and ``.npz`` caches kept with
+  a SHA-256 sidecar.
 """

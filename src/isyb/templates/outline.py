@@ -6,8 +6,9 @@ reads the 1 mm template and finds its head (about 2.5 s on one core), so the
 result (a float32 field on a ~2 mm grid, about 6 MB) is kept as
 ``tpl-<name>_desc-outline_smooth-<mm>mm.npz`` beside the prepared template,
 keyed by the head's SHA-256 and :data:`OUTLINE_VERSION`, and in memory per
-process. A stale or unreadable file is rebuilt; a cache folder that cannot be
-written only costs the rebuild in every process.
+process. A stale or unreadable file, or one without the SHA-256 recorded in its
+``.sha256`` sidecar, is rebuilt; a cache folder that cannot be written only
+costs the rebuild in every process.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from isyb.head.morphology import (
     skin_threshold,
     smooth_envelope,
 )
-from isyb.io import cached_arrays, load_volume
+from isyb.io import load_volume
+from isyb.templates.verify import verified_arrays
 
 if TYPE_CHECKING:
     from isyb.templates.registry import Template
@@ -79,7 +81,7 @@ def _cached(head_path: Path, name: str, digest: str, smooth_mm: float) -> Templa
                                    head.affine, smooth_mm)
         return {"field": outline.field.astype(np.float32), "affine": outline.affine}
 
-    arrays = cached_arrays(path, f"{digest}:{OUTLINE_VERSION}", build)
+    arrays = verified_arrays(path, f"{digest}:{OUTLINE_VERSION}", build)
     return TemplateOutline(arrays["field"], arrays["affine"])
 
 

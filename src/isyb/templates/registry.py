@@ -8,9 +8,9 @@ A prepared template is a head image with a brain mask and a face rule
   mask, so one is derived.
 * ``MNI152NLin6Asym`` and ``MNI152NLin2009cAsym``: through TemplateFlow
   (``TEMPLATEFLOW_HOME`` may point at a local copy), with their brain masks.
-  Each file must have the grid TemplateFlow publishes for it
-  (:data:`TEMPLATEFLOW_GRIDS`: shape, voxel size and origin), so that one
-  template's file under another's name is refused.
+  Each file must have the grid TemplateFlow publishes for it and the bytes
+  its git-annex key pins (:func:`isyb.templates.verify.check_templateflow_file`),
+  so that one template's file under another's name is refused.
 * ``CN200`` and ``Chinese2020``: downloaded from the copies in the
   zuoxinian/CCS repository, which the ISYB data descriptor used, and
   verified against the Git blob ids of those copies (no SHA-256 is published
@@ -61,8 +61,6 @@ from isyb.head.register import TemplateGrid
 from isyb.io import (
     Volume,
     atomic_path,
-    cached_arrays,
-    load_image,
     load_volume,
     save_mask_like,
     strip_image_suffix,
@@ -76,11 +74,11 @@ from isyb.templates.face import (
     template_face,
 )
 from isyb.templates.fetch import (
-    digest_sidecar,
     fetch_pinned,
     sha256_file,
     templateflow_files,
 )
+from isyb.templates.verify import check_templateflow_file, verified_arrays
 
 LOG = logging.getLogger(__name__)
 
@@ -118,30 +116,8 @@ BUILTINS: dict[str, BuiltIn] = {
 }
 
 
-#: Grids of the TemplateFlow res-01 files (shape; 1 mm voxels; world position of voxel
-#: (0, 0, 0) in mm), as TemplateFlow's template_description.json publishes them and as its
-#: T1w and brain-mask files have them. A file with another grid is another template's.
-TEMPLATEFLOW_GRIDS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
-    "MNI152NLin6Asym": ((182, 218, 182), (-91.0, -126.0, -72.0)),
-    "MNI152NLin2009cAsym": ((193, 229, 193), (-96.0, -132.0, -78.0)),
-}
-
-
 class TamperedCacheError(IsybError):
     """A prepared template file no longer has the SHA-256 recorded when it was prepared."""
-
-
-def check_templateflow_grid(name: str, path: Path) -> None:
-    """Refuse a TemplateFlow file whose grid is not the one published for ``name`` at res-01."""
-    shape, origin = TEMPLATEFLOW_GRIDS[name]
-    img = load_image(path)
-    expected = np.eye(4)
-    expected[:3, 3] = origin
-    if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, expected, atol=1e-3):
-        got = tuple(float(x) for x in np.round(img.affine[:3, 3], 2))
-        raise IsybError(f"{path}: not TemplateFlow's {name} res-01 file: grid {img.shape[:3]} "
-                        f"with origin {got} mm, expected {shape} with origin {origin} mm "
-                        "(another template's file under this name?)")
 
 
 @dataclass(frozen=True)
@@ -186,7 +162,7 @@ class Template:
             return {"head": grid.head, "brain": grid.brain, "affine": grid.affine,
                     "spacing_mm": np.float64(grid.spacing_mm)}
 
-        arrays = _verified_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
+        arrays = verified_arrays(path, f"{self.info['head_sha256']}:{RULE_VERSION}", build)
         return TemplateGrid(arrays["head"], arrays["brain"], arrays["affine"],
                             float(arrays["spacing_mm"]))
 
@@ -207,7 +183,7 @@ class Template:
             return {"field": face.field.astype(np.float32), "affine": face.affine}
 
         stamp = f"{self.info['head_sha256']}:{RULE_VERSION}:{FACE_VERSION}"
-        arrays = _verified_arrays(path, stamp, build)
+        arrays = verified_arrays(path, stamp, build)
         return TemplateFace(arrays["field"], arrays["affine"])
 
 
@@ -231,33 +207,6 @@ def _load_prepared(head: Path, brain_mask: Path, head_digest: str | None,
     _verify(head, head_digest)
     _verify(brain_mask, brain_digest)
     return load_volume(head), load_volume(brain_mask).data > 0
-
-
-def _verified_arrays(path: Path, stamp: str,
-                     build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """:func:`isyb.io.cached_arrays`, trusting an ``.npz`` only with its ``.sha256`` sidecar.
-
-    A cache file whose digest is not the one recorded beside it when it was
-    written is removed and recomputed; the digest of what is then on disk is
-    recorded. A folder that cannot be written only costs the recomputation.
-    """
-    sidecar = digest_sidecar(path)
-    try:
-        recorded = sidecar.read_text(encoding="utf-8").split()[:1]
-    except (OSError, UnicodeDecodeError):
-        recorded = []
-    try:
-        if path.is_file() and recorded != [sha256_file(path)]:
-            path.unlink()
-    except OSError:
-        return build()  # a cache file that can be neither checked nor cleared is not used
-    arrays = cached_arrays(path, stamp, build)
-    try:
-        if path.is_file() and recorded != [digest := sha256_file(path)]:
-            write_text(sidecar, f"{digest}  {path.name}\n")
-    except OSError:
-        pass
-    return arrays
 
 
 def isyb_home() -> Path:
@@ -289,7 +238,7 @@ def _sources(entry: BuiltIn) -> tuple[Path, Path | None, str]:
     if entry.kind == "templateflow":
         head, mask = templateflow_files(entry.name, resolution=1)
         for path in (head, mask) if mask else (head,):
-            check_templateflow_grid(entry.name, path)
+            check_templateflow_file(entry.name, path)
         return head, mask, f"TemplateFlow {head}"
     assert entry.url is not None
     target = isyb_home() / "downloads" / Path(entry.url).name

@@ -32,7 +32,7 @@ from isyb.derive.preprocess import (
 from isyb.derive.timeseries import _robust_fit, _smooth_basis
 from isyb.errors import IsybError
 from isyb.head.motion import _matrix_to_params, params_to_matrix
-from isyb.synthetic.phantom import phantom_bold
+from isyb.synthetic.epi import phantom_bold
 
 TR = 2.0
 GRID = (16, 16, 12)

@@ -18,7 +18,7 @@ from isyb.qc.bold import (
 )
 from isyb.qc.functional import detect_dummy_scans
 from isyb.qc.rules import ExclusionRules, exclusion_reasons, unreliable_motion
-from isyb.synthetic.phantom import phantom_bold
+from isyb.synthetic.epi import phantom_bold
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from isyb.qc.bold import (
     run_bold_qc,
     tsnr,
 )
-from isyb.synthetic.phantom import phantom_bold
+from isyb.synthetic.epi import phantom_bold
 
 # ---------------------------------------------------------------------------
 # Motion estimation

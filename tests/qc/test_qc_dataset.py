@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_cli
 from isyb.qc.report import REPORT_METRICS
-from isyb.synthetic.phantom import phantom_bold
+from isyb.synthetic.epi import phantom_bold
 
 pytestmark = pytest.mark.slow
 

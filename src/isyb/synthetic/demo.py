@@ -160,7 +160,7 @@ def build_demo_flat(root: Path, n_subjects: int = 2) -> tuple[Path, Path]:
     import nibabel as nib
     import numpy as np
 
-    from isyb.synthetic.phantom import phantom_bold
+    from isyb.synthetic.epi import phantom_bold
 
     folder = root / "dcm2niix"
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ ground truth. Each run is built on the same world frame as the subject's
 phantom T1w (same head shape, same origin shift), at a coarse functional
 resolution, from the phantom's exact tissue labels:
 
-* **BOLD** (:func:`rest_bold`): a T2*-like baseline (:data:`isyb.synthetic.phantom.EPI_INTENSITIES`)
+* **BOLD** (:func:`rest_bold`): a T2*-like baseline (:data:`isyb.synthetic.epi.EPI_INTENSITIES`)
   modulated in grey matter by a left-right *symmetric* network signal plus
   spatially smooth local fluctuations, both band-limited to 0.01-0.08 Hz;
   white-matter and CSF signals of their own (the nuisance regressors must find
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from isyb.synthetic.phantom import EPI_INTENSITIES, Label, Phantom, make_phantom
+from isyb.synthetic.epi import EPI_INTENSITIES
+from isyb.synthetic.phantom import Label, Phantom, make_phantom
 
 #: Field of view (mm) and centre of the functional runs: the brain and the
 #: top of the face, as a typical EPI slab.

@@ -144,7 +144,7 @@ class Phantom:
     @property
     def voxel_size(self) -> np.ndarray:
         """Voxel size in mm along the three array axes."""
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return nib.affines.voxel_sizes(self.affine)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -37,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -102,23 +103,35 @@ def _reason(exc: BaseException) -> str:
     return _one_line(exc) or type(exc).__name__
 
 
+def _check_hex(value: str | None, pattern: re.Pattern, what: str) -> str | None:
+    """Normalise a hexadecimal digest to lower case; refuse one that is not ``what``."""
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if not pattern.fullmatch(digest):
+        raise IsybError(f"{value!r} is not {what}")
+    return digest
+
+
 def _check_digest(sha256: str | None) -> str | None:
     """Normalise a SHA-256 hex digest to lower case; refuse anything else."""
-    if sha256 is None:
-        return None
-    digest = sha256.strip().lower()
-    if not _SHA256.fullmatch(digest):
-        raise IsybError(f"{sha256!r} is not a SHA-256 digest (64 hexadecimal digits)")
-    return digest
+    return _check_hex(sha256, _SHA256, "a SHA-256 digest (64 hexadecimal digits)")
+
+
+def _check_blob(git_blob: str | None) -> str | None:
+    """Normalise a Git blob id (40 hexadecimal digits) to lower case; refuse anything else."""
+    return _check_hex(git_blob, _SHA1, "a Git blob id (40 hexadecimal digits)")
+
+
+def hash_file(path: str | os.PathLike, new: Callable[[], Any] = hashlib.sha256) -> str:
+    """The hex digest of a file's bytes by the hash object ``new()`` (streamed, any size)."""
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, new).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 hex digest of a file's bytes."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    return hash_file(path)
 
 
 def git_blob_id(path: str | os.PathLike) -> str:
@@ -128,21 +141,8 @@ def git_blob_id(path: str | os.PathLike) -> str:
     file's content by (Git book, "Git Objects"); it identifies a file published
     in a Git repository without any SHA-256 being published for it.
     """
-    hasher = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _check_blob(git_blob: str | None) -> str | None:
-    """Normalise a Git blob id (40 hexadecimal digits) to lower case; refuse anything else."""
-    if git_blob is None:
-        return None
-    blob = git_blob.strip().lower()
-    if not _SHA1.fullmatch(blob):
-        raise IsybError(f"{git_blob!r} is not a Git blob id (40 hexadecimal digits)")
-    return blob
+    header = f"blob {os.path.getsize(path)}\0".encode()
+    return hash_file(path, lambda: hashlib.sha1(header))
 
 
 def digest_sidecar(dest: str | os.PathLike) -> Path:

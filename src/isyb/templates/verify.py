@@ -38,9 +38,9 @@ import numpy as np
 from isyb.errors import IsybError
 from isyb.io import cached_arrays, load_image, write_text
 from isyb.templates.fetch import (
-    CHUNK_SIZE,
     DigestMismatchError,
     digest_sidecar,
+    hash_file,
     sha256_file,
 )
 
@@ -88,6 +88,11 @@ def check_templateflow_grid(name: str, path: Path) -> None:
                         "(another template's file under this name?)")
 
 
+def _md5() -> hashlib._Hash:
+    """MD5, the digest of git-annex MD5E keys (an identity check here, not a security one)."""
+    return hashlib.md5(usedforsecurity=False)
+
+
 def local_pins() -> dict[str, str]:
     """The SHA-256 of each file name listed in ``ISYB_TEMPLATEFLOW_PINS`` (empty if unset)."""
     where = os.environ.get(PINS_ENV, "").strip()
@@ -108,14 +113,6 @@ def local_pins() -> dict[str, str]:
                             "name>' as sha256sum writes it")
         pins[Path(fields[1].lstrip("*")).name] = digest
     return pins
-
-
-def _md5_file(path: Path) -> str:
-    hasher = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def check_templateflow_file(name: str, path: Path) -> None:
@@ -146,7 +143,7 @@ def check_templateflow_file(name: str, path: Path) -> None:
         if size != pin.size:
             raise DigestMismatchError(f"{path}: {size} bytes, but TemplateFlow publishes "
                                       f"{pin.size} for {path.name}; {hint}")
-        if pin.md5 is not None and (actual := _md5_file(path)) != pin.md5:
+        if pin.md5 is not None and (actual := hash_file(path, _md5)) != pin.md5:
             raise DigestMismatchError(f"{path}: MD5 {actual}, but TemplateFlow publishes "
                                       f"{pin.md5} for {path.name}; {hint}")
     except OSError as exc:

@@ -149,7 +149,7 @@ def registration_jobs(data: Path) -> dict:
     from isyb.derive.preprocess import clean_bold, prepare_bold
     from isyb.head.brain import extract_brain
     from isyb.io import load_volume
-    from isyb.synthetic.phantom import phantom_bold
+    from isyb.synthetic.epi import phantom_bold
 
     series, _ = phantom_bold((64, 64, 36), (3.5, 3.5, 3.5), 240, seed=1)
     timing = [(k % 2 * 18 + k // 2) * 2.0 / 36 for k in range(36)]

@@ -11,7 +11,7 @@ the child, peak memory from ``os.wait4``; see ``_timing.py``):
    tissue mixture, air mask and every anatomical metric. Target ≤ 20 s.
 2. ``isyb qc bold RUN --tsv FRAMES``: RUN is a phantom EPI run of 64×64×36
    voxels of 3 mm and 240 volumes (TR 2 s) with known rigid motion (up to
-   1.5 mm and 1.5°), written once by :func:`isyb.synthetic.phantom.phantom_bold`.
+   1.5 mm and 1.5°), written once by :func:`isyb.synthetic.epi.phantom_bold`.
    Motion estimation, realignment and every functional metric. Target ≤ 60 s.
    The motion error against the known truth is printed as a check that the
    timed work is the real one.
@@ -44,7 +44,7 @@ def write_bold(path: Path) -> np.ndarray:
     """Write the phantom run and return its true motion parameters."""
     import nibabel as nib
 
-    from isyb.synthetic.phantom import phantom_bold
+    from isyb.synthetic.epi import phantom_bold
 
     series, params = phantom_bold(BOLD_SHAPE, BOLD_VOX, BOLD_VOLUMES, max_trans=1.5,
                                   max_rot_deg=1.5, seed=3)

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from isyb.deface.engine import Alignment, DefaceOptions, align
+from isyb.deface.engine import Alignment, DefaceOptions
 from isyb.deface.file import deface_file
 from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume
@@ -22,6 +22,7 @@ from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template, resolve
 from isyb.templates.verify import PINS_ENV
 from isyb.viz.faces import face_detected
+from real_alignments import real_alignment
 
 pytestmark = pytest.mark.realdata
 
@@ -42,11 +43,12 @@ METHODS = ("blur", "remove", "noise")
 class Case:
     """One real scan, its alignment to the default template, and its defacings."""
 
-    def __init__(self, path: Path, template: Template, out_dir: Path) -> None:
+    def __init__(self, path: Path, template: Template, out_dir: Path,
+                 alignment: Alignment) -> None:
         self.path = path
         self.volume: Volume = load_volume(path)
         self.template = template
-        self.alignment: Alignment = align(self.volume, template)
+        self.alignment = alignment  # align(volume, template), once per test run
         self.out_dir = out_dir
         self.outputs: dict[str, tuple[dict, Volume]] = {}
 
@@ -60,7 +62,7 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def cases(data_root: Path, default_template: Template,
+def cases(data_root: Path, default_template: Template, shared_dir: Path,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     out_dir = tmp_path_factory.mktemp("real")
     cache: dict[str, Case] = {}
@@ -70,7 +72,8 @@ def cases(data_root: Path, default_template: Template,
             path = data_root / "heads" / name
             if not path.is_file():
                 pytest.skip(f"{path} not in the test data")
-            cache[name] = Case(path, default_template, out_dir)
+            cache[name] = Case(path, default_template, out_dir,
+                               real_alignment(shared_dir, path, default_template))
             self[name] = cache[name]
             return cache[name]
 

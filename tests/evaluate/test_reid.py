@@ -23,6 +23,7 @@ from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume, volume_from_image
 from isyb.synthetic import rescan
 from isyb.synthetic.phantom import Label, make_phantom, to_nifti
+from real_alignments import real_alignment
 
 N_PHANTOMS = 6
 VOXEL_MM = 2.0
@@ -192,8 +193,9 @@ def _probe_defaced(cohort: Cohort, template, method: str, index: int) -> np.ndar
 
 
 def _add_subject(cohort: Cohort, template, name: str, volume: Volume, brain: np.ndarray | None,
-                 rng: np.random.Generator) -> None:
-    alignment = align(volume, template, brain=brain)
+                 rng: np.random.Generator, alignment: Alignment | None = None) -> None:
+    """Gallery and re-scan descriptors of one head; ``alignment`` if already computed."""
+    alignment = alignment or align(volume, template, brain=brain)
     cohort.names.append(name)
     cohort.volumes.append(volume)
     cohort.alignments.append(alignment)
@@ -228,18 +230,32 @@ def phantom_cohort(default_template) -> Cohort:
     return cohort
 
 
-def test_same_head_in_two_poses_is_closer_than_another_head(phantom_cohort: Cohort) -> None:
-    gallery, rescans = phantom_cohort.descriptors["gallery"], phantom_cohort.descriptors["rescan"]
-    own = [surface_match.descriptor_distance(rescans[i], gallery[i]) for i in range(N_PHANTOMS)]
-    others = [surface_match.descriptor_distance(rescans[i], gallery[j])
-              for i in range(N_PHANTOMS) for j in range(N_PHANTOMS) if i != j]
-    assert own[0] < min(surface_match.descriptor_distance(rescans[0], g) for g in gallery[1:])
+@pytest.fixture(scope="module")
+def rescans_identified(phantom_cohort: Cohort) -> dict:
+    """The re-scans against the gallery, computed once for the tests that read it."""
+    return reid.identification(phantom_cohort.descriptors["gallery"],
+                               phantom_cohort.descriptors["rescan"])
+
+
+def test_same_head_in_two_poses_is_closer_than_another_head(rescans_identified: dict) -> None:
+    distances = rescans_identified["distances"]  # [re-scan i, gallery j], mm
+    own = np.diag(distances)
+    others = distances[~np.eye(N_PHANTOMS, dtype=bool)]
+    assert own[0] < distances[0, 1:].min()
     assert np.median(own) < 0.6 * np.median(others)
 
 
-def test_rescans_are_identified_far_above_chance(phantom_cohort: Cohort) -> None:
-    result = reid.identification(phantom_cohort.descriptors["gallery"],
-                                 phantom_cohort.descriptors["rescan"])
+def test_distance_matrix_is_the_pairwise_descriptor_distance(phantom_cohort: Cohort,
+                                                             rescans_identified: dict) -> None:
+    """What the shared matrix holds: probe i against gallery entry j (spot checks)."""
+    gallery, rescans = phantom_cohort.descriptors["gallery"], phantom_cohort.descriptors["rescan"]
+    for i, j in ((0, 0), (0, 1), (2, 5)):
+        assert rescans_identified["distances"][i, j] == pytest.approx(
+            surface_match.descriptor_distance(rescans[i], gallery[j]), rel=1e-9, abs=1e-9)
+
+
+def test_rescans_are_identified_far_above_chance(rescans_identified: dict) -> None:
+    result = rescans_identified
     assert result["n"] == N_PHANTOMS and result["chance"] == pytest.approx(1 / N_PHANTOMS)
     assert result["distances"].shape == (N_PHANTOMS, N_PHANTOMS)
     # 5 of 6 or better; by chance that has p = 26 / 6**6 < 0.001
@@ -278,15 +294,17 @@ def test_blurred_and_noised_faces_are_identified_near_chance(phantom_cohort: Coh
 
 @pytest.mark.realdata
 def test_real_heads_rescanned_are_found_and_removed_faces_are_not(
-        data_root, default_template, phantom_cohort: Cohort) -> None:
+        data_root, default_template, phantom_cohort: Cohort, shared_dir) -> None:
     paths = [data_root / "heads" / name for name in FULL_FACE]
     if not all(path.is_file() for path in paths):
         pytest.skip("the full-face real heads are not in the test data")
     real = Cohort(phantom_cohort.frame)
     rng = np.random.default_rng(7)
     for path in paths:
-        # deepbet for the original's brain mask, then the attacker's registration
-        _add_subject(real, default_template, path.name, load_volume(path), None, rng)
+        # deepbet for the original's brain mask, then the attacker's registration (the same
+        # alignment as test_deface_real's, computed once per run)
+        _add_subject(real, default_template, path.name, load_volume(path), None, rng,
+                     real_alignment(shared_dir, path, default_template))
     for index in range(len(paths)):
         real.add("remove", _probe_defaced(real, default_template, "remove", index))
     gallery = phantom_cohort.descriptors["gallery"] + real.descriptors["gallery"]

@@ -11,6 +11,8 @@ the eroded tissue cores that image-quality statistics use
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -216,10 +218,9 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
         ants_image = ants.from_numpy(np.ascontiguousarray(corrected[box]), spacing=spacing)
     mixture = fit_mixture(corrected[box][b > 0])
     means = "x".join(f"{m:.6g}" for m in mixture.means)
-    result = ants.atropos(a=ants_image, x=ants_mask, i=f"KMeans[3,{means}]",
-                          m=f"[{mrf},1x1x1]", c=f"[{iterations},0]", verbose=0)
+    images = _atropos_posteriors(ants_image, ants_mask, init=f"KMeans[3,{means}]",
+                                 mrf=f"[{mrf},1x1x1]", convergence=f"[{iterations},0]")
     order = [0, 1, 2] if contrast == "T1w" else [2, 1, 0]
-    images = result["probabilityimages"]
     posteriors = np.zeros((3, *image.shape), dtype=np.float32)
     inside = brain[box]
     for k, j in enumerate(order):
@@ -231,6 +232,36 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     sub_labels[~inside] = 0
     labels[box] = sub_labels
     return TissueSegmentation(labels=labels, posteriors=posteriors, corrected=corrected)
+
+
+def _atropos_posteriors(image, mask, *, init: str, mrf: str, convergence: str) -> list:
+    """Atropos' posterior images (ANTsImages, one per class), with no file left behind.
+
+    The same call as ``ants.atropos(a=image, x=mask, i=init, m=mrf,
+    c=convergence)`` (ANTsPy 0.5-0.6, ``ants/segmentation/atropos.py``: the
+    same arguments in the same order to the same library function), except
+    where the posteriors go: ANTsPy names them with ``tempfile.mktemp`` in
+    the system temporary folder and never deletes them (three
+    ``antsr*prob0*.nii.gz`` files per call piled up in /tmp); here they are
+    written to a temporary folder of this call, read back and removed with
+    it.
+    """
+    import tempfile
+
+    import ants
+    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+
+    with tempfile.TemporaryDirectory(prefix="isyb-atropos-") as folder:
+        probs = os.path.join(folder, "prob%02d.nii.gz")
+        labels = image.clone("unsigned int")
+        args = {"d": labels.dimension, "a": image, "m-MULTINAME-0": mrf,
+                "o": f"[{get_pointer_string(labels)},{probs}]", "c": convergence,
+                "m-MULTINAME-1": mrf, "i": init, "x": mask.clone("unsigned int"), "verbose": 0}
+        status = get_lib_fn("Atropos")(process_arguments(args))
+        written = sorted(glob.glob(os.path.join(folder, "prob*.nii.gz")))
+        if status != 0 or not written:
+            raise RuntimeError(f"Atropos failed (status {status}, {len(written)} posteriors)")
+        return [ants.image_read(path) for path in written]
 
 
 def segment_tissues(data: np.ndarray, brain_mask: np.ndarray,

@@ -4,6 +4,7 @@ segmentation and every metric, on original and defaced heads (slow: deepbet and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -11,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from isyb.head.register import dice
+from isyb.io import Volume, load_volume
 from isyb.qc import anat
+from isyb.qc.masks import background_masks
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -85,8 +89,25 @@ def defaced_pycortex(data_root: Path, default_template,
     return files
 
 
+def _same_tissues(masks: anat.AnatMasks, path: Path
+                  ) -> tuple[dict[str, float], anat.AnatMasks, Volume]:
+    """Metrics of a copy of the head whose brain is untouched (a defaced copy), with the
+    original's brain and segmentation and the copy's own background masks."""
+    volume = load_volume(path)
+    copy = dataclasses.replace(masks, **background_masks(volume.data, volume.zooms, masks.brain))
+    return anat.anat_metrics(volume.data, volume.zooms, masks=copy), copy, volume
+
+
 def test_background_metrics_are_robust_to_defacing(defaced_pycortex: dict[str, Path]) -> None:
-    results = {name: _qc_file(path)[0] for name, path in defaced_pycortex.items()}
+    """Each defaced copy: deepbet finds the original's brain, and with that brain and its
+    tissues (defacing never touches the brain) the background metrics do not move."""
+    from isyb.head.brain import extract_brain
+
+    reference, masks = _qc_file(defaced_pycortex["original"])
+    results = {"original": reference}
+    for name in ("blur", "remove", "noise"):
+        results[name], _, volume = _same_tissues(masks, defaced_pycortex[name])
+        assert dice(extract_brain(volume.data, volume.zooms), masks.brain) >= 0.98, name
     for key in ("isyb_snr", "isyb_snrd_gm", "isyb_cnr"):
         values = np.array([metrics[key] for metrics in results.values()])
         assert np.all(np.isfinite(values)) and np.all(values > 0), key
@@ -123,16 +144,14 @@ def test_defacing_a_real_background_again_leaves_it_unchanged(
     if not source.is_file():
         pytest.skip(f"{source} not found")
     volume = load_volume(source)
-    alignment = align(volume, default_template, brain=_qc_file(source)[1].brain)
-    reference = anat.anat_metrics(volume.data, volume.zooms, brain=alignment.brain)
+    reference, masks = _qc_file(source)
+    alignment = align(volume, default_template, brain=masks.brain)
     for method in ("blur", "remove", "noise"):
         target = tmp_path / f"ds000240_{method}.nii.gz"
         record = deface_file(source, target, default_template, DefaceOptions(method=method),
                              qc_png=False, alignment=alignment)
         assert record["changed_voxels"] > 10_000
-        defaced = load_volume(target)
-        masks = anat.anat_masks(defaced.data, defaced.zooms, brain=alignment.brain)
-        assert masks.noise_source == "air"
-        metrics = anat.anat_metrics(defaced.data, defaced.zooms, masks=masks)
+        metrics, found, _ = _same_tissues(masks, target)
+        assert found.noise_source == "air"
         for key in ("isyb_snr", "isyb_snrd_gm", "isyb_cnr"):
             assert metrics[key] == pytest.approx(reference[key], rel=0.02), (method, key)

@@ -59,7 +59,10 @@ to about 0.01 mm and 0.01 degree RMS (``tests/test_qc_bold.py``).
 
 Limits: rotations are only as well determined as the FOV is large; on a tiny
 crop (a 21x21x41 mm patch, say) they are noise-level guesses of a few degrees,
-which FD's 50 mm radius turns into millimetres. Motion within a volume
+which FD's 50 mm radius turns into millimetres. :func:`measure_motion` says
+when a fit cannot be trusted: the correlation of each registered volume with
+the reference, and whether a second start (1.5 mm and 2 degrees off) ends at
+the same motion. Motion within a volume
 (slice-to-slice, as in interleaved acquisitions) is not modelled.
 """
 

@@ -73,7 +73,6 @@ def defaced_pycortex(data_root: Path, default_template,
     brain mask QC already extracted)."""
     from isyb.deface.engine import DefaceOptions, align
     from isyb.deface.file import deface_file
-    from isyb.io import load_volume
 
     source = data_root / "heads" / "pycortex-S1_T1w.nii.gz"
     if not source.is_file():
@@ -132,9 +131,10 @@ def test_defacing_a_real_background_again_leaves_it_unchanged(
         data_root: Path, default_template, tmp_path: Path) -> None:
     """ds000240 has a real (unsuppressed) background: the air path itself is tested here.
 
-    The brain mask QC extracted from the source is reused for the registration
-    and the defaced copies, so this checks the air mask, not deepbet (the
-    pycortex test runs deepbet on every copy).
+    The brain mask and the tissues QC found in the source are reused for the
+    registration and the defaced copies (defacing never touches the brain), so
+    this checks the air mask, not deepbet or Atropos (the pycortex test runs
+    deepbet on every copy).
     """
     from isyb.deface.engine import DefaceOptions, align
     from isyb.deface.file import deface_file

@@ -66,6 +66,18 @@ def test_every_real_scan_gets_finite_metrics(data_root: Path) -> None:
         assert masks.gm.sum() >= 100 and masks.wm.sum() >= 100
 
 
+def test_white_matter_is_30_to_45_percent_of_a_real_brain(data_root: Path) -> None:
+    """Colin27 (issue 14): WM 30-45 % of the brain, from the QC every real scan gets
+    (deepbet, N4, Atropos), whose brain agrees with Colin27's reference brain mask."""
+    head = data_root / "heads" / "colin27_T1w.nii.gz"
+    brain_file = data_root / "heads" / "colin27_brain.nii.gz"
+    if not head.exists() or not brain_file.exists():
+        pytest.skip(f"real data not found under {data_root}")
+    metrics, masks = _qc_file(head)
+    assert dice(masks.brain, load_volume(brain_file).data > 0) >= 0.90  # 0.936 found
+    assert 0.30 <= metrics["icvs_wm"] <= 0.45  # 0.366 found (0.384 in the reference mask)
+
+
 @pytest.fixture(scope="module")
 def defaced_pycortex(data_root: Path, default_template,
                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -138,7 +150,6 @@ def test_defacing_a_real_background_again_leaves_it_unchanged(
     """
     from isyb.deface.engine import DefaceOptions, align
     from isyb.deface.file import deface_file
-    from isyb.io import load_volume
 
     source = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
     if not source.is_file():

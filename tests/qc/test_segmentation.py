@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
 import pytest
 
 from isyb.head import tissue
 from isyb.head.register import dice
-from isyb.io import load_volume
 from isyb.synthetic.phantom import Label, make_phantom
 
 
@@ -61,17 +57,3 @@ def test_segment_tissues_keeps_its_signature_and_offers_the_mixture(biased_phant
     with pytest.raises(tissue.InputError, match="method"):
         tissue.segment_tissues(biased_phantom.image, brain, biased_phantom.voxel_size,
                                method="fast")  # type: ignore[arg-type]
-
-
-@pytest.mark.slow
-def test_white_matter_is_30_to_45_percent_of_a_real_brain(data_root: Path) -> None:
-    """Colin27 with its reference brain mask: WM 30-45 % of the brain (issue 14)."""
-    head = data_root / "heads" / "colin27_T1w.nii.gz"
-    brain_file = data_root / "heads" / "colin27_brain.nii.gz"
-    if not head.exists() or not brain_file.exists():
-        pytest.skip(f"real data not found under {data_root}")
-    volume = load_volume(head)
-    brain = load_volume(brain_file).data > 0
-    assert brain.shape == volume.data.shape, nib.aff2axcodes(volume.affine)
-    found = tissue.atropos_tissues(volume.data, brain, volume.zooms)
-    assert 0.30 <= found.fractions()["wm"] <= 0.45

@@ -11,6 +11,8 @@ the eroded tissue cores that image-quality statistics use
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -181,9 +183,10 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     0.01 with a 1x1x1 neighbourhood, posteriors kept), with ANTsPy
     (``ants.n4_bias_field_correction``, ``ants.atropos``; Avants et al.,
     Neuroinformatics 9(4):381, 2011; Tustison et al., IEEE TMI 29(6):1310,
-    2010). N4 runs on the brain's bounding box (8 voxels of margin), where the
-    field is fitted, and the field is extended outside it with its value at
-    the nearest edge of the box; ``n4=False`` skips it.
+    2010). N4 runs on the brain's bounding box (8 voxels of margin, padded to
+    at least 150 mm along each axis: :func:`_n4_field`), where the field is
+    fitted, and the field is extended outside it with its value at the
+    nearest edge of the box; ``n4=False`` skips it.
 
     Difference from MRIQC: it initialises Atropos from MNI tissue priors
     (weight 0.1) registered to the scan; isyb initialises the K-means of
@@ -205,21 +208,16 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     ants_mask = ants.from_numpy(b, spacing=spacing)
     corrected = image.copy()
     if n4:
-        field = ants.n4_bias_field_correction(
-            ants_image, mask=ants.from_numpy(np.ones_like(b), spacing=spacing),
-            weight_mask=ants_mask, shrink_factor=4, return_bias_field=True,
-            convergence={"iters": [50, 50, 50, 50], "tol": 1e-7}).numpy()
-        field = np.maximum(field, 1e-6)
+        field = np.maximum(_n4_field(sub, b, zooms), 1e-6)
         full = np.pad(field, [(s.start, n - s.stop) for s, n in zip(box, image.shape, strict=True)],
                       mode="edge")
         corrected = (image / full).astype(np.float32)
         ants_image = ants.from_numpy(np.ascontiguousarray(corrected[box]), spacing=spacing)
     mixture = fit_mixture(corrected[box][b > 0])
     means = "x".join(f"{m:.6g}" for m in mixture.means)
-    result = ants.atropos(a=ants_image, x=ants_mask, i=f"KMeans[3,{means}]",
-                          m=f"[{mrf},1x1x1]", c=f"[{iterations},0]", verbose=0)
+    images = _atropos_posteriors(ants_image, ants_mask, init=f"KMeans[3,{means}]",
+                                 mrf=f"[{mrf},1x1x1]", convergence=f"[{iterations},0]")
     order = [0, 1, 2] if contrast == "T1w" else [2, 1, 0]
-    images = result["probabilityimages"]
     posteriors = np.zeros((3, *image.shape), dtype=np.float32)
     inside = brain[box]
     for k, j in enumerate(order):
@@ -231,6 +229,70 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     sub_labels[~inside] = 0
     labels[box] = sub_labels
     return TissueSegmentation(labels=labels, posteriors=posteriors, corrected=corrected)
+
+
+#: Smallest extent (mm) of N4's domain along each axis; see :func:`_n4_field`.
+MIN_N4_DOMAIN_MM = 150.0
+
+
+def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+    """N4's bias field of ``image`` (the brain box), fitted with the brain as weight.
+
+    N4 (ANTsPy's defaults, as MRIQC calls it: a 1x1x1 initial B-spline mesh
+    over the image domain, 4 fitting levels of 50 iterations, shrink factor
+    4) places its control points relative to the domain, so the field's
+    resolution in mm scales with the domain: about 1/8 of it at the last
+    level, 20-30 mm on a head. On a small block (a 36 mm cube at the
+    vertex) that is 5 mm, and N4 fits the anatomy as a field: it moved half
+    the white matter of such a block into grey matter (14.2 ml GM labelled
+    where the truth is 3.85 ml). Each axis of the domain shorter than
+    :data:`MIN_N4_DOMAIN_MM` is therefore padded with zeros to that length,
+    outside N4's mask, so the control points are never closer than on a
+    150 mm domain. A brain box (brain + 8 voxels) is longer than that along
+    every axis on adult heads, which are not changed.
+    """
+    import ants
+
+    spacing = tuple(float(z) for z in zooms)
+    short = np.maximum(np.ceil(MIN_N4_DOMAIN_MM / zooms).astype(int) - np.array(image.shape), 0)
+    pads = [(int(n // 2), int(n - n // 2)) for n in short]
+    inside = np.pad(np.ones(image.shape, dtype=np.float32), pads)
+    field = ants.n4_bias_field_correction(
+        ants.from_numpy(np.pad(image, pads), spacing=spacing),
+        mask=ants.from_numpy(inside, spacing=spacing),
+        weight_mask=ants.from_numpy(np.pad(weight, pads), spacing=spacing), shrink_factor=4,
+        return_bias_field=True, convergence={"iters": [50, 50, 50, 50], "tol": 1e-7}).numpy()
+    return field[tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape, strict=True))]
+
+
+def _atropos_posteriors(image, mask, *, init: str, mrf: str, convergence: str) -> list:
+    """Atropos' posterior images (ANTsImages, one per class), with no file left behind.
+
+    The same call as ``ants.atropos(a=image, x=mask, i=init, m=mrf,
+    c=convergence)`` (ANTsPy 0.5-0.6, ``ants/segmentation/atropos.py``: the
+    same arguments in the same order to the same library function), except
+    where the posteriors go: ANTsPy names them with ``tempfile.mktemp`` in
+    the system temporary folder and never deletes them (three
+    ``antsr*prob0*.nii.gz`` files per call piled up in /tmp); here they are
+    written to a temporary folder of this call, read back and removed with
+    it.
+    """
+    import tempfile
+
+    import ants
+    from ants.internal import get_lib_fn, get_pointer_string, process_arguments
+
+    with tempfile.TemporaryDirectory(prefix="isyb-atropos-") as folder:
+        probs = os.path.join(folder, "prob%02d.nii.gz")
+        labels = image.clone("unsigned int")
+        args = {"d": labels.dimension, "a": image, "m-MULTINAME-0": mrf,
+                "o": f"[{get_pointer_string(labels)},{probs}]", "c": convergence,
+                "m-MULTINAME-1": mrf, "i": init, "x": mask.clone("unsigned int"), "verbose": 0}
+        status = get_lib_fn("Atropos")(process_arguments(args))
+        written = sorted(glob.glob(os.path.join(folder, "prob*.nii.gz")))
+        if status != 0 or not written:
+            raise RuntimeError(f"Atropos failed (status {status}, {len(written)} posteriors)")
+        return [ants.image_read(path) for path in written]
 
 
 def segment_tissues(data: np.ndarray, brain_mask: np.ndarray,

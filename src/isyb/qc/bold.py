@@ -40,7 +40,7 @@ import pandas as pd
 
 from isyb.bids.layout import metadata as bids_metadata
 from isyb.bids.layout import read_json
-from isyb.head.motion import PARAM_NAMES, estimate_motion, realign
+from isyb.head.motion import PARAM_NAMES, measure_motion, realign
 from isyb.io import atomic_path, load_image, strip_image_suffix
 from isyb.qc.anat import QCInputError, efc, fwhm_afni, fwhm_columns
 from isyb.qc.functional import (
@@ -182,26 +182,58 @@ def _validate(series: np.ndarray, zooms: Sequence[float],
     return data, vox, tr_value
 
 
-def motion_reliability(shape: Sequence[int], zooms: Sequence[float],
-                       fd_radius: float = 50.0) -> tuple[bool, str]:
-    """Whether rigid motion can be measured at the FD radius in this field of view, and why not.
+#: Lowest post-registration similarity (Pearson r of a volume and the reference, both
+#: smoothed, at the registration's sample points) at which a motion estimate is trusted.
+MIN_MOTION_SIMILARITY = 0.9
 
-    Power's FD turns rotations into mm on a sphere of radius ``fd_radius``
-    (50 mm). A rotation is estimated from how the image moves across the field
-    of view; when the FOV spans less than the sphere's diameter along two of
-    its three axes, a small registration error in the angle becomes a large
-    FD (on a 21 x 21 x 41 mm crop, five ANTs rigid set-ups gave mean FDs of
-    0.03 to 134 mm). Such a run gets ``motion_reliable = 0`` and the FD rule
-    does not exclude it (:mod:`isyb.qc.rules`). Only the FOV is checked; a
-    low post-registration similarity and disagreement between two starting
-    points are not (yet) tested.
+#: Largest disagreement (mm on the FD sphere) between two starting points of the same
+#: volume's registration at which a motion estimate is trusted: the default FD threshold.
+MAX_START_DISAGREEMENT_MM = 0.2
+
+
+def motion_reliability(shape: Sequence[int], zooms: Sequence[float],
+                       fd_radius: float = 50.0, *, similarity: float | None = None,
+                       disagreement_mm: float | None = None) -> tuple[bool, str]:
+    """Whether rigid motion was measurable in this run, and why not (issue 14 item 5).
+
+    Three checks, each giving its reason in the note (several are joined by
+    "; "):
+
+    1. **Field of view.** Power's FD turns rotations into mm on a sphere of
+       radius ``fd_radius`` (50 mm). A rotation is estimated from how the
+       image moves across the field of view; when the FOV spans less than
+       the sphere's diameter along two of its three axes, a small
+       registration error in the angle becomes a large FD (on a 21 x 21 x 41
+       mm crop, five ANTs rigid set-ups gave mean FDs of 0.03 to 134 mm).
+    2. **Post-registration similarity** (``similarity``: the lowest over the
+       volumes, :class:`isyb.head.motion.MotionEstimate`): under
+       :data:`MIN_MOTION_SIMILARITY`, some volume does not look like the
+       reference after its registration (a failed fit, a corrupted volume).
+    3. **Two starting points** (``disagreement_mm``): the largest-motion
+       volumes registered again from a start moved by 1.5 mm and 2 degrees
+       per axis end more than :data:`MAX_START_DISAGREEMENT_MM` apart on the
+       FD sphere: the cost does not pin the motion down.
+
+    Such a run gets ``motion_reliable = 0`` and the FD rule does not exclude
+    it (:mod:`isyb.qc.rules`). ``None`` skips a check.
     """
+    reasons = []
     span = np.asarray(shape[:3], dtype=float) * np.asarray(zooms[:3], dtype=float)
-    if int((span >= 2.0 * fd_radius).sum()) >= 2:
+    if int((span >= 2.0 * fd_radius).sum()) < 2:
+        size = " x ".join(f"{v:.0f}" for v in span)
+        reasons.append(f"the field of view ({size} mm) spans the {2 * fd_radius:g} mm FD "
+                       "sphere along fewer than two axes")
+    if similarity is not None and math.isnan(similarity):
+        reasons.append("too few sample points of some volume stay in the field of view")
+    elif similarity is not None and similarity < MIN_MOTION_SIMILARITY:
+        reasons.append(f"a volume correlates with the reference at r = {similarity:.3f} after "
+                       f"registration (< {MIN_MOTION_SIMILARITY})")
+    if disagreement_mm is not None and disagreement_mm > MAX_START_DISAGREEMENT_MM:
+        reasons.append(f"two starting points of the registration end {disagreement_mm:.2f} mm "
+                       f"apart on the FD sphere (> {MAX_START_DISAGREEMENT_MM} mm)")
+    if not reasons:
         return True, ""
-    size = " x ".join(f"{v:.0f}" for v in span)
-    return False, (f"motion unreliable: the field of view ({size} mm) spans the "
-                   f"{2 * fd_radius:g} mm FD sphere along fewer than two axes")
+    return False, "motion unreliable: " + "; ".join(reasons)
 
 
 def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
@@ -225,7 +257,8 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
     # Volumes first (t, x, y, z), contiguous: one volume is one block of memory.
     steady = np.ascontiguousarray(np.moveaxis(data[..., n_dummy:], 3, 0), dtype=np.float32)
 
-    params = estimate_motion(steady, vox, reference=0, volumes_first=True)
+    motion = measure_motion(steady, vox, reference=0, volumes_first=True, radius=fd_radius)
+    params = motion.params
     realigned = realign(steady, vox, params, order=1, volumes_first=True)
     del steady
     mean = realigned.mean(axis=0, dtype=np.float64)
@@ -241,7 +274,10 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
     voxels = np.ascontiguousarray(realigned[:, brain].T)  # (V, t) float32
 
     fd = framewise_displacement(params, radius=fd_radius)
-    reliable, motion_note = motion_reliability(data.shape, vox, fd_radius)
+    similarity = float(np.min(motion.similarity))  # nan: a volume left the FOV
+    reliable, motion_note = motion_reliability(data.shape, vox, fd_radius,
+                                               similarity=similarity,
+                                               disagreement_mm=motion.disagreement_mm)
     dv_std, dv_nstd, dv_vstd = voxel_dvars(voxels)
     epi = np.clip(mean, 0.0, None)
     try:
@@ -263,6 +299,8 @@ def run_bold_qc(series: np.ndarray, zooms: Sequence[float], tr: float | None, *,
         **fwhm_columns(fwhm, vox),
         "dummy_trs": n_dummy,
         "motion_reliable": int(reliable),
+        "isyb_motion_similarity": similarity,
+        "isyb_motion_start_disagreement_mm": motion.disagreement_mm,
         "size_x": int(data.shape[0]),
         "size_y": int(data.shape[1]),
         "size_z": int(data.shape[2]),
@@ -322,7 +360,10 @@ def bold_metrics(series: np.ndarray, zooms: Sequence[float], tr: float | None, *
         ``dvars_std``, ``dvars_nstd``, ``dvars_vstd`` (time averages of
         :func:`dvars`), ``gcor``, ``tsnr``, ``snr``, ``fber``, ``efc``,
         ``fwhm_x``, ``fwhm_y``, ``fwhm_z``, ``fwhm_avg`` (voxels; ``fwhm_*_mm``
-        in mm), ``dummy_trs``,
+        in mm), ``dummy_trs``, ``motion_reliable`` (1 or 0, see
+        :func:`motion_reliability`) with isyb's ``isyb_motion_similarity``
+        (lowest post-registration correlation) and
+        ``isyb_motion_start_disagreement_mm`` (two starting points, mm),
         ``size_*`` and ``spacing_*`` (mm, ``spacing_tr`` in s).
         ``table``: one value per input volume for ``trans_x, trans_y, trans_z``
         (mm), ``rot_x, rot_y, rot_z`` (rad), ``framewise_displacement`` (mm),

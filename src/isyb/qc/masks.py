@@ -311,15 +311,34 @@ def anat_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
     segmentation = atropos_tissues(intensity_clip(image), brain, zooms, contrast=contrast)
     labels = segmentation.labels
     gm, wm = tissue_cores(labels, zooms)
-    tissues = {"labels": labels, "gm": gm, "wm": wm, "posteriors": segmentation.posteriors,
-               "corrected": segmentation.corrected}
+    return AnatMasks(brain=brain, labels=labels, gm=gm, wm=wm,
+                     posteriors=segmentation.posteriors, corrected=segmentation.corrected,
+                     **background_masks(image, zooms, brain))
+
+
+def background_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...],
+                     brain: np.ndarray) -> dict:
+    """The fields of :class:`AnatMasks` that describe the background, as a dict.
+
+    ``head`` (:func:`isyb.head.morphology.head_mask` at
+    :func:`isyb.head.morphology.skin_threshold`, joined with the brain and
+    every voxel above the threshold), ``empty`` (:func:`empty_mask`),
+    ``air`` (:func:`air_mask`), ``noise_source`` and ``note`` (``"brain"``
+    and the reason when the image has no measurable background). They
+    depend on the image outside the brain, not on the tissues: with
+    ``dataclasses.replace(masks, **background_masks(copy, zooms,
+    masks.brain))`` a copy of a head whose brain is untouched (a defaced
+    copy) reuses the original's segmentation.
+    """
+    image = check_image(data)
+    brain = np.asarray(brain, dtype=bool)
     threshold = skin_threshold(image)
     head = head_mask(image, threshold) | brain | (image > threshold)
     empty = empty_mask(image)
     try:
-        air = air_mask(image, head, zooms, brain=brain, empty=empty)
+        air = air_mask(image, head, np.asarray(zooms, dtype=float), brain=brain, empty=empty)
     except NoBackgroundError as exc:
-        return AnatMasks(brain=brain, head=head, air=np.zeros_like(brain), empty=empty,
-                         **tissues, noise_source="brain", note=str(exc))
-    return AnatMasks(brain=brain, head=head, air=air, empty=empty, **tissues)
+        return {"head": head, "air": np.zeros_like(brain), "empty": empty,
+                "noise_source": "brain", "note": str(exc)}
+    return {"head": head, "air": air, "empty": empty, "noise_source": "air", "note": ""}
 

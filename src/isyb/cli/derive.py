@@ -21,6 +21,7 @@ EXAMPLES_DERIVE = """examples:
   isyb derive demo_out/bids derive_out participant --nprocs 2
   isyb derive demo_out/bids derive_out group
   isyb derive bids/ out/ participant --metrics fa,md,cbf --participant-label 01
+  isyb derive demo_out/bids derive_iwls participant --metrics fa,md --dti-fit iwls
   isyb derive demo_out/bids derive_dparsf participant --convention dparsf --metrics alff,falff,reho
   isyb derive bids/ out/ participant --freesurfer-dir /data/freesurfer
   isyb derive bids/ out/ participant --executor dask --dask-cluster slurm --nprocs 20
@@ -59,6 +60,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "ISYB descriptor's pipeline), DPARSF/DPABI, or isyb's own; sets the "
                         "detrending order, the spectrum (padding, band edges) and whether "
                         "ReHo and VMHC use the 0.01-0.1 Hz band-passed series (ccs, dparsf) "
+                        "(default: %(default)s)")
+    derive.add_argument("--dti-fit", choices=("ols", "wls", "iwls"), default="ols",
+                        help="tensor fit for FA and MD: ordinary least squares (as FSL's "
+                        "dtifit and MRtrix's dwi2tensor -ols), dipy's one-step WLS, or "
+                        "MRtrix3's default iteratively reweighted fit (dwi2tensor) "
                         "(default: %(default)s)")
     derive.add_argument("--reho-neighbours", type=int, choices=(7, 19, 27), default=27)
     derive.add_argument("--cbf-formula", choices=("whitepaper", "ge"), default="whitepaper",
@@ -109,7 +115,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
                             reho_neighbours=args.reho_neighbours, template=template,
                             space=space, freesurfer_dir=freesurfer,
                             cbf_formula=args.cbf_formula, convention=args.convention,
-                            anatomy=args.anatomy,
+                            anatomy=args.anatomy, dti_fit=args.dti_fit.upper(),
                             ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,

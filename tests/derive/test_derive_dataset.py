@@ -91,8 +91,9 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _coarser_t1w(bids, 2)
     _add_bad_subject(bids)
     out = root / "out"
+    # One process: no worker imports isyb again (the Dask test runs a subject out of process)
     code = main(["derive", str(bids), str(out), "participant", "--normalization", "Affine",
-                 "--nprocs", "2", "--quiet"])
+                 "--nprocs", "1", "--quiet"])
     group_code = main(["derive", str(bids), str(out), "group"])
     return {"bids": bids, "out": out, "code": code, "group_code": group_code}
 

@@ -21,6 +21,7 @@ EXAMPLES_DERIVE = """examples:
   isyb derive demo_out/bids derive_out participant --nprocs 2
   isyb derive demo_out/bids derive_out group
   isyb derive bids/ out/ participant --metrics fa,md,cbf --participant-label 01
+  isyb derive demo_out/bids derive_iwls participant --metrics fa,md --dti-fit iwls
   isyb derive demo_out/bids derive_dparsf participant --convention dparsf --metrics alff,falff,reho
   isyb derive bids/ out/ participant --freesurfer-dir /data/freesurfer
   isyb derive bids/ out/ participant --executor dask --dask-cluster slurm --nprocs 20
@@ -60,6 +61,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "detrending order, the spectrum (padding, band edges) and whether "
                         "ReHo and VMHC use the 0.01-0.1 Hz band-passed series (ccs, dparsf) "
                         "(default: %(default)s)")
+    derive.add_argument("--dti-fit", choices=("ols", "wls", "iwls"), default="ols",
+                        help="tensor fit for FA and MD: ordinary least squares (as FSL's "
+                        "dtifit and MRtrix's dwi2tensor -ols), dipy's one-step WLS, or "
+                        "MRtrix3's default iteratively reweighted fit (dwi2tensor) "
+                        "(default: %(default)s)")
     derive.add_argument("--reho-neighbours", type=int, choices=(7, 19, 27), default=27)
     derive.add_argument("--cbf-formula", choices=("whitepaper", "ge"), default="whitepaper",
                         help="CBF quantification: the consensus white-paper formula, or GE's "
@@ -72,8 +78,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "pial_lgi per aparc region for the subjects found there")
     derive.add_argument("--anatomy", action="store_true",
                         help="also measure cortical thickness (DiReCT) and grey-matter volume "
-                        "from the T1w of subjects without FreeSurfer outputs (slow: minutes "
-                        "per 1 mm T1w)")
+                        "from the T1w of subjects without FreeSurfer outputs (slow: DiReCT on "
+                        "a whole 1 mm brain takes over 10 minutes on 2 cores)")
     derive.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="cache of normalisations and tissue masks (default: "
                         "OUT_DIR/work/derive)")
@@ -109,7 +115,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
                             reho_neighbours=args.reho_neighbours, template=template,
                             space=space, freesurfer_dir=freesurfer,
                             cbf_formula=args.cbf_formula, convention=args.convention,
-                            anatomy=args.anatomy,
+                            anatomy=args.anatomy, dti_fit=args.dti_fit.upper(),
                             ge_scaling=tuple(args.ge_scaling) if args.ge_scaling else None)
     records = derive_participants(args.bids_dir, args.out_dir, work_dir=args.work_dir,
                                   labels=args.participant_label, options=options,

@@ -41,6 +41,7 @@ class DeriveOptions:
     ge_scaling: tuple[float, float] | None = None
     convention: str = "ccs"
     anatomy: bool = False
+    dti_fit: str = "OLS"
 
     def key(self) -> str:
         """A short digest of the options, stored in every record."""

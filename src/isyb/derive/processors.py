@@ -252,7 +252,7 @@ def derive_dwi(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> d
     anatomy = source.get()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    fa, md = fa_md(series, bvals, bvecs)
+    fa, md = fa_md(series, bvals, bvecs, fit_method=job.options.dti_fit)
     seconds["tensor_fit"] = time.perf_counter() - start
     maps = {m: v for m, v in (("fa", fa), ("md", md)) if m in job.options.metrics}
     written: list[str] = []
@@ -260,7 +260,8 @@ def derive_dwi(run: BIDSFile, job: RunJob, source: AnatomySource, template) -> d
         path = run_output(run, job.out_dir, metric, "map", ".nii.gz")
         save_map(values, affine, path)
         written.append(path.name)
-    result: dict = {"volumes": int(series.shape[3]), "b_values": sorted(set(bvals.tolist()))}
+    result: dict = {"volumes": int(series.shape[3]), "b_values": sorted(set(bvals.tolist())),
+                    "tensor_fit": job.options.dti_fit}
     if anatomy is not None:
         b0 = series[..., bvals <= 50].mean(axis=-1)
         start = time.perf_counter()

@@ -80,13 +80,32 @@ def test_demo_release_passes_the_bids_validator(demo) -> None:
     assert (demo["work"] / "scrub.key").stat().st_mode & 0o077 == 0
 
 
+def _demo_without_sub02(demo: dict[str, Path], root: Path) -> tuple[Path, Path]:
+    """A copy of the shared demo release (input, release, work folder: the manifest digests
+    hold no absolute path) in ``root`` from which every trace of sub-02 is removed, as if
+    its participant level had never run; ``(bids, release)``. A fault test then pays for one
+    subject's real run, not two: sub-01 is skipped as done, sub-02 is run, and the group
+    level must give the demo release's bytes again."""
+    for name in ("bids", "release", "release_work"):
+        shutil.copytree(demo["root"] / name, root / name)
+    for folder in (root / "release", root / "release_work"):
+        for path in sorted(folder.rglob("*sub-02*"), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return root / "bids", root / "release"
+
+
 def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
         demo, tmp_path: Path) -> None:
     """One Dask run covers both: the executor gives the local bytes, and so does the retry
-    of a task whose worker was killed."""
-    out = tmp_path / "dask_fault"
-    run_isyb_killing_a_dask_worker([str(demo["bids"]), str(out), "participant", "--quiet"])
-    _isyb(str(demo["bids"]), str(out), "group", "--quiet")
+    of a task whose worker was killed (sub-02's, the one task of the run; the SLURM test
+    runs both subjects through Dask)."""
+    bids, out = _demo_without_sub02(demo, tmp_path)
+    run_isyb_killing_a_dask_worker([str(bids), str(out), "participant", "--quiet",
+                                    "--participant-label", "02"])
+    _isyb(str(bids), str(out), "group", "--quiet")
     expected = _files(demo["release"], (".nii.gz", ".tsv"))
     got = _files(out, (".nii.gz", ".tsv"))
     assert got.keys() == expected.keys()
@@ -94,20 +113,20 @@ def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
 
 
 def test_a_killed_run_resumes_without_redoing_finished_subjects(demo, tmp_path: Path) -> None:
-    """SIGKILL of the participant level while sub-02 is being staged (sub-01 has finished
-    every step; sub-02 is being defaced in the work folder, where its sidecars are copied,
-    unscrubbed, after its images). The release then holds no file of sub-02 and no
-    unscrubbed one, the group level refuses, and the rerun skips sub-01 and gives the bytes
-    of the run's shared demo release. One real run covers what the kill-and-resume and the
-    kill-mid-deface tests (test_release_staging.py, formerly) each paid a release for: a
-    name planted in sub-02's sidecar only adds its row to the scrub report. Only the killed
-    run is a process of its own; the later runs are in process."""
-    bids, out = tmp_path / "bids", tmp_path / "killed"
-    shutil.copytree(demo["bids"], bids)
+    """SIGKILL of the participant level while sub-02 is being staged (sub-01 is done;
+    sub-02 is being defaced in the work folder, where its sidecars are copied, unscrubbed,
+    after its images). The release then holds no file of sub-02 and no unscrubbed one, the
+    group level refuses, and the rerun skips sub-01 and gives the bytes of the run's shared
+    demo release. One real run covers what the kill-and-resume and the kill-mid-deface tests
+    (test_release_staging.py, formerly) each paid a release for; it starts from the demo
+    release without sub-02 (sub-01 done, as a killed run leaves it), and a name planted in
+    sub-02's sidecar only adds its row to the scrub report. Only the killed run is a
+    process of its own; the later runs are in process."""
+    bids, out = _demo_without_sub02(demo, tmp_path)
     sidecar = bids / "sub-02" / "anat" / "sub-02_T1w.json"
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "PatientName": PLANTED}))
-    manifest = tmp_path / "killed_work" / "manifest" / "sub-01.json"
-    stage = tmp_path / "killed_work" / "stage" / "sub-02"
+    manifest = tmp_path / "release_work" / "manifest" / "sub-01.json"
+    stage = tmp_path / "release_work" / "stage" / "sub-02"
     run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--quiet"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)

@@ -8,9 +8,9 @@
 # The output the README shows under a command (the lines up to the next `$ ` line) must
 # be what the command prints: each shown line must appear, in order, among the lines it
 # printed (stdout and stderr; a validator prints more than the README quotes). Volatile
-# values are masked on both sides first: dates and times (ISO 8601), and durations such
-# as `12 s` or `3 min 15 s`; `...` in a shown line stands for any text (a long message cut
-# short). A shown line that does not match fails the walk-through with both versions.
+# values are masked on both sides first (and terminal colours removed): dates and times
+# (ISO 8601), and durations such as `12 s` or `3 min 15 s`; `...` in a shown line stands
+# for any text (a long message cut short). A shown line that does not match fails the walk-through with both versions.
 set -euo pipefail
 
 readme="$(cd "$(dirname "$0")/.." && pwd)/README.md"
@@ -38,7 +38,11 @@ VOLATILE = [
 ]
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours (the validator's)
+
+
 def masked(line: str) -> str:
+    line = ANSI.sub("", line)
     for pattern, mask in VOLATILE:
         line = pattern.sub(mask, line)
     return line.rstrip()

@@ -164,6 +164,29 @@ def demo_release(shared_dir: Path, default_template) -> dict[str, Path]:
             "work": folder / "release_work"}
 
 
+@pytest.fixture(scope="session")
+def modalities_release(shared_dir: Path, default_template) -> dict[str, Path]:
+    """A 1-subject demo dataset with every modality the demo makes (T1w, BOLD, DWI, pCASL),
+    released once per test run (participant level in process, ``--skip derive``:
+    normalisation is the expensive part and writes only under ``derivatives/``): ``bids``,
+    ``release``, ``work``. Shared by the validators and the release gate's tests; read-only
+    (copy it to change it)."""
+    from isyb.app.release import ReleaseOptions, release_group, release_participants
+    from isyb.synthetic.demo import build_demo_dataset
+
+    def build(folder: Path) -> None:
+        bids = build_demo_dataset(folder / "bids", n_subjects=1,
+                                  modalities=("anat", "func", "dwi", "perf"))
+        options = ReleaseOptions(skip=frozenset({"derive"}))
+        release, work = folder / "release", folder / "release_work"
+        release_participants(bids, release, work, default_template, options, progress=False)
+        release_group(bids, release, work, default_template, options)
+
+    folder = build_once(shared_dir, "modalities_release", build)
+    return {"root": folder, "bids": folder / "bids", "release": folder / "release",
+            "work": folder / "release_work"}
+
+
 #: A fake name and birth date planted in the real release's input (see :func:`real_release`).
 PLANTED_NAME = "Wang^Planted"
 PLANTED_DATE = "1990-01-02"

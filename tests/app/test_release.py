@@ -18,6 +18,7 @@ from conftest import PLANTED_DATE, PLANTED_NAME, run_cli, run_isyb_killing_a_das
 from isyb.bids.scrub import find_leaks, load_policy
 from isyb.synthetic.demo import build_demo_dataset
 
+PLANTED = "Planted^Person"
 CBF_KEYS = ("PostLabelingDelay", "LabelingDuration", "M0Type", "RepetitionTimePreparation",
             "ArterialSpinLabelingType", "LabelingEfficiency", "BackgroundSuppression")
 
@@ -79,13 +80,32 @@ def test_demo_release_passes_the_bids_validator(demo) -> None:
     assert (demo["work"] / "scrub.key").stat().st_mode & 0o077 == 0
 
 
+def _demo_without_sub02(demo: dict[str, Path], root: Path) -> tuple[Path, Path]:
+    """A copy of the shared demo release (input, release, work folder: the manifest digests
+    hold no absolute path) in ``root`` from which every trace of sub-02 is removed, as if
+    its participant level had never run; ``(bids, release)``. A fault test then pays for one
+    subject's real run, not two: sub-01 is skipped as done, sub-02 is run, and the group
+    level must give the demo release's bytes again."""
+    for name in ("bids", "release", "release_work"):
+        shutil.copytree(demo["root"] / name, root / name)
+    for folder in (root / "release", root / "release_work"):
+        for path in sorted(folder.rglob("*sub-02*"), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return root / "bids", root / "release"
+
+
 def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
         demo, tmp_path: Path) -> None:
     """One Dask run covers both: the executor gives the local bytes, and so does the retry
-    of a task whose worker was killed."""
-    out = tmp_path / "dask_fault"
-    run_isyb_killing_a_dask_worker([str(demo["bids"]), str(out), "participant", "--quiet"])
-    _isyb(str(demo["bids"]), str(out), "group", "--quiet")
+    of a task whose worker was killed (sub-02's, the one task of the run; the SLURM test
+    runs both subjects through Dask)."""
+    bids, out = _demo_without_sub02(demo, tmp_path)
+    run_isyb_killing_a_dask_worker([str(bids), str(out), "participant", "--quiet",
+                                    "--participant-label", "02"])
+    _isyb(str(bids), str(out), "group", "--quiet")
     expected = _files(demo["release"], (".nii.gz", ".tsv"))
     got = _files(out, (".nii.gz", ".tsv"))
     assert got.keys() == expected.keys()
@@ -93,26 +113,50 @@ def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
 
 
 def test_a_killed_run_resumes_without_redoing_finished_subjects(demo, tmp_path: Path) -> None:
-    out = tmp_path / "killed"
-    manifest = tmp_path / "killed_work" / "manifest" / "sub-01.json"
-    run = subprocess.Popen(["isyb", str(demo["bids"]), str(out), "participant", "--quiet"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    """SIGKILL of the participant level while sub-02 is being staged (sub-01 is done;
+    sub-02 is being defaced in the work folder, where its sidecars are copied, unscrubbed,
+    after its images). The release then holds no file of sub-02 and no unscrubbed one, the
+    group level refuses, and the rerun skips sub-01 and gives the bytes of the run's shared
+    demo release. One real run covers what the kill-and-resume and the kill-mid-deface tests
+    (test_release_staging.py, formerly) each paid a release for; it starts from the demo
+    release without sub-02 (sub-01 done, as a killed run leaves it), and a name planted in
+    sub-02's sidecar only adds its row to the scrub report. Only the killed run is a
+    process of its own; the later runs are in process."""
+    bids, out = _demo_without_sub02(demo, tmp_path)
+    sidecar = bids / "sub-02" / "anat" / "sub-02_T1w.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "PatientName": PLANTED}))
+    manifest = tmp_path / "release_work" / "manifest" / "sub-01.json"
+    stage = tmp_path / "release_work" / "stage" / "sub-02"
+    run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--quiet"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and run.poll() is None:
-        if manifest.is_file() and "qc" in json.loads(manifest.read_text() or "{}"):
-            break
-        time.sleep(0.2)
-    time.sleep(3.0)  # well into sub-02
+    while time.time() < deadline and run.poll() is None and not stage.is_dir():
+        time.sleep(0.05)
+    assert run.poll() is None, f"the run ended before sub-02 was staged: {run.stderr.read()}"
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     finished = json.loads(manifest.read_text())
-    rerun = _isyb(str(demo["bids"]), str(out), "participant", "--quiet")
+    assert set(finished) >= {"deface", "scrub", "qc", "derive"}  # sub-01 was done
+    assert not (out / "sub-02").exists()
+    assert [p for p in out.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()] \
+        == []
+    group = run_cli(bids, out, "group")
+    assert group.returncode == 1 and "sub-02" in group.stderr
+    rerun = _isyb(str(bids), str(out), "participant", "--quiet")
     assert json.loads(manifest.read_text()) == finished  # sub-01 was not redone
     assert rerun.returncode == 0
     assert [p for p in out.rglob("*") if ".part" in p.name] == []
-    _isyb(str(demo["bids"]), str(out), "group", "--quiet")
-    assert _files(out, (".nii.gz", ".tsv")) == _files(demo["release"], (".nii.gz", ".tsv"))
+    _isyb(str(bids), str(out), "group", "--quiet")
+    got, expected = (_files(root, (".nii.gz", ".tsv")) for root in (out, demo["release"]))
+    report = "derivatives/isyb/scrub_report.tsv"
+    planted_rows = set(got.pop(report).decode().splitlines()) - set(
+        expected.pop(report).decode().splitlines())
+    assert got == expected
+    assert [(row.split("\t")[0], row.split("\t")[2]) for row in planted_rows] == [
+        ("sub-02/anat/sub-02_T1w.json", "PatientName")]
+    assert [p for p in out.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()] \
+        == []
 
 
 def test_a_changed_input_reruns_only_what_depends_on_it(demo, tmp_path: Path) -> None:

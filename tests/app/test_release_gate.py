@@ -1,8 +1,9 @@
 """The release gate at the end of the group level, on a real (phantom) release.
 
-One subject of the demo dataset is released once per module (participant level in
-process, derive left out: it writes no pictures of the head). Each test works on a
-copy of that release, plants something, and runs the group level again.
+One subject of the demo dataset with every modality, released once per test run (conftest
+``modalities_release``, shared with the validators; derive left out: it writes no pictures
+of the head). Each test works on a copy of that release, plants something, and runs the
+group level again.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from isyb.app.release import ReleaseOptions, release_group, release_participants
+from isyb.app.release import ReleaseOptions, release_group
 from isyb.cli import main
 from isyb.io import load_volume
-from isyb.synthetic.demo import build_demo_dataset
 from isyb.viz.render import qc_figure
 
 pytestmark = pytest.mark.slow
@@ -24,18 +24,17 @@ OPTIONS = ReleaseOptions(skip=frozenset({"derive"}))
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory, default_template) -> dict:
-    root = tmp_path_factory.mktemp("gate")
-    bids = build_demo_dataset(root / "bids", n_subjects=1)
-    out, work = root / "release", root / "work"
-    release_participants(bids, out, work, default_template, OPTIONS, progress=False)
-    summary = release_group(bids, out, work, default_template, OPTIONS)
-    return {"root": root, "bids": bids, "out": out, "work": work, "summary": summary,
-            "template": default_template}
+def released(modalities_release: dict[str, Path], default_template) -> dict:
+    """The run's shared 1-subject release with every demo modality (conftest
+    ``modalities_release``, derive left out: it writes no pictures of the head)."""
+    out = modalities_release["release"]
+    summary = json.loads((out / "derivatives/isyb/release_summary.json").read_text())
+    return {**modalities_release, "out": out, "summary": summary, "template": default_template}
 
 
-def _copy(released: dict, name: str) -> tuple[Path, Path]:
-    out, work = released["root"] / name, released["root"] / f"{name}_work"
+def _copy(released: dict, root: Path) -> tuple[Path, Path]:
+    """A copy of the shared release and its work folder in ``root`` (the test's own)."""
+    out, work = root / "release", root / "release_work"
     shutil.copytree(released["out"], out)
     shutil.copytree(released["work"], work)
     return out, work
@@ -63,8 +62,8 @@ def test_qc_measures_the_released_image(released) -> None:
 
 
 def test_a_face_picture_planted_in_the_derivatives_fails_the_group_level(
-        released, capsys: pytest.CaptureFixture) -> None:
-    out, work = _copy(released, "planted")
+        released, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, work = _copy(released, tmp_path)
     raw = load_volume(released["bids"] / "sub-01/anat/sub-01_T1w.nii.gz")
     qc_figure(raw.data, raw.zooms, out / "derivatives/isyb/sub-01/anat/sub-01_face.png")
     code = main([str(released["bids"]), str(out), "group", "--work-dir", str(work)])
@@ -77,8 +76,8 @@ def test_a_face_picture_planted_in_the_derivatives_fails_the_group_level(
         "derivatives/isyb/sub-01/anat/sub-01_face.png"]
 
 
-def test_an_undefaced_head_slipped_into_the_release_is_refused(released) -> None:
-    out, work = _copy(released, "slipped")
+def test_an_undefaced_head_slipped_into_the_release_is_refused(released, tmp_path: Path) -> None:
+    out, work = _copy(released, tmp_path)
     raw = released["bids"] / "sub-01/anat/sub-01_T1w.nii.gz"
     shutil.copyfile(raw, out / "sub-01/anat/sub-01_acq-old_T1w.nii.gz")
     shutil.copyfile(raw, out / "sub-01/anat/sub-01_T1w.nii.gz")  # over the defaced one

@@ -3,7 +3,9 @@ is killed, and the group level refuses to finish until every subject is done.
 
 The steps that cost minutes are skipped (``--skip deface qc derive``: the images are copied,
 the scrub is never skipped); a kill is simulated in process at the worst moments: before a
-subject is scrubbed, and halfway through moving its scrubbed files into OUTPUT_DIR.
+subject is scrubbed, and halfway through moving its scrubbed files into OUTPUT_DIR. A real
+SIGKILL mid-deface is tested with the kill-and-resume test of test_release.py (one real run
+for both).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
 from isyb.app import release
 from isyb.cli import main
 from isyb.synthetic.demo import build_demo_dataset
@@ -136,34 +137,3 @@ def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
     assert not (out / "sub-02" / "anat" / "sub-02_T1w.json").exists()  # no stale copy
     assert (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()
     assert (out / "sub-01" / "anat" / "sub-01_T1w.json").is_file()
-
-
-@pytest.mark.slow
-def test_a_real_kill_mid_deface_leaves_no_unscrubbed_file_in_the_release(
-        bids: Path, tmp_path: Path, default_template) -> None:
-    """SIGKILL of the participant level while sub-02 is being staged (defaced in the work
-    folder; its sidecars are copied there, unscrubbed, after its images). Only the killed
-    run is a process of its own; the later runs are in process (no start-up each)."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    out = tmp_path / "release"
-    stage = tmp_path / "release_work" / "stage" / "sub-02"
-    run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--skip", "qc",
-                            "derive", "--quiet"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and run.poll() is None and not stage.is_dir():
-        time.sleep(0.05)
-    assert run.poll() is None, f"the run ended before sub-02 was staged: {run.stderr.read()}"
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert _unscrubbed(out) == [] and not (out / "sub-02").exists()
-    group = run_cli(bids, out, "group")
-    assert group.returncode == 1 and "sub-02" in group.stderr
-    for level in ("participant", "group"):
-        done = run_cli(bids, out, level, "--skip", "qc", "derive", "--quiet")
-        assert done.returncode == 0, done.stderr[-2000:]
-    assert _unscrubbed(out) == [] and (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()

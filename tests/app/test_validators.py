@@ -3,11 +3,10 @@ of real scans: 0 errors.
 
 The legacy npm ``bids-validator@1.15.0`` and the schema-based ``bids-validator-deno``
 (PyPI) are run on a 1-subject phantom dataset with every modality the demo makes
-(T1w, BOLD, DWI, pCASL), released (``--skip derive``: normalisation is the
-expensive part and writes only under ``derivatives/``) and defaced in dataset
-mode, and on the run's shared release of real scans (conftest ``real_release``). The
-warnings that remain are the documented ones (README, "Validating a release"); a new
-kind of warning fails the test so that the list stays true.
+(T1w, BOLD, DWI, pCASL), released (the run's shared conftest ``modalities_release``,
+``--skip derive``) and defaced in dataset mode, and on the run's shared release of real
+scans (conftest ``real_release``). The warnings that remain are the documented ones (README,
+"Validating a release"); a new kind of warning fails the test so that the list stays true.
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from isyb.app.release import ReleaseOptions, release_group, release_participants
 from isyb.deface.dataset import deface_dataset
 from isyb.deface.engine import DefaceOptions
-from isyb.synthetic.demo import build_demo_dataset
 
 #: Warnings the README explains (phantom sidecars lack scanner details, the demo has one
 #: author and a one-line README, dataset_description has no HEDVersion...).
@@ -63,17 +60,14 @@ def deno(dataset: Path) -> tuple[list[str], set[str]]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, default_template) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("validators")
-    bids = build_demo_dataset(root / "bids", n_subjects=1,
-                              modalities=("anat", "func", "dwi", "perf"))
-    options = ReleaseOptions(skip=frozenset({"derive"}))
-    release, work = root / "release", root / "release_work"
-    release_participants(bids, release, work, default_template, options, progress=False)
-    release_group(bids, release, work, default_template, options)
-    defaced = root / "defaced"
-    deface_dataset(bids, defaced, default_template, DefaceOptions(), progress=False)
-    return {"release": release, "defaced": defaced}
+def demo(modalities_release: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
+         default_template) -> dict[str, Path]:
+    """The run's shared all-modality release (conftest ``modalities_release``, which the
+    release gate's tests check too) and its input defaced in dataset mode."""
+    defaced = tmp_path_factory.mktemp("validators") / "defaced"
+    deface_dataset(modalities_release["bids"], defaced, default_template, DefaceOptions(),
+                   progress=False)
+    return {"release": modalities_release["release"], "defaced": defaced}
 
 
 @pytest.mark.slow

@@ -15,8 +15,11 @@ the whole output folder and checks:
    defaced and that no voxel inside the brain guard changed.
 3. **Face renders.** Each released anatomical image is rendered from the front
    and given to isyb's face detector (:func:`isyb.viz.faces.face_detected`). A
-   face is listed for review; with ``strict`` it is a violation. The detector is
-   a safety net, not a proof: it misses cropped and profile faces.
+   face is listed for review; with ``strict`` it is a violation. Each single-volume
+   reference copied without defacing (sbref, m0scan, field-map magnitude...,
+   :mod:`isyb.app.references`) is rendered too: a face there, or a reference that
+   cannot be rendered, is always a violation. The detector is a safety net, not a
+   proof: it misses cropped and profile faces.
 4. **Pictures.** Every PNG and JPEG file, and every PNG or JPEG embedded base64 in
    an HTML or SVG file, goes to the detector. A face is a violation, and so is a
    picture that does not decode (it could not be checked). An SVG without an
@@ -145,6 +148,7 @@ def run_gate(out_dir: Path, recorded: dict[str, str], *, written: Iterable[str] 
     anatomical = _check_images(out_dir, recorded, written, copies, set(predefaced), report)
     if render_faces:
         _check_renders(out_dir, anatomical, strict, report)
+        _check_references(out_dir, policy or load_release_policy(), report)
     _check_pictures(out_dir, report)
     return report
 
@@ -197,6 +201,22 @@ def _check_renders(out_dir: Path, anatomical: list[Path], strict: bool,
             entry = {"file": name, "reason": "isyb's face detector found a face on a render"}
             (report.violations if strict else report.review).append(entry)
     report.checked["anatomical_renders"] = len(anatomical)
+
+
+def _check_references(out_dir: Path, policy: ReleasePolicy, report: GateReport) -> None:
+    """Check 3 for the single-volume references copied without defacing
+    (:mod:`isyb.app.references`): a face, or a reference that cannot be rendered, is a
+    violation whatever ``strict`` says (the participant level withholds them)."""
+    from isyb.app.references import face_check, reference_images
+
+    references = [path for folder in sorted(out_dir.glob("sub-*")) if folder.is_dir()
+                  for path in reference_images(out_dir, folder.name[4:], policy)]
+    for path in references:
+        reason = face_check(path)
+        if reason is not None:
+            report.violations.append({"file": path.relative_to(out_dir).as_posix(),
+                                      "reason": reason})
+    report.checked["reference_renders"] = len(references)
 
 
 def _check_pictures(out_dir: Path, report: GateReport) -> None:

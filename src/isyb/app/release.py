@@ -77,7 +77,9 @@ from isyb import __version__
 from isyb.app.checks import check_executor, check_inputs
 from isyb.app.dataset_files import write_description, write_readme_and_changes
 from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
+from isyb.app.references import withhold_faces
 from isyb.bids.classify import (
+    Item,
     classify_dataset,
     classify_subject,
     load_release_policy,
@@ -223,7 +225,7 @@ def release_subject(task: SubjectTask) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
         if "deface" in task.options.skip:
             _copy_subject(task, stage / "defaced")
-            result = {"images": COPIED_AS_IS}
+            result: dict = {"images": COPIED_AS_IS}
         else:
             job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface, task.options.release_policy)
@@ -231,11 +233,14 @@ def release_subject(task: SubjectTask) -> dict:
             result = {"defaced": sum(i["status"] == "ok" for i in images),
                       "failed": [{"file": i["file"], "error": i["error"]}
                                  for i in images if i["status"] != "ok"]}
+        # Fail closed: a reference copied as it is must show no face (isyb.app.references).
+        result["withheld"] = withhold_faces(stage / "defaced", task.subject,
+                                            load_release_policy(task.options.release_policy))
         manifest.pop("scrub", None)  # the copies are new: scrub them again
         finish("deface", result)
         record["steps"]["deface"] = "done"
     record["deface"] = {k: v for k, v in manifest["deface"].items()
-                        if k in ("defaced", "failed", "images")}
+                        if k in ("defaced", "failed", "images", "withheld")}
 
     if done("scrub"):
         record["steps"]["scrub"] = "skipped (done)"
@@ -419,6 +424,9 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         "dataset_description.json", "README", "README.md", "CHANGES")]
     for item in top:
         copy_file(item.source, out_dir / item.output)
+    faces = [Item(w["path"], bids_dir / w["path"], "withheld", reason=w["reason"])
+             for m in manifests.values() for w in m.get("deface", {}).get("withheld", [])]
+    items = sorted([*items, *faces], key=lambda i: i.relative)
     write_text(work_dir / "withheld.tsv", withheld_tsv(items))
     needles = dataset_needles(bids_dir, policy)
     changes = scrub_in_place(out_dir, [Path(i.output) for i in top], policy, scrub_key(work_dir),

@@ -159,9 +159,23 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
                                                                       source)]
         elif path.name.endswith((".nii", ".nii.gz")):
             found += _header_identifiers(path, name)
+        elif path.name.endswith((".bval", ".bvec")) and _numbers_only(path):
+            continue  # a gradient table ("0 1000 1000 1000" reads as a phone number)
         elif path.stat().st_size < MAX_BYTES and _is_text(path):
             found += _hits(path.read_text(errors="replace"), name)
     return found, public
+
+
+def _numbers_only(path: Path) -> bool:
+    """Whether a small file holds only numbers separated by white space (a ``bval`` or
+    ``bvec`` table, released as it is); anything else in it is searched as text."""
+    if path.stat().st_size >= MAX_BYTES:
+        return False
+    try:
+        [float(token) for token in path.read_text().split()]
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
 
 
 def _json(path: Path) -> dict:

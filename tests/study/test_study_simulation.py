@@ -3,24 +3,26 @@
 The cohort (:mod:`isyb.study.simulate`) has a ``ref`` population and a
 ``cn200`` population whose faces are reshaped by the CAPIIO→CN200 matrix
 squared (relative to the brain: not an affine difference of the whole head):
-3 phantoms per population, each with its own head size and face strength,
-3 mm voxels. One template per population. Every subject is defaced with the
-``template`` face region (the registered template's own face plus a margin,
-like mask_face and pydeface) and ``remove``; the simulation's margin is
-3 mm, not the deface default of 8 mm, because the squared matrix moves the
-face surface by up to about 8 mm and 8 mm absorbs that (see
-:mod:`isyb.study.simulate`). NMI is over each subject's evaluation region,
-the same voxels for both templates. The F and p values these tests see
-describe the simulated cohort, not real populations.
+2 phantoms per population, each with its own head size and face strength,
+3 mm voxels; it is the study shared by tests/study (conftest
+``study_simulation``, built once per test run). One template per population.
+Every subject is defaced with the ``template`` face region (the registered
+template's own face plus a margin, like mask_face and pydeface) and
+``remove``; the simulation's margin is 3 mm, not the deface default of 8 mm,
+because the squared matrix moves the face surface by up to about 8 mm and
+8 mm absorbs that (see :mod:`isyb.study.simulate`). NMI is over each
+subject's evaluation region, the same voxels for both templates. The F and p
+values these tests see describe the simulated cohort, not real populations.
 
 What is asserted (measured values in the comments, simulation only):
 
 * the shape-matched template removes more face: matched − mismatched NMI is
-  positive for every subject (measured +0.002 to +0.020; mean ref +0.0046,
-  cn200 +0.0170), and so is the changed fraction of the face's skin surface;
-  the template × population interaction of the mixed ANOVA is significant
-  (measured F(1, 4) = 76.9, p = 0.00093), and in each population the mean
-  NMI is higher with its own template;
+  positive for every subject (measured +0.005, +0.011 ref; +0.018, +0.020
+  cn200), and so is the changed fraction of the face's skin surface; the
+  template × population interaction of the mixed ANOVA is significant
+  (measured F(1, 2) = 88.6, p = 0.011), and in each population the mean NMI
+  is higher with its own template (3 + 3 phantoms: F(1, 4) = 93.9,
+  p = 0.00063; README);
 * the negative control (the same template under two names) gives exactly
   the same NMI for every subject and no template effect: F is undefined
   (0/0) in every analysis, never a number.

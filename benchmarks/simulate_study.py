@@ -23,11 +23,16 @@ runs twice on the same work cache:
    removes more face shows as a template × population interaction, with the
    matched template higher in each population;
 2. templates ``ref`` and a byte-identical copy of it under another name: the
-   negative control, which must show no effect at all.
+   negative control, which must show no effect at all;
+3. with ``--isyb-design``, ``isyb study --design isyb`` as it stands (maskface,
+   the template's face region with the default 8 mm margin, type III mixed
+   ANOVA) on ``ref`` and ``cn200``, and the same design with the simulation's
+   3 mm margin.
 
     python benchmarks/simulate_study.py [--phantoms 5] [--real pycortex-S1_T1w.nii.gz,...]
         [--strength 2] [--voxel 3] [--method remove] [--face-region template]
-        [--face-margin 3] [--nprocs 2] [--data DIR] [--out DIR]
+        [--face-margin 3] [--isyb-design] [--no-detectors] [--no-reid] [--nprocs 2]
+        [--data DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -64,6 +69,24 @@ def anova_rows(anova: pd.DataFrame) -> list[dict]:
              "p": float(r.p_unc)} for r in keep.itertuples()]
 
 
+def design_summary(key: str, study: dict, names: dict[str, str], dv: str) -> dict:
+    """Print and return one ``--design isyb`` study: matched − mismatched per subject and
+    the type III rows of the template and the interaction."""
+    diffs = matched_differences(study["metrics"], names, dv)
+    anova = study["anova"].set_index("Source")
+    print(f"\n{study['summary']['design']} ({key}): matched - mismatched per subject: "
+          + ", ".join(f"{v:+.4f}" for v in diffs["matched_minus_mismatched"]))
+    rows = []
+    for source in ("template", "template × subset"):
+        row = anova.loc[source]
+        rows.append({"source": source, "F": float(row["F"]), "df1": float(row["df1"]),
+                     "df2": float(row["df2"]), "p": float(row["p"])})
+        print(f"  {source:18s} F({row['df1']:g}, {row['df2']:g}) = {row['F']:.3f}  "
+              f"p = {row['p']:.4g}")
+    return {"design": study["summary"]["design"], "anova": rows,
+            "matched_minus_mismatched": diffs["matched_minus_mismatched"].tolist()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="shared data folder (default $ISYB_TEST_DATA or "
@@ -81,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-region", choices=("template", "rule"), default="template")
     parser.add_argument("--face-margin", type=float, default=SIMULATION_MARGIN_MM,
                         help="template face-region margin, mm (default: %(default)s)")
+    parser.add_argument("--isyb-design", action="store_true",
+                        help="also run --design isyb, with its 8 mm margin and with 3 mm")
+    parser.add_argument("--no-detectors", dest="detectors", action="store_false",
+                        help="skip the face detectors (as isyb study --no-detectors)")
+    parser.add_argument("--no-reid", dest="reid", action="store_false",
+                        help="skip the face distances and re-identification")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dv", default="nmi", choices=("nmi", "face_surface_changed_fraction"))
@@ -96,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                             real_heads=real, strength=args.strength, voxel_mm=args.voxel,
                             method=args.method, face_region=args.face_region,
                             face_margin_mm=args.face_margin, nprocs=args.nprocs,
-                            seed=args.seed, dv=args.dv, log=print)
+                            seed=args.seed, dv=args.dv, detectors=args.detectors,
+                            reid=args.reid, isyb_design=args.isyb_design, log=print)
     seconds = time.perf_counter() - start
     pd.set_option("display.width", 160)
     print(f"\n{SIMULATION_NOTE}")
@@ -132,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"note": SIMULATION_NOTE, "seconds": round(seconds, 1), "args": vars(args),
                "main": rows, "control": control_rows, "control_max_difference": spread,
                "matched_minus_mismatched": diffs.to_dict(orient="records")}
+    for key in ("isyb", "isyb_margin") if args.isyb_design else ():
+        results[key] = design_summary(key, result[key], result["names"], args.dv)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 

@@ -277,3 +277,39 @@ def run_isyb_killing_a_dask_worker(args: Sequence[str]) -> None:
         os.kill(nanny.process.process.pid, signal.SIGKILL)
         _, err = run.communicate(timeout=900)
         assert run.returncode == 0, err[-3000:]
+
+
+# study
+@pytest.fixture(scope="session")
+def study_simulation(shared_dir: Path, data_root: Path, isyb_home: Path) -> dict:
+    """The simulated two-population study (:func:`isyb.study.simulate.run_simulation`) run
+    once per test run and shared by every worker and module (read-only: copy it to change
+    it). 2 phantoms per population at 3 mm; ``study``: templates ``ref`` and ``cn200``,
+    design pingouin, ``remove`` with the template face region and a 3 mm margin;
+    ``control``: ``ref`` and a byte-identical copy; ``isyb``: ``--design isyb`` on
+    ``ref`` and ``cn200``, ``isyb_margin`` the same with a 3 mm face margin; all on one
+    work cache, without the face detectors and
+    re-identification (tests/study/test_study_face_checks.py covers those).
+
+    Returns ``root``, ``bids``, the three study folders, ``names`` (population ->
+    template name) and ``templates`` (population, or ``refcopy``, -> head path).
+    """
+    if not (data_root / "transforms" / "CAPIIO_to_CN200.mat").is_file():
+        pytest.skip(f"{data_root}/transforms/CAPIIO_to_CN200.mat not found in the test data")
+
+    def build(folder: Path) -> None:
+        from isyb.study.simulate import run_simulation
+
+        result = run_simulation(data_root, folder, phantoms_per_population=2, strength=2.0,
+                                voxel_mm=3.0, nprocs=1, threads=1, seed=0, detectors=False,
+                                reid=False, isyb_design=True)
+        (folder / "names.json").write_text(json.dumps(
+            {"names": result["names"],
+             "templates": {k: str(v) for k, v in result["templates"].items()}}))
+
+    root = build_once(shared_dir, "study_simulation", build)
+    saved = json.loads((root / "names.json").read_text())
+    return {"root": root, "bids": root / "bids", "study": root / "study",
+            "control": root / "control", "isyb": root / "isyb",
+            "isyb_margin": root / "isyb_margin", "names": saved["names"],
+            "templates": {k: Path(v) for k, v in saved["templates"].items()}}

@@ -70,12 +70,12 @@ def test_stats_only_isyb_design_in_templates_order(tmp_path: Path) -> None:
     assert "Design: isyb." in report and "facial information removed" in report
 
 
-def test_stats_only_default_design_equals_a_full_runs_statistics(tmp_path: Path) -> None:
-    """The pingouin design of --stats-only is the analysis `isyb study` runs after defacing;
-    the templates default to the table's, sorted."""
+def test_stats_only_pingouin_design_equals_a_full_runs_statistics(tmp_path: Path) -> None:
+    """The pingouin design of --stats-only is the analysis `isyb study --design pingouin` runs
+    after defacing; the templates default to the table's, sorted."""
     table = _metrics(seed=2)
     out = tmp_path / "out"
-    result = _run("--stats-only", _write(table, tmp_path / "m.tsv"), out)
+    result = _run("--stats-only", _write(table, tmp_path / "m.tsv"), out, "--design", "pingouin")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["design"] == "pingouin"
     from isyb.study.stats import anova_tables
@@ -92,7 +92,7 @@ def test_stats_only_isyb_design_reports_overrides() -> None:
     assert StudyOptions(design="isyb").method == "maskface"
     assert StudyOptions(design="isyb").face_region == "template"
     assert StudyOptions(design="isyb", method="blur").design_label == "isyb (method blur)"
-    assert StudyOptions().design_label == "pingouin"
+    assert StudyOptions(design="pingouin").design_label == "pingouin"
 
 
 @pytest.mark.parametrize(("change", "fragments"), [

@@ -20,10 +20,10 @@ from isyb.errors import IsybError, RegistrationError
 from isyb.evaluate.anonymization import evaluation_region
 from isyb.head.morphology import brain_guard
 from isyb.study.cohort import assign_subsets
-from isyb.study.run import METRICS_VERSION, work_name
+from isyb.study.run import DETECTOR_COLUMNS, METRICS_VERSION, REID_COLUMNS, work_name
+from isyb.study.simulate import SIMULATION_MARGIN_MM, SIMULATION_NOTE
 from isyb.study.stats import anova_tables, check_subsets, marginal_means, posthoc_tables
 from isyb.study.study import StudyOptions, run_study
-from isyb.synthetic.demo import build_demo_dataset
 from isyb.synthetic.phantom import FACE_LABELS, Label, make_phantom
 from isyb.templates.registry import resolve
 
@@ -103,25 +103,38 @@ def test_small_subsets_are_a_clear_error() -> None:
         check_subsets(data)
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cohort") / "bids"
-    build_demo_dataset(root, n_subjects=4)
-    return root
+def _cli_args(sim: dict, out: Path) -> list[str]:
+    """The command line of the shared simulated study (``study_simulation``'s ``study``)."""
+    templates = sim["templates"]
+    return ["study", str(sim["bids"]), str(out), "--templates",
+            f"{templates['ref']},{templates['cn200']}", "--design", "pingouin",
+            "--method", "remove", "--face-region", "template", "--face-margin",
+            f"{SIMULATION_MARGIN_MM:g}", "--split-column", "population", "--note",
+            SIMULATION_NOTE, "--no-detectors", "--no-reid", "--omp-nthreads", "1", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def study_run(cohort: Path, default_template, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("study") / "out"
-    phantom_template = cohort / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
-    args = ["study", str(cohort), str(out), "--templates", f"default,{phantom_template}",
-            "--split", "a:2,b:2", "--seed", "1", "--omp-nthreads", "1", "--quiet"]
-    assert main(args) == 0
-    return out, args
+def _options(**changes) -> StudyOptions:
+    """The shared study's options (API), all four subjects in one subset, with ``changes``."""
+    settings = dict(design="pingouin", method="remove", face_region="template",
+                    face_margin_mm=SIMULATION_MARGIN_MM, split="all:4", seed=1,
+                    detectors=False, reid=False)
+    return StudyOptions(**{**settings, **changes})
 
 
-def test_study_writes_every_output(study_run) -> None:
-    out, _ = study_run
+def _templates(sim: dict) -> list:
+    return [resolve(str(sim["templates"][name])) for name in ("ref", "cn200")]
+
+
+@pytest.fixture
+def study_copy(study_simulation: dict, tmp_path: Path) -> Path:
+    """A writable copy of the shared simulated study (its work cache included)."""
+    copy = tmp_path / "study"
+    shutil.copytree(study_simulation["study"], copy)
+    return copy
+
+
+def test_study_writes_every_output(study_simulation: dict) -> None:
+    out = study_simulation["study"]
     for name in ("metrics.tsv", "anova.tsv", "posthoc.tsv", "marginal_means.tsv", "table1.md",
                  "table1.html", "fig6_violin.png", "report.html"):
         assert (out / name).is_file(), name
@@ -129,18 +142,21 @@ def test_study_writes_every_output(study_run) -> None:
     assert len(metrics) == 8 and (metrics["status"] == "ok").all()
     assert metrics["brain_changed_voxels"].eq(0).all()
     assert metrics["nmi"].between(0, 1).all()
-    # issue 15: re-identification per template (ranks among 4 originals) and face distances
-    assert metrics["reid_rank"].between(1, 4).all() and metrics["reid_rank1"].between(0, 1).all()
-    assert (metrics["face_distance_to_original_mm"] > 0).all()
-    assert (metrics["face_distance_to_template_mm"] >= 0).all()
     assert "subject_to_template" not in metrics
-    assert metrics["ensemble_views_with_face_defaced"].between(0, 12).all()
+    # --no-detectors --no-reid: the face checks' columns are there and empty
+    # (tests/study/test_study_face_checks.py fills them)
+    for column in (*DETECTOR_COLUMNS[:3], *REID_COLUMNS):
+        assert metrics[column].isna().all(), column
+    assert not metrics["detectors"].any() and not metrics["reid"].any()
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "anova.tsv" in report
+    assert "none (--no-detectors --no-reid)" in report
+    for subject in ("01", "02", "03", "04"):  # one registration per subject x template
+        assert len(list((out / "work" / f"sub-{subject}" / "registration").glob("*.json"))) == 3
 
 
-def test_study_statistics_equal_pingouin_on_metrics_tsv(study_run) -> None:
-    out, _ = study_run
+def test_study_statistics_equal_pingouin_on_metrics_tsv(study_simulation: dict) -> None:
+    out = study_simulation["study"]
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t", dtype={"subject": str})
     anova = pd.read_csv(out / "anova.tsv", sep="\t")
     direct = pg.rm_anova(data=metrics, dv="nmi", within="template", subject="subject",
@@ -156,89 +172,115 @@ def _digests(out: Path) -> dict[str, str]:
             for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def _half_done(study_run, tmp_path: Path) -> tuple[Path, list[str]]:
-    """A copy of the finished study without sub-03's and sub-04's work, and the arguments
-    that finish it: those two subjects are computed again."""
-    out, args = study_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    for subject in ("03", "04"):
-        shutil.rmtree(copy / "work" / f"sub-{subject}")
-    return copy, [*args[:2], str(copy), *args[3:]]
-
-
 def _differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
-@pytest.mark.slow
-def test_a_dask_study_with_a_killed_worker_is_byte_identical_to_the_local_one(
-        study_run, tmp_path: Path) -> None:
-    """One Dask run covers both: the executor gives the local bytes, and so does a retry
-    after a worker is killed mid-task."""
-    copy, args = _half_done(study_run, tmp_path)
-    run_isyb_killing_a_dask_worker(args)
-    assert _differing(_digests(copy), _digests(study_run[0])) == []
+def _same_as_shared(copy: Path, shared: Path) -> list[str]:
+    """Files of ``copy`` that differ from ``shared``'s. The shared work cache also holds the
+    control's and the isyb design's work, which a rerun of the main study does not redo."""
+    ours = _digests(copy)
+    theirs = _digests(shared)
+    assert {"metrics.tsv", "anova.tsv", "report.html", "fig6_violin.png"} <= ours.keys()
+    return _differing(ours, {name: theirs.get(name, "absent") for name in ours})
 
 
 @pytest.fixture
-def failing_align(monkeypatch) -> list[str]:
-    """Make every registration fail; the list records the templates it was asked for."""
-    calls: list[str] = []
+def failing(monkeypatch) -> dict[str, list[str]]:
+    """Make every registration and every defacing fail; the lists record the templates
+    each was asked for."""
+    calls: dict[str, list[str]] = {"align": [], "deface": []}
 
-    def fail(volume, template, brain=None):
-        calls.append(template.name)
+    def fail_align(volume, template, brain=None):
+        calls["align"].append(template.name)
         raise RegistrationError("registration failed: simulated")
 
-    monkeypatch.setattr("isyb.study.run.align", fail)
+    def fail_deface(volume, template, options, alignment=None):
+        calls["deface"].append(template.name)
+        raise IsybError("defacing failed: simulated")
+
+    monkeypatch.setattr("isyb.study.run.align", fail_align)
+    monkeypatch.setattr("isyb.study.run.deface_volume", fail_deface)
     return calls
 
 
-def test_rerun_uses_the_cache_and_a_failing_pair_is_dropped(study_run,
-                                                           failing_align) -> None:
-    out, args = study_run
-    calls = failing_align
-    assert main(args) == 0  # everything cached: align is never called
-    assert calls == []
-    metrics_file = next((out / "work" / "sub-03" / "blur").glob("tpl-*/metrics.json"))
+def test_the_cli_reruns_the_shared_study_from_its_cache(study_simulation: dict, study_copy: Path,
+                                                        failing) -> None:
+    """The command line gives the API's study (same bytes), computing nothing again."""
+    assert main(_cli_args(study_simulation, study_copy)) == 0
+    assert failing == {"align": [], "deface": []}
+    assert _same_as_shared(study_copy, study_simulation["study"]) == []
+
+
+def test_a_cached_registration_gives_the_bytes_of_a_new_one(study_simulation: dict,
+                                                           study_copy: Path, monkeypatch) -> None:
+    """sub-01's metrics are recomputed from its cached registrations, not registered again."""
+    for record in (study_copy / "work" / "sub-01").glob("remove_*/tpl-*/metrics.json"):
+        record.unlink()
+    monkeypatch.setattr("isyb.study.run.align", None)  # any registration would fail loudly
+    assert main(_cli_args(study_simulation, study_copy)) == 0
+    assert _same_as_shared(study_copy, study_simulation["study"]) == []
+
+
+@pytest.mark.slow
+def test_a_dask_study_with_a_killed_worker_is_byte_identical_to_the_local_one(
+        study_simulation: dict, study_copy: Path) -> None:
+    """One Dask run covers both: the executor gives the local bytes, and so does a retry
+    after a worker is killed mid-task. sub-04 is half done: its brain mask and evaluation
+    region are kept, its registrations and defacings are computed again."""
+    folder = study_copy / "work" / "sub-04"
+    for done in (folder / "registration", *folder.glob("remove_*")):
+        shutil.rmtree(done)
+    run_isyb_killing_a_dask_worker(_cli_args(study_simulation, study_copy))
+    assert len(list(folder.glob("remove_*/tpl-*/metrics.json"))) == 2
+    assert _same_as_shared(study_copy, study_simulation["study"]) == []
+
+
+def test_a_failing_pair_is_dropped(study_simulation: dict, study_copy: Path, failing) -> None:
+    metrics_file = next((study_copy / "work" / "sub-03").glob("remove_*/tpl-*/metrics.json"))
     metrics_file.unlink()
-    templates = [resolve(t) for t in args[4].split(",")]
-    result = run_study(Path(args[1]), out, templates, StudyOptions(split="all:4", seed=1),
-                       progress=False)
-    assert len(calls) == 1
+    result = run_study(study_simulation["bids"], study_copy, _templates(study_simulation),
+                       _options(), progress=False)
+    assert failing["deface"] == [metrics_file.parent.name.removeprefix("tpl-")]
+    assert failing["align"] == []  # the registration came from the cache
     record = json.loads(metrics_file.read_text())
     assert record["status"] == "failed" and "simulated" in record["error"]
     assert result["summary"]["failed subject × template pairs"] == 1
     assert result["summary"]["subjects dropped from the statistics"] == 1
-    metrics = pd.read_csv(out / "metrics.tsv", sep="\t", dtype={"subject": str})
+    metrics = pd.read_csv(study_copy / "metrics.tsv", sep="\t", dtype={"subject": str})
     assert (metrics["status"] == "failed").sum() == 1
-    assert "dropped from the statistics: 1" in (out / "report.html").read_text()
+    assert "dropped from the statistics: 1" in (study_copy / "report.html").read_text()
 
 
-def test_other_face_region_settings_are_not_served_from_the_cache(study_run,
-                                                                  failing_align) -> None:
-    """The cache folder names the face-region mode and margin; stale metric versions rerun."""
-    out, args = study_run
-    calls = failing_align
-    options = StudyOptions(method="blur", face_region="template", face_margin_mm=6.0,
-                           split="all:4", seed=1)
-    templates = [resolve(t) for t in args[4].split(",")]
+def test_other_face_region_settings_are_not_served_from_the_cache(
+        study_simulation: dict, study_copy: Path, failing) -> None:
+    """The cache folder names the face-region mode and margin; stale metric versions and
+    registrations of changed template files rerun."""
+    templates = _templates(study_simulation)
     with pytest.raises(IsybError, match="nothing to compare"):  # every pair failed
-        run_study(Path(args[1]), out, templates, options, progress=False)
-    assert len(calls) == 8  # 4 subjects x 2 templates, none taken from the blur cache
-    records = sorted((out / "work").glob("sub-*/blur_face-template_margin-6mm/tpl-*/metrics.json"))
+        run_study(study_simulation["bids"], study_copy, templates,
+                  _options(face_margin_mm=6.0), progress=False)
+    assert len(failing["deface"]) == 8  # 4 subjects x 2 templates, none from the 3 mm cache
+    assert failing["align"] == []  # the registrations do not depend on the setting
+    records = sorted((study_copy / "work").glob(
+        "sub-*/remove_face-template_margin-6mm/tpl-*/metrics.json"))
     assert len(records) == 8
     record = json.loads(records[0].read_text())
     assert record["face_region"] == "template" and record["face_margin_mm"] == 6.0
-    stale = next((out / "work" / "sub-01" / "blur").glob("tpl-*/metrics.json"))
+    stale = next((study_copy / "work" / "sub-01").glob("remove_*3mm/tpl-*/metrics.json"))
     old = json.loads(stale.read_text())
     assert old["metrics_version"] == METRICS_VERSION
     old.pop("metrics_version")
     stale.write_text(json.dumps(old))
-    calls.clear()
-    run_study(Path(args[1]), out, templates, StudyOptions(split="all:4", seed=1),
-              progress=False)
-    assert calls == [stale.parent.name.removeprefix("tpl-")]  # only the stale record reran
+    template = stale.parent.name.removeprefix("tpl-")
+    registration = study_copy / "work" / "sub-01" / "registration" / f"tpl-{template}.json"
+    cached = json.loads(registration.read_text())
+    cached["key"]["head_sha256"] = "0" * 64  # as if the template's head had changed
+    registration.write_text(json.dumps(cached))
+    failing["deface"].clear()
+    run_study(study_simulation["bids"], study_copy, templates, _options(), progress=False)
+    assert failing["align"] == [template]  # only the stale pair reran, registration too
+    assert failing["deface"] == []
 
 
 def test_work_names_keep_the_default_folder() -> None:

@@ -3,24 +3,26 @@
 The cohort (:mod:`isyb.study.simulate`) has a ``ref`` population and a
 ``cn200`` population whose faces are reshaped by the CAPIIO→CN200 matrix
 squared (relative to the brain: not an affine difference of the whole head):
-3 phantoms per population, each with its own head size and face strength,
-3 mm voxels. One template per population. Every subject is defaced with the
-``template`` face region (the registered template's own face plus a margin,
-like mask_face and pydeface) and ``remove``; the simulation's margin is
-3 mm, not the deface default of 8 mm, because the squared matrix moves the
-face surface by up to about 8 mm and 8 mm absorbs that (see
-:mod:`isyb.study.simulate`). NMI is over each subject's evaluation region,
-the same voxels for both templates. The F and p values these tests see
-describe the simulated cohort, not real populations.
+2 phantoms per population, each with its own head size and face strength,
+3 mm voxels; it is the study shared by tests/study (conftest
+``study_simulation``, built once per test run). One template per population.
+Every subject is defaced with the ``template`` face region (the registered
+template's own face plus a margin, like mask_face and pydeface) and
+``remove``; the simulation's margin is 3 mm, not the deface default of 8 mm,
+because the squared matrix moves the face surface by up to about 8 mm and
+8 mm absorbs that (see :mod:`isyb.study.simulate`). NMI is over each
+subject's evaluation region, the same voxels for both templates. The F and p
+values these tests see describe the simulated cohort, not real populations.
 
 What is asserted (measured values in the comments, simulation only):
 
 * the shape-matched template removes more face: matched − mismatched NMI is
-  positive for every subject (measured +0.002 to +0.020; mean ref +0.0046,
-  cn200 +0.0170), and so is the changed fraction of the face's skin surface;
-  the template × population interaction of the mixed ANOVA is significant
-  (measured F(1, 4) = 76.9, p = 0.00093), and in each population the mean
-  NMI is higher with its own template;
+  positive for every subject (measured +0.005, +0.011 ref; +0.018, +0.020
+  cn200), and so is the changed fraction of the face's skin surface; the
+  template × population interaction of the mixed ANOVA is significant
+  (measured F(1, 2) = 88.6, p = 0.011), and in each population the mean NMI
+  is higher with its own template (3 + 3 phantoms: F(1, 4) = 93.9,
+  p = 0.00063; README);
 * the negative control (the same template under two names) gives exactly
   the same NMI for every subject and no template effect: F is undefined
   (0/0) in every analysis, never a number.
@@ -37,6 +39,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from isyb.study.simulate import (
@@ -49,7 +52,6 @@ from isyb.study.simulate import (
     matched_differences,
     matrix_power,
     phantom_head,
-    run_simulation,
 )
 
 
@@ -83,48 +85,47 @@ def test_templates_have_their_exact_brain_mask(cn200_matrix: np.ndarray, tmp_pat
         assert (tmp_path / f"tpl-sim{population}_desc-brain_mask.nii.gz").is_file()
 
 
-@pytest.fixture(scope="module")
-def simulated(data_root: Path, cn200_matrix: np.ndarray, isyb_home: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("simulated")
-    return run_simulation(data_root, out, phantoms_per_population=3, real_heads=[],
-                          strength=2.0, voxel_mm=3.0, nprocs=2, seed=0)
+def _tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``metrics.tsv`` and ``anova.tsv`` of a study folder."""
+    metrics = pd.read_csv(folder / "metrics.tsv", sep="\t", dtype={"subject": str},
+                          na_values=["n/a"])
+    return metrics, pd.read_csv(folder / "anova.tsv", sep="\t", na_values=["n/a"])
 
 
-def test_cohort_has_two_populations_and_every_pair_ran(simulated: dict) -> None:
-    metrics = simulated["main"]["metrics"]
+def test_cohort_has_two_populations_and_every_pair_ran(study_simulation: dict) -> None:
+    metrics, _ = _tables(study_simulation["study"])
     assert sorted(metrics["subset"].unique()) == sorted(POPULATIONS)
-    assert metrics.groupby("subset")["subject"].nunique().tolist() == [3, 3]
+    assert metrics.groupby("subset")["subject"].nunique().tolist() == [2, 2]
     assert (metrics["status"] == "ok").all() and metrics["brain_changed_voxels"].eq(0).all()
     assert (metrics["method"] == "remove").all()
     assert (metrics["face_region"] == "template").all()
     assert (metrics["face_margin_mm"] == SIMULATION_MARGIN_MM).all()
     # one voxel set per subject, whatever the template
     assert metrics.groupby("subject")["evaluation_region_voxels"].nunique().eq(1).all()
-    assert SIMULATION_NOTE in (simulated["out"] / "study" / "report.html").read_text()
+    assert SIMULATION_NOTE in (study_simulation["study"] / "report.html").read_text()
 
 
-def test_shape_matched_template_removes_more_face(simulated: dict) -> None:
+def test_shape_matched_template_removes_more_face(study_simulation: dict) -> None:
     """Simulation only: the matched template is better for every subject."""
-    metrics = simulated["main"]["metrics"]
-    diffs = matched_differences(metrics, simulated["names"])
+    metrics, anova = _tables(study_simulation["study"])
+    names = study_simulation["names"]
+    diffs = matched_differences(metrics, names)
     assert (diffs["matched_minus_mismatched"] > 0).all(), diffs
-    surface = matched_differences(metrics, simulated["names"], "face_surface_changed_fraction")
+    surface = matched_differences(metrics, names, "face_surface_changed_fraction")
     assert (surface["matched_minus_mismatched"] > 0).all(), surface
     means = diffs.groupby("subset")[["ref", "cn200"]].mean()
     assert means.loc["ref", "ref"] > means.loc["ref", "cn200"]
     assert means.loc["cn200", "cn200"] > means.loc["cn200", "ref"]
-    mixed = simulated["main"]["anova"].query("analysis == 'mixed'").set_index("Source")
-    assert mixed.loc["Interaction", "DF1"] == 1 and mixed.loc["Interaction", "DF2"] == 4
+    mixed = anova.query("analysis == 'mixed'").set_index("Source")
+    assert mixed.loc["Interaction", "DF1"] == 1 and mixed.loc["Interaction", "DF2"] == 2
     assert mixed.loc["Interaction", "p_unc"] < 0.05
-    assert mixed.loc["Interaction", "F"] > 7.71  # F(1, 4) critical value at 0.05
+    assert mixed.loc["Interaction", "F"] > 18.51  # F(1, 2) critical value at 0.05
 
 
-def test_identical_templates_show_no_effect(simulated: dict) -> None:
-    metrics = simulated["control"]["metrics"]
+def test_identical_templates_show_no_effect(study_simulation: dict) -> None:
+    metrics, anova = _tables(study_simulation["control"])
     spread = metrics.groupby("subject")["nmi"].agg(lambda v: v.max() - v.min())
     assert (spread == 0.0).all()  # deterministic registration: the same numbers, bit for bit
-    anova = simulated["control"]["anova"]
     within = anova[anova["Source"].isin(["template", "Interaction"])]
     assert len(within) == 5  # mixed: template and interaction; rm: ref, cn200, pooled
     assert within["F"].isna().all() and within["p_unc"].isna().all()

@@ -26,15 +26,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="For every subject (first T1w) × template: deface, keep the face mask, "
         "compute NMI and the other metrics over the subject's own evaluation region (the "
         "face rule placed on the subject's brain, minus its brain guard; the same voxels "
-        "for every template), cached in OUT_DIR/work. Then a mixed ANOVA "
-        "(template within × subset between), repeated-measures ANOVAs per subset and pooled "
-        "(Mauchly, Greenhouse-Geisser), post-hoc paired tests, marginal means, Table 1, "
-        "violins and report.html. --design names the analysis: isyb is the ISYB data "
-        "descriptor's (maskface with the template's face region; SPSS-style mixed ANOVA "
-        "with type III sums, Greenhouse-Geisser when Mauchly rejects sphericity, Bonferroni "
-        "pairs of the estimated marginal means); pingouin (default) is isyb's earlier "
-        "analysis (blur with the face rule; type II sums, per-subset and pooled tests), "
-        "which does not reproduce the descriptor. --method and --face-region override the "
+        "for every template), cached in OUT_DIR/work (registrations are kept per "
+        "subject × template, so another method or design on the same cohort does not "
+        "register again). Then the design's statistics (template within × subset between), "
+        "Table 1, violins and report.html. --design names the analysis: isyb (default) is the ISYB "
+        "data descriptor's (maskface with the template's face region; SPSS-style mixed "
+        "ANOVA with type III sums, Greenhouse-Geisser when Mauchly rejects sphericity, "
+        "Bonferroni pairs of the estimated marginal means); pingouin is isyb's earlier "
+        "default analysis (blur with the face rule; type II sums, per-subset and pooled "
+        "tests), which does not reproduce the descriptor. The design that ran is printed "
+        "and written in the report. --method and --face-region override the "
         "design's defacing, and the report says so. --stats-only METRICS.tsv OUT_DIR "
         "recomputes the statistics, tables and figure from an existing metrics table "
         "without defacing.",
@@ -52,8 +53,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        help="no defacing: the statistics, tables, figure and report of this "
                        "metrics.tsv (columns subject, subset, template and --dv; optional "
                        "status), written to OUT_DIR")
-    study.add_argument("--design", choices=("isyb", "pingouin"), default="pingouin",
-                       help="the analysis (see above; default: %(default)s)")
+    study.add_argument("--design", choices=("isyb", "pingouin"), default="isyb",
+                       help="the analysis (see above; default: %(default)s, the descriptor's)")
     study.add_argument("--templates",
                        help="comma-separated template names or paths (at least two), in the "
                        "order of the tables and figure; with --stats-only, the templates of "
@@ -75,7 +76,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--padjust", choices=("bonf", "holm"), default="bonf",
                        help="multiple-comparison correction of the post-hoc tests")
     study.add_argument("--wilcoxon", action="store_true",
-                       help="Wilcoxon signed-rank post-hoc tests instead of paired t-tests")
+                       help="--design pingouin: Wilcoxon signed-rank post-hoc tests instead of "
+                       "paired t-tests")
     study.add_argument("--dv", choices=("nmi", "face_surface_changed_fraction"),
                        default="nmi", help="dependent variable (default: %(default)s)")
     study.add_argument("--study-iterations", type=positive_int, default=3,
@@ -84,6 +86,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--study-subjects", type=positive_int,
                        help="template `study`: build it from this many subjects, drawn with "
                        "--seed (default: all)")
+    study.add_argument("--no-detectors", dest="detectors", action="store_false",
+                       help="skip the face detectors (stock detector on the original and "
+                       "defaced heads, 12-view ensemble on the defaced one; the slowest "
+                       "checks): their metrics.tsv columns stay empty")
+    study.add_argument("--no-reid", dest="reid", action="store_false",
+                       help="skip the geometric face checks (face distances, "
+                       "re-identification): their metrics.tsv columns stay empty")
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
     executor_arguments(study, "subjects")
     study.set_defaults(handler=cmd_study)
@@ -134,7 +143,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     options = StudyOptions(design=args.design, method=args.method, face_region=args.face_region,
                            face_margin_mm=args.face_margin, dv=args.dv, split=args.split,
                            split_column=args.split_column, seed=args.seed,
-                           padjust=args.padjust, parametric=not args.wilcoxon, note=args.note)
+                           padjust=args.padjust, parametric=not args.wilcoxon, note=args.note,
+                           detectors=args.detectors, reid=args.reid)
     if args.stats_only is not None:
         return _stats_only(args, options)
     if args.bids_dir is None or args.out_dir is None:

@@ -10,7 +10,10 @@ the same thing (``remove`` would score NMI 1 over its own mask, whatever face
 it missed).
 
 Work is cached under ``OUT_DIR/work/sub-<label>/``: the subject's brain mask,
-evaluation region and original-face detection once, then per defacing
+evaluation region and original-face detection once, its registration to each
+template (``registration/tpl-<name>.json``, keyed by the template's files: it
+does not depend on the defacing, so a study with another method or design
+on the same cohort registers nothing again), then per defacing
 setting (:func:`work_name`: the method, plus the face-region mode and margin
 when not the default ``rule``) and template a ``metrics.json`` (written
 last) and the face mask actually applied. A rerun, or a run with an added
@@ -23,6 +26,15 @@ Subjects run as tasks of :func:`isyb.executor.run_tasks` (local processes or
 Dask), which also sets each task's torch and ITK threads. A task rewrites its
 files whole and atomically, so a retried task (a lost Dask worker) gives the
 same outputs.
+
+The face checks are optional (``isyb study --no-detectors``, ``--no-reid``):
+the face detectors (stock detector on the original and the defaced head,
+the 12-view ensemble on the defaced one) and the geometric ones (face
+distances, the defaced face's descriptor, re-identification). Their columns
+are then empty. A cached record remembers which checks it holds; it serves a
+run that asks for fewer (the others' columns are emptied, so the outputs do
+not depend on what an earlier run computed) and is recomputed for one that
+asks for more.
 """
 
 from __future__ import annotations
@@ -35,14 +47,15 @@ import numpy as np
 import pandas as pd
 
 from isyb import __version__
-from isyb.deface.engine import DefaceOptions, align, deface_volume
+from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
 from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
 from isyb.executor import ExecutorOptions, run_tasks
-from isyb.head.brain import extract_brain
+from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.register import Registration
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
 from isyb.viz.faces import face_detected
@@ -63,6 +76,12 @@ METRICS_VERSION = 4
 #: The defaced face's descriptor (template frame), saved per pair for re-identification.
 #: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
 DESCRIPTOR = "face_descriptor_defaced.npy"
+#: Columns of the face detectors (``--no-detectors`` leaves them empty).
+DETECTOR_COLUMNS = ("face_detected_original", "face_detected_defaced",
+                    "ensemble_views_with_face_defaced", "ensemble_views", "ensemble_detectors")
+#: Columns of the geometric face checks (``--no-reid`` leaves them empty).
+REID_COLUMNS = ("face_distance_to_original_mm", "face_distance_to_template_mm",
+                "face_distance_original_to_template_mm", "reid_rank", "reid_rank1")
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,8 @@ class SubjectJob:
     templates: tuple[Template, ...]
     work: Path
     options: DefaceOptions
+    detectors: bool = True
+    reid: bool = True
 
 
 def work_name(options: DefaceOptions) -> str:
@@ -87,9 +108,46 @@ def _cached_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _current_record(path: Path) -> dict | None:
+def _current_record(path: Path, job: SubjectJob) -> dict | None:
+    """The cached record if it is of this version and holds every check ``job`` asks for
+    (a record without the ``detectors``/``reid`` keys predates them and holds both)."""
     record = _cached_json(path)
-    return record if record and record.get("metrics_version") == METRICS_VERSION else None
+    if not record or record.get("metrics_version") != METRICS_VERSION:
+        return None
+    if record.get("status") == "ok" and any(
+            wanted and not record.get(check, True)
+            for check, wanted in (("detectors", job.detectors), ("reid", job.reid))):
+        return None
+    return record
+
+
+def _template_key(template: Template) -> dict:
+    """What a registration depends on besides the subject: the template's prepared files."""
+    files = template.info.get("files", {})
+    return {"template": template.name, "head_sha256": template.info.get("head_sha256"),
+            "brain_mask_sha256": files.get(template.brain_mask.name)}
+
+
+def _alignment(volume: Volume, template: Template, brain: np.ndarray,
+               folder: Path) -> Alignment:
+    """:func:`isyb.deface.engine.align` with the subject's brain mask, its registration
+    cached in ``folder/registration`` (JSON floats round-trip exactly)."""
+    path = folder / "registration" / f"tpl-{template.name}.json"
+    key = _template_key(template)
+    cached = _cached_json(path)
+    if cached and cached.get("key") == key:
+        registration = Registration(np.asarray(cached["subject_to_template"], dtype=float),
+                                    cached["score"], cached["start"], cached["attempts"])
+        return Alignment(brain, check_brain_mask(brain, volume.zooms, in_fov_fraction=0.3),
+                         registration, {"brain_s": 0.0, "registration_s": 0.0})
+    alignment = align(volume, template, brain=brain)
+    registration = alignment.registration
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({
+        "key": key, "subject_to_template": np.asarray(registration.subject_to_template).tolist(),
+        "score": registration.score, "start": registration.start,
+        "attempts": registration.attempts}, indent=2) + "\n")
+    return alignment
 
 
 def _brain(volume: Volume, folder: Path) -> np.ndarray:
@@ -130,7 +188,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
     frames: dict[str, FaceFrame] = {}
     for template in job.templates:
         target = folder / setting / f"tpl-{template.name}"
-        record = _current_record(target / "metrics.json")
+        record = _current_record(target / "metrics.json", job)
         if record is None:
             try:
                 if volume is None:
@@ -138,23 +196,18 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     brain = _brain(volume, folder)
                     region = _evaluation(volume, brain, folder)
                     cached = _cached_json(folder / "original.json")
-                    if cached is None:
+                    if cached is None and job.detectors:
                         cached = {"face_detected_original": bool(
                             face_detected(volume.data, volume.zooms)["detected"])}
                         write_text(folder / "original.json", json.dumps(cached) + "\n")
-                    original_detected = cached["face_detected_original"]
-                alignment = align(volume, template, brain=brain)
+                    original_detected = (cached or {}).get("face_detected_original")
+                alignment = _alignment(volume, template, brain, folder)
                 result = deface_volume(volume, template, job.options, alignment=alignment)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
                 metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False,
                                             guard_mm=job.options.guard_mm)
                 to_template = alignment.registration.subject_to_template
-                frame = frames.setdefault(template.name, frame_for(template))
-                distance = face_distances(volume, defaced, result.allowed, to_template, frame)
-                judged = ensemble_detect(defaced.data, defaced.zooms)
                 target.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
-                    np.save(handle, face_descriptor(defaced, to_template, frame))
                 record = {
                     "status": "ok",
                     "nmi": metrics["nmi"],
@@ -170,15 +223,12 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "evaluation_region_voxels": metrics["face_mask_voxels"],
                     "applied_mask_voxels": int(result.allowed.sum()),
                     "registration_score": alignment.registration.score,
-                    "face_detected_original": original_detected,
-                    "face_detected_defaced": bool(
-                        face_detected(defaced.data, defaced.zooms)["detected"]),
-                    "ensemble_views_with_face_defaced": judged.views_with_any_face(),
-                    "ensemble_views": len(judged.views),
-                    "ensemble_detectors": "+".join(judged.detectors),
-                    "face_distance_to_original_mm": distance.to_original,
-                    "face_distance_to_template_mm": distance.to_template,
-                    "face_distance_original_to_template_mm": distance.original_to_template,
+                    "detectors": job.detectors,
+                    "reid": job.reid,
+                    **(_detector_checks(defaced, original_detected) if job.detectors else {}),
+                    **(_geometric_checks(volume, defaced, result.allowed, to_template,
+                                         frames.setdefault(template.name, frame_for(template)),
+                                         target) if job.reid else {}),
                     "subject_to_template": np.asarray(to_template).tolist(),
                 }
                 save_mask_like(result.allowed, volume, target / "face_mask.nii.gz")
@@ -190,9 +240,35 @@ def run_subject(job: SubjectJob) -> list[dict]:
                                           if job.options.face_region == "template" else None),
                           metrics_version=METRICS_VERSION, isyb_version=__version__)
             write_text(target / "metrics.json", json.dumps(record, indent=2) + "\n")
+        skipped = ((DETECTOR_COLUMNS if not job.detectors else ())
+                   + (REID_COLUMNS if not job.reid else ()))
         rows.append({"subject": job.subject, "template": template.name,
-                     "method": job.options.method, **record})
+                     "method": job.options.method, **record,
+                     **{column: None for column in skipped if column in record},
+                     **({"detectors": job.detectors, "reid": job.reid}
+                        if record["status"] == "ok" else {})})
     return rows
+
+
+def _detector_checks(defaced: Volume, original_detected: bool) -> dict:
+    """The face detectors' columns of a defaced head (stock detector and the ensemble)."""
+    judged = ensemble_detect(defaced.data, defaced.zooms)
+    return {"face_detected_original": original_detected,
+            "face_detected_defaced": bool(face_detected(defaced.data, defaced.zooms)["detected"]),
+            "ensemble_views_with_face_defaced": judged.views_with_any_face(),
+            "ensemble_views": len(judged.views),
+            "ensemble_detectors": "+".join(judged.detectors)}
+
+
+def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
+                      to_template: np.ndarray, frame: FaceFrame, target: Path) -> dict:
+    """Face distances of a defaced head; saves its face descriptor for :func:`reidentify`."""
+    distance = face_distances(volume, defaced, allowed, to_template, frame)
+    with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, face_descriptor(defaced, to_template, frame))
+    return {"face_distance_to_original_mm": distance.to_original,
+            "face_distance_to_template_mm": distance.to_template,
+            "face_distance_original_to_template_mm": distance.original_to_template}
 
 
 def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Template],
@@ -242,18 +318,22 @@ def _rank1_share(distances: np.ndarray, own: int) -> float:
 
 def collect_metrics(images: dict[str, Path], templates: list[Template], work: Path,
                     options: DefaceOptions, *, executor: ExecutorOptions | None = None,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, detectors: bool = True,
+                    reid: bool = True) -> pd.DataFrame:
     """Metric rows of every subject × template (computing only the uncached ones).
 
-    ``executor`` says where the subjects run (default: one local process).
+    ``executor`` says where the subjects run (default: one local process);
+    ``detectors`` and ``reid`` whether the face checks run (module docstring).
     """
-    jobs = [SubjectJob(s, p, tuple(templates), work, options) for s, p in sorted(images.items())]
+    jobs = [SubjectJob(s, p, tuple(templates), work, options, detectors, reid)
+            for s, p in sorted(images.items())]
     rows = [row for subject_rows in run_tasks(run_subject, jobs, executor or ExecutorOptions(),
                                               progress=progress, desc="study")
             for row in subject_rows]
     # subject order, whatever order the tasks finished in: the columns follow the rows
     table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
-    table = reidentify(table, images, templates, work, options)
+    table = (reidentify(table, images, templates, work, options) if reid
+             else table.drop(columns="subject_to_template", errors="ignore"))
     for column in METRIC_COLUMNS:
         if column not in table:
             table[column] = np.nan

@@ -315,19 +315,29 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
                    real_heads: list[str] = (), strength: float = 2.0, voxel_mm: float = 3.0,
                    method: str = "remove", face_region: str = "template",
                    face_margin_mm: float = SIMULATION_MARGIN_MM, nprocs: int = 1,
-                   seed: int = 0, dv: str = "nmi", log=None) -> dict:
-    """Build the cohort and the templates under ``out`` and run ``isyb study`` twice.
+                   seed: int = 0, dv: str = "nmi", detectors: bool = True, reid: bool = True,
+                   isyb_design: bool = False, threads: int | None = None, log=None) -> dict:
+    """Build the cohort and the templates under ``out`` and run ``isyb study`` on it.
 
     ``data_dir`` is the shared data folder (``transforms/CAPIIO_to_CN200.mat``
-    and ``heads/<real_heads>``). Every subject is defaced with ``method``,
-    ``face_region`` and ``face_margin_mm`` (see the module docstring for the
-    defaults). The first study (``out/study``) uses the
-    ``ref`` and ``cn200`` templates with the populations as subsets; the
-    second (``out/control``, sharing the first one's work cache) uses ``ref``
-    and a byte-identical copy of it under another name, the negative
-    control. Returns ``out``, ``subjects``, ``main`` and ``control`` (what
-    :func:`isyb.study.study.run_study` returns) and ``names`` (population ->
-    template name).
+    and ``heads/<real_heads>``). The first study (``out/study``, design
+    ``pingouin``) defaces every subject with ``method``, ``face_region`` and
+    ``face_margin_mm`` (see the module docstring for the defaults) and the
+    ``ref`` and ``cn200`` templates, with the populations as subsets. The
+    second (``out/control``) uses ``ref`` and a byte-identical copy of it
+    under another name, the negative control. With ``isyb_design``, a third
+    (``out/isyb``) runs the descriptor's design as it stands (``--design
+    isyb``: maskface, the template's face region with the default margin,
+    type III statistics) on ``ref`` and ``cn200``, and a fourth
+    (``out/isyb_margin``) the same design with the simulation's margin
+    (``face_margin_mm`` :data:`SIMULATION_MARGIN_MM`). The later studies share
+    the first one's work cache (brain masks, registrations). ``detectors``
+    and ``reid`` switch the face checks (``--no-detectors``, ``--no-reid``);
+    ``nprocs`` and ``threads`` are the executor's (:class:`isyb.executor.ExecutorOptions`).
+    Returns ``out``, ``subjects``, ``main``, ``control``, with
+    ``isyb_design`` ``isyb`` and ``isyb_margin`` (what :func:`isyb.study.study.run_study`
+    returns), ``names`` (population -> template name) and ``templates``
+    (population -> head path; ``refcopy`` the control's copy).
     """
     import shutil
 
@@ -345,20 +355,31 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     shutil.copyfile(out / "templates" / "tpl-simref_desc-brain_mask.nii.gz",
                     out / "templates" / "tpl-simrefcopy_desc-brain_mask.nii.gz")
     templates = {key: resolve(str(path)) for key, path in paths.items()}
-    options = StudyOptions(method=method, face_region=face_region,
-                           face_margin_mm=face_margin_mm, dv=dv, split_column="population",
-                           note=SIMULATION_NOTE)
-    executor = ExecutorOptions(nprocs=nprocs)
-    main = run_study(out / "bids", out / "study", [templates["ref"], templates["cn200"]],
-                     options, executor=executor, progress=False, log=log)
-    control_out = out / "control"
-    control_out.mkdir(parents=True, exist_ok=True)
-    if not (control_out / "work").exists():
-        (control_out / "work").symlink_to(out / "study" / "work", target_is_directory=True)
-    control = run_study(out / "bids", control_out, [templates["ref"], resolve(str(copy))],
-                        options, executor=executor, progress=False, log=log)
-    return {"out": out, "subjects": subjects, "main": main, "control": control,
-            "names": {key: template.name for key, template in templates.items()}}
+    common = dict(dv=dv, split_column="population", note=SIMULATION_NOTE, detectors=detectors,
+                  reid=reid)
+    options = StudyOptions(design="pingouin", method=method, face_region=face_region,
+                           face_margin_mm=face_margin_mm, **common)
+    executor = ExecutorOptions(nprocs=nprocs, threads=threads)
+
+    def study(name: str, chosen: list, chosen_options: StudyOptions) -> dict:
+        folder = out / name
+        if name != "study":  # the first study's work cache serves the others
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "work").exists():
+                (folder / "work").symlink_to(out / "study" / "work", target_is_directory=True)
+        return run_study(out / "bids", folder, chosen, chosen_options, executor=executor,
+                         progress=False, log=log)
+
+    pair = [templates["ref"], templates["cn200"]]
+    result = {"out": out, "subjects": subjects, "main": study("study", pair, options),
+              "control": study("control", [templates["ref"], resolve(str(copy))], options),
+              "names": {key: template.name for key, template in templates.items()},
+              "templates": {**paths, "refcopy": copy}}
+    if isyb_design:
+        result["isyb"] = study("isyb", pair, StudyOptions(design="isyb", **common))
+        result["isyb_margin"] = study("isyb_margin", pair, StudyOptions(
+            design="isyb", face_margin_mm=SIMULATION_MARGIN_MM, **common))
+    return result
 
 
 def matched_differences(metrics, names: dict[str, str], dv: str = "nmi"):

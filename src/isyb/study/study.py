@@ -60,7 +60,8 @@ DESIGNS = {
                        "one), paired tests per subset and pooled, t CIs per cell; not the "
                        "descriptor's analysis (see --design isyb)"),
 }
-DEFAULT_DESIGN = "pingouin"
+#: The design of ``isyb study`` without ``--design``: the descriptor's (issue 13 item 2).
+DEFAULT_DESIGN = "isyb"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class StudyOptions:
     padjust: str = "bonf"
     parametric: bool = True
     note: str = ""
+    detectors: bool = True
+    reid: bool = True
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
@@ -98,11 +101,14 @@ class StudyOptions:
 
     @property
     def design_label(self) -> str:
-        """The design's name, with what the options changed: ``isyb (method blur)``."""
+        """The design's name, with what the options changed: ``isyb (method blur)``,
+        ``isyb (face margin 3 mm)``."""
         design = DESIGNS[self.design]
         changed = [f"{name.replace('_', ' ')} {value}" for name, value, default in (
             ("method", self.method, design.method),
             ("face_region", self.face_region, design.face_region)) if value != default]
+        if self.face_region == "template" and self.face_margin_mm != FACE_MARGIN_MM:
+            changed.append(f"face margin {self.face_margin_mm:g} mm")
         return f"{self.design} ({', '.join(changed)})" if changed else self.design
 
     def deface_options(self) -> DefaceOptions:
@@ -151,7 +157,8 @@ def run_study(bids_dir: Path, out_dir: Path, templates: list[Template], options:
     images, subsets = plan_cohort(bids_dir, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = collect_metrics(images, templates, out_dir / "work", options.deface_options(),
-                              executor=executor, progress=progress)
+                              executor=executor, progress=progress,
+                              detectors=options.detectors, reid=options.reid)
     metrics.insert(1, "subset", metrics["subject"].map(subsets))
     write_tsv(metrics, out_dir / "metrics.tsv")
     return analyse(metrics, out_dir, options, [t.name for t in templates], log=log)
@@ -178,6 +185,13 @@ def _statistics(data: pd.DataFrame, options: StudyOptions, order: list[str]) -> 
                              order=order)
     means = marginal_means(data, dv, order=order)
     return anova, posthoc, means, table1(means, anova, posthoc, dv)
+
+
+def _face_checks(options: StudyOptions) -> str:
+    """The face checks a run made, in words, for the summary."""
+    done = [name for name, on in (("face detectors", options.detectors),
+                                  ("re-identification", options.reid)) if on]
+    return ", ".join(done) or "none (--no-detectors --no-reid)"
 
 
 def analyse(metrics: pd.DataFrame, out_dir: Path, options: StudyOptions, order: list[str],
@@ -224,7 +238,7 @@ def analyse(metrics: pd.DataFrame, out_dir: Path, options: StudyOptions, order: 
                      f"{'paired t' if options.parametric else 'Wilcoxon'}, "
                      f"{options.padjust} correction"),
         "seed": options.seed,
-        **({"metrics from": source} if source else {}),
+        **({"metrics from": source} if source else {"face checks": _face_checks(options)}),
     }
     summary = {"design": options.design_label,
                "statistics": DESIGNS[options.design].statistics, **summary}

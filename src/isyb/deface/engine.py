@@ -117,11 +117,12 @@ class DefaceOptions:
 class Defacing:
     """Outputs of :func:`deface_volume`, all RAS arrays on the input grid.
 
-    ``guard`` and ``skin`` (skin-surface voxels) are computed in the work box
-    around the face region, where every change happens, and are False
-    elsewhere. ``reference`` is the subject's own face surface by third
-    (:func:`isyb.head.face_reference.face_reference`, no template) and
-    ``reference_guard`` the brain guard computed around it.
+    ``guard`` (the subject's brain guard) and ``skin`` (skin-surface voxels)
+    are kept in the work box around the face region, where every change
+    happens, and are False elsewhere. ``reference`` is the subject's own face surface by third
+    (:func:`isyb.head.face_reference.face_reference` of the solid head, no
+    template) and ``reference_guard`` the subject's whole brain guard
+    (:attr:`SubjectMasks.guard`; only its values on ``reference`` are read).
     """
 
     data: np.ndarray
@@ -134,6 +135,45 @@ class Defacing:
     report: FaceStats
     reference: np.ndarray
     reference_guard: np.ndarray
+
+
+@dataclass
+class SubjectMasks:
+    """What defacing needs of a subject that no template changes, computed once per subject.
+
+    ``threshold`` is the skin threshold (image units,
+    :func:`isyb.head.morphology.skin_threshold`), ``head`` the solid head
+    (:func:`isyb.head.morphology.head_mask`), ``guard`` the brain dilated by
+    ``guard_mm`` mm over the whole volume (:func:`isyb.head.morphology.brain_guard`)
+    and ``reference`` the subject's own face surface by third
+    (:func:`isyb.head.face_reference.face_reference`). ``seconds`` is the time
+    :func:`subject_masks` took. ``isyb study`` computes it once and passes it
+    to the defacing with every template; each template's defacing reads only
+    slices of it, so the outputs are the same as when it is computed per call.
+    """
+
+    threshold: float
+    head: np.ndarray
+    guard: np.ndarray
+    guard_mm: float
+    reference: np.ndarray
+    seconds: float
+
+
+def subject_masks(volume: Volume, brain: np.ndarray, guard_mm: float) -> SubjectMasks:
+    """The :class:`SubjectMasks` of ``volume`` with its boolean RAS ``brain`` mask.
+
+    The guard is exact (a Euclidean distance transform in the brain's box
+    grown by the margin): it is the fail-closed protection of the brain, so
+    it is never approximated on a coarse grid.
+    """
+    clock = time.perf_counter()
+    threshold = skin_threshold(volume.data)
+    head = head_mask(volume.data, threshold)
+    guard = brain_guard(brain, volume.zooms, guard_mm)
+    reference = face_reference(head, brain, volume.affine)
+    return SubjectMasks(threshold, head, guard, float(guard_mm), reference,
+                        time.perf_counter() - clock)
 
 
 @dataclass
@@ -174,12 +214,18 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
 
 
 def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
-                  *, alignment: Alignment | None = None) -> Defacing:
+                  *, alignment: Alignment | None = None,
+                  subject: SubjectMasks | None = None) -> Defacing:
     """Obscure the face of ``volume`` with ``template``'s face region.
 
-    ``alignment`` may be reused from :func:`align`; by default it is
-    computed. The report holds timings, the registration score and the face
-    statistics; the brain-guard check is done on the stored values by
+    ``alignment`` may be reused from :func:`align`, and ``subject`` from
+    :func:`subject_masks` of the same volume, brain mask and
+    ``options.guard_mm`` (checked: another margin raises ``ValueError``); by
+    default both are computed. The report holds timings (s: ``brain_s``,
+    ``registration_s``, ``subject_s`` for :func:`subject_masks`, 0 when
+    reused, ``region_s`` for the face region and its guard, ``obscure_s``,
+    ``statistics_s``), the registration score and the face statistics; the
+    brain-guard check is done on the stored values by
     :func:`isyb.deface.checked.deface_checked`, which every writer and the
     Python API go through.
     """
@@ -187,6 +233,14 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     registration, brain = alignment.registration, alignment.brain
     timings = dict(alignment.timings)
     zooms = volume.zooms
+    if subject is None:
+        subject = subject_masks(volume, brain, options.guard_mm)
+        timings["subject_s"] = subject.seconds
+    else:
+        if subject.guard_mm != options.guard_mm:
+            raise ValueError(f"subject masks were computed with a {subject.guard_mm:g} mm guard, "
+                             f"the options ask for {options.guard_mm:g} mm")
+        timings["subject_s"] = 0.0
     clock = time.perf_counter()
     voxel_to_template = registration.subject_to_template @ volume.affine
     face_box = (place_face_box(template, volume.shape, zooms, voxel_to_template)
@@ -200,18 +254,19 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
         if options.face_region == "template":
             full_region = within_template_face(full_region, template.face(),
                                                voxel_to_template, options.face_margin_mm)
-    # Only the face region's bounding box can change. Grown by the guard margin
-    # and the smoothing reach, it holds every brain voxel within the margin of a
-    # changeable voxel, so the guard computed inside it is exact where it matters.
+    # Only the face region's bounding box, grown by the guard margin and the
+    # smoothing reach, can change; the guard is the subject's whole one, kept in that box.
     reach = max(options.guard_mm, options.layer_mm + 3 * options.smooth_mm, options.blend_mm)
     box = bounding_box(full_region, np.ceil(reach / zooms).astype(int) + 1)
     guard = np.zeros(volume.shape, dtype=bool)
-    guard[box] = brain_guard(brain[box], zooms, options.guard_mm)
+    guard[box] = subject.guard[box]
     region = full_region & ~guard
-    threshold = skin_threshold(volume.data)
+    threshold = subject.threshold
     # Tissue in the face region counts as head even when a dark gap cuts it off
     # from the largest piece: otherwise blur and noise would leave it untouched.
-    head = head_mask(volume.data, threshold) | ((volume.data > threshold) & full_region)
+    head = subject.head | ((volume.data > threshold) & full_region)
+    timings["region_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     maskface_record = None
     if options.method == "maskface":
         face_box = face_box or region_box(full_region, voxel_to_template)
@@ -232,21 +287,16 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     new_data[box] = new_box
     allowed = np.zeros(volume.shape, dtype=bool)
     allowed[box] = allowed_box
-    timings["mask_s"] = time.perf_counter() - clock
+    timings["obscure_s"] = time.perf_counter() - clock
 
+    clock = time.perf_counter()
     voxel_ml = float(np.prod(zooms)) / 1000.0
     face_tissue_ml = float((region & head).sum()) * voxel_ml
     scale = abs(np.linalg.det(np.linalg.inv(registration.subject_to_template)[:3, :3]))
     expected_ml = float(template.info.get("face_tissue_ml", 0.0)) * scale
     skin = np.zeros(volume.shape, dtype=bool)
     skin[box] = skin_surface(head[box])
-    clock = time.perf_counter()
-    reference = face_reference(head, brain, volume.affine)
-    reference_guard = np.zeros(volume.shape, dtype=bool)
-    if reference.any():
-        near = bounding_box(reference > 0, np.ceil(options.guard_mm / zooms).astype(int) + 1)
-        reference_guard[near] = brain_guard(brain[near], zooms, options.guard_mm)
-    timings["reference_s"] = time.perf_counter() - clock
+    timings["statistics_s"] = time.perf_counter() - clock
     report: FaceStats = {
         "registration": {
             "score_brain_dice": round(registration.score, 4),
@@ -267,5 +317,5 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     }
     if maskface_record is not None:
         report["maskface"] = maskface_record
-    return Defacing(new_data, allowed, region, guard, brain, head, skin, report, reference,
-                    reference_guard)
+    return Defacing(new_data, allowed, region, guard, brain, head, skin, report,
+                    subject.reference, subject.guard)

@@ -10,7 +10,9 @@ the same thing (``remove`` would score NMI 1 over its own mask, whatever face
 it missed).
 
 Work is cached under ``OUT_DIR/work/sub-<label>/``: the subject's brain mask,
-evaluation region and original-face detection once, its registration to each
+evaluation region and original-face detection once (and, in memory, the
+head, brain guard and face reference the defacing reads:
+:func:`isyb.deface.engine.subject_masks`), its registration to each
 template (``registration/tpl-<name>.json``, keyed by the template's files: it
 does not depend on the defacing, so a study with another method or design
 on the same cohort registers nothing again), then per defacing
@@ -47,7 +49,14 @@ import numpy as np
 import pandas as pd
 
 from isyb import __version__
-from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
+from isyb.deface.engine import (
+    Alignment,
+    DefaceOptions,
+    SubjectMasks,
+    align,
+    deface_volume,
+    subject_masks,
+)
 from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.ensemble import ensemble_detect
@@ -184,6 +193,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
     volume: Volume | None = None
     brain: np.ndarray | None = None
     region: np.ndarray | None = None
+    masks: SubjectMasks | None = None
     original_detected: bool | None = None
     frames: dict[str, FaceFrame] = {}
     for template in job.templates:
@@ -195,6 +205,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     volume = load_volume(job.image)
                     brain = _brain(volume, folder)
                     region = _evaluation(volume, brain, folder)
+                    masks = subject_masks(volume, brain, job.options.guard_mm)
                     cached = _cached_json(folder / "original.json")
                     if cached is None and job.detectors:
                         cached = {"face_detected_original": bool(
@@ -202,7 +213,8 @@ def run_subject(job: SubjectJob) -> list[dict]:
                         write_text(folder / "original.json", json.dumps(cached) + "\n")
                     original_detected = (cached or {}).get("face_detected_original")
                 alignment = _alignment(volume, template, brain, folder)
-                result = deface_volume(volume, template, job.options, alignment=alignment)
+                result = deface_volume(volume, template, job.options, alignment=alignment,
+                                       subject=masks)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
                 metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False,
                                             guard_mm=job.options.guard_mm)

@@ -32,6 +32,7 @@ from isyb.io import Volume
 from isyb.templates.face import (
     FACE_MARGIN_MM,
     FACE_REGIONS,
+    chin_below,
     face_region,
     within_template_face,
 )
@@ -191,10 +192,20 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     voxel_to_template = registration.subject_to_template @ volume.affine
     face_box = (place_face_box(template, volume.shape, zooms, voxel_to_template)
                 if options.method == "maskface" else None)
+    threshold = skin_threshold(volume.data)
+    solid = head_mask(volume.data, threshold)
+    reference_clock = time.perf_counter()
+    reference = face_reference(solid, brain, volume.affine)
+    timings["reference_s"] = time.perf_counter() - reference_clock
+    rule = template.rule
+    if reference.any():
+        # the chin plane goes under the subject's own chin (issue 20)
+        lowest = np.argwhere(reference > 0) @ voxel_to_template[2, :3] + voxel_to_template[2, 3]
+        rule = chin_below(rule, float(lowest.min()))
     if face_box is not None:
         full_region = face_box.mask(volume.shape)
     else:
-        full_region = face_region(template.rule, volume.shape, voxel_to_template,
+        full_region = face_region(rule, volume.shape, voxel_to_template,
                                   ears=options.ears, neck=options.neck,
                                   keep_chin=options.keep_chin)
         if options.face_region == "template":
@@ -208,10 +219,9 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     guard = np.zeros(volume.shape, dtype=bool)
     guard[box] = brain_guard(brain[box], zooms, options.guard_mm)
     region = full_region & ~guard
-    threshold = skin_threshold(volume.data)
     # Tissue in the face region counts as head even when a dark gap cuts it off
     # from the largest piece: otherwise blur and noise would leave it untouched.
-    head = head_mask(volume.data, threshold) | ((volume.data > threshold) & full_region)
+    head = solid | ((volume.data > threshold) & full_region)
     maskface_record = None
     if options.method == "maskface":
         face_box = face_box or region_box(full_region, voxel_to_template)
@@ -241,12 +251,11 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     skin = np.zeros(volume.shape, dtype=bool)
     skin[box] = skin_surface(head[box])
     clock = time.perf_counter()
-    reference = face_reference(head, brain, volume.affine)
     reference_guard = np.zeros(volume.shape, dtype=bool)
     if reference.any():
         near = bounding_box(reference > 0, np.ceil(options.guard_mm / zooms).astype(int) + 1)
         reference_guard[near] = brain_guard(brain[near], zooms, options.guard_mm)
-    timings["reference_s"] = time.perf_counter() - clock
+    timings["reference_s"] += time.perf_counter() - clock
     report: FaceStats = {
         "registration": {
             "score_brain_dice": round(registration.score, 4),

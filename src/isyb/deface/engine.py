@@ -32,6 +32,7 @@ from isyb.io import Volume
 from isyb.templates.face import (
     FACE_MARGIN_MM,
     FACE_REGIONS,
+    chin_below,
     face_region,
     within_template_face,
 )
@@ -245,10 +246,16 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
     voxel_to_template = registration.subject_to_template @ volume.affine
     face_box = (place_face_box(template, volume.shape, zooms, voxel_to_template)
                 if options.method == "maskface" else None)
+    rule = template.rule
+    if subject.reference.any():
+        # the chin plane goes under the subject's own chin (issue 20)
+        lowest = (np.argwhere(subject.reference > 0) @ voxel_to_template[2, :3]
+                  + voxel_to_template[2, 3])
+        rule = chin_below(rule, float(lowest.min()))
     if face_box is not None:
         full_region = face_box.mask(volume.shape)
     else:
-        full_region = face_region(template.rule, volume.shape, voxel_to_template,
+        full_region = face_region(rule, volume.shape, voxel_to_template,
                                   ears=options.ears, neck=options.neck,
                                   keep_chin=options.keep_chin)
         if options.face_region == "template":

@@ -24,6 +24,21 @@ It is split into three equal **thirds** of its height, from the frontal pole
 to its lowest point: upper (brows, eyes), middle (nose, cheeks), lower
 (mouth, chin). All positions are world millimetres; the subject is assumed to
 lie roughly in RAS (as scanners store heads), which the face rule assumes too.
+
+**The head's pitch.** "In front of", "below the brows" and the thirds are
+measured in the head's own frame, not the scanner's: a head scanned chin-up
+(mne-sample, about 20 degrees) shows the underside of its jaw and the front of
+its neck to a frontal projection, and in the scanner's frame these lie in
+front of the brain's back fifth, so the reference ran on down the throat. The
+pitch is the angle of the brain's long axis (the principal axis of the brain
+voxels in the sagittal plane nearer the anterior direction; degrees, anterior
+end up positive) minus that of the MNI152 brain (:data:`MNI_BRAIN_AXIS_DEG`);
+positions are rotated about the brain's centroid by minus that pitch before
+the rule is applied. The surface itself stays the scanner-frame frontal one
+(what a frontal render sees). Only chin-up pitch is corrected: a chin-down
+head hides its jaw's underside behind the chin, and a brain mask whose long
+axis is flatter than MNI's (the synthetic phantom's, -14 degrees) must
+not tilt an upright face.
 """
 
 from __future__ import annotations
@@ -38,10 +53,49 @@ THIRDS = ("upper", "middle", "lower")
 FRONT_FRACTION = 0.2
 #: Brain voxels within this distance (mm) of the most anterior one place the brows.
 POLE_MM = 5.0
+#: The long axis of the MNI152 brain masks in the sagittal plane, degrees above
+#: the anterior direction (measured on TemplateFlow's tpl-MNI152NLin6Asym res-02
+#: brain mask: 10.7; tpl-MNI152NLin2009cAsym res-01: 10.0): a head in this
+#: pose has no pitch.
+MNI_BRAIN_AXIS_DEG = 10.3
+#: Larger estimated pitches (degrees) are clipped: a head is not scanned more
+#: tilted than this, and a misshapen brain mask must not turn the face over.
+#: Chin-down (negative) pitch is not corrected (see the module docstring).
+MAX_PITCH_DEG = 30.0
 
 
 def _world(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def head_pitch_deg(brain_mm: np.ndarray) -> float:
+    """The head's pitch in degrees (chin up positive) from brain voxel positions (N x 3, mm, RAS).
+
+    The angle of the brain's principal axis in the y-z plane that is closer
+    to the anterior direction (the long axis of a real brain; a phantom's
+    may be taller than long; so a brain tilted 45 degrees or more is misread),
+    anterior end up positive, minus :data:`MNI_BRAIN_AXIS_DEG`, clipped to
+    0..:data:`MAX_PITCH_DEG` (chin-up only); 0 for fewer than 3 points.
+    """
+    if len(brain_mm) < 3:
+        return 0.0
+    sagittal = brain_mm[:, 1:] - brain_mm[:, 1:].mean(axis=0)
+    axes = np.linalg.eigh(np.cov(sagittal.T))[1]
+    axis = axes[:, int(np.argmax(np.abs(axes[0])))]
+    if axis[0] < 0:
+        axis = -axis
+    angle = float(np.degrees(np.arctan2(axis[1], axis[0]))) - MNI_BRAIN_AXIS_DEG
+    return float(np.clip(angle, 0.0, MAX_PITCH_DEG))
+
+
+def _unpitch(points: np.ndarray, centre: np.ndarray, pitch_deg: float) -> np.ndarray:
+    """``points`` (mm) rotated about ``centre`` around the x axis by minus ``pitch_deg``."""
+    theta = np.radians(pitch_deg)
+    c, s = np.cos(theta), np.sin(theta)
+    out = points - centre
+    y, z = out[:, 1].copy(), out[:, 2].copy()
+    out[:, 1], out[:, 2] = c * y + s * z, -s * y + c * z
+    return out + centre
 
 
 def face_reference(head: np.ndarray, brain: np.ndarray, affine: np.ndarray, *,
@@ -57,6 +111,9 @@ def face_reference(head: np.ndarray, brain: np.ndarray, affine: np.ndarray, *,
     if not brain.any() or not head.any():
         return out
     points = _world(np.argwhere(brain).astype(float), affine)
+    centre = points.mean(axis=0)
+    pitch = head_pitch_deg(points)
+    points = _unpitch(points, centre, pitch)
     lo, hi = points.min(axis=0), points.max(axis=0)
     pole_z = float(np.median(points[points[:, 1] >= hi[1] - POLE_MM, 2]))
     y_cut = hi[1] - front_fraction * (hi[1] - lo[1])
@@ -66,7 +123,7 @@ def face_reference(head: np.ndarray, brain: np.ndarray, affine: np.ndarray, *,
     i, k = np.nonzero(has)
     front = np.zeros((i.size, 3))
     front[:, 0], front[:, 1], front[:, 2] = i, depth[i, k], k
-    xyz = _world(front, affine)
+    xyz = _unpitch(_world(front, affine), centre, pitch)
     keep = ((xyz[:, 1] > y_cut) & (xyz[:, 2] <= pole_z)
             & (xyz[:, 0] >= lo[0]) & (xyz[:, 0] <= hi[0]))
     if not keep.any():

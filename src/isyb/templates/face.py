@@ -44,7 +44,7 @@ rule covers it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -63,6 +63,8 @@ FACE_MARGIN_MM = 8.0
 #: that plane; at 0.6 it lies about 10 mm below the lowest of them (pycortex
 #: S1: menton at -148 mm in MNI152NLin6Asym space, plane at -158 mm).
 CHIN_FRACTION = 0.6
+#: Least distance (mm) of the chin plane under the subject's own chin (:func:`chin_below`).
+CHIN_MARGIN_MM = 10.0
 #: Depth of the mouth plane below the front half of the brain, as a fraction of
 #: the brain's length: on both MNI templates it falls at their field of view's
 #: lower edge (z = -72 and -74 mm against a box edge at -72 and -78 mm).
@@ -133,6 +135,20 @@ def derive_face_rule(brain: np.ndarray, affine: np.ndarray, *, back_fraction: fl
         ear_y=(float(lo[1] + 0.30 * length), float(lo[1] + 0.62 * length)),
         ear_z=(float(front_low - 0.15 * length), float(front_low + 0.30 * length)),
     )
+
+
+def chin_below(rule: FaceRule, chin_z_mm: float, margin_mm: float = CHIN_MARGIN_MM) -> FaceRule:
+    """``rule`` with its chin plane lowered, where needed, to ``margin_mm`` under a subject's chin.
+
+    ``chin_z_mm`` is the height (template mm) of the subject's own lowest face
+    point, the lower edge of the mandible from
+    :func:`isyb.head.face_reference.face_reference` carried through the
+    registration. The template's chin plane sits a fixed fraction of the
+    template brain's length below the brain; a long face, or a chin-up head
+    (mne-sample: its chin lands 0-37 mm under the MNI templates' plane),
+    reaches below it and kept its chin (issue 20). The plane is never raised.
+    """
+    return replace(rule, chin_z=min(rule.chin_z, float(chin_z_mm) - margin_mm))
 
 
 def _linear_field(coefficients: np.ndarray, constant: float, shape: tuple[int, ...]) -> np.ndarray:

@@ -88,6 +88,25 @@ def templateflow_home(data_root: Path, tmp_path: Path, monkeypatch: pytest.Monke
     return home
 
 
+@pytest.fixture
+def templateflow_pinned(templateflow_home: Path, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`templateflow_home` with its files listed as verified local copies.
+
+    The shared test copies are recompressed, not TemplateFlow's bytes, so
+    isyb refuses them against the upstream digests (issue 17); a user who
+    verified a copy lists its SHA-256 in ``$ISYB_TEMPLATEFLOW_PINS``, as this does.
+    """
+    from isyb.templates.fetch import sha256_file
+    from isyb.templates.verify import PINS_ENV
+
+    pins = tmp_path / "templateflow_pins.sha256"
+    pins.write_text("".join(f"{sha256_file(path)}  {path.name}\n"
+                            for path in sorted(templateflow_home.glob("tpl-*/*.nii.gz"))))
+    monkeypatch.setenv(PINS_ENV, str(pins))
+    return templateflow_home
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A folder that every pytest-xdist worker of this run sees (the run's own temporary

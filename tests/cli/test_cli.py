@@ -384,13 +384,10 @@ def test_templates_list(isyb_home: Path, capsys) -> None:
     assert [line.split()[0] for line in lines[1:]] == list(BUILTIN_NAMES)
 
 
-def test_templates_show_templateflow(templateflow_home: Path, data_root: Path, tmp_path: Path,
+def test_templates_show_templateflow(templateflow_pinned: Path, data_root: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    templateflow_home = templateflow_pinned
     monkeypatch.setenv("ISYB_HOME", str(tmp_path / "isyb_home"))
-    pins = tmp_path / "pins.sha256"  # the shared copies are not TemplateFlow's bytes (issue 17)
-    pins.write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
-                            for p in templateflow_home.glob("tpl-*/*.nii.gz")))
-    monkeypatch.setenv("ISYB_TEMPLATEFLOW_PINS", str(pins))
     code, out, err, _ = call(["templates", "show", "MNI152NLin6Asym"], capsys)
     assert code == 0, err
     info = json.loads(out)

@@ -18,9 +18,7 @@ from isyb.deface.engine import Alignment, DefaceOptions
 from isyb.deface.file import deface_file
 from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume
-from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template, resolve
-from isyb.templates.verify import PINS_ENV
 from isyb.viz.faces import face_detected
 from real_alignments import real_alignment
 
@@ -146,13 +144,8 @@ def test_already_defaced_input_runs_and_says_so(cases: dict[str, Case]) -> None:
 
 
 @pytest.mark.parametrize("template_name", ["MNI152NLin6Asym", "bare-path"])
-def test_any_template_works(cases: dict[str, Case], templateflow_home: Path, data_root: Path,
-                            tmp_path: Path, template_name: str,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
-    pins = tmp_path / "pins.sha256"  # the shared copies are not TemplateFlow's bytes (issue 17)
-    pins.write_text("".join(f"{sha256_file(p)}  {p.name}\n"
-                            for p in templateflow_home.glob("tpl-*/*.nii.gz")))
-    monkeypatch.setenv(PINS_ENV, str(pins))
+def test_any_template_works(cases: dict[str, Case], templateflow_pinned: Path, data_root: Path,
+                            tmp_path: Path, template_name: str) -> None:
     if template_name == "bare-path":
         bare = tmp_path / "head_only.nii.gz"
         shutil.copyfile(data_root / "templates" / "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz",

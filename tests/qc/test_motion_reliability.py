@@ -14,7 +14,7 @@ from isyb.qc.bold import (
     motion_reliability,
     run_bold_qc,
 )
-from isyb.synthetic.phantom import phantom_bold
+from isyb.synthetic.epi import phantom_bold
 
 VOX = (5.0, 5.0, 5.0)
 

@@ -195,7 +195,7 @@ def failing(monkeypatch) -> dict[str, list[str]]:
         calls["align"].append(template.name)
         raise RegistrationError("registration failed: simulated")
 
-    def fail_deface(volume, template, options, alignment=None):
+    def fail_deface(volume, template, options, alignment=None, subject=None):
         calls["deface"].append(template.name)
         raise IsybError("defacing failed: simulated")
 

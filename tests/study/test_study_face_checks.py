@@ -62,7 +62,7 @@ def test_face_checks_fill_their_columns_and_the_cache_knows_which_ran(
     assert "subject_to_template" not in table
     calls: list[str] = []
 
-    def fail(volume, template, options, alignment=None):
+    def fail(volume, template, options, alignment=None, subject=None):
         calls.append(template.name)
         raise IsybError("defacing failed: simulated")
 

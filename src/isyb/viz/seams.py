@@ -91,17 +91,21 @@ def _steps(depth: np.ndarray, surface: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return step, valid
 
 
-def border_step_mm(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
-                   original: np.ndarray | None = None, threshold: float | None = None) -> float:
-    """The largest depth step (mm) of the frontal surface across ``region``'s border.
+def border_steps(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
+                 original: np.ndarray | None = None,
+                 threshold: float | None = None) -> np.ndarray:
+    """Every counted depth step (mm) of the frontal surface across ``region``'s border.
 
     ``region`` is a boolean RAS mask on ``data``'s grid (the face region); a
     column is inside when its front surface voxel (:func:`front_depth`) is in
-    it. See the module docstring for the step. With ``original`` (the image
-    before defacing, same grid), pairs where the original surface already
-    stepped by more than :data:`ORIGINAL_STEP_MM` are left out: a seam is a
-    step the defacing made, not an ear or a chin that the border happens to
-    cross. 0 when the border crosses no measurable surface.
+    it. See the module docstring for the step and for the pairs that are not
+    counted (near the silhouette). With ``original`` (the image before
+    defacing, same grid), pairs where the original surface already stepped by
+    more than :data:`ORIGINAL_STEP_MM` are left out too: a seam is a step the
+    defacing made, not an ear or a chin that the border happens to cross.
+    A step too large to count reads as silhouette, so the number of pairs
+    counted matters as much as their largest step: a border that crosses the
+    face yet counts few pairs hides a crease.
     """
     zooms = np.asarray(zooms, dtype=float)
     depth, index = front_depth(data, zooms, threshold)
@@ -113,7 +117,7 @@ def border_step_mm(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
     if original is not None:
         before = front_depth(original, zooms, threshold)[0]
         surface &= _surface(before, zooms)
-    worst = 0.0
+    counted = []
     for axis in (0, 1):
         if depth.shape[axis] < 4:
             continue
@@ -123,6 +127,13 @@ def border_step_mm(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
         if before is not None:
             old, _ = _steps(np.moveaxis(before, axis, 0), np.moveaxis(surface, axis, 0))
             valid &= old <= ORIGINAL_STEP_MM
-        if valid.any():
-            worst = max(worst, float(step[valid].max()))
-    return worst
+        counted.append(step[valid])
+    return np.concatenate(counted) if counted else np.zeros(0)
+
+
+def border_step_mm(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
+                   original: np.ndarray | None = None, threshold: float | None = None) -> float:
+    """The largest of :func:`border_steps` (mm); 0 when the border crosses no measurable
+    surface."""
+    steps = border_steps(data, zooms, region, original, threshold)
+    return float(steps.max()) if steps.size else 0.0

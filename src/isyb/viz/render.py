@@ -277,9 +277,14 @@ def render_views(
 
     Each view is :func:`render_face` at that yaw and pitch (degrees), shaded by
     :func:`shade_depth` with the light that many degrees above the viewing direction.
+    Views that differ only by their light share one ray cast.
     """
     scene = _scene(data, zooms, threshold)
-    return [shade_depth(_cast(scene, float(yaw), float(pitch), pixel_mm), pixel_mm, float(light))
+    depths: dict[tuple[float, float], np.ndarray] = {}
+    for yaw, pitch, _ in views:
+        if (float(yaw), float(pitch)) not in depths:
+            depths[float(yaw), float(pitch)] = _cast(scene, float(yaw), float(pitch), pixel_mm)
+    return [shade_depth(depths[float(yaw), float(pitch)], pixel_mm, float(light))
             for yaw, pitch, light in views]
 
 

@@ -1,7 +1,8 @@
 """The package layout holds: no package imports from a package above it, and modules stay short.
 
 Layers, bottom up (each may use only the ones below it; see README "Layout"):
-``errors``, ``io``, ``executor`` -> ``head`` -> ``templates``, ``bids``, ``viz`` ->
+``errors``, ``image_checks`` (used by every layer, ``io`` included), ``io``, ``executor``
+-> ``head`` -> ``templates``, ``bids``, ``viz`` ->
 ``deface`` -> ``qc`` -> ``derive`` -> ``app``, ``synthetic`` -> ``evaluate`` -> ``study``
 -> ``cli`` -> ``__main__``. ``isyb/__init__.py`` (the public API, lazy) may name anything.
 """
@@ -14,9 +15,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "isyb"
-LAYERS = {"errors": 0, "io": 0, "executor": 0, "head": 1, "templates": 2, "bids": 2, "viz": 2,
-          "deface": 3, "qc": 4, "derive": 5, "app": 6, "synthetic": 6, "evaluate": 7,
-          "study": 8, "cli": 9, "__main__": 10}
+LAYERS = {"errors": 0, "image_checks": 0, "io": 0, "executor": 0, "head": 1, "templates": 2,
+          "bids": 2, "viz": 2, "deface": 3, "qc": 4, "derive": 5, "app": 6, "synthetic": 6,
+          "evaluate": 7, "study": 8, "cli": 9, "__main__": 10}
+#: Bottom modules every layer may import, the others of layer 0 included: the errors, and the
+#: checks of what cannot be an image (which use only the errors).
+BASE = ("errors", "image_checks")
 #: Modules allowed over 500 lines, and why.
 LONG_MODULES = {
     "synthetic/phantom.py": "make_phantom is one 217-line description of a head's anatomy, "
@@ -51,7 +55,7 @@ def test_no_module_imports_from_a_layer_above_or_beside_its_own(path: Path) -> N
     me = _package(path)
     for name in _isyb_imports(path):
         other = name.split(".")[1]
-        if other == me or other in ("errors",) or name == "isyb":
+        if other == me or other in BASE or name == "isyb":
             continue
         assert LAYERS[other] < LAYERS[me], f"{path.relative_to(PACKAGE)} imports {name}"
 

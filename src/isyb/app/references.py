@@ -31,7 +31,8 @@ from pathlib import Path
 from isyb.bids.classify import ReleasePolicy, filter_scans, split_name
 from isyb.bids.layout import parse_entities
 from isyb.errors import IsybError
-from isyb.io import check_values, load_image, volume_from_image, write_text
+from isyb.image_checks import check_values
+from isyb.io import load_image, volume_from_image, write_text
 
 #: Reasons a reference is withheld (``withheld.tsv``, the summary's counts).
 FACE = "single-volume reference with a face on a render (not defaced)"

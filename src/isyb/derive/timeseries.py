@@ -16,7 +16,7 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from isyb.errors import IsybError
-from isyb.io import check_real
+from isyb.image_checks import check_real
 
 MIN_VOLUMES = 10
 """Fewest volumes a run may keep after dropping the dummy scans."""

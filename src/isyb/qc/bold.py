@@ -41,7 +41,8 @@ import pandas as pd
 from isyb.bids.layout import metadata as bids_metadata
 from isyb.bids.layout import read_json
 from isyb.head.motion import PARAM_NAMES, measure_motion, realign
-from isyb.io import atomic_path, check_real, load_image, strip_image_suffix
+from isyb.image_checks import check_real
+from isyb.io import atomic_path, load_image, strip_image_suffix
 from isyb.qc.anat import QCInputError, efc, fwhm_afni, fwhm_columns
 from isyb.qc.functional import (
     bold_brain_mask,

@@ -20,7 +20,7 @@ from isyb.head.morphology import (
     skin_threshold,
 )
 from isyb.head.tissue import Contrast, atropos_tissues, tissue_cores
-from isyb.io import check_real
+from isyb.image_checks import check_real
 
 #: 1 / Phi^-1(3/4): scales the median absolute deviation to the SD of a
 #: Gaussian (statsmodels' ``mad``, which MRIQC uses).

@@ -19,6 +19,18 @@ from types import SimpleNamespace
 import pytest
 from filelock import FileLock
 
+#: Thread pools of torch (OpenMP), BLAS and ITK (ANTs) that a pytest-xdist worker runs with.
+#: ``pytest -n auto`` starts a worker per core; with each worker's libraries also starting a
+#: thread per core, the cores are oversubscribed and the idle threads spin: deepbet + N4 +
+#: Atropos of a real head took 20.2 s user + 2.8 s system at two threads and 16.7 + 2.2 at one
+#: (same wall). Set before torch, numpy or ants are imported; a variable already set wins, and
+#: the executor still sets each task's threads (``isyb.executor.limit_threads``).
+WORKER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                           "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _variable in WORKER_THREAD_VARIABLES:
+        os.environ.setdefault(_variable, "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 

@@ -1,11 +1,14 @@
 """Anatomical QC end to end on the real scans of the shared test data: brain extraction,
 segmentation and every metric, on original and defaced heads (slow: deepbet and registrations).
+
+Each head's QC is computed once (``tests/real_qc.py``, on the deepbet brain of the head's
+shared alignment); the heads of :data:`real_qc.SCAN_HEADS` and colin27's test are in
+test_qc_anat_real_scans.py, so that the two files run on two workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 
@@ -16,81 +19,63 @@ from isyb.head.register import dice
 from isyb.io import Volume, load_volume
 from isyb.qc import anat
 from isyb.qc.masks import background_masks
+from real_alignments import real_alignment
+from real_qc import QC_HEADS, assert_finite_metrics, real_qc
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-METRIC_KEYS = {"isyb_snr", "isyb_snrd_gm", "isyb_cnr", "isyb_fber", "fber", "efc", "fwhm_x",
-               "fwhm_y", "fwhm_z", "fwhm_avg", "fwhm_avg_mm", "cjv", "wm2max", "icvs_wm"}
+
+@pytest.fixture(scope="module")
+def qc_of(data_root: Path, shared_dir: Path, default_template):
+    """``qc_of(name)``: metrics and masks of the real head ``name`` (skips when absent)."""
+    def get(name: str) -> tuple[dict[str, float], anat.AnatMasks]:
+        path = data_root / "heads" / name
+        if not path.is_file():
+            pytest.skip(f"{path} not found")
+        return real_qc(shared_dir, path, default_template)
+    return get
 
 
-def _heads(data_root: Path) -> list[Path]:
-    files = sorted(p for p in (data_root / "heads").iterdir()
-                   if p.name.endswith((".nii.gz", ".nii", ".mgz")) and "_brain" not in p.name)
-    return [p for p in files if "T1w" in p.name or "T2w" in p.name]
-
-
-@functools.cache
-def _qc_file(path: Path) -> tuple[dict[str, float], anat.AnatMasks]:
-    """Metrics and masks of one file, end to end (deepbet included); cached per run."""
-    qc = anat.qc_anat(path, contrast="T2w" if "T2w" in path.name else "T1w")
-    return qc.metrics, qc.masks
-
-
-def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path) -> None:
+def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path, qc_of) -> None:
+    """``qc_anat`` of a path and of an in-memory image (each with its own deepbet) agree,
+    and agree with the shared QC of the module (on the brain of the shared alignment)."""
     import nibabel as nib
 
-    path = data_root / "heads" / "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"  # stored LSA, not RAS
-    metrics, masks = _qc_file(path)
+    name = "itk-kmeans_T1w_LSA_2x2x3mm.nii.gz"  # stored LSA, not RAS
+    path = data_root / "heads" / name
+    metrics, masks = qc_of(name)
+    of_path = anat.qc_anat(path)
     in_memory = anat.qc_anat(nib.load(path))
     # Atropos sums in an order that depends on ITK's threads (the release runs one thread
     # per task and is byte-identical); here two runs agree to float32 rounding.
-    assert in_memory.metrics == pytest.approx(metrics, rel=1e-5)
-    assert np.array_equal(in_memory.masks.brain, masks.brain)
+    for qc in (of_path, in_memory):
+        assert qc.metrics == pytest.approx(metrics, rel=1e-5)
+        assert np.array_equal(qc.masks.brain, masks.brain)
     assert set(in_memory.to_json()) == {*metrics, "noise_source",
                                         *(("note",) if masks.note else ())}
     assert in_memory.to_json()["noise_source"] == masks.noise_source
 
 
-def test_every_real_scan_gets_finite_metrics(data_root: Path) -> None:
-    heads = _heads(data_root)
-    assert heads
-    for path in heads:
-        metrics, masks = _qc_file(path)
-        assert set(metrics) >= METRIC_KEYS, path.name
-        for key, value in metrics.items():
-            assert math.isfinite(value), (path.name, key, value)
-            if key.startswith(("isyb_", "fwhm_", "icvs_", "snr_")):
-                assert value > 0, (path.name, key, value)
-        assert 0.0 < metrics["efc"] < 1.0
-        assert 0.5 < metrics["fwhm_avg"] < 15.0
-        assert masks.gm.sum() >= 100 and masks.wm.sum() >= 100
-
-
-def test_white_matter_is_30_to_45_percent_of_a_real_brain(data_root: Path) -> None:
-    """Colin27 (issue 14): WM 30-45 % of the brain, from the QC every real scan gets
-    (deepbet, N4, Atropos), whose brain agrees with Colin27's reference brain mask."""
-    head = data_root / "heads" / "colin27_T1w.nii.gz"
-    brain_file = data_root / "heads" / "colin27_brain.nii.gz"
-    if not head.exists() or not brain_file.exists():
-        pytest.skip(f"real data not found under {data_root}")
-    metrics, masks = _qc_file(head)
-    assert dice(masks.brain, load_volume(brain_file).data > 0) >= 0.90  # 0.936 found
-    assert 0.30 <= metrics["icvs_wm"] <= 0.45  # 0.366 found (0.384 in the reference mask)
+@pytest.mark.parametrize("name", QC_HEADS)
+def test_every_real_scan_gets_finite_metrics(name: str, qc_of) -> None:
+    """The heads of real_qc.QC_HEADS; the others are in test_qc_anat_real_scans.py."""
+    metrics, masks = qc_of(name)
+    assert_finite_metrics(name, metrics, masks)
 
 
 @pytest.fixture(scope="module")
-def defaced_pycortex(data_root: Path, default_template,
+def defaced_pycortex(data_root: Path, default_template, shared_dir: Path,
                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """pycortex-S1_T1w and its three isyb-defaced versions (one registration for all, on the
-    brain mask QC already extracted)."""
-    from isyb.deface.engine import DefaceOptions, align
+    """pycortex-S1_T1w and its three isyb-defaced versions (one registration for all: the
+    run's shared alignment, whose brain mask is the one QC uses)."""
+    from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
 
     source = data_root / "heads" / "pycortex-S1_T1w.nii.gz"
     if not source.is_file():
         pytest.skip(f"{source} not found")
     out = tmp_path_factory.mktemp("qc_defaced")
-    alignment = align(load_volume(source), default_template, brain=_qc_file(source)[1].brain)
+    alignment = real_alignment(shared_dir, source, default_template)
     files = {"original": source}
     for method in ("blur", "remove", "noise"):
         target = out / f"pycortex-S1_{method}_T1w.nii.gz"
@@ -109,12 +94,13 @@ def _same_tissues(masks: anat.AnatMasks, path: Path
     return anat.anat_metrics(volume.data, volume.zooms, masks=copy), copy, volume
 
 
-def test_background_metrics_are_robust_to_defacing(defaced_pycortex: dict[str, Path]) -> None:
+def test_background_metrics_are_robust_to_defacing(defaced_pycortex: dict[str, Path],
+                                                   qc_of) -> None:
     """Each defaced copy: deepbet finds the original's brain, and with that brain and its
     tissues (defacing never touches the brain) the background metrics do not move."""
     from isyb.head.brain import extract_brain
 
-    reference, masks = _qc_file(defaced_pycortex["original"])
+    reference, masks = qc_of(defaced_pycortex["original"].name)
     results = {"original": reference}
     for name in ("blur", "remove", "noise"):
         results[name], _, volume = _same_tissues(masks, defaced_pycortex[name])
@@ -125,11 +111,8 @@ def test_background_metrics_are_robust_to_defacing(defaced_pycortex: dict[str, P
         assert values.max() / values.min() < 1.10, (key, values)
 
 
-def test_already_defaced_scan_gets_sane_values(data_root: Path) -> None:
-    path = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    metrics, masks = _qc_file(path)
+def test_already_defaced_scan_gets_sane_values(qc_of) -> None:
+    metrics, masks = qc_of("ds000240-sub01_T1w_defaced.nii.gz")
     assert masks.noise_source == "air"  # a real, unsuppressed background
     for key, value in metrics.items():
         assert math.isfinite(value), key
@@ -140,23 +123,22 @@ def test_already_defaced_scan_gets_sane_values(data_root: Path) -> None:
 
 
 def test_defacing_a_real_background_again_leaves_it_unchanged(
-        data_root: Path, default_template, tmp_path: Path) -> None:
+        data_root: Path, default_template, shared_dir: Path, tmp_path: Path, qc_of) -> None:
     """ds000240 has a real (unsuppressed) background: the air path itself is tested here.
 
     The brain mask and the tissues QC found in the source are reused for the
-    registration and the defaced copies (defacing never touches the brain), so
-    this checks the air mask, not deepbet or Atropos (the pycortex test runs
-    deepbet on every copy).
+    defaced copies (defacing never touches the brain), which share the registration of
+    the run's alignment (on that brain), so this checks the air mask, not deepbet or
+    Atropos (the pycortex test runs deepbet on every copy).
     """
-    from isyb.deface.engine import DefaceOptions, align
+    from isyb.deface.engine import DefaceOptions
     from isyb.deface.file import deface_file
 
     source = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
     if not source.is_file():
         pytest.skip(f"{source} not found")
-    volume = load_volume(source)
-    reference, masks = _qc_file(source)
-    alignment = align(volume, default_template, brain=masks.brain)
+    reference, masks = qc_of(source.name)
+    alignment = real_alignment(shared_dir, source, default_template)
     for method in ("blur", "remove", "noise"):
         target = tmp_path / f"ds000240_{method}.nii.gz"
         record = deface_file(source, target, default_template, DefaceOptions(method=method),

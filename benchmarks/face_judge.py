@@ -2,7 +2,7 @@
 
 Usage::
 
-    ISYB_TEMPLATEFLOW_PINS=pins.sha256 python benchmarks/face_judge.py [--data DIR]
+    python benchmarks/face_judge.py [--data DIR]
         [--work DIR] [--out DIR] [--heads NAME ...] [--templates NAME ...]
         [--methods blur noise remove]
 
@@ -19,9 +19,9 @@ mask) and the largest depth step across the region's border
 (:func:`isyb.viz.seams.border_step_mm`). The brain mask and each registration
 are computed once and cached in ``--work``, with the file names of
 ``face_coverage.py`` (the two scripts share a ``--work``). The MNI templates
-come from ``DATA/templates`` through a sparse TemplateFlow home; those files
-are recompressed copies, so ``ISYB_TEMPLATEFLOW_PINS`` must name a
-``sha256sum`` list of them (:mod:`isyb.templates.verify`). One JSON line per
+come from ``DATA/templates`` through ``face_coverage.templateflow_home``
+(recompressed copies: unless ``ISYB_TEMPLATEFLOW_PINS`` names a list, their
+SHA-256 are listed and trusted). One JSON line per
 run on stdout; ``OUT/results.json`` keeps them all. No render, depth map or
 image of an original face is written.
 """

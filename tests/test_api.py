@@ -144,7 +144,8 @@ def test_record_keys_keep_their_order(written) -> None:
     _, _, record = written
     assert list(record) == [
         "input", "output", "template", "method", "options", "changed_voxels", "brain_guard",
-        "face_surface_changed_fraction", "face_reference", "registration", "brain_mask_ml",
+        "face_surface_changed_fraction", "face_skin_in_guard_fraction", "face_reference",
+        "registration", "brain_mask_ml",
         "face_region_voxels",
         "allowed_voxels", "face_tissue_ml", "template_face_tissue_ml", "little_or_no_face",
         "face_surface_voxels", "face_surface_voxels_in_guard", "timings_s", "created",

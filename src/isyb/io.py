@@ -214,6 +214,19 @@ def load_image(path: str | os.PathLike, *,
     return img
 
 
+def check_real(data: np.ndarray, error: Callable[[str], Exception], what: str) -> None:
+    """Refuse values that are not real numbers (non-numeric or complex dtypes) or not finite.
+
+    ``error`` builds the exception from the one-line message, which names ``what``.
+    """
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise error(f"{what} must be real numbers, got dtype {data.dtype}")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise error(f"{what} holds {bad} NaN or infinite values")
+
+
 def check_values(data: np.ndarray, name: object) -> None:
     """Refuse voxel values that cannot be an image: NaN or infinite, all zero, or constant."""
     if not np.isfinite(data).all():

@@ -2,9 +2,9 @@
 
 The phantom's cortex is a 3 mm grey-matter layer (``isyb.synthetic.phantom``,
 ``_GM_MM``) between CSF and white matter. A block at the vertex keeps the
-test cheap: the segmentation is the QC's (:func:`segment_tissues`, its
-Gaussian-mixture method) on the phantom T1w, inside the phantom's
-intracranial mask (as a brain extraction would give it).
+test cheap: the segmentation is the QC's and ``isyb derive --anatomy``'s
+(:func:`segment_tissues`: N4 + Atropos) on the phantom T1w, inside the
+phantom's intracranial mask (as a brain extraction would give it).
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ def vertex() -> dict:
     phantom = make_phantom(voxel_size=1.0, fov_mm=(36.0, 36.0, 28.0),
                            fov_center_mm=(0.0, 8.0, 74.0), seed=1)
     intracranial = phantom.mask(Label.CSF, Label.GM, Label.WM)
-    # The Gaussian mixture: segment_tissues' default since the h14 merge, N4 + Atropos,
-    # labels 14.2 ml of this small block GM where the truth is 3.85 ml (N4 and Atropos'
-    # k-means start need a whole brain), so the block pins the mixture.
-    labels = segment_tissues(phantom.image, intracranial, ZOOMS, method="mixture")
+    # segment_tissues' default, N4 + Atropos, as `isyb derive --anatomy` runs it (N4's
+    # domain is padded to 150 mm, so this small block is not over-fitted: 3.85 ml GM).
+    labels = segment_tissues(phantom.image, intracranial, ZOOMS)
     return {"phantom": phantom, "labels": labels}
 
 

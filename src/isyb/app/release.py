@@ -218,6 +218,17 @@ def release_subject(task: SubjectTask) -> dict:
                           "finished": dt.datetime.now().astimezone().isoformat(
                               timespec="seconds"), **result}
         write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        record["steps"][step] = "done"
+
+    def pending(step: str) -> bool:
+        """Whether ``step`` runs now; a step skipped by ``--skip`` or done is recorded so."""
+        if step in task.options.skip:
+            record["steps"][step] = f"skipped (--skip {step})"
+        elif done(step):
+            record["steps"][step] = "skipped (done)"
+        else:
+            return True
+        return False
 
     if done("deface") and (done("scrub") or (stage / "defaced").is_dir()):
         record["steps"]["deface"] = "skipped (done)"
@@ -238,13 +249,10 @@ def release_subject(task: SubjectTask) -> dict:
                                             load_release_policy(task.options.release_policy))
         manifest.pop("scrub", None)  # the copies are new: scrub them again
         finish("deface", result)
-        record["steps"]["deface"] = "done"
     record["deface"] = {k: v for k, v in manifest["deface"].items()
                         if k in ("defaced", "failed", "images", "withheld")}
 
-    if done("scrub"):
-        record["steps"]["scrub"] = "skipped (done)"
-    else:
+    if pending("scrub"):
         scrubbed = stage / "scrubbed"
         shutil.rmtree(scrubbed, ignore_errors=True)
         shutil.copytree(stage / "defaced", scrubbed)
@@ -263,13 +271,8 @@ def release_subject(task: SubjectTask) -> dict:
         _publish(scrubbed, task.out_dir, task.subject)
         finish("scrub", {"changes": len(changes)})
         shutil.rmtree(stage)
-        record["steps"]["scrub"] = "done"
 
-    if "qc" in task.options.skip:
-        record["steps"]["qc"] = "skipped (--skip qc)"
-    elif done("qc"):
-        record["steps"]["qc"] = "skipped (done)"
-    else:
+    if pending("qc"):
         # The released copies, never the source: the pages' pictures go into the release.
         runs = collect_runs(task.out_dir, [task.subject], QC_RUNS)
         results = [run_participant_job(ParticipantJob(task.out_dir, task.out_dir, run,
@@ -278,12 +281,7 @@ def release_subject(task: SubjectTask) -> dict:
                    for run in runs]
         finish("qc", {"runs": len(results),
                       "failed": [r["source"] for r in results if r["status"] != "ok"]})
-        record["steps"]["qc"] = "done"
-    if "derive" in task.options.skip:
-        record["steps"]["derive"] = "skipped (--skip derive)"
-    elif done("derive"):
-        record["steps"]["derive"] = "skipped (done)"
-    else:
+    if pending("derive"):
         from isyb.derive.dataset import RunJob, scan_subject
         from isyb.derive.dataset import run_subject as derive_subject
 
@@ -293,7 +291,6 @@ def release_subject(task: SubjectTask) -> dict:
         finish("derive", {"runs": len(results),
                           "failed": [{"file": r["source"], "error": r["error"]}
                                      for r in results if r["status"] != "ok"]})
-        record["steps"]["derive"] = "done"
     if "derive" in manifest:
         record["derive"] = {k: v for k, v in manifest["derive"].items()
                             if k in ("runs", "failed")}

@@ -79,7 +79,12 @@ class DefaceReport:
     ``changed_voxels`` the stored voxels that differ from the input;
     ``face_surface_changed_fraction`` the share of the head's skin-surface
     voxels in the defacing's own face region that changed (None without any:
-    it cannot see what the region missed); ``face_reference`` the
+    it cannot see what the region missed); ``face_skin_in_guard_fraction``
+    the share of the skin-surface voxels in the whole face region (before the
+    guard is taken out of it) that the brain guard keeps unchanged: where the
+    guard reaches the face, the brows and upper orbits (None without face
+    skin; ``face_surface_voxels_in_guard`` is its numerator, that plus
+    ``face_surface_voxels`` its denominator); ``face_reference`` the
     template-independent figures over the subject's own face surface
     (:func:`isyb.head.face_reference.face_coverage`: changed, left for the
     brain guard, left unreached; whole and by thirds); the fields
@@ -101,6 +106,7 @@ class DefaceReport:
     changed_voxels: int
     brain_guard: BrainGuardCheck
     face_surface_changed_fraction: float | None
+    face_skin_in_guard_fraction: float | None
     face_reference: dict[str, Any]
     registration: dict[str, Any]
     brain_mask_ml: float
@@ -170,6 +176,11 @@ def _options_record(options: DefaceOptions) -> dict[str, Any]:
             "blend_mm": options.blend_mm, "seed": options.seed}
 
 
+def _share(kept: int, others: int) -> float | None:
+    """``kept / (kept + others)`` to 4 decimals; None when both are 0."""
+    return round(kept / (kept + others), 4) if kept + others else None
+
+
 def deface_checked(volume: Volume, template: Template, options: DefaceOptions, *,
                    alignment: Alignment | None = None) -> CheckedDefacing:
     """Deface ``volume`` into its stored values; refuse the result if the brain guard changed.
@@ -203,6 +214,8 @@ def deface_checked(volume: Volume, template: Template, options: DefaceOptions, *
                                     True),
         face_surface_changed_fraction=(round(surface_changed / surface_total, 4)
                                        if surface_total else None),
+        face_skin_in_guard_fraction=_share(result.report["face_surface_voxels_in_guard"],
+                                           result.report["face_surface_voxels"]),
         face_reference=face_coverage(to_source_order(result.reference, volume.source), changed3,
                                      to_source_order(result.reference_guard, volume.source)),
         **result.report,

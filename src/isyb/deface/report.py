@@ -42,7 +42,7 @@ def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
     name = html.escape(image["file"])
     if image["status"] != "ok":
         cells = (f"<td>{html.escape(subject)}</td><td>{name}</td>"
-                 f"<td colspan='11'>failed: {html.escape(image['error'])}</td>")
+                 f"<td colspan='12'>failed: {html.escape(image['error'])}</td>")
         return f"<tr class='failed'>{cells}</tr>", ""
     p = image["provenance"]
     note = "little or no face found" if p.get("little_or_no_face") else ""
@@ -51,7 +51,8 @@ def _row(subject: str, image: dict, root: Path) -> tuple[str, str]:
         subject, image["file"], p["template"]["name"], p["method"],
         p["registration"]["score_brain_dice"], p["changed_voxels"],
         p["brain_guard"]["changed_voxels_in_guard"],
-        _percent(fraction), *_reference_cells(p.get("face_reference")), note))
+        _percent(fraction), _percent(p.get("face_skin_in_guard_fraction")),
+        *_reference_cells(p.get("face_reference")), note))
     css = " class='warn'" if note else ""
     return f"<tr{css}>{cells}</tr>", f"<h3>{name}</h3>{_embed(p.get('qc_png'), root)}"
 
@@ -74,6 +75,7 @@ def write_summary(path: Path, records: list[dict], root: Path) -> None:
     header = "".join(f"<th>{h}</th>" for h in (
         "subject", "image", "template", "method", "registration (brain Dice)",
         "changed voxels", "changed in brain guard", "face-region surface changed",
+        "face-region skin kept by the brain guard (forehead, brows, upper orbits)",
         "own face surface changed", "own face left for the brain guard",
         "own face left unreached (upper / middle / lower third)", "note"))
     body = (f"<h1>isyb defacing summary</h1><p>isyb {__version__}; {len(records)} subjects; "

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from isyb.errors import IsybError
+from isyb.io import check_real
 
 MIN_VOLUMES = 10
 """Fewest volumes a run may keep after dropping the dummy scans."""
@@ -40,10 +41,7 @@ def _check_series(series: np.ndarray) -> np.ndarray:
     if data.ndim != 4:
         raise BoldPreprocessError(f"a BOLD run must be a 4-D array (x, y, z, t), got shape "
                                   f"{data.shape}")
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise BoldPreprocessError(f"BOLD data must be real numbers, got dtype {data.dtype}")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise BoldPreprocessError("the BOLD run contains NaN or infinite values")
+    check_real(data, BoldPreprocessError, "BOLD data")
     return data
 
 

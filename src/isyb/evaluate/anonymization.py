@@ -26,6 +26,7 @@ from isyb.viz.faces import face_detected
 from isyb.viz.render import render_faces
 
 if TYPE_CHECKING:
+    from isyb.deface.engine import SubjectMasks
     from isyb.templates.registry import Template
 
 YAWS = (-15.0, 0.0, 15.0)
@@ -95,7 +96,7 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
                       brain: np.ndarray | Volume | ImageLike | None = None,
                       nmi_method: str = "arithmetic", detect: bool = True,
                       ensemble: bool = True, template: Template | None = None,
-                      guard_mm: float = 10.0) -> dict:
+                      guard_mm: float = 10.0, subject: SubjectMasks | None = None) -> dict:
     """Anonymization metrics of one original/defaced pair on one grid.
 
     ``original`` and ``defaced`` are :class:`~isyb.io.Volume` objects, NIfTI/MGZ
@@ -123,6 +124,11 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     distance (mm) to the original face and to the registered template's face
     over the face mask (:func:`isyb.evaluate.face_distance.face_distances`;
     the original is registered to the template once for it).
+
+    ``subject`` may pass the original's :func:`isyb.deface.engine.subject_masks`
+    (of ``brain`` and ``guard_mm``, as ``isyb study`` has them from the
+    defacing): its head, face reference and brain guard are then not computed
+    again; the record is the same.
     """
     original, defaced = _as_volume(original), _as_volume(defaced)
     check_same_grid(original, defaced, ("original", "defaced"))
@@ -134,9 +140,16 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     if brain is None:
         brain = extract_brain(original.data, original.zooms)
         brain_source = "deepbet on the original"
-    head = head_mask(original.data, skin_threshold(original.data))
+    if subject is None:
+        head = head_mask(original.data, skin_threshold(original.data))
+        reference = reference_coverage(original, changed, brain, guard_mm=guard_mm, head=head)
+    elif subject.guard_mm != guard_mm:
+        raise ValueError(f"subject masks were computed with a {subject.guard_mm:g} mm guard, "
+                         f"the evaluation asks for {guard_mm:g} mm")
+    else:
+        head = subject.head
+        reference = face_coverage(subject.reference, changed, subject.guard)
     skin = skin_surface(head) & face_mask
-    reference = reference_coverage(original, changed, brain, guard_mm=guard_mm, head=head)
     record = {
         "nmi": face_nmi(original.data, defaced.data, face_mask, method=nmi_method),
         "nmi_method": nmi_method,

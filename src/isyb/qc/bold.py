@@ -41,7 +41,7 @@ import pandas as pd
 from isyb.bids.layout import metadata as bids_metadata
 from isyb.bids.layout import read_json
 from isyb.head.motion import PARAM_NAMES, measure_motion, realign
-from isyb.io import atomic_path, load_image, strip_image_suffix
+from isyb.io import atomic_path, check_real, load_image, strip_image_suffix
 from isyb.qc.anat import QCInputError, efc, fwhm_afni, fwhm_columns
 from isyb.qc.functional import (
     bold_brain_mask,
@@ -159,10 +159,7 @@ def _validate(series: np.ndarray, zooms: Sequence[float],
     if data.shape[3] < MIN_VOLUMES:
         raise BoldInputError(f"a BOLD run needs at least {MIN_VOLUMES} volumes for QC; this "
                              f"one has {data.shape[3]}")
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise BoldInputError(f"BOLD data must be real numbers, got dtype {data.dtype}")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise BoldInputError("the BOLD image contains NaN or infinite values")
+    check_real(data, BoldInputError, "BOLD data")
     if data.min() == data.max():
         raise BoldInputError(f"the BOLD image is constant (every voxel is {data.min():g})")
     vox = np.asarray(zooms, dtype=np.float64).ravel()[:3]

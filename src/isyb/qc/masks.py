@@ -20,6 +20,7 @@ from isyb.head.morphology import (
     skin_threshold,
 )
 from isyb.head.tissue import Contrast, atropos_tissues, tissue_cores
+from isyb.io import check_real
 
 #: 1 / Phi^-1(3/4): scales the median absolute deviation to the SD of a
 #: Gaussian (statsmodels' ``mad``, which MRIQC uses).
@@ -273,11 +274,7 @@ def check_image(data: np.ndarray) -> np.ndarray:
     if data.ndim != 3:
         raise QCInputError(f"anatomical QC needs a 3-D image, got {data.ndim}-D "
                            f"shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise QCInputError(f"anatomical QC needs real numbers, got {data.dtype}")
-    if not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise QCInputError(f"the image has {bad} NaN or infinite voxels")
+    check_real(data, QCInputError, "the image")
     out = np.maximum(data.astype(np.float32, copy=False), np.float32(0.0))
     if not np.any(out > 0):
         raise QCInputError("the image has no positive values")

@@ -217,7 +217,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                                        subject=masks)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)
                 metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False,
-                                            guard_mm=job.options.guard_mm)
+                                            guard_mm=job.options.guard_mm, subject=masks)
                 to_template = alignment.registration.subject_to_template
                 target.mkdir(parents=True, exist_ok=True)
                 record = {

@@ -289,7 +289,8 @@ def deface_volume(volume: Volume, template: Template, options: DefaceOptions,
                                        smooth_mm=options.smooth_mm, seed=options.seed,
                                        outline=outline,
                                        voxel_to_template=voxel_to_template @ box_to_voxel,
-                                       face=full_region[box], blend_mm=options.blend_mm)
+                                       face=full_region[box], blend_mm=options.blend_mm,
+                                       guard=guard[box])
     new_data = volume.data.copy()
     new_data[box] = new_box
     allowed = np.zeros(volume.shape, dtype=bool)

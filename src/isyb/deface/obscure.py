@@ -8,6 +8,9 @@
   outline passes smoothly into the subject's own smoothed outline, so the
   head stays continuous and plausible for downstream tools; the face itself
   has no nose, lips, brows or eye sockets, and its shape is the template's.
+  Head tissue within :data:`SEAL_MM` of the brain guard stays tissue
+  (:func:`guard_cover`), so no pit opens where the outline passes behind a
+  thin scalp.
 * ``remove`` (after pydeface): the face region is set to zero, except a
   :data:`SEAL_MM` wall along its back surface (:func:`sealing_layer`), set
   to the region's median tissue value, so a render shows a plain surface
@@ -63,6 +66,9 @@ BLEND_MM = 10.0
 SEAM_MM = 4.0
 #: Thickness (mm) of the wall ``remove`` leaves along the region's back surface.
 SEAL_MM = 3.0
+#: Added to a distance limit so that a voxel exactly that far (a 3 mm neighbour on a
+#: 3 mm grid, whose Euclidean distance transform reads 3.000000000000011) is within it.
+DISTANCE_TOLERANCE_MM = 1e-6
 
 
 def tissue_blur(data: np.ndarray, head: np.ndarray, zooms: np.ndarray,
@@ -138,7 +144,8 @@ def blended_envelope(head_coarse: np.ndarray, coarse_zooms: np.ndarray, smooth_m
 
 def sealing_layer(region: np.ndarray, head: np.ndarray, zooms: np.ndarray,
                   seal_mm: float = SEAL_MM) -> np.ndarray:
-    """The voxels of ``region`` within ``seal_mm`` of the head left behind it.
+    """The voxels of ``region`` within ``seal_mm`` (at least one voxel) of the head left
+    behind it.
 
     ``remove`` zeroes the region, which opens the head: a surface render
     then looks through the cut into sinuses and the nasal cavity (issue 15).
@@ -150,9 +157,39 @@ def sealing_layer(region: np.ndarray, head: np.ndarray, zooms: np.ndarray,
     """
     if not region.any():
         return np.zeros(region.shape, dtype=bool)
-    box = bounding_box(region, np.ceil(seal_mm / np.asarray(zooms, dtype=float)).astype(int) + 1)
+    zooms = np.asarray(zooms, dtype=float)
+    reach = max(seal_mm, float(zooms.max())) + DISTANCE_TOLERANCE_MM
+    box = bounding_box(region, np.ceil(reach / zooms).astype(int) + 1)
     out = np.zeros(region.shape, dtype=bool)
-    out[box] = region[box] & dilate_mm(head[box] & ~region[box], zooms, seal_mm)
+    out[box] = region[box] & dilate_mm(head[box] & ~region[box], zooms, reach)
+    return out
+
+
+def guard_cover(region: np.ndarray, guard: np.ndarray, exposed: np.ndarray,
+                zooms: np.ndarray, cover_mm: float = SEAL_MM) -> np.ndarray:
+    """The voxels of ``exposed`` (head tissue the new outline leaves out) in ``region``
+    within ``cover_mm`` (at least one voxel) of ``guard``: they stay tissue.
+
+    The brain guard keeps its voxels, and its front may lie in dark bone or fat
+    under a thin scalp. Where the new outline passes at or behind the guard
+    there, writing air over the scalp would open a pit down to the dark layer,
+    through which a render sees the brain: on mne-sample (3 mm voxels) a
+    template's forehead outline crossing the 6 mm scalp left one row of
+    scalp voxels as air and a 14-19 mm groove in the frontal depth map
+    (issue 15). Kept as tissue, the scalp over the guard stays at least
+    ``cover_mm`` thick wherever the subject had it, so the new surface is the
+    outer of the outline and that cover: continuous, with no step. It
+    follows the guard (the brain dilated), never the face. Distances are
+    Euclidean in mm, computed in the bounding box of ``exposed``.
+    """
+    candidates = exposed & region
+    if not candidates.any() or not guard.any():
+        return np.zeros(region.shape, dtype=bool)
+    zooms = np.asarray(zooms, dtype=float)
+    reach = max(cover_mm, float(zooms.max())) + DISTANCE_TOLERANCE_MM
+    box = bounding_box(candidates, np.ceil(reach / zooms).astype(int) + 1)
+    out = np.zeros(region.shape, dtype=bool)
+    out[box] = candidates[box] & dilate_mm(guard[box], zooms, reach)
     return out
 
 
@@ -160,7 +197,8 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
             head: np.ndarray, layer_mm: float = 8.0, smooth_mm: float = 16.0,
             seed: int = 0, outline: TemplateOutline | None = None,
             voxel_to_template: np.ndarray | None = None, face: np.ndarray | None = None,
-            blend_mm: float = BLEND_MM) -> tuple[np.ndarray, np.ndarray]:
+            blend_mm: float = BLEND_MM,
+            guard: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Obscure ``region`` of ``data`` with ``method``; return (new data, changed-allowed mask).
 
     ``region`` is the face region minus the brain guard; ``head`` the head
@@ -180,6 +218,9 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     air value of the region. Within :data:`SEAM_MM` of the region's border
     the written value is mixed with the original one by the same smoothstep
     as the outline (:func:`outline_weight`), so there is no intensity step.
+    With ``guard`` (the brain guard on ``data``'s grid), head tissue of the
+    region within :data:`SEAL_MM` of it stays inside the new outline
+    (:func:`guard_cover`), so the outline never opens a pit down to the guard.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -209,6 +250,8 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     field = blended_envelope(head_coarse, coarse_zooms, smooth_mm, face_coarse, outline,
                              coarse_to_template, blend_mm)
     envelope = upsample(field, factors, shape) > 0.5
+    if guard is not None:
+        envelope |= guard_cover(region[box], guard[box], head[box] & ~envelope, zooms)
     near_skin = np.abs(upsample(np.minimum(np.abs(signed_distance(head_coarse, coarse_zooms)),
                                            np.abs(signed_distance(field > 0.5, coarse_zooms))),
                                 factors, shape)) <= layer_mm

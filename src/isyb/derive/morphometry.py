@@ -14,7 +14,12 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   :data:`DIRECT_PARAMETERS`. The mean over GM voxels with a thickness > 0 is
   the subject's mean CT (FreeSurfer's vertex mean is on the surface; the
   volumetric mean weights thick regions by their volume, so it runs a
-  little higher).
+  little higher). The three-tissue "GM" label also holds the deep grey
+  nuclei, hippocampus and the cerebellar cortex, which DiReCT measures as
+  thick slabs; ``antsCorticalThickness.sh`` folds deep GM into WM and
+  leaves the cerebellum out. On colin27's whole 1 mm brain the mean over
+  every GM voxel is 3.34 mm, over its Harvard-Oxford cortex 3.03 mm
+  (``benchmarks/README.md``).
 * **grey-matter volume (GMV, ml)**: GM voxels times the voxel volume, in
   total and per region of a label image on the T1w grid.
 
@@ -40,13 +45,25 @@ from isyb.errors import IsybError
 
 CSF, GM, WM = 1, 2, 3
 
-DIRECT_PARAMETERS = {"its": 10, "r": 0.1, "m": 1.5, "t": 10.0}
+DIRECT_PARAMETERS = {"its": 10, "r": 0.1, "m": 1.5, "t": 10.0,
+                     "maximum-number-of-invert-displacement-field-iterations": 10}
 """``KellyKapowski`` settings: at most ``its`` iterations, gradient step ``r``,
 smoothing ``m`` (voxels) of the velocity field, a thickness prior ``t`` of 10 mm
-(the upper bound of a plausible cortex; ANTs' default). ANTs' default step,
-0.025, had not converged after 45 iterations on a 3 mm shell (2.18 mm); a
-step of 0.1 reaches 3.07 mm in 10 (and 1.77 for a 2 mm shell, 4.34 for 4.5
-mm), in a quarter of the time."""
+(the upper bound of a plausible cortex; ANTs' default), and at most 10
+fixed-point iterations of each of the two displacement-field inversions per
+integration point (ANTs' default is 20).
+
+``antsCorticalThickness.sh`` (ANTs 2.x, ``DIRECT_CONVERGENCE="[45,0.0,10]"``,
+``DIRECT_GRAD_STEP_SIZE=0.025``, ``DIRECT_SMOOTHING_PARAMETER=1.5``,
+``DIRECT_THICKNESS_PRIOR=10``, 10 integration points, no inversion setting)
+runs 45 iterations of step 0.025. On hard labels that has not converged: a
+3 mm shell measured 2.18 mm, a real 64x64x40 block of colin27's cortex
+1.54 mm where 10 iterations of step 0.1 give 2.42, in twice the time. A step
+of 0.1 reaches 3.07 mm on the 3 mm shell in 10 iterations (1.77 for a 2 mm
+shell, 4.34 for 4.5 mm). The inversions are half of DiReCT's time at 20
+iterations; 10 change the mean CT by 0.2 % on the real block (2.426 vs
+2.421 mm) and by 0.002 mm on the phantom's 3 mm cortex, for 30 % less
+time (``benchmarks/README.md``)."""
 
 
 class MorphometryError(IsybError, ValueError):
@@ -69,7 +86,10 @@ def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
     """DiReCT thickness map (mm) of a CSF/GM/WM label image (1/2/3); 0 outside GM.
 
     The image is cropped to the box of its non-zero labels plus a 3-voxel
-    margin before ANTs sees it (the cost grows with the voxel count).
+    margin before ANTs sees it. The cost is that box's voxel count × 10
+    iterations × 10 integration points (warps, gradients and two field
+    inversions each): a whole 1 mm brain (4.4 M voxels) takes 630-660 CPU s,
+    on ITK's threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
     """
     import ants
 

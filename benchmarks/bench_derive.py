@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
-    python benchmarks/bench_derive.py --anatomy [--data DIR]
+    python benchmarks/bench_derive.py --anatomy [--heads colin27 mne-sample pycortex-S1]
 
 Times, in this process (no file reading, no start-up, except the last row):
 
@@ -23,12 +23,13 @@ Times, in this process (no file reading, no start-up, except the last row):
 * The whole participant level of ``isyb derive`` (separate process, SyN) for
   one subject of the extended demo (T1w, 46×54×37×125 BOLD, DWI, pCASL).
 
-* ``--anatomy`` (only these rows, once each): anatomy without FreeSurfer on
-  the real 1 mm colin27 T1w of ``DATA/heads`` with its reference brain: the
-  three-tissue segmentation (N4 + Atropos), total GMV, and DiReCT cortical
-  thickness (:mod:`isyb.derive.morphometry`) of the top 40 mm of the brain
-  (the whole 1 mm brain takes well over 10 minutes on 2 shared cores), with
-  the mean CT and GMV found. Target: CT and GMV <= 60 s on 2 cores.
+* ``--anatomy`` (only these rows, once each, wall and CPU seconds): anatomy
+  without FreeSurfer on real 1 mm heads of ``DATA/heads`` (``--heads``:
+  colin27 with its reference brain, the MNE sample's ``brain.mgz``, pycortex
+  S1 with deepbet's brain): the three-tissue segmentation (N4 + Atropos),
+  total GMV, and DiReCT cortical thickness of the whole brain
+  (:mod:`isyb.derive.morphometry`), with the mean CT and GMV found. Target:
+  CT and GMV <= 60 s on 2 cores.
 
 Prints the median and the range of ``--repeats`` runs of each (``--quick``:
 the subject row once).
@@ -47,8 +48,8 @@ import numpy as np
 
 from _timing import default_data
 
-TARGETS_S = {"alff_falff": 10.0, "reho": 30.0, "cortical thickness (DiReCT), top 40 mm": 60.0,
-             "GM volume": 60.0}
+TARGETS_S = {"alff_falff": 10.0, "reho": 30.0,
+             "cortical thickness (DiReCT), whole brain": 60.0, "GM volume": 60.0}
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -73,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="time the end-to-end subject once")
     parser.add_argument("--anatomy", action="store_true",
-                        help="time only CT and GMV on a real 1 mm head")
+                        help="time only CT and GMV on real 1 mm heads")
+    parser.add_argument("--heads", nargs="+", choices=sorted(ANATOMY_HEADS),
+                        default=["colin27"], help="the heads --anatomy times (default colin27)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="--anatomy: also write each head's labels and thickness map as "
+                             "<head>_anatomy.npz in this folder (for inspection; not timed)")
     args = parser.parse_args(argv)
     if args.anatomy:
-        return anatomy_rows(args.data)
+        return anatomy_rows(args.data, args.heads, args.save)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -114,42 +120,79 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _top_slab(labels: np.ndarray, mm: int) -> np.ndarray:
-    """The labels of the top ``mm`` voxels (1 mm) of the brain, 0 below."""
-    top = int(np.argwhere(labels > 0)[:, 2].max())
-    slab = labels.copy()
-    slab[..., : top - mm] = 0
-    return slab
+#: The real 1 mm heads of ``DATA/heads`` that ``--anatomy`` can time: T1w and how its brain
+#: is found (a reference brain image > 0, the T1w itself > 0, or deepbet).
+ANATOMY_HEADS = {
+    "colin27": ("colin27_T1w.nii.gz", "colin27_brain.nii.gz"),
+    "mne-sample": ("mne-sample_brain_1mm.mgz", None),
+    "pycortex-S1": ("pycortex-S1_T1w.nii.gz", "deepbet"),
+}
 
 
-def anatomy_rows(data: Path) -> int:
-    """Segmentation, GMV and DiReCT CT (top 40 mm) of colin27 (1 mm), once each, with the
-    values found."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all threads (ITK's included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A real head's T1w (RAS, float32), its brain mask and its voxel sizes (mm)."""
+    from isyb.head.brain import extract_brain
+
+    t1w_name, brain_name = ANATOMY_HEADS[name]
+    t1w = nib.as_closest_canonical(nib.load(str(data / "heads" / t1w_name)))
+    image = np.asarray(t1w.dataobj, dtype=np.float32)
+    zooms = tuple(float(z) for z in t1w.header.get_zooms()[:3])
+    if brain_name is None:  # a skull-stripped T1w (FreeSurfer's brain.mgz)
+        brain = image > 0
+    elif brain_name == "deepbet":
+        brain = extract_brain(image, np.asarray(zooms))
+    else:
+        reference = nib.as_closest_canonical(nib.load(str(data / "heads" / brain_name)))
+        brain = np.asarray(reference.dataobj) > 0
+    return image, brain, zooms
+
+
+def anatomy_rows(data: Path, heads: list[str], save: Path | None = None) -> int:
+    """Segmentation, GMV and whole-brain DiReCT CT of real 1 mm heads, once each, with the
+    wall and CPU seconds of each step and the values found."""
+    print(f"{'head / step':<52}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
+    for name in heads:
+        result, zooms = _anatomy_of(data, name)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(save / f"{name}_anatomy.npz", labels=result["labels"],
+                                thickness=result["ct"], zooms=np.asarray(zooms))
+    return 0
+
+
+def _anatomy_of(data: Path, name: str) -> tuple[dict, tuple]:
+    """One head's rows of :func:`anatomy_rows`; its labels ("labels"), thickness map ("ct")
+    and GMV ("gmv"), and its voxel sizes."""
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
     from isyb.head.tissue import segment_tissues
 
-    heads = data / "heads"
-    t1w = nib.as_closest_canonical(nib.load(str(heads / "colin27_T1w.nii.gz")))
-    brain = nib.as_closest_canonical(nib.load(str(heads / "colin27_brain.nii.gz")))
-    image = np.asarray(t1w.dataobj, dtype=np.float32)
-    zooms = t1w.header.get_zooms()[:3]
+    image, brain, zooms = _head(data, name)
     result: dict = {}
     jobs = {
-        "segmentation (CSF/GM/WM)": lambda: result.update(
-            labels=segment_tissues(image, np.asarray(brain.dataobj) > 0, zooms)),
+        "segmentation (N4 + Atropos)": lambda: result.update(
+            labels=segment_tissues(image, brain, zooms)),
         "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
-        "cortical thickness (DiReCT), top 40 mm": lambda: result.update(
-            slab=_top_slab(result["labels"], 40),
-            ct=cortical_thickness(_top_slab(result["labels"], 40), zooms)),
+        "cortical thickness (DiReCT), whole brain": lambda: result.update(
+            ct=cortical_thickness(result["labels"], zooms)),
     }
-    print(f"{'colin27 1 mm':<34}{'s':>10}{'target s':>10}")
-    for name, job in jobs.items():
+    for step, job in jobs.items():
+        cpu = _cpu_seconds()
         wall = timed(job, 1)[0]
-        target = TARGETS_S.get(name)
-        print(f"{name:<34}{wall:>10.2f}{'' if target is None else f'{target:.0f}':>10}")
-    print(f"mean CT {mean_thickness(result['ct'], result['slab']):.2f} mm (adult 2.3-2.8), "
-          f"total GMV {result['gmv']:.0f} ml (adult 500-800)")
-    return 0
+        cpu = _cpu_seconds() - cpu
+        target = TARGETS_S.get(step)
+        print(f"{name + ' ' + step:<52}{wall:>9.2f}{cpu:>9.2f}"
+              f"{'' if target is None else f'{target:.0f}':>10}", flush=True)
+    print(f"{name}: mean CT {mean_thickness(result['ct'], result['labels']):.2f} mm "
+          f"(adult 2.3-2.8), total GMV {result['gmv']:.0f} ml (adult 500-800)", flush=True)
+    return result, zooms
 
 
 def registration_jobs(data: Path) -> dict:

@@ -111,38 +111,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
         write(f"{cpu:8.1f} {wall:8.1f} {module}")
 
 
-#: The test modules that take the longest, longest first (``--cpu-durations`` of a whole
-#: run, see benchmarks/README.md). pytest-xdist hands whole modules to the workers in
-#: collection order (``--dist loadfile --no-loadscope-reorder`` in pyproject), each worker
-#: starting with two; starting with the longest modules and ending with the many short ones
-#: keeps both workers busy to the end (longest processing time first). xdist's own order,
-#: most tests first, left the modules of a few long tests for last, where one worker ran
-#: them while the other had nothing left. The first two run side by side, so they do not
-#: build the same shared fixture. The list only orders: a module not in it runs after these,
-#: in its usual order.
-LONGEST_MODULES = (
-    "tests/derive/test_derive_dataset.py",
-    "tests/app/test_release.py",
-    "tests/qc/test_qc_anat_real_scans.py",
-    "tests/evaluate/test_reid.py",
-    "tests/qc/test_qc_anat_real.py",
-    "tests/study/test_study.py",
-    "tests/deface/test_deface_real.py",
-    "tests/deface/test_deface_dataset.py",
-    "tests/app/test_validators.py",
-    "tests/app/test_slurm.py",
-    "tests/templates/test_study_template.py",
-    "tests/app/test_release_fuzz.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the modules of :data:`LONGEST_MODULES` first, in its order (a stable sort: the
-    tests of a module keep their order, and so do the other modules)."""
-    rank = {module: index for index, module in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 

@@ -2,19 +2,25 @@
 
 Usage::
 
-    python benchmarks/bench_qc.py [--repeats N] [--data DIR] [--out DIR]
+    python benchmarks/bench_qc.py [--repeats N] [--data DIR] [--out DIR] [--no-stages]
 
 What it measures, each command as its own child process (wall time around
 the child, peak memory from ``os.wait4``; see ``_timing.py``):
 
 1. ``isyb qc anat heads/pycortex-S1_T1w.nii.gz``: deepbet brain extraction,
-   tissue mixture, air mask and every anatomical metric. Target ≤ 20 s.
+   N4 + Atropos tissues, air mask and every anatomical metric. Target ≤ 20 s.
 2. ``isyb qc bold RUN --tsv FRAMES``: RUN is a phantom EPI run of 64×64×36
    voxels of 3 mm and 240 volumes (TR 2 s) with known rigid motion (up to
    1.5 mm and 1.5°), written once by :func:`isyb.synthetic.epi.phantom_bold`.
    Motion estimation, realignment and every functional metric. Target ≤ 60 s.
    The motion error against the known truth is printed as a check that the
    timed work is the real one.
+3. Unless ``--no-stages``: the T1w QC of 1. again, ``--repeats`` times, under
+   ``qc_stages.py`` (one child process each), which times each stage
+   (reading, deepbet, clip, N4, mixture, Atropos, the rest) in wall and CPU
+   seconds (process user + system, all threads). CPU seconds do not depend
+   on the load of a shared machine the way wall seconds do, and CPU / wall
+   shows how many cores a stage kept busy.
 
 Each command runs ``--repeats`` times (default 3) after one untimed warm-up
 (file-system cache, byte-compiled modules). For scale: MRIQC documents about
@@ -28,6 +34,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -68,12 +76,31 @@ def motion_error(frames: Path, truth: np.ndarray) -> dict:
             "rot_rms_deg": float(np.degrees(np.sqrt(np.mean(diff[:, 3:] ** 2))))}
 
 
+def profile_stages(scan: Path, repeats: int, env: dict[str, str],
+                   logs: Path) -> dict[str, list[float]]:
+    """Median wall and CPU seconds of each T1w QC stage over ``repeats`` runs of
+    ``qc_stages.py`` (each a child process; its JSON line is the last of its log)."""
+    runs = []
+    for i in range(repeats):
+        log = logs / f"qc_anat_stages_{i}.log"
+        run_child([sys.executable, str(Path(__file__).with_name("qc_stages.py")), str(scan)],
+                  env, log)
+        record = json.loads(log.read_text().strip().splitlines()[-1])
+        runs.append({**record["stages"], "total": record["total"]})
+        print(f"  stages run {i + 1}/{repeats}: total {record['total'][0]:.2f} s wall, "
+              f"{record['total'][1]:.2f} s CPU", flush=True)
+    return {name: [round(statistics.median(run[name][j] for run in runs), 3) for j in (0, 1)]
+            for name in runs[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs each (default: 3)")
     parser.add_argument("--data", type=Path, default=default_data(),
                         help="test data folder (default: $ISYB_TEST_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, help="results and outputs (default: a temp dir)")
+    parser.add_argument("--no-stages", action="store_true",
+                        help="skip the per-stage profile of the T1w QC (qc_stages.py)")
     args = parser.parse_args(argv)
     scan = args.data / SCAN
     if not scan.is_file():
@@ -104,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  warm-up: {warm['wall_s']:.2f} s", flush=True)
         results[label] = timed(label, command, args.repeats, env, logs)
     results["qc_bold"]["motion_error"] = motion_error(frames, truth)
+    stages = None if args.no_stages else profile_stages(scan, args.repeats, env, logs)
     anat_json = json.loads((logs / "qc_anat_0.log").read_text().strip().splitlines()[-1])
 
     print()
@@ -120,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"T1w metrics: isyb_snr {anat_json['isyb_snr']:.2f}, isyb_cnr "
           f"{anat_json['isyb_cnr']:.2f}, efc {anat_json['efc']:.3f}, icvs_wm "
           f"{anat_json['icvs_wm']:.3f}")
+    if stages:
+        print(f"T1w QC by stage, median of {args.repeats} runs of qc_stages.py "
+              "(wall s, CPU s, CPU/wall):")
+        for name, (wall, cpu) in stages.items():
+            print(f"  {name:<10}{wall:>8.2f}{cpu:>8.2f}{cpu / wall if wall > 0 else 0.0:>8.2f}")
     print(f"load average at the end {os.getloadavg()}; MRIQC documents ~42 min per subject "
           "(T1w + BOLD)")
     record = {"started": started.isoformat(timespec="seconds"), "machine": info,
               "source": source, "source_end": source_state(), "results": results,
+              "qc_anat_stages": stages,
               "bold": {"shape": [*BOLD_SHAPE, BOLD_VOLUMES], "voxel_mm": BOLD_VOX,
                        "tr_s": BOLD_TR}}
     if record["source_end"] != source:

@@ -1,7 +1,7 @@
 """Time `isyb study` on 10 subjects x 3 templates (real heads plus phantoms).
 
 Run: python benchmarks/bench_study.py [--data DIR] [--out DIR] [--nprocs 1]
-     python benchmarks/bench_study.py --isyb-scale [--subjects 2] [--method blur]
+     python benchmarks/bench_study.py --isyb-scale [--subjects 2] [--method blur] [--threads 1]
 
 The cohort is the 8 head scans of ../shared/data/heads (symlinked into a BIDS
 layout) plus 2 phantoms; the templates are default, MNI152NLin6Asym and
@@ -19,9 +19,12 @@ metrics, face distances and descriptor, detector ensemble, writing) is timed
 by wrapping the functions the task calls, and the defacing's own stages come
 from its report; per-subject stages are shared by the subject's templates and
 reported per pair. The templates' caches (registration grid, face, outline),
-built once for the whole study, are built before the timed run. It also
-reports the process's user CPU per pair, and the CPU time (user + system, all
-threads) of each stage: the wall time depends on the load.
+built once for the whole study, are built before the timed run. The task runs
+with ``--threads`` torch and ITK threads (1 by default: what ``isyb study
+--nprocs 2`` gives each of its two tasks on 2 cores). It also reports the
+process's CPU time per pair and of each stage (user + system, all threads):
+the wall time depends on the load. The 2-core extrapolation assumes two such
+tasks at once on otherwise idle cores (half the CPU time of all pairs).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,22 @@ def templateflow_home(data: Path, home: Path) -> Path:
     return home
 
 
+def pin_local_copies(home: Path) -> dict[str, str]:
+    """The environment that lists ``home``'s template files as verified copies.
+
+    The shared test copies are recompressed, so isyb refuses them against
+    TemplateFlow's own digests (issue 17); a user who verified a copy lists its
+    SHA-256 in ``$ISYB_TEMPLATEFLOW_PINS``, as this does.
+    """
+    from isyb.templates.fetch import sha256_file
+    from isyb.templates.verify import PINS_ENV
+
+    pins = home / "pins.sha256"
+    pins.write_text("".join(f"{sha256_file(path)}  {path.name}\n"
+                            for path in sorted(home.glob("tpl-*/*.nii.gz"))))
+    return {PINS_ENV: str(pins), "TEMPLATEFLOW_AUTOUPDATE": "0"}
+
+
 def timed(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -92,14 +110,17 @@ def isyb_scale(args: argparse.Namespace) -> dict:
     """Time per subject × template pair on 1 mm phantoms, by stage; extrapolate to 215 × 3."""
     os.environ.setdefault("ISYB_HOME", str(args.out / "isyb_home"))
     os.environ["TEMPLATEFLOW_HOME"] = str(templateflow_home(args.data, args.out / "templateflow"))
+    os.environ.update(pin_local_copies(Path(os.environ["TEMPLATEFLOW_HOME"])))
     import nibabel as nib
 
     import isyb.study.run as run
     from isyb.deface.engine import DefaceOptions
+    from isyb.executor import limit_threads
     from isyb.synthetic.phantom import make_phantom
     from isyb.templates.outline import outline_for
     from isyb.templates.registry import resolve
 
+    limit_threads(args.threads)  # what the study's executor sets in each task
     options = DefaceOptions(method=args.method, face_region=args.face_region)
     templates = tuple(resolve(name) for name in TEMPLATES.split(","))  # prepared, untimed
     for template in templates:  # per-template caches, built once for all subjects: untimed
@@ -132,23 +153,27 @@ def isyb_scale(args: argparse.Namespace) -> dict:
         image.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(phantom.image.astype("float32"), phantom.affine), image)
         job = run.SubjectJob(f"{index:02d}", image, templates, args.out / "work", options)
-        start, start_cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        start, start_cpu = time.perf_counter(), time.process_time()
         rows = run.run_subject(job)
         total += time.perf_counter() - start
-        cpu += resource.getrusage(resource.RUSAGE_SELF).ru_utime - start_cpu
+        cpu += time.process_time() - start_cpu
         assert all(row["status"] == "ok" for row in rows), rows
     pairs = args.subjects * len(templates)
     per_pair = total / pairs
     return {"mode": "isyb-scale", "subjects_sampled": args.subjects,
             "templates": TEMPLATES, "method": args.method, "face_region": args.face_region,
             "voxel_mm": 1.0, "grid": list(phantom.image.shape), "processes": 1,
+            "threads": args.threads,
             "cores": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
             "total_s": round(total, 1), "per_pair_s": round(per_pair, 2),
-            "user_cpu_s_per_pair": round(cpu / pairs, 2),
+            "cpu_s_per_pair": round(cpu / pairs, 2),
             "stage_s_per_pair": {k: round(v / pairs, 2) for k, v in spent.items()},
             "stage_cpu_s_per_pair": {k: round(v / pairs, 2) for k, v in spent_cpu.items()},
             "extrapolated_215x3_h_one_process": round(
                 per_pair * ISYB_SUBJECTS * ISYB_TEMPLATES / 3600, 2),
+            # two one-thread tasks at once on two otherwise idle cores: the CPU time halved
+            "extrapolated_215x3_min_2_tasks_idle": round(
+                cpu / pairs * ISYB_SUBJECTS * ISYB_TEMPLATES / 2 / 60, 1),
             "target_per_pair_s": 3.0}
 
 
@@ -162,6 +187,9 @@ def main() -> int:
                         "to 215 subjects x 3 templates")
     parser.add_argument("--subjects", type=int, default=2, help="--isyb-scale: heads sampled")
     parser.add_argument("--method", default="blur", help="--isyb-scale: defacing method")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--isyb-scale: torch and ITK threads of the task (1: what "
+                        "`isyb study --nprocs 2` gives each task on 2 cores)")
     parser.add_argument("--face-region", default="template",
                         help="--isyb-scale: face region (the isyb design's: template)")
     args = parser.parse_args()
@@ -171,8 +199,9 @@ def main() -> int:
         (args.out / "results_isyb_scale.json").write_text(json.dumps(result, indent=2) + "\n")
         return 0
     isyb = str(Path(sys.executable).with_name("isyb"))
-    env = dict(os.environ, ISYB_HOME=str(args.out / "isyb_home"),
-               TEMPLATEFLOW_HOME=str(templateflow_home(args.data, args.out / "templateflow")))
+    home = templateflow_home(args.data, args.out / "templateflow")
+    env = dict(os.environ, ISYB_HOME=str(args.out / "isyb_home"), TEMPLATEFLOW_HOME=str(home),
+               **pin_local_copies(home))
     bids = build_cohort(args.data, args.out / "bids")
     for name in TEMPLATES.split(","):
         subprocess.run([isyb, "templates", "prepare", name], env=env, check=True,

@@ -3,6 +3,10 @@
 Real data (scans and templates) live outside the repository, in
 ``../shared/data`` seen from the project root, or wherever ``ISYB_TEST_DATA``
 points. Tests that need them skip with a reason when the folder is missing.
+
+``--cpu-durations=N`` (on in pyproject's addopts) lists the N test phases that took most
+CPU time and the CPU time of every test module: the suite is CPU-bound on 2 cores, so this,
+not the wall time of a loaded machine, says where its time goes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +35,81 @@ WORKER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_T
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _variable in WORKER_THREAD_VARIABLES:
         os.environ.setdefault(_variable, "1")
+
+
+# CPU time per test (``--cpu-durations``)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N",
+                     help="show the N test phases that took most CPU time (user + system "
+                          "seconds of the test process and of the children it waited for) "
+                          "and the CPU time of every test module; 0 shows every phase")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that were waited for."""
+    own, children = (resource.getrusage(who) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_PHASE_START = pytest.StashKey[float]()
+_CPU_ROWS: list[tuple[float, float, str, str]] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Put the phase's CPU seconds on its report as ``cpu_s`` (pytest-xdist carries the
+    attribute to the controller): from the start of the phase (the hooks below, which run
+    before pytest's own) to its report. Processes the test started but did not wait for
+    (a Dask worker, a daemon) are not counted."""
+    cpu = _cpu_seconds() - item.stash.get(_PHASE_START, _cpu_seconds())
+    outcome = yield
+    outcome.get_result().cpu_s = cpu
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_PHASE_START] = _cpu_seconds()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    item.stash[_PHASE_START] = _cpu_seconds()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    item.stash[_PHASE_START] = _cpu_seconds()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    cpu = getattr(report, "cpu_s", None)
+    if cpu is not None:
+        _CPU_ROWS.append((cpu, report.duration, report.when, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    count = config.getoption("--cpu-durations")
+    if count is None or not _CPU_ROWS:
+        return
+    write = terminalreporter.write_line
+    rows = sorted(_CPU_ROWS, reverse=True)
+    terminalreporter.write_sep("=", f"{'all' if count == 0 else count} largest CPU times "
+                                    "(cpu s, wall s, phase, test)")
+    for cpu, wall, when, nodeid in rows[:count or None]:
+        write(f"{cpu:8.2f} {wall:8.2f} {when:8s} {nodeid}")
+    modules: dict[str, list[float]] = {}
+    for cpu, wall, _, nodeid in rows:
+        total = modules.setdefault(nodeid.split("::")[0], [0.0, 0.0])
+        total[0] += cpu
+        total[1] += wall
+    cpu_total = sum(row[0] for row in rows)
+    terminalreporter.write_sep("=", f"CPU time per test module (cpu s, wall s; all modules "
+                                    f"{cpu_total:.0f} cpu s)")
+    for module, (cpu, wall) in sorted(modules.items(), key=lambda kv: kv[1], reverse=True):
+        write(f"{cpu:8.1f} {wall:8.1f} {module}")
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"

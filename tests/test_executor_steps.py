@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from isyb.executor import ExecutorOptions, Steps, run_tasks
 
 
 def _two_steps(path: str) -> str:
-    """A task that marks each of its two steps in a file, as the release's manifest does."""
+    """A task that marks each of its two steps in a file, as the release's manifest does
+    (atomically: a reader polling the file never sees it truncated and empty)."""
     for step in ("1", "2"):
         time.sleep(0.3)
-        Path(path).write_text(step)
+        Path(path + ".part").write_text(step)
+        os.replace(path + ".part", path)
     return path
 
 

@@ -40,6 +40,8 @@ PITCHES = (-10.0, 0.0, 10.0)
 PORTRAIT_LIGHT_DEG = 30.0
 FRONT_LIGHT_DEG = 0.0
 DETECTORS = ("haar", "mtcnn")
+#: The yaws (degrees) of :func:`isyb.viz.faces.face_detected`'s renders (pitch 0, portrait light).
+STOCK_YAWS = (-15.0, 0.0, 15.0)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,20 @@ class EnsembleResult:
     def views_with_any_face(self) -> int:
         """In how many views at least one detector found a face."""
         return sum(any(self.hits[d][v.name] for d in self.hits) for v in self.views)
+
+    def stock_detected(self) -> bool:
+        """What :func:`isyb.viz.faces.face_detected` says of the same head, without rendering it.
+
+        That check is the Haar cascade on renders at :data:`STOCK_YAWS`, pitch 0,
+        under the portrait light: three of these views, rendered and judged the
+        same way, so its verdict is whether ``haar`` found a face in one of them.
+        Raises ValueError when the ensemble ran without those views.
+        """
+        stock = [View(yaw, 0.0, PORTRAIT_LIGHT_DEG).name for yaw in STOCK_YAWS]
+        haar = self.hits["haar"]
+        if any(name not in haar for name in stock):
+            raise ValueError(f"the stock detector's views {stock} were not all rendered")
+        return any(haar[name] for name in stock)
 
     def to_json(self) -> dict:
         """A JSON-ready dict: views, detectors run and missing, per-detector counts and boxes."""

@@ -16,11 +16,20 @@ names, so the state dicts load as they are) and the cascade (pyramid, box
 regression, non-maximum suppression) are written here, following the paper and
 the parameters of facenet-pytorch 2.6 (thresholds 0.6/0.7/0.7, pyramid factor
 0.709, inputs scaled to ``(x - 127.5) / 128``, area resampling).
+
+The networks are small and the renders about 250 pixels square, so the
+cascade runs on one torch thread (:func:`detect`): with two, on a loaded
+2-core machine, the threads' fork/join cost about 10 times the CPU of the
+convolutions, and the boxes and probabilities are the same bit for bit. The
+grey image's three equal channels are resampled once and then repeated
+(the same numbers: area resampling works channel by channel).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -176,8 +185,26 @@ def _regress(boxes: np.ndarray, reg: np.ndarray, inclusive: bool = True) -> np.n
     return out
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block, then restore the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rgb(grey):
+    """A (n, 1, h, w) grey tensor as the networks' (n, 3, h, w) input, scaled to ±1."""
+    return ((grey - 127.5) * 0.0078125).expand(-1, 3, -1, -1)
+
+
 def _crops(image, boxes: np.ndarray, size: int):
-    """The boxes cut from ``image`` (1, 3, H, W), clipped to it, resized to ``size``."""
+    """The boxes cut from ``image`` (1, 1, H, W), clipped to it, resized to ``size``."""
     import torch
     from torch.nn.functional import interpolate
 
@@ -187,7 +214,7 @@ def _crops(image, boxes: np.ndarray, size: int):
         x1, y1, x2, y2 = max(x1, 1), max(y1, 1), min(x2, w), min(y2, h)
         crop = image[:, :, y1 - 1: y2, x1 - 1: x2]
         out.append(interpolate(crop, size=(size, size), mode="area"))
-    return (torch.cat(out) - 127.5) * 0.0078125
+    return _rgb(torch.cat(out))
 
 
 def _valid(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -202,7 +229,7 @@ def detect(image: np.ndarray, min_size: float = 20.0) -> list[Detection]:
     Boxes are in pixels of ``image`` (column, row, width, height); ``min_size``
     is the smallest face (pixels) the pyramid looks for. The grey image is fed
     to the networks as three equal colour channels. Raises RuntimeError without
-    the weights (:func:`available`).
+    the weights (:func:`available`). Runs on one torch thread (module docstring).
     """
     import torch
     from torch.nn.functional import interpolate
@@ -213,14 +240,14 @@ def detect(image: np.ndarray, min_size: float = 20.0) -> list[Detection]:
         raise ValueError(f"MTCNN needs a 2-D grey image, got shape {image.shape}")
     h, w = image.shape
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    tensor = tensor[None, None].expand(1, 3, h, w).contiguous()
+    tensor = tensor[None, None]
     scale = 12.0 / float(min_size)
     found = []
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread():
         while min(h, w) * scale >= 12:
             level = interpolate(tensor, size=(int(h * scale + 1), int(w * scale + 1)),
                                 mode="area")
-            reg, prob = pnet((level - 127.5) * 0.0078125)
+            reg, prob = pnet(_rgb(level))
             score = prob[0, 1].numpy()
             rows, cols = np.nonzero(score >= THRESHOLDS[0])
             if rows.size:

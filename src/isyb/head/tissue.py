@@ -192,8 +192,15 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     (weight 0.1) registered to the scan; isyb initialises the K-means of
     Atropos at the class means of :func:`fit_mixture` on the corrected brain
     intensities, with no priors (no registration to a template needed).
-    Classes are named by their mean: CSF < GM < WM for T1w, the reverse for
-    T2w.
+    MRIQC leaves Atropos' convergence at its default (``[5,0.001]``); isyb's
+    ``[iterations,0]`` gave the same tissue fractions in the same CPU time on
+    pycortex-S1 (its verbose log ends after iteration 1 of 5). Classes
+    are named by their mean: CSF < GM < WM for T1w, the reverse for T2w.
+
+    Threads: ITK's default (all cores) unless the caller limits them
+    (:func:`isyb.executor.limit_threads`, one per task in a pool). With 2
+    threads N4 spreads about 3/4 of its work over both; Atropos about 1/3
+    (its main thread does about 17 of its 26 CPU s on pycortex-S1).
     """
     import ants
 
@@ -240,7 +247,10 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
 
     N4 (ANTsPy's defaults, as MRIQC calls it: a 1x1x1 initial B-spline mesh
     over the image domain, 4 fitting levels of 50 iterations, shrink factor
-    4) places its control points relative to the domain, so the field's
+    4; MRIQC 24's ``synthstrip_wf`` ``post_n4`` sets only the iterations and
+    leaves the convergence threshold at N4's 0, where ANTsPy passes 1e-7:
+    neither stops N4 early on pycortex-S1, 18.8 CPU s either way) places its
+    control points relative to the domain, so the field's
     resolution in mm scales with the domain: about 1/8 of it at the last
     level, 20-30 mm on a head. On a small block (a 36 mm cube at the
     vertex) that is 5 mm, and N4 fits the anatomy as a field: it moved half
@@ -249,7 +259,12 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
     :data:`MIN_N4_DOMAIN_MM` is therefore padded with zeros to that length,
     outside N4's mask, so the control points are never closer than on a
     150 mm domain. A brain box (brain + 8 voxels) is longer than that along
-    every axis on adult heads, which are not changed.
+    every axis on adult heads, which are not changed. Difference from MRIQC:
+    its domain is the whole field of view, so its field is coarser on a
+    large FOV (32 mm at the last level on a 256 mm FOV, against 20-23 mm
+    on pycortex-S1's brain box) and changes with the FOV; the box costs the
+    same (the fit uses only the voxels of non-zero weight, the brain) and
+    does not depend on how much neck or air was scanned.
     """
     import ants
 

@@ -31,7 +31,9 @@ same outputs.
 
 The face checks are optional (``isyb study --no-detectors``, ``--no-reid``):
 the face detectors (stock detector on the original and the defaced head,
-the 12-view ensemble on the defaced one) and the geometric ones (face
+the 12-view ensemble on the defaced one; the stock detector's verdict on the
+defaced head is read from the ensemble, which renders and judges its three
+views the same way) and the geometric ones (face
 distances, the defaced face's descriptor, re-identification). Their columns
 are then empty. A cached record remembers which checks it holds; it serves a
 run that asks for fewer (the others' columns are emptied, so the outputs do
@@ -266,7 +268,7 @@ def _detector_checks(defaced: Volume, original_detected: bool) -> dict:
     """The face detectors' columns of a defaced head (stock detector and the ensemble)."""
     judged = ensemble_detect(defaced.data, defaced.zooms)
     return {"face_detected_original": original_detected,
-            "face_detected_defaced": bool(face_detected(defaced.data, defaced.zooms)["detected"]),
+            "face_detected_defaced": judged.stock_detected(),
             "ensemble_views_with_face_defaced": judged.views_with_any_face(),
             "ensemble_views": len(judged.views),
             "ensemble_detectors": "+".join(judged.detectors)}

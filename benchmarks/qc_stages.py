@@ -32,7 +32,7 @@ STAGES = (("isyb.qc.anat", "load_volume", "load"),
           ("isyb.qc.masks", "intensity_clip", "clip"),
           ("isyb.head.tissue", "_n4_field", "n4"),
           ("isyb.head.tissue", "fit_mixture", "mixture"),
-          ("isyb.head.tissue", "_atropos_posteriors", "atropos"))
+          ("isyb.head.tissue", "_segment", "atropos"))
 
 
 def _timer(function: Callable[..., Any], totals: list[float]) -> Callable[..., Any]:

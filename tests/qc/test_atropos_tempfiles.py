@@ -21,7 +21,8 @@ def test_atropos_leaves_no_file_in_the_temporary_folder(coarse_phantom, tmp_path
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     brain = coarse_phantom.mask(Label.GM, Label.WM, Label.CSF)
-    found = tissue.atropos_tissues(coarse_phantom.image, brain, coarse_phantom.voxel_size)
+    found = tissue.atropos_tissues(coarse_phantom.image, brain, coarse_phantom.voxel_size,
+                                   engine="ants")
     assert found.posteriors[:, brain].sum(axis=0) == pytest.approx(1.0, abs=1e-3)
     assert list(tmp_path.iterdir()) == []
 

@@ -20,10 +20,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from isyb.errors import InputError
+from isyb.head.atropos import atropos_posteriors
 from isyb.head.morphology import bounding_box, erode18
 
 Contrast = Literal["T1w", "T2w"]
 Method = Literal["atropos", "mixture"]
+Engine = Literal["numpy", "ants"]
 
 #: Fewest voxels an eroded tissue core may hold before the erosion is undone.
 MIN_CORE_VOXELS = 100
@@ -173,17 +175,21 @@ class TissueSegmentation:
 
 def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
                     zooms: np.ndarray | tuple[float, ...], *, contrast: Contrast = "T1w",
-                    n4: bool = True, mrf: float = 0.01, iterations: int = 5
-                    ) -> TissueSegmentation:
+                    n4: bool = True, mrf: float = 0.01, iterations: int = 5,
+                    engine: Engine = "numpy") -> TissueSegmentation:
     """N4 bias-field correction, then a 3-class Atropos segmentation inside ``brain_mask``.
 
     As MRIQC 24 (``mriqc/workflows/shared.py`` ``synthstrip_wf``: N4 of the
     whole image weighted by the brain mask, 4 x 50 iterations; and
     ``init_brain_tissue_segmentation``: Atropos, 3 classes, MRF smoothing
-    0.01 with a 1x1x1 neighbourhood, posteriors kept), with ANTsPy
-    (``ants.n4_bias_field_correction``, ``ants.atropos``; Avants et al.,
-    Neuroinformatics 9(4):381, 2011; Tustison et al., IEEE TMI 29(6):1310,
-    2010). N4 runs on the brain's bounding box (8 voxels of margin, padded to
+    0.01 with a 1x1x1 neighbourhood, posteriors kept). N4 is ANTsPy's
+    (``ants.n4_bias_field_correction``; Tustison et al., IEEE TMI 29(6):1310,
+    2010). Atropos (Avants et al., Neuroinformatics 9(4):381, 2011) is
+    :func:`isyb.head.atropos.atropos_posteriors`, the same algorithm in numpy
+    (``engine="numpy"``, the default: about 2 CPU s on pycortex-S1 where ANTs
+    Atropos takes 20-25, with the same labels on 99.99 % of the voxels of
+    every real head, ``benchmarks/README.md``), or ANTsPy's Atropos
+    (``engine="ants"``). N4 runs on the brain's bounding box (8 voxels of margin, padded to
     at least 150 mm along each axis: :func:`_n4_field`), where the field is
     fitted, and the field is extended outside it with its value at the
     nearest edge of the box; ``n4=False`` skips it.
@@ -194,41 +200,38 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     intensities, with no priors (no registration to a template needed).
     MRIQC leaves Atropos' convergence at its default (``[5,0.001]``); isyb's
     ``[iterations,0]`` gave the same tissue fractions in the same CPU time on
-    pycortex-S1 (its verbose log ends after iteration 1 of 5). Classes
+    pycortex-S1 (with a threshold of 0 Atropos stops as soon as its posterior
+    probability falls, after 2 iterations there). Classes
     are named by their mean: CSF < GM < WM for T1w, the reverse for T2w.
 
     Threads: ITK's default (all cores) unless the caller limits them
     (:func:`isyb.executor.limit_threads`, one per task in a pool). With 2
-    threads N4 spreads about 3/4 of its work over both; Atropos about 1/3
-    (its main thread does about 17 of its 26 CPU s on pycortex-S1).
+    threads N4 spreads about 3/4 of its work over both; ANTs Atropos about 1/3
+    (its main thread does about 17 of its 26 CPU s on pycortex-S1); the numpy
+    Atropos runs on one.
     """
-    import ants
-
     zooms = np.asarray(zooms, dtype=float)
     brain = _checked_brain(data, brain_mask, contrast)
     box = bounding_box(brain, pad=8)
-    spacing = tuple(float(z) for z in zooms)
     image = np.asarray(data, dtype=np.float32)
-    sub = np.ascontiguousarray(image[box])
-    b = np.ascontiguousarray(brain[box], dtype=np.float32)
-    ants_image = ants.from_numpy(sub, spacing=spacing)
-    ants_mask = ants.from_numpy(b, spacing=spacing)
     corrected = image.copy()
     if n4:
+        sub = np.ascontiguousarray(image[box])
+        b = np.ascontiguousarray(brain[box], dtype=np.float32)
         field = np.maximum(_n4_field(sub, b, zooms), 1e-6)
         full = np.pad(field, [(s.start, n - s.stop) for s, n in zip(box, image.shape, strict=True)],
                       mode="edge")
         corrected = (image / full).astype(np.float32)
-        ants_image = ants.from_numpy(np.ascontiguousarray(corrected[box]), spacing=spacing)
-    mixture = fit_mixture(corrected[box][b > 0])
-    means = "x".join(f"{m:.6g}" for m in mixture.means)
-    images = _atropos_posteriors(ants_image, ants_mask, init=f"KMeans[3,{means}]",
-                                 mrf=f"[{mrf},1x1x1]", convergence=f"[{iterations},0]")
+    inside = brain[box]
+    mixture = fit_mixture(corrected[box][inside])
+    # the means as Atropos' command line gets them (6 significant digits), for both engines
+    means = [float(f"{m:.6g}") for m in mixture.means]
+    sub_posteriors = _segment(np.ascontiguousarray(corrected[box]), inside, zooms, means,
+                              mrf=mrf, iterations=iterations, engine=engine)
     order = [0, 1, 2] if contrast == "T1w" else [2, 1, 0]
     posteriors = np.zeros((3, *image.shape), dtype=np.float32)
-    inside = brain[box]
     for k, j in enumerate(order):
-        prob = images[j].numpy().astype(np.float32)
+        prob = sub_posteriors[j]
         prob[~inside] = 0.0
         posteriors[k][box] = prob
     labels = np.zeros(image.shape, dtype=np.uint8)
@@ -278,6 +281,27 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
         weight_mask=ants.from_numpy(np.pad(weight, pads), spacing=spacing), shrink_factor=4,
         return_bias_field=True, convergence={"iters": [50, 50, 50, 50], "tol": 1e-7}).numpy()
     return field[tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape, strict=True))]
+
+
+def _segment(image: np.ndarray, inside: np.ndarray, zooms: np.ndarray, means: list[float], *,
+             mrf: float, iterations: int, engine: Engine) -> np.ndarray:
+    """Atropos' posteriors (3, *image.shape) of the brain box, float32, by ``engine``:
+    :func:`isyb.head.atropos.atropos_posteriors` (``"numpy"``) or ANTs Atropos
+    (``"ants"``: ``KMeans[3,means]``, ``[mrf,1x1x1]``, ``[iterations,0]``)."""
+    if engine == "numpy":
+        return atropos_posteriors(image, inside, zooms, np.asarray(means), beta=mrf,
+                                  iterations=iterations)
+    if engine != "ants":
+        raise InputError(f"engine must be 'numpy' or 'ants', got {engine!r}")
+    import ants
+
+    spacing = tuple(float(z) for z in zooms)
+    images = _atropos_posteriors(
+        ants.from_numpy(image, spacing=spacing),
+        ants.from_numpy(np.ascontiguousarray(inside, dtype=np.float32), spacing=spacing),
+        init="KMeans[3,{}]".format("x".join(f"{m:.6g}" for m in means)), mrf=f"[{mrf},1x1x1]",
+        convergence=f"[{iterations},0]")
+    return np.stack([im.numpy().astype(np.float32) for im in images])
 
 
 def _atropos_posteriors(image, mask, *, init: str, mrf: str, convergence: str) -> list:

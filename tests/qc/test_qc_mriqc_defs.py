@@ -74,6 +74,22 @@ def test_summary_stats_match_mriqc_24(toy) -> None:
             assert ours[label][key] == pytest.approx(value, rel=1e-9, abs=1e-9), (label, key)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_summary_stats_of_a_small_map_see_the_whole_grid(seed: int) -> None:
+    """A binary map in one corner of an integer image: the quantiles hit the cumulative
+    weight exactly, and the next value (averaged in) may lie outside the map's box."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 40, (12, 11, 10)).astype(float)
+    image[:4, :4, :4] = rng.integers(10, 16, (4, 4, 4))
+    image[6, 6, 6] = 16.0  # a value between the map's and the rest's, outside the map
+    wm = np.zeros(image.shape, dtype=np.float32)
+    wm[:4, :4, :4] = rng.integers(0, 2, (4, 4, 4))
+    ours = mriqc.summary_stats(image, {"wm": wm})["wm"]
+    theirs = _mriqc_summary_stats(image, {"wm": wm})["wm"]
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_weighted_quantiles_equal_descrstatsw_with_ties_and_exact_hits(seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -25,12 +25,14 @@ MRIQC's chain, which :func:`isyb.qc.anat.anat_metrics` follows:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import kurtosis
 
-from isyb.head.morphology import erode18
+from isyb.head.morphology import bounding_box, erode18
 from isyb.qc.masks import MAD_TO_SD, AnatMasks, QCInputError
 
 __all__ = [
@@ -69,8 +71,11 @@ def harmonize(data: np.ndarray, wm_posterior: np.ndarray, *, threshold: float = 
     Source: ``mriqc/interfaces/anatomical.py`` ``Harmonize``.
     """
     wm = np.asarray(wm_posterior) >= threshold
-    if erode:
-        wm = erode18(wm)
+    if erode:  # in the box of the white matter: the same erosion, a fraction of the grid
+        box = bounding_box(wm, pad=1)
+        eroded = np.zeros_like(wm)
+        eroded[box] = erode18(wm[box])
+        wm = eroded
     if not wm.any():
         raise QCInputError("no white matter with a posterior of at least "
                            f"{threshold} to harmonize the intensities on")
@@ -93,11 +98,15 @@ def weighted_quantiles(values: np.ndarray, weights: np.ndarray,
     distinct, inverse = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True)
     pooled = np.bincount(inverse.ravel(), weights=np.asarray(weights, dtype=np.float64).ravel(),
                          minlength=distinct.size)
-    return _pooled_quantiles(distinct, pooled, probs)
+    return _pooled_quantiles(distinct, pooled, probs, lambda: distinct)
 
 
-def _pooled_quantiles(distinct: np.ndarray, pooled: np.ndarray,
-                      probs: tuple[float, ...]) -> list[float]:
+def _pooled_quantiles(distinct: np.ndarray, pooled: np.ndarray, probs: tuple[float, ...],
+                      grid: Callable[[], np.ndarray]) -> list[float]:
+    """Quantiles of ``distinct`` values with ``pooled`` weights (see
+    :func:`weighted_quantiles`); where the cumulative weight hits a quantile exactly, the
+    value after it is the next larger value of ``grid()`` (every value that counts as
+    distinct, zero weights included; asked for only then)."""
     cumulative = np.cumsum(pooled)
     total = cumulative[-1]
     out = []
@@ -105,8 +114,11 @@ def _pooled_quantiles(distinct: np.ndarray, pooled: np.ndarray,
         target = p * total
         i = int(np.searchsorted(cumulative, target))
         value = float(distinct[i])
-        if abs(target - cumulative[i]) < 1e-10 and i < cumulative.size - 1:
-            value = (value + float(distinct[i + 1])) / 2.0
+        if abs(target - cumulative[i]) < 1e-10:
+            values = grid()
+            larger = values[values > value]
+            if larger.size:
+                value = (value + float(larger.min())) / 2.0
         out.append(value)
     return out
 
@@ -128,27 +140,39 @@ def summary_stats(data: np.ndarray, pvms: dict[str, np.ndarray], *, rprec_data: 
     ``robust.scale.mad``, scipy ``kurtosis``).
 
     Only voxels with a positive map enter the sums; every voxel of the grid
-    still counts as a distinct value for the quantiles, as in ``DescrStatsW``.
+    still counts as a distinct value for the quantiles, as in ``DescrStatsW``
+    (zero-weight values only matter where the cumulative weight hits a
+    quantile exactly: the next value of the grid is then averaged in). Each
+    map is read in the bounding box of its non-zero voxels, which holds every
+    voxel that enters its statistics, so the brain's maps cost a fraction of
+    the grid; the results are those of the whole grid.
     """
     image = np.asarray(data, dtype=np.float64)
-    rounded = np.round(image, rprec_data)
-    distinct = np.unique(rounded)
     output: dict[str, dict[str, float]] = {}
+
+    @functools.cache
+    def rounded_grid() -> np.ndarray:
+        return np.round(image, rprec_data)
+
     for label, probmap in pvms.items():
         prob = np.asarray(probmap)
         if prob.shape != image.shape:
             raise QCInputError(f"the {label} map has shape {prob.shape}, the image {image.shape}")
-        weights = np.round(prob.astype(np.float32), rprec_prob).astype(np.float64)
+        box = bounding_box(prob != 0)
+        weights = np.round(prob[box].astype(np.float32), rprec_prob).astype(np.float64)
         inside = weights > 0
-        x, w = rounded[inside], weights[inside]
+        sub = image[box]
+        x, w = np.round(sub[inside], rprec_data), weights[inside]
         total = float(w.sum())
         if total <= 0:
             raise QCInputError(f"the {label} map is empty: no summary statistics")
         mean = float(np.dot(w, x) / total)
         stdv = math.sqrt(float(np.dot(w, (x - mean) ** 2)) / total)
-        pooled = np.bincount(np.searchsorted(distinct, x), weights=w, minlength=distinct.size)
-        p05, median, p95 = _pooled_quantiles(distinct, pooled, (0.05, 0.5, 0.95))
-        thresholded = image[prob > 0.5 * float(prob.max())]
+        distinct, inverse = np.unique(x, return_inverse=True)
+        pooled = np.bincount(inverse, weights=w, minlength=distinct.size)
+        p05, median, p95 = _pooled_quantiles(distinct, pooled, (0.05, 0.5, 0.95),
+                                             rounded_grid)
+        thresholded = sub[prob[box] > 0.5 * float(prob[box].max())]
         output[label] = {
             "mean": round(mean, DECIMALS),
             "median": round(median, DECIMALS),

@@ -189,8 +189,9 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     (``engine="numpy"``, the default: about 2 CPU s on pycortex-S1 where ANTs
     Atropos takes 20-25, with the same label on at least 99.987 % of the
     brain voxels of every full-brain real head, ``benchmarks/README.md``), or
-    ANTsPy's Atropos (``engine="ants"``). N4 runs on the brain's bounding box (8 voxels of margin, padded to
-    at least 150 mm along each axis: :func:`_n4_field`), where the field is
+    ANTsPy's Atropos (``engine="ants"``). N4 runs on the brain's bounding box
+    (8 voxels of margin, padded to at least 150 mm along each axis:
+    :func:`_n4_field`), where the field is
     fitted, and the field is extended outside it with its value at the
     nearest edge of the box; ``n4=False`` skips it.
 

@@ -8,8 +8,12 @@ Runs :func:`isyb.qc.anat.qc_anat` on IMAGE once, in this process, with the
 stages wrapped by timers: reading (``load``), deepbet (``deepbet``), the
 P10-P99.9 intensity clip (``clip``), N4's field (``n4``), the tissue mixture
 that starts Atropos (``mixture``), Atropos (``atropos``) and everything else
-(``rest``: masks, air, every metric). CPU is the process's user + system time
-(``time.process_time``: all its threads), so CPU / wall is about the number of
+(``rest``: tissue cores, every metric). The background masks (head, empty
+voxels, air: :func:`isyb.qc.masks.background_masks`) are found in a second
+thread while clip, N4 and Atropos run, so their CPU seconds fall in those
+stages (and in ``rest`` for what is left of them after Atropos). CPU is the
+process's user + system time (``time.process_time``: all its threads), so CPU
+/ wall is about the number of
 cores a stage kept busy; it does not depend on the machine's load the way wall
 time does. ``--threads N`` first sets torch's and ITK's thread counts as a
 pool worker does (:func:`isyb.executor.limit_threads`); without it the

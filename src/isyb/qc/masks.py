@@ -6,13 +6,17 @@ See :mod:`isyb.qc.anat` for how MRIQC's masks differ.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from isyb.errors import InputError
+from isyb.executor import ITK_THREADS_ENV
 from isyb.head.morphology import (
     box_max_filter,
     box_min_filter,
@@ -292,6 +296,12 @@ def anat_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
     the :func:`intensity_clip` image, as MRIQC segments. The head is
     :func:`isyb.head.morphology.head_mask` at
     :func:`isyb.head.morphology.skin_threshold`, joined with the brain.
+
+    The background masks (:func:`background_masks`: head, empty, air) do not
+    depend on the tissues, and are found in a second thread while the tissues
+    are segmented (scipy.ndimage and numpy release the GIL in their loops;
+    the numpy Atropos keeps one core busy, N4 about 1.8 of 2), unless the
+    process is limited to one thread. The masks are the same either way.
     """
 
     image = check_image(data)
@@ -307,12 +317,36 @@ def anat_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
         raise QCInputError(f"the brain mask has shape {brain.shape}, the image {image.shape}")
     if not brain.any():
         raise QCInputError("the brain mask is empty")
-    segmentation = atropos_tissues(intensity_clip(image), brain, zooms, contrast=contrast)
-    labels = segmentation.labels
-    gm, wm = tissue_cores(labels, zooms)
-    return AnatMasks(brain=brain, labels=labels, gm=gm, wm=wm,
-                     posteriors=segmentation.posteriors, corrected=segmentation.corrected,
-                     **background_masks(image, zooms, brain))
+    with ThreadPoolExecutor(max_workers=1) if _may_overlap() else _Serial() as pool:
+        background = pool.submit(background_masks, image, zooms, brain)
+        segmentation = atropos_tissues(intensity_clip(image), brain, zooms, contrast=contrast)
+        labels = segmentation.labels
+        gm, wm = tissue_cores(labels, zooms)
+        return AnatMasks(brain=brain, labels=labels, gm=gm, wm=wm,
+                         posteriors=segmentation.posteriors, corrected=segmentation.corrected,
+                         **background.result())
+
+
+def _may_overlap() -> bool:
+    """Whether :func:`anat_masks` may find the background masks in a second thread while
+    it segments the tissues: with more than one core, unless the process was limited to
+    one thread (:func:`isyb.executor.limit_threads`, a pool's worker)."""
+    return (os.cpu_count() or 1) > 1 and os.environ.get(ITK_THREADS_ENV) != "1"
+
+
+class _Serial:
+    """A stand-in for a one-thread pool that runs each task at once, in this thread."""
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future
 
 
 def background_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...],

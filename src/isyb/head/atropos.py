@@ -40,7 +40,7 @@ asynchronous ICM sweep per iteration and Atropos' stopping rule
 Differences from ANTs: Atropos colours the voxels with up to 14 ICM codes
 by a greedy scan and visits the codes in a random order each sweep (its
 random generator is seeded from the clock, so two runs of ANTs on the same
-image differ, on 1-6 voxels per million of the real heads); here the 8 codes
+image differ, on 0-4 voxels per million of the real heads); here the 8 codes
 are the parities of the three voxel indices (no two neighbours in a 3x3x3
 neighbourhood share one) in a fixed order, so the result is deterministic.
 Atropos computes in float32 where this computes in float64. On the seven
@@ -51,7 +51,7 @@ tissue fractions within 1.1e-4 (within 5e-6 on the 1 mm heads).
 Why hand-written: ANTs Atropos took 20-29 CPU s on the 1.6-2.3 million
 voxel brains of the 1 mm real heads (11 CPU s on pycortex-S1 even with the
 MRF off): about 5 s in its K-means set-up and the rest in per-voxel ITK
-neighbourhood iterators (a third of its profile is malloc, free and
+neighbourhood iterators (13 % of its ``perf`` samples in malloc, free and
 memmove), mostly on one thread. This runs the same algorithm in 1.9-2.4 CPU
 s on those heads. ANTs Atropos stays reachable
 (``isyb.head.tissue.atropos_tissues(..., engine="ants")``), and the tests

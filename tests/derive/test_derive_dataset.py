@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import coarser_demo_t1w
 from isyb.cli import main
-from isyb.synthetic.demo import DEMO_SUBJECTS, build_demo_dataset
-from isyb.synthetic.phantom import make_phantom, to_nifti
+from isyb.synthetic.demo import build_demo_dataset
 from isyb.synthetic.runs import Geometry, rest_bold
 
 pytestmark = pytest.mark.slow
@@ -40,18 +40,6 @@ SPACE = "MNI152NLin2009aSym"
 
 
 T1W_MM = 2.0  # the demo's T1w is 1.5 mm; brain, tissues and normalisation cost by the voxel
-
-
-def _coarser_t1w(bids: Path, n_subjects: int) -> None:
-    """Each demo subject's T1w again, the same phantom head on a 2 mm grid (the runs share its
-    world frame, so they stay aligned with it)."""
-    for index in range(n_subjects):
-        spec = DEMO_SUBJECTS[index]
-        phantom = make_phantom(voxel_size=T1W_MM, length=spec.length, width=spec.width,
-                               height=spec.height, seed=index)
-        label = f"sub-{index + 1:02d}"
-        to_nifti(phantom, spec.orientation, spec.origin_shift_mm).to_filename(
-            str(bids / label / "anat" / f"{label}_T1w.nii.gz"))
 
 
 def _add_bad_subject(bids: Path) -> None:
@@ -88,7 +76,7 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("derive")
     bids = build_demo_dataset(root / "bids", n_subjects=2,
                               modalities=("anat", "func", "dwi", "perf"))
-    _coarser_t1w(bids, 2)
+    coarser_demo_t1w(bids, 2, T1W_MM)
     _add_bad_subject(bids)
     out = root / "out"
     # One process: no worker imports isyb again (the Dask test runs a subject out of process)

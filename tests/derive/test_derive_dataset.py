@@ -79,9 +79,11 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
     coarser_demo_t1w(bids, 2, T1W_MM)
     _add_bad_subject(bids)
     out = root / "out"
-    # One process: no worker imports isyb again (the Dask test runs a subject out of process)
+    # One process: no worker imports isyb again (the Dask test runs a subject out of process).
+    # One thread per task, as the Dask test's: ANTs gives other bytes at other ITK thread
+    # counts, and a local task's default is cores // nprocs, a Dask task's 1.
     code = main(["derive", str(bids), str(out), "participant", "--normalization", "Affine",
-                 "--nprocs", "1", "--quiet"])
+                 "--nprocs", "1", "--omp-nthreads", "1", "--quiet"])
     group_code = main(["derive", str(bids), str(out), "group"])
     return {"bids": bids, "out": out, "code": code, "group_code": group_code}
 
@@ -194,7 +196,7 @@ def test_dask_executor_gives_the_same_maps_as_local_processes(derived: dict,
     out = tmp_path / "dask"
     code = main(["derive", str(derived["bids"]), str(out), "participant", "--normalization",
                  "Affine", "--participant-label", "01", "--metrics", "fa,md,cbf",
-                 "--executor", "dask", "--nprocs", "1", "--work-dir",
+                 "--executor", "dask", "--nprocs", "1", "--omp-nthreads", "1", "--work-dir",
                  str(derived["out"] / "work" / "derive"), "--quiet"])
     assert code == 0
     maps = sorted((out / DERIV / "sub-01").glob("*/*_map.nii.gz"))

@@ -63,9 +63,17 @@ from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
-from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
+from isyb.evaluate.reid import (
+    FaceFrame,
+    face_descriptor,
+    frame_for,
+    frame_samples,
+    identification,
+    samples_descriptor,
+)
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.morphology import skin_threshold
 from isyb.head.register import Registration
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -197,7 +205,6 @@ def run_subject(job: SubjectJob) -> list[dict]:
     region: np.ndarray | None = None
     masks: SubjectMasks | None = None
     original_detected: bool | None = None
-    frames: dict[str, FaceFrame] = {}
     for template in job.templates:
         target = folder / setting / f"tpl-{template.name}"
         record = _current_record(target / "metrics.json", job)
@@ -241,7 +248,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "reid": job.reid,
                     **(_detector_checks(defaced, original_detected) if job.detectors else {}),
                     **(_geometric_checks(volume, defaced, result.allowed, to_template,
-                                         frames.setdefault(template.name, frame_for(template)),
+                                         _frame(template),
                                          target) if job.reid else {}),
                     "subject_to_template": np.asarray(to_template).tolist(),
                 }
@@ -274,12 +281,31 @@ def _detector_checks(defaced: Volume, original_detected: bool) -> dict:
             "ensemble_detectors": "+".join(judged.detectors)}
 
 
+#: Each template's face frame, built once per process (it depends on the template only).
+_FRAMES: dict[tuple, FaceFrame] = {}
+
+
+def _frame(template: Template) -> FaceFrame:
+    """:func:`isyb.evaluate.reid.frame_for` of ``template``, cached for this process's
+    subjects (keyed by the template's name, head checksum and face rule)."""
+    key = (template.name, template.info.get("head_sha256"), repr(template.rule))
+    if key not in _FRAMES:
+        _FRAMES[key] = frame_for(template)
+    return _FRAMES[key]
+
+
 def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
                       to_template: np.ndarray, frame: FaceFrame, target: Path) -> dict:
-    """Face distances of a defaced head; saves its face descriptor for :func:`reidentify`."""
-    distance = face_distances(volume, defaced, allowed, to_template, frame)
+    """Face distances of a defaced head; saves its face descriptor for :func:`reidentify`.
+
+    The defaced head is resampled into the frame once: the distances read it at
+    the original's skin threshold, the descriptor at its own.
+    """
+    samples = frame_samples(defaced, to_template, frame)
+    distance = face_distances(volume, defaced, allowed, to_template, frame,
+                              defaced_samples=samples)
     with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, face_descriptor(defaced, to_template, frame))
+        np.save(handle, samples_descriptor(samples, frame, skin_threshold(defaced.data)))
     return {"face_distance_to_original_mm": distance.to_original,
             "face_distance_to_template_mm": distance.to_template,
             "face_distance_original_to_template_mm": distance.original_to_template}
@@ -306,7 +332,7 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
         rows = table.index[(table["template"] == template.name) & (table["status"] == "ok")]
         if len(rows) < 2:
             continue
-        frame = frame_for(template)
+        frame = _frame(template)
         gallery, probes = [], []
         for row in rows:
             subject = table.at[row, "subject"]

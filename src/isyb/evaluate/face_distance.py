@@ -111,7 +111,8 @@ def _mask_at_depth(sampled: np.ndarray, frame: FaceFrame, depth: np.ndarray) -> 
 
 def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
                    subject_to_template: np.ndarray, frame: FaceFrame, *,
-                   defaced_samples: np.ndarray | None = None) -> FaceDistance:
+                   defaced_samples: np.ndarray | None = None,
+                   original_descriptor: np.ndarray | None = None) -> FaceDistance:
     """:class:`FaceDistance` of a defacing, in the frame of the template it used.
 
     ``original`` and ``defaced`` share a grid; ``face_mask`` (boolean, on that
@@ -120,11 +121,14 @@ def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
     registration the defacing used; ``frame`` is the template's
     (:func:`isyb.evaluate.reid.frame_for`). Both scans use the original's skin
     threshold, so that a changed intensity level is not taken for a moved surface.
-    ``defaced_samples`` is :func:`isyb.evaluate.reid.frame_samples` of ``defaced``
-    when the caller has it already (the same result, one resampling less).
+    ``defaced_samples`` (:func:`isyb.evaluate.reid.frame_samples` of ``defaced``)
+    and ``original_descriptor`` (:func:`isyb.evaluate.reid.face_descriptor` of
+    ``original``, at its own threshold) may come from a caller that has them
+    already: the same result, one resampling less each.
     """
     thr = skin_threshold(original.data)
-    before = face_descriptor(original, subject_to_template, frame, threshold=thr)
+    before = (face_descriptor(original, subject_to_template, frame, threshold=thr)
+              if original_descriptor is None else original_descriptor)
     if defaced_samples is None:
         defaced_samples = frame_samples(defaced, subject_to_template, frame)
     after = samples_descriptor(defaced_samples, frame, thr)

@@ -95,6 +95,8 @@ METRICS_VERSION = 4
 #: The defaced face's descriptor (template frame), saved per pair for re-identification.
 #: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
 DESCRIPTOR = "face_descriptor_defaced.npy"
+#: The original face's descriptor in the same frame: the gallery entry of :func:`reidentify`.
+ORIGINAL_DESCRIPTOR = "face_descriptor_original.npy"
 #: Columns of the face detectors (``--no-detectors`` leaves them empty).
 DETECTOR_COLUMNS = ("face_detected_original", "face_detected_defaced",
                     "ensemble_views_with_face_defaced", "ensemble_views", "ensemble_detectors")
@@ -296,16 +298,21 @@ def _frame(template: Template) -> FaceFrame:
 
 def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
                       to_template: np.ndarray, frame: FaceFrame, target: Path) -> dict:
-    """Face distances of a defaced head; saves its face descriptor for :func:`reidentify`.
+    """Face distances of a defaced head; saves its face descriptor and the original's for
+    :func:`reidentify`.
 
     The defaced head is resampled into the frame once: the distances read it at
     the original's skin threshold, the descriptor at its own.
     """
     samples = frame_samples(defaced, to_template, frame)
+    original = face_descriptor(volume, to_template, frame)
     distance = face_distances(volume, defaced, allowed, to_template, frame,
-                              defaced_samples=samples)
-    with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, samples_descriptor(samples, frame, skin_threshold(defaced.data)))
+                              defaced_samples=samples, original_descriptor=original)
+    for name, descriptor in ((DESCRIPTOR, samples_descriptor(samples, frame,
+                                                             skin_threshold(defaced.data))),
+                             (ORIGINAL_DESCRIPTOR, original)):
+        with atomic_path(target / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, descriptor)
     return {"face_distance_to_original_mm": distance.to_original,
             "face_distance_to_template_mm": distance.to_template,
             "face_distance_original_to_template_mm": distance.original_to_template}
@@ -318,6 +325,8 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     The attack of :mod:`isyb.evaluate.reid` (surface descriptors, trimmed ICP),
     closed set: for each template, the gallery is every subject's *original*
     face and the probes are the defaced faces (``DESCRIPTOR`` of each ok pair).
+    The originals' descriptors are read from ``ORIGINAL_DESCRIPTOR``, stored with
+    each pair; a record of an earlier version, without it, has it recomputed.
     ``reid_rank`` is the rank of the subject's own original (1 = nearest, ties
     averaged) among the ``N`` originals; ``reid_rank1`` its share of a rank-1
     hit (1, 1/k for a k-way tie, or 0), so the template's rank-1 rate is the
@@ -337,9 +346,11 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
         for row in rows:
             subject = table.at[row, "subject"]
             matrix = np.asarray(table.at[row, "subject_to_template"], dtype=float)
-            gallery.append(face_descriptor(load_volume(images[subject]), matrix, frame))
-            probes.append(np.load(work / f"sub-{subject}" / setting / f"tpl-{template.name}"
-                                  / DESCRIPTOR))
+            pair = work / f"sub-{subject}" / setting / f"tpl-{template.name}"
+            stored = pair / ORIGINAL_DESCRIPTOR  # absent in records of earlier versions
+            gallery.append(np.load(stored) if stored.is_file() else
+                           face_descriptor(load_volume(images[subject]), matrix, frame))
+            probes.append(np.load(pair / DESCRIPTOR))
         result = identification(gallery, probes)
         table.loc[rows, "reid_rank"] = result["ranks"]
         table.loc[rows, "reid_rank1"] = [_rank1_share(d, i)

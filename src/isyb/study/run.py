@@ -97,6 +97,8 @@ METRICS_VERSION = 4
 DESCRIPTOR = "face_descriptor_defaced.npy"
 #: The original face's descriptor in the same frame: the gallery entry of :func:`reidentify`.
 ORIGINAL_DESCRIPTOR = "face_descriptor_original.npy"
+#: The brain guard (mm) of the evaluation region, whatever the defacing's ``--guard-mm``.
+EVALUATION_GUARD_MM = 10.0
 #: Columns of the face detectors (``--no-detectors`` leaves them empty).
 DETECTOR_COLUMNS = ("face_detected_original", "face_detected_defaced",
                     "ensemble_views_with_face_defaced", "ensemble_views", "ensemble_detectors")
@@ -180,11 +182,15 @@ def _brain(volume: Volume, folder: Path) -> np.ndarray:
     return brain
 
 
-def _evaluation(volume: Volume, brain: np.ndarray, folder: Path) -> np.ndarray:
+def _evaluation(volume: Volume, brain: np.ndarray, folder: Path,
+                masks: SubjectMasks) -> np.ndarray:
     path = folder / "evaluation_region.nii.gz"
     if path.is_file():
         return load_volume(path).data > 0
-    region = evaluation_region(brain, volume.affine)
+    # the evaluation's guard has the default margin; the defacing's may be another
+    same = masks.guard_mm == EVALUATION_GUARD_MM
+    region = evaluation_region(brain, volume.affine, guard_mm=EVALUATION_GUARD_MM,
+                               guard=masks.guard if same else None)
     save_mask_like(region, volume, path)
     return region
 
@@ -215,8 +221,8 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 if volume is None:
                     volume = load_volume(job.image)
                     brain = _brain(volume, folder)
-                    region = _evaluation(volume, brain, folder)
                     masks = subject_masks(volume, brain, job.options.guard_mm)
+                    region = _evaluation(volume, brain, folder, masks)
                     cached = _cached_json(folder / "original.json")
                     if cached is None and job.detectors:
                         cached = {"face_detected_original": bool(

@@ -389,3 +389,22 @@ def test_dask_executor_matches_local(first_run: FirstRun, tmp_path: Path) -> Non
     record = json.loads((out / DERIV / "logs" / "sub-01.json").read_text())
     assert [i["status"] for i in record["images"]] == ["ok"]
     assert stray_files(out) == []
+
+
+def test_index_html_shows_each_images_own_face_fractions(first_run: FirstRun) -> None:
+    """Issue 20: the summary page carries the template-independent own-face fractions of
+    the provenance (which tests/evaluate/test_face_reference.py checks against an
+    independent count on the phantom's labels), one row per image, in percent."""
+    page = (first_run.out / DERIV / "index.html").read_text()
+    assert "own face surface changed" in page
+    for subject in SUBJECTS:
+        record = json.loads((first_run.out / DERIV / "logs" / f"sub-{subject}.json").read_text())
+        reference = record["images"][0]["provenance"]["face_reference"]
+        row = next(r for r in re.findall(r"<tr[^>]*>(.*?)</tr>", page)
+                   if f"sub-{subject}_T1w.nii.gz</td>" in r)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        thirds = " / ".join(f"{100 * reference['thirds'][t]['unreached_fraction']:.1f}%"
+                            for t in ("upper", "middle", "lower"))
+        assert cells[9:12] == [f"{100 * reference['changed_fraction']:.1f}%",
+                               f"{100 * reference['guard_fraction']:.1f}%", thirds]
+        assert 0.0 < reference["changed_fraction"] <= 1.0

@@ -255,10 +255,35 @@ def run_cli(*args: object) -> SimpleNamespace:
     return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
+#: Voxel size (mm) of the demo T1w heads where a test checks plumbing (executors, faults,
+#: resume, dataset mode), not anatomy: the demo's 1.5 mm heads cost about 25 cpu s each
+#: through the release (deface 9, QC with N4 + Atropos most of the rest), the same heads at
+#: 3 mm about 10. The real-scan release (:func:`real_release`) is the run at full resolution.
+PLUMBING_T1W_MM = 3.0
+
+
+def coarser_demo_t1w(bids: Path, n_subjects: int, voxel_mm: float) -> None:
+    """Rewrite each demo subject's T1w as the same phantom head on a ``voxel_mm`` grid, with
+    the demo's orientation and origin (its BOLD, DWI and ASL runs share that world frame, so
+    they stay aligned with it)."""
+    from isyb.synthetic.demo import DEMO_SUBJECTS
+    from isyb.synthetic.phantom import make_phantom, to_nifti
+
+    for index in range(n_subjects):
+        spec = DEMO_SUBJECTS[index]
+        phantom = make_phantom(voxel_size=voxel_mm, length=spec.length, width=spec.width,
+                               height=spec.height, seed=index)
+        label = f"sub-{index + 1:02d}"
+        to_nifti(phantom, spec.orientation, spec.origin_shift_mm).to_filename(
+            str(bids / label / "anat" / f"{label}_T1w.nii.gz"))
+
+
 @pytest.fixture(scope="session")
 def demo_release(shared_dir: Path, default_template) -> dict[str, Path]:
-    """The 2-subject demo dataset taken through both BIDS-App levels once per test run
-    (local executor, 2 processes): ``bids``, ``release`` and its ``work`` folder.
+    """The 2-subject demo dataset, its heads at :data:`PLUMBING_T1W_MM`, taken through both
+    BIDS-App levels once per test run (local executor, 2 processes): ``bids``, ``release``
+    and its ``work`` folder. The validator, executor (Dask, SLURM) and fault tests compare
+    with it.
 
     Shared by every worker and module: treat it as read-only (copy it to change it).
     """
@@ -266,6 +291,7 @@ def demo_release(shared_dir: Path, default_template) -> dict[str, Path]:
 
     def build(folder: Path) -> None:
         bids = build_demo_dataset(folder / "bids", n_subjects=2)
+        coarser_demo_t1w(bids, 2, PLUMBING_T1W_MM)
         for level in (["participant", "--quiet", "--nprocs", "2"], ["group", "--quiet"]):
             run = run_cli(bids, folder / "release", *level)
             assert run.returncode == 0, run.stderr[-3000:]

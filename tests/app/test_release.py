@@ -97,36 +97,24 @@ def _demo_without_sub02(demo: dict[str, Path], root: Path) -> tuple[Path, Path]:
     return root / "bids", root / "release"
 
 
-def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
-        demo, tmp_path: Path) -> None:
-    """One Dask run covers both: the executor gives the local bytes, and so does the retry
-    of a task whose worker was killed (sub-02's, the one task of the run; the SLURM test
-    runs both subjects through Dask)."""
-    bids, out = _demo_without_sub02(demo, tmp_path)
-    run_isyb_killing_a_dask_worker([str(bids), str(out), "participant", "--quiet",
-                                    "--participant-label", "02"])
-    _isyb(str(bids), str(out), "group", "--quiet")
-    expected = _files(demo["release"], (".nii.gz", ".tsv"))
-    got = _files(out, (".nii.gz", ".tsv"))
-    assert got.keys() == expected.keys()
-    assert [name for name in got if got[name] != expected[name]] == []
+@pytest.fixture(scope="module")
+def killed_and_resumed(demo, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SIGKILL of the participant level while sub-02 is being staged, then its resume through
+    Dask with the worker of sub-02's task killed too; ``state`` says what the killed run left.
 
-
-def test_a_killed_run_resumes_without_redoing_finished_subjects(demo, tmp_path: Path) -> None:
-    """SIGKILL of the participant level while sub-02 is being staged (sub-01 is done;
-    sub-02 is being defaced in the work folder, where its sidecars are copied, unscrubbed,
-    after its images). The release then holds no file of sub-02 and no unscrubbed one, the
-    group level refuses, and the rerun skips sub-01 and gives the bytes of the run's shared
-    demo release. One real run covers what the kill-and-resume and the kill-mid-deface tests
-    (test_release_staging.py, formerly) each paid a release for; it starts from the demo
-    release without sub-02 (sub-01 done, as a killed run leaves it), and a name planted in
-    sub-02's sidecar only adds its row to the scrub report. Only the killed run is a
-    process of its own; the later runs are in process."""
-    bids, out = _demo_without_sub02(demo, tmp_path)
+    It starts from the demo release without sub-02 (sub-01 done, as a killed run leaves it),
+    and a name planted in sub-02's sidecar only adds its row to the scrub report. Sub-02 is
+    being defaced in the work folder when the run is killed (its sidecars are copied there,
+    unscrubbed, after its images). One real subject's run covers what the kill-and-resume,
+    the kill-mid-deface (test_release_staging.py, formerly) and the Dask killed-worker tests
+    each paid a run for; the local executor's resume is checked by the changed-input test
+    below, test_release_staging.py and tests/deface/test_deface_dataset.py."""
+    root = tmp_path_factory.mktemp("killed")
+    bids, out = _demo_without_sub02(demo, root)
     sidecar = bids / "sub-02" / "anat" / "sub-02_T1w.json"
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "PatientName": PLANTED}))
-    manifest = tmp_path / "release_work" / "manifest" / "sub-01.json"
-    stage = tmp_path / "release_work" / "stage" / "sub-02"
+    manifest = root / "release_work" / "manifest" / "sub-01.json"
+    stage = root / "release_work" / "stage" / "sub-02"
     run = subprocess.Popen(["isyb", str(bids), str(out), "participant", "--quiet"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
@@ -136,25 +124,52 @@ def test_a_killed_run_resumes_without_redoing_finished_subjects(demo, tmp_path: 
     assert run.poll() is None, f"the run ended before sub-02 was staged: {run.stderr.read()}"
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    finished = json.loads(manifest.read_text())
-    assert set(finished) >= {"deface", "scrub", "qc", "derive"}  # sub-01 was done
-    assert not (out / "sub-02").exists()
-    assert [p for p in out.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()] \
-        == []
-    group = run_cli(bids, out, "group")
-    assert group.returncode == 1 and "sub-02" in group.stderr
-    rerun = _isyb(str(bids), str(out), "participant", "--quiet")
-    assert json.loads(manifest.read_text()) == finished  # sub-01 was not redone
-    assert rerun.returncode == 0
-    assert [p for p in out.rglob("*") if ".part" in p.name] == []
+    state = {"finished": json.loads(manifest.read_text()),
+             "sub02_released": (out / "sub-02").exists(),
+             "planted_in_release": [p for p in out.rglob("*")
+                                    if p.is_file() and PLANTED.encode() in p.read_bytes()],
+             "group": run_cli(bids, out, "group")}
+    run_isyb_killing_a_dask_worker([str(bids), str(out), "participant", "--quiet"])
+    state["finished_after_resume"] = json.loads(manifest.read_text())
     _isyb(str(bids), str(out), "group", "--quiet")
+    return {"out": out, "state": state}
+
+
+def _same_as_demo_release_but_the_planted_row(demo, out: Path) -> None:
+    """Every image and table of ``out`` has the demo release's bytes, but for the scrub
+    report's row of the name planted in sub-02's sidecar."""
     got, expected = (_files(root, (".nii.gz", ".tsv")) for root in (out, demo["release"]))
     report = "derivatives/isyb/scrub_report.tsv"
-    planted_rows = set(got.pop(report).decode().splitlines()) - set(
-        expected.pop(report).decode().splitlines())
-    assert got == expected
+    got_rows, expected_rows = (set(files.pop(report).decode().splitlines())
+                               for files in (got, expected))
+    assert expected_rows <= got_rows
+    planted_rows = got_rows - expected_rows
+    assert got.keys() == expected.keys()
+    assert [name for name in got if got[name] != expected[name]] == []
     assert [(row.split("\t")[0], row.split("\t")[2]) for row in planted_rows] == [
         ("sub-02/anat/sub-02_T1w.json", "PatientName")]
+
+
+def test_dask_with_a_killed_worker_gives_byte_identical_tables_and_images(
+        demo, killed_and_resumed: dict) -> None:
+    """The resume ran through Dask, and the worker of its one task (sub-02's) was killed:
+    the executor gives the local bytes, and so does the task's retry (the SLURM test runs
+    both subjects through Dask)."""
+    _same_as_demo_release_but_the_planted_row(demo, killed_and_resumed["out"])
+
+
+def test_a_killed_run_resumes_without_redoing_finished_subjects(
+        demo, killed_and_resumed: dict) -> None:
+    """The killed run left no file of sub-02 and no unscrubbed one in the release, the group
+    level refused, and the resume skipped sub-01 and gave the demo release's bytes."""
+    out, state = killed_and_resumed["out"], killed_and_resumed["state"]
+    assert set(state["finished"]) >= {"deface", "scrub", "qc", "derive"}  # sub-01 was done
+    assert not state["sub02_released"]
+    assert state["planted_in_release"] == []
+    assert state["group"].returncode == 1 and "sub-02" in state["group"].stderr
+    assert state["finished_after_resume"] == state["finished"]  # sub-01 was not redone
+    assert [p for p in out.rglob("*") if ".part" in p.name] == []
+    _same_as_demo_release_but_the_planted_row(demo, out)
     assert [p for p in out.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()] \
         == []
 

@@ -11,6 +11,9 @@ file, and no output image may have the SHA-256 of a planted image's voxels;
   qc derive``: classification and copying without the cost of defacing;
 * one real ``isyb deface BIDS_IN BIDS_OUT`` of a 1-subject phantom dataset, where
   the original T1w and an upper-case ``.NII.GZ`` T1w must come out defaced.
+
+The phantom head is the demo's on a 3 mm grid (conftest ``PLUMBING_T1W_MM``): what is
+tested is which files are copied, defaced or withheld, not the anatomy.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import PLUMBING_T1W_MM, assert_one_line_error, coarser_demo_t1w
 from isyb.app.release import ReleaseOptions, release_group, release_participants
 from isyb.bids.classify import sniff
 from isyb.cli import main
@@ -128,6 +131,7 @@ def assert_nothing_planted_in(out: Path, planted: dict[str, tuple[str, str | Non
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("fuzz")
     bids = build_demo_dataset(root / "bids", n_subjects=1)
+    coarser_demo_t1w(bids, 1, PLUMBING_T1W_MM)
     planted = plant(bids, root / "outside_T1w.nii.gz")
     (bids / UPPER).write_bytes(face_variant(bids / T1W, 7))
     (bids / "sub-01" / "sub-01_scans.tsv").write_text(

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import PLUMBING_T1W_MM, assert_one_line_error, coarser_demo_t1w
 from isyb.cli import main
 from isyb.synthetic.demo import build_demo_dataset
 
 
 @pytest.fixture(scope="module")
 def bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_demo_dataset(tmp_path_factory.mktemp("traps") / "bids", n_subjects=3)
+    """The 3-subject demo, its heads at 3 mm (conftest ``PLUMBING_T1W_MM``): the tests that
+    run the work check what the commands print, not the anatomy."""
+    root = build_demo_dataset(tmp_path_factory.mktemp("traps") / "bids", n_subjects=3)
+    coarser_demo_t1w(root, 3, PLUMBING_T1W_MM)
+    return root
 
 
 #: Modules whose ``run_tasks`` starts a dataset mode's work.

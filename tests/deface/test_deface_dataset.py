@@ -1,7 +1,10 @@
 """Dataset mode on a phantom BIDS dataset: complete copy, resume, interruption, parallelism.
 
-Defacing is the expensive part (about 10 s per 1.5 mm phantom subject), so the
-runs are module-scoped fixtures and each test reuses them:
+Defacing is the expensive part, so the heads are the demo's phantoms on a 3 mm grid
+(conftest ``PLUMBING_T1W_MM``: about 5 cpu s per defacing instead of 9 at the demo's
+1.5 mm; what is tested here is the dataset mode around the defacing, which
+tests/deface/test_deface_phantom.py and test_deface_real.py check at full resolution),
+and the runs are module-scoped fixtures that each test reuses:
 
 * ``first_run``: both subjects through the CLI (``--nprocs 1``, not quiet) into ``out``;
   later tests rerun into the same folder and leave it as they found it;
@@ -26,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import PLUMBING_T1W_MM, assert_one_line_error, coarser_demo_t1w
 from isyb.cli import main
 from isyb.deface import dataset as dataset_mod
 from isyb.deface import file as run_mod
@@ -74,6 +77,7 @@ def umask() -> int:
 def bids_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two phantom subjects plus non-anat files that must be copied byte for byte."""
     root = build_demo_dataset(tmp_path_factory.mktemp("bids") / "bids", n_subjects=2)
+    coarser_demo_t1w(root, 2, PLUMBING_T1W_MM)
     func = root / "sub-01" / "func"
     func.mkdir()
     (func / "sub-01_task-rest_bold.json").write_text('{"RepetitionTime": 2.0, "TaskName": '

@@ -68,12 +68,18 @@ def test_ears_and_neck_are_options(phantom, case, default_template) -> None:
     assert not (neck.allowed & ~neck.region).any()
 
 
+@pytest.fixture(scope="module")
+def reference(case, default_template):
+    """The RAS phantom defaced with the default options (once for the three storages)."""
+    volume, alignment = case
+    return deface_volume(volume, default_template, DefaceOptions(), alignment=alignment)
+
+
 @pytest.mark.parametrize("storage", ["LIA", "LSA", "shift"])
-def test_orientation_and_origin_do_not_change_the_masked_region(phantom, case,
+def test_orientation_and_origin_do_not_change_the_masked_region(phantom, case, reference,
                                                                 default_template,
                                                                 storage: str) -> None:
-    volume, alignment = case
-    reference = deface_volume(volume, default_template, DefaceOptions(), alignment=alignment)
+    volume, _ = case
     if storage == "shift":
         image = to_nifti(phantom, "RAS", origin_shift_mm=(50.0, -50.0, 50.0), dtype=np.float32)
     else:

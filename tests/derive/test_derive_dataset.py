@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import coarser_demo_t1w
 from isyb.cli import main
-from isyb.synthetic.demo import DEMO_SUBJECTS, build_demo_dataset
-from isyb.synthetic.phantom import make_phantom, to_nifti
+from isyb.synthetic.demo import build_demo_dataset
 from isyb.synthetic.runs import Geometry, rest_bold
 
 pytestmark = pytest.mark.slow
@@ -40,18 +40,6 @@ SPACE = "MNI152NLin2009aSym"
 
 
 T1W_MM = 2.0  # the demo's T1w is 1.5 mm; brain, tissues and normalisation cost by the voxel
-
-
-def _coarser_t1w(bids: Path, n_subjects: int) -> None:
-    """Each demo subject's T1w again, the same phantom head on a 2 mm grid (the runs share its
-    world frame, so they stay aligned with it)."""
-    for index in range(n_subjects):
-        spec = DEMO_SUBJECTS[index]
-        phantom = make_phantom(voxel_size=T1W_MM, length=spec.length, width=spec.width,
-                               height=spec.height, seed=index)
-        label = f"sub-{index + 1:02d}"
-        to_nifti(phantom, spec.orientation, spec.origin_shift_mm).to_filename(
-            str(bids / label / "anat" / f"{label}_T1w.nii.gz"))
 
 
 def _add_bad_subject(bids: Path) -> None:
@@ -88,12 +76,14 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("derive")
     bids = build_demo_dataset(root / "bids", n_subjects=2,
                               modalities=("anat", "func", "dwi", "perf"))
-    _coarser_t1w(bids, 2)
+    coarser_demo_t1w(bids, 2, T1W_MM)
     _add_bad_subject(bids)
     out = root / "out"
-    # One process: no worker imports isyb again (the Dask test runs a subject out of process)
+    # One process: no worker imports isyb again (the Dask test runs a subject out of process).
+    # One thread per task, as the Dask test's: ANTs gives other bytes at other ITK thread
+    # counts, and a local task's default is cores // nprocs, a Dask task's 1.
     code = main(["derive", str(bids), str(out), "participant", "--normalization", "Affine",
-                 "--nprocs", "1", "--quiet"])
+                 "--nprocs", "1", "--omp-nthreads", "1", "--quiet"])
     group_code = main(["derive", str(bids), str(out), "group"])
     return {"bids": bids, "out": out, "code": code, "group_code": group_code}
 
@@ -206,7 +196,7 @@ def test_dask_executor_gives_the_same_maps_as_local_processes(derived: dict,
     out = tmp_path / "dask"
     code = main(["derive", str(derived["bids"]), str(out), "participant", "--normalization",
                  "Affine", "--participant-label", "01", "--metrics", "fa,md,cbf",
-                 "--executor", "dask", "--nprocs", "1", "--work-dir",
+                 "--executor", "dask", "--nprocs", "1", "--omp-nthreads", "1", "--work-dir",
                  str(derived["out"] / "work" / "derive"), "--quiet"])
     assert code == 0
     maps = sorted((out / DERIV / "sub-01").glob("*/*_map.nii.gz"))

@@ -99,6 +99,7 @@ STAGES = {"load_volume": "load", "extract_brain": "brain extraction",
           "face_detected": "face detection (Haar)", "align": "registration",
           "deface_volume": "defacing", "evaluate_defacing": "metrics (NMI, surface)",
           "face_distances": "face distances", "face_descriptor": "face descriptor",
+          "frame_samples": "face descriptor", "samples_descriptor": "face descriptor",
           "ensemble_detect": "detector ensemble", "save_mask_like": "writing masks"}
 #: The defacing's own stages, from its report's ``timings_s`` (a part of "defacing").
 DEFACE_STAGES = {"region_s": "defacing: face region", "obscure_s": "defacing: obscure",
@@ -127,6 +128,8 @@ def isyb_scale(args: argparse.Namespace) -> dict:
         template.working_grid()
         template.face()
         outline_for(template, options.smooth_mm)
+        if hasattr(run, "_frame"):  # the face frame, once per process since this session
+            run._frame(template)
     spent: dict[str, float] = dict.fromkeys([*STAGES.values(), *DEFACE_STAGES.values()], 0.0)
     spent_cpu: dict[str, float] = dict.fromkeys(STAGES.values(), 0.0)
     for name, label in STAGES.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from isyb.cli import main
 from isyb.errors import IsybError
@@ -21,7 +22,9 @@ ITEMS = list(range(6))
 def _report(item: int) -> dict:
     """A cheap task: its result, and the threads it ran with."""
     return {"item": item, "square": item * item, "torch": torch.get_num_threads(),
-            "itk": os.environ.get(ITK_THREADS_ENV)}
+            "itk": os.environ.get(ITK_THREADS_ENV),
+            "blas": sorted({pool["num_threads"] for pool in threadpool_info()
+                            if pool["user_api"] == "blas"})}
 
 
 def _report_after_deepbet(item: int) -> dict:
@@ -50,10 +53,11 @@ class _Faulty:
 
 @pytest.fixture
 def own_threads(monkeypatch: pytest.MonkeyPatch):
-    """Give back this process's torch threads and ITK variable after an in-process task."""
+    """Give back this process's torch, BLAS and ITK threads after an in-process task."""
     monkeypatch.setenv(ITK_THREADS_ENV, os.environ.get(ITK_THREADS_ENV, "1"))
     before = torch.get_num_threads()
-    yield
+    with threadpool_limits(None):
+        yield
     torch.set_num_threads(before)
 
 
@@ -91,7 +95,7 @@ def test_local_pool_tasks_get_their_share_of_the_cores_and_deepbet_keeps_it(
 
 def test_a_caller_can_fix_the_threads_of_every_task(own_threads) -> None:
     results = run_tasks(_report, [0], ExecutorOptions(threads=3), progress=False)
-    assert [(r["torch"], r["itk"]) for r in results] == [(3, "3")]
+    assert [(r["torch"], r["itk"], r["blas"]) for r in results] == [(3, "3", [3])]
 
 
 def test_loading_deepbet_does_not_change_the_thread_count(own_threads) -> None:

@@ -41,7 +41,7 @@ def check_same_grid(a: Volume, b: Volume, names: tuple[str, str]) -> None:
 
 
 def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
-                      guard_mm: float = 10.0) -> np.ndarray:
+                      guard_mm: float = 10.0, guard: np.ndarray | None = None) -> np.ndarray:
     """A face region that depends on the subject only: the voxel set to compare templates on.
 
     The face rule (:func:`isyb.templates.face.derive_face_rule`) is placed on
@@ -51,11 +51,13 @@ def evaluation_region(brain: np.ndarray, affine: np.ndarray, *,
     removed. Every template's defacing of the subject is scored over the same
     voxels, so a template that obscures less of the face scores lower, which
     a score over each defacing's own applied mask cannot show (``remove``
-    gives NMI 1 over its own mask, whatever it missed).
+    gives NMI 1 over its own mask, whatever it missed). ``guard`` is that
+    guard when the caller has it already (``isyb study``'s
+    :class:`isyb.deface.engine.SubjectMasks` with the same margin).
     """
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     region = face_region(derive_face_rule(brain, affine), brain.shape, affine)
-    return region & ~brain_guard(brain, zooms, guard_mm)
+    return region & ~(brain_guard(brain, zooms, guard_mm) if guard is None else guard)
 
 
 def reference_coverage(original: Volume, changed: np.ndarray, brain: np.ndarray, *,

@@ -27,7 +27,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from isyb.evaluate.reid import FaceFrame, face_descriptor
+from isyb.evaluate.reid import (
+    FaceFrame,
+    face_descriptor,
+    frame_samples,
+    samples_descriptor,
+)
 from isyb.head.morphology import skin_threshold
 from isyb.head.register import resample_to
 from isyb.io import Volume
@@ -82,15 +87,21 @@ def depth_distances(original: np.ndarray, defaced: np.ndarray, template: np.ndar
                         pixels=int(region.sum()))
 
 
-def _mask_at_depth(mask: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
-                   frame: FaceFrame, depth: np.ndarray) -> np.ndarray:
-    """Whether the skin point of each pixel of ``depth`` (template y, mm) lies in ``mask``."""
+def _mask_in_frame(mask: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
+                   frame: FaceFrame) -> np.ndarray:
+    """``mask`` resampled (trilinear, float32) onto the frame's (x, y, z) grid."""
     step = frame.spacing_mm
     grid = np.diag([step, -step, step, 1.0])
     grid[:3, 3] = (frame.xs[0], frame.ys[0], frame.zs[0])
-    sampled = resample_to(np.asarray(mask, dtype=np.float32), affine,
-                          (frame.xs.size, frame.ys.size, frame.zs.size), grid,
-                          np.linalg.inv(subject_to_template), order=1, cval=0.0)
+    return resample_to(np.asarray(mask, dtype=np.float32), affine,
+                       (frame.xs.size, frame.ys.size, frame.zs.size), grid,
+                       np.linalg.inv(subject_to_template), order=1, cval=0.0)
+
+
+def _mask_at_depth(sampled: np.ndarray, frame: FaceFrame, depth: np.ndarray) -> np.ndarray:
+    """Whether the skin point of each pixel of ``depth`` (template y, mm) lies in the mask
+    that :func:`_mask_in_frame` resampled to ``sampled``."""
+    step = frame.spacing_mm
     finite = np.isfinite(depth)
     j = np.clip(np.rint((frame.ys[0] - np.where(finite, depth, frame.ys[0])) / step), 0,
                 frame.ys.size - 1).astype(int)
@@ -99,7 +110,9 @@ def _mask_at_depth(mask: np.ndarray, affine: np.ndarray, subject_to_template: np
 
 
 def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
-                   subject_to_template: np.ndarray, frame: FaceFrame) -> FaceDistance:
+                   subject_to_template: np.ndarray, frame: FaceFrame, *,
+                   defaced_samples: np.ndarray | None = None,
+                   original_descriptor: np.ndarray | None = None) -> FaceDistance:
     """:class:`FaceDistance` of a defacing, in the frame of the template it used.
 
     ``original`` and ``defaced`` share a grid; ``face_mask`` (boolean, on that
@@ -108,11 +121,18 @@ def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
     registration the defacing used; ``frame`` is the template's
     (:func:`isyb.evaluate.reid.frame_for`). Both scans use the original's skin
     threshold, so that a changed intensity level is not taken for a moved surface.
+    ``defaced_samples`` (:func:`isyb.evaluate.reid.frame_samples` of ``defaced``)
+    and ``original_descriptor`` (:func:`isyb.evaluate.reid.face_descriptor` of
+    ``original``, at its own threshold) may come from a caller that has them
+    already: the same result, one resampling less each.
     """
     thr = skin_threshold(original.data)
-    before = face_descriptor(original, subject_to_template, frame, threshold=thr)
-    after = face_descriptor(defaced, subject_to_template, frame, threshold=thr)
-    region = (_mask_at_depth(face_mask, original.affine, subject_to_template, frame, before)
-              | _mask_at_depth(face_mask, original.affine, subject_to_template, frame, after))
+    before = (face_descriptor(original, subject_to_template, frame, threshold=thr)
+              if original_descriptor is None else original_descriptor)
+    if defaced_samples is None:
+        defaced_samples = frame_samples(defaced, subject_to_template, frame)
+    after = samples_descriptor(defaced_samples, frame, thr)
+    in_mask = _mask_in_frame(face_mask, original.affine, subject_to_template, frame)
+    region = _mask_at_depth(in_mask, frame, before) | _mask_at_depth(in_mask, frame, after)
     template = np.where(frame.window, frame.template_depth, np.nan)
     return depth_distances(before, after, template, region)

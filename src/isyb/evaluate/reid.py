@@ -140,10 +140,9 @@ def _first_crossing(volume: np.ndarray, threshold: float, ys: np.ndarray) -> np.
     return depth.T.astype(np.float32)
 
 
-def _depth_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
-                    xs: np.ndarray, ys: np.ndarray, zs: np.ndarray,
-                    threshold: float) -> np.ndarray:
-    """Depth map (z, x) of the skin of a scan resampled onto the template-frame grid.
+def _sampled_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
+                      xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
+    """A scan resampled (trilinear) onto the template-frame grid and smoothed: (x, y, z).
 
     The Gaussian is ``SMOOTH_MM`` or half the scan's largest voxel, whichever is
     larger, so that the voxel terraces of coarse scans do not show.
@@ -158,7 +157,7 @@ def _depth_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template: n
     if sigma_mm > 0:
         sampled = ndimage.gaussian_filter(sampled, sigma_mm / step, mode="nearest",
                                           truncate=3.0)
-    return _first_crossing(sampled, threshold, ys)
+    return sampled
 
 
 def face_frame(template_head: Volume, rule: FaceRule, *,
@@ -182,7 +181,8 @@ def face_frame(template_head: Volume, rule: FaceRule, *,
     xs = np.arange(max(lo[0], -100.0), min(hi[0], 100.0) + 1e-6, spacing_mm)
     ys = np.arange(hi[1], rule.back_y - spacing_mm, -spacing_mm)
     zs = np.arange(rule.chin_z, hi[2] + 1e-6, spacing_mm)
-    depth = _depth_in_frame(data, affine, np.eye(4), xs, ys, zs, skin_threshold(data))
+    depth = _first_crossing(_sampled_in_frame(data, affine, np.eye(4), xs, ys, zs),
+                            skin_threshold(data), ys)
     zz, xx = np.meshgrid(zs, xs, indexing="ij")
     points = np.stack([xx, np.nan_to_num(depth, nan=-1e6), zz], axis=-1)
     window = np.isfinite(depth) & _in_rule(points, rule)
@@ -220,8 +220,25 @@ def face_descriptor(volume: Volume, subject_to_template: np.ndarray, frame: Face
     nothing.
     """
     thr = skin_threshold(volume.data) if threshold is None else float(threshold)
-    depth = _depth_in_frame(volume.data, volume.affine, np.asarray(subject_to_template, float),
-                            frame.xs, frame.ys, frame.zs, thr)
+    return samples_descriptor(frame_samples(volume, subject_to_template, frame), frame, thr)
+
+
+def frame_samples(volume: Volume, subject_to_template: np.ndarray,
+                  frame: FaceFrame) -> np.ndarray:
+    """The scan as :func:`face_descriptor` reads it: resampled (trilinear) onto ``frame``'s
+    grid in template space and smoothed; float32 (x, y, z), intensities in the scan's units.
+
+    Computed once, it gives the descriptors of several thresholds
+    (:func:`samples_descriptor`): ``isyb study`` reads the defaced head at the
+    original's threshold (face distances) and at its own (the descriptor).
+    """
+    return _sampled_in_frame(volume.data, volume.affine, np.asarray(subject_to_template, float),
+                             frame.xs, frame.ys, frame.zs)
+
+
+def samples_descriptor(samples: np.ndarray, frame: FaceFrame, threshold: float) -> np.ndarray:
+    """:func:`face_descriptor` of :func:`frame_samples` at ``threshold`` (the scan's units)."""
+    depth = _first_crossing(samples, float(threshold), frame.ys)
     # a ray that only hits at the far end of the frame went through a hole: no surface
     depth[depth <= frame.ys[-1] + frame.spacing_mm] = np.nan
     depth[~frame.window] = np.nan

@@ -63,9 +63,17 @@ from isyb.errors import IsybError
 from isyb.evaluate.anonymization import evaluate_defacing, evaluation_region
 from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
-from isyb.evaluate.reid import FaceFrame, face_descriptor, frame_for, identification
+from isyb.evaluate.reid import (
+    FaceFrame,
+    face_descriptor,
+    frame_for,
+    frame_samples,
+    identification,
+    samples_descriptor,
+)
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import check_brain_mask, extract_brain
+from isyb.head.morphology import skin_threshold
 from isyb.head.register import Registration
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -87,6 +95,10 @@ METRICS_VERSION = 4
 #: The defaced face's descriptor (template frame), saved per pair for re-identification.
 #: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
 DESCRIPTOR = "face_descriptor_defaced.npy"
+#: The original face's descriptor in the same frame: the gallery entry of :func:`reidentify`.
+ORIGINAL_DESCRIPTOR = "face_descriptor_original.npy"
+#: The brain guard (mm) of the evaluation region, whatever the defacing's ``--guard-mm``.
+EVALUATION_GUARD_MM = 10.0
 #: Columns of the face detectors (``--no-detectors`` leaves them empty).
 DETECTOR_COLUMNS = ("face_detected_original", "face_detected_defaced",
                     "ensemble_views_with_face_defaced", "ensemble_views", "ensemble_detectors")
@@ -170,11 +182,15 @@ def _brain(volume: Volume, folder: Path) -> np.ndarray:
     return brain
 
 
-def _evaluation(volume: Volume, brain: np.ndarray, folder: Path) -> np.ndarray:
+def _evaluation(volume: Volume, brain: np.ndarray, folder: Path,
+                masks: SubjectMasks) -> np.ndarray:
     path = folder / "evaluation_region.nii.gz"
     if path.is_file():
         return load_volume(path).data > 0
-    region = evaluation_region(brain, volume.affine)
+    # the evaluation's guard has the default margin; the defacing's may be another
+    same = masks.guard_mm == EVALUATION_GUARD_MM
+    region = evaluation_region(brain, volume.affine, guard_mm=EVALUATION_GUARD_MM,
+                               guard=masks.guard if same else None)
     save_mask_like(region, volume, path)
     return region
 
@@ -197,7 +213,6 @@ def run_subject(job: SubjectJob) -> list[dict]:
     region: np.ndarray | None = None
     masks: SubjectMasks | None = None
     original_detected: bool | None = None
-    frames: dict[str, FaceFrame] = {}
     for template in job.templates:
         target = folder / setting / f"tpl-{template.name}"
         record = _current_record(target / "metrics.json", job)
@@ -206,8 +221,8 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 if volume is None:
                     volume = load_volume(job.image)
                     brain = _brain(volume, folder)
-                    region = _evaluation(volume, brain, folder)
                     masks = subject_masks(volume, brain, job.options.guard_mm)
+                    region = _evaluation(volume, brain, folder, masks)
                     cached = _cached_json(folder / "original.json")
                     if cached is None and job.detectors:
                         cached = {"face_detected_original": bool(
@@ -241,7 +256,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "reid": job.reid,
                     **(_detector_checks(defaced, original_detected) if job.detectors else {}),
                     **(_geometric_checks(volume, defaced, result.allowed, to_template,
-                                         frames.setdefault(template.name, frame_for(template)),
+                                         _frame(template),
                                          target) if job.reid else {}),
                     "subject_to_template": np.asarray(to_template).tolist(),
                 }
@@ -274,12 +289,36 @@ def _detector_checks(defaced: Volume, original_detected: bool) -> dict:
             "ensemble_detectors": "+".join(judged.detectors)}
 
 
+#: Each template's face frame, built once per process (it depends on the template only).
+_FRAMES: dict[tuple, FaceFrame] = {}
+
+
+def _frame(template: Template) -> FaceFrame:
+    """:func:`isyb.evaluate.reid.frame_for` of ``template``, cached for this process's
+    subjects (keyed by the template's name, head checksum and face rule)."""
+    key = (template.name, template.info.get("head_sha256"), repr(template.rule))
+    if key not in _FRAMES:
+        _FRAMES[key] = frame_for(template)
+    return _FRAMES[key]
+
+
 def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
                       to_template: np.ndarray, frame: FaceFrame, target: Path) -> dict:
-    """Face distances of a defaced head; saves its face descriptor for :func:`reidentify`."""
-    distance = face_distances(volume, defaced, allowed, to_template, frame)
-    with atomic_path(target / DESCRIPTOR) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, face_descriptor(defaced, to_template, frame))
+    """Face distances of a defaced head; saves its face descriptor and the original's for
+    :func:`reidentify`.
+
+    The defaced head is resampled into the frame once: the distances read it at
+    the original's skin threshold, the descriptor at its own.
+    """
+    samples = frame_samples(defaced, to_template, frame)
+    original = face_descriptor(volume, to_template, frame)
+    distance = face_distances(volume, defaced, allowed, to_template, frame,
+                              defaced_samples=samples, original_descriptor=original)
+    for name, descriptor in ((DESCRIPTOR, samples_descriptor(samples, frame,
+                                                             skin_threshold(defaced.data))),
+                             (ORIGINAL_DESCRIPTOR, original)):
+        with atomic_path(target / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, descriptor)
     return {"face_distance_to_original_mm": distance.to_original,
             "face_distance_to_template_mm": distance.to_template,
             "face_distance_original_to_template_mm": distance.original_to_template}
@@ -292,6 +331,8 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     The attack of :mod:`isyb.evaluate.reid` (surface descriptors, trimmed ICP),
     closed set: for each template, the gallery is every subject's *original*
     face and the probes are the defaced faces (``DESCRIPTOR`` of each ok pair).
+    The originals' descriptors are read from ``ORIGINAL_DESCRIPTOR``, stored with
+    each pair; a record of an earlier version, without it, has it recomputed.
     ``reid_rank`` is the rank of the subject's own original (1 = nearest, ties
     averaged) among the ``N`` originals; ``reid_rank1`` its share of a rank-1
     hit (1, 1/k for a k-way tie, or 0), so the template's rank-1 rate is the
@@ -306,14 +347,16 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
         rows = table.index[(table["template"] == template.name) & (table["status"] == "ok")]
         if len(rows) < 2:
             continue
-        frame = frame_for(template)
+        frame = _frame(template)
         gallery, probes = [], []
         for row in rows:
             subject = table.at[row, "subject"]
             matrix = np.asarray(table.at[row, "subject_to_template"], dtype=float)
-            gallery.append(face_descriptor(load_volume(images[subject]), matrix, frame))
-            probes.append(np.load(work / f"sub-{subject}" / setting / f"tpl-{template.name}"
-                                  / DESCRIPTOR))
+            pair = work / f"sub-{subject}" / setting / f"tpl-{template.name}"
+            stored = pair / ORIGINAL_DESCRIPTOR  # absent in records of earlier versions
+            gallery.append(np.load(stored) if stored.is_file() else
+                           face_descriptor(load_volume(images[subject]), matrix, frame))
+            probes.append(np.load(pair / DESCRIPTOR))
         result = identification(gallery, probes)
         table.loc[rows, "reid_rank"] = result["ranks"]
         table.loc[rows, "reid_rank1"] = [_rank1_share(d, i)

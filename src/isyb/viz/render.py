@@ -40,8 +40,11 @@ LIGHT_ELEVATION_DEG = 30.0
 DEPTH_SMOOTH_MM = 1.0
 #: Depth (mm) by which a point must be hidden from the light to be in shadow.
 SHADOW_TOLERANCE_MM = 0.5
-#: Depth samples per ray processed in one vectorized batch.
-_CHUNK = 16
+#: Depth samples per ray processed in one vectorized batch. A ray joins in the batch
+#: before its first possible hit and samples it whole, so smaller batches sample less
+#: in vain: 4 took 0.75 CPU s for the ensemble's nine views of a 1 mm head, 16 took
+#: 0.96, with the same depths (the batching never changes a sample's value).
+_CHUNK = 4
 
 Zooms = np.ndarray | Sequence[float]
 

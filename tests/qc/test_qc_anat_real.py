@@ -19,6 +19,7 @@ from isyb.head.register import dice
 from isyb.io import Volume, load_volume
 from isyb.qc import anat
 from isyb.qc.masks import background_masks
+from mriqc_reference import assert_mriqc_definitions
 from real_alignments import real_alignment
 from real_qc import QC_HEADS, assert_finite_metrics, real_qc
 
@@ -58,9 +59,12 @@ def test_qc_anat_of_a_path_and_of_an_in_memory_image_agree(data_root: Path, qc_o
 
 @pytest.mark.parametrize("name", QC_HEADS)
 def test_every_real_scan_gets_finite_metrics(name: str, qc_of) -> None:
-    """The heads of real_qc.QC_HEADS; the others are in test_qc_anat_real_scans.py."""
+    """Finite, plausible metrics, and every MRIQC-named one equal to MRIQC 24.0.2's
+    formula on the same masks to 1e-4 (issue 14). The heads of real_qc.QC_HEADS; the others
+    are in test_qc_anat_real_scans.py."""
     metrics, masks = qc_of(name)
     assert_finite_metrics(name, metrics, masks)
+    assert_mriqc_definitions(name, metrics, masks)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 
 from isyb.head.register import dice
 from isyb.io import load_volume
+from mriqc_reference import assert_mriqc_definitions
 from real_qc import QC_HEADS, SCAN_HEADS, assert_finite_metrics, real_heads, real_qc
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -27,12 +28,15 @@ def test_the_two_qc_files_cover_every_real_scan(data_root: Path) -> None:
 @pytest.mark.parametrize("name", SCAN_HEADS)
 def test_every_real_scan_gets_finite_metrics(name: str, data_root: Path, shared_dir: Path,
                                              default_template) -> None:
-    """The heads of real_qc.SCAN_HEADS; the others are in test_qc_anat_real.py."""
+    """Finite, plausible metrics, and every MRIQC-named one equal to MRIQC 24.0.2's
+    formula on the same masks to 1e-4 (issue 14). The heads of real_qc.SCAN_HEADS; the others
+    are in test_qc_anat_real.py."""
     path = data_root / "heads" / name
     if not path.is_file():
         pytest.skip(f"{path} not found")
     metrics, masks = real_qc(shared_dir, path, default_template)
     assert_finite_metrics(name, metrics, masks)
+    assert_mriqc_definitions(name, metrics, masks)
 
 
 def test_white_matter_is_30_to_45_percent_of_a_real_brain(data_root: Path, shared_dir: Path,

@@ -1,10 +1,11 @@
 """MRIQC-named metrics have MRIQC 24.0.2's definitions and units (isyb.qc.mriqc, anat_metrics).
 
-Each expected value is re-derived here from MRIQC 24.0.2's source
+Each expected value is re-derived from MRIQC 24.0.2's source
 (``mriqc/qc/anatomical.py`` and ``mriqc/interfaces/anatomical.py``
 ``StructuralQC``/``Harmonize``), with statsmodels' ``DescrStatsW`` and ``mad``
-and scipy's ``kurtosis`` as MRIQC calls them. The cross-check against an
-installed MRIQC on the real heads is in benchmarks/README.md.
+and scipy's ``kurtosis`` as MRIQC calls them (``tests/mriqc_reference.py``, which the
+real-head QC tests also apply to every head of the data folder). The cross-check against
+an installed MRIQC on the real heads is in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -13,30 +14,12 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import kurtosis
-from statsmodels.robust.scale import mad
 from statsmodels.stats.weightstats import DescrStatsW
 
 from isyb.head.morphology import erode18
 from isyb.qc import anat, mriqc
 from isyb.qc.masks import AnatMasks
-
-
-def _mriqc_summary_stats(data: np.ndarray, pvms: dict[str, np.ndarray]) -> dict:
-    """``mriqc.qc.anatomical.summary_stats`` (24.0.2) as written there."""
-    out = {}
-    for label, probmap in pvms.items():
-        w = DescrStatsW(data=np.round(data.reshape(-1), 0),
-                        weights=np.round(probmap.astype(np.float32).reshape(-1), 3))
-        p05, median, p95 = w.quantile(np.array([0.05, 0.50, 0.95]), return_pandas=False)
-        thresholded = data[probmap > (0.5 * probmap.max())]
-        out[label] = {"mean": round(float(w.mean), 4), "median": round(float(median), 4),
-                      "p95": round(float(p95), 4), "p05": round(float(p05), 4),
-                      "k": round(float(kurtosis(thresholded)), 4),
-                      "stdv": round(float(w.std), 4),
-                      "mad": round(float(mad(thresholded, center=median)), 4),
-                      "n": float(probmap.astype(np.float64).sum())}  # get_fdata: float64
-    return out
+from mriqc_reference import mriqc_summary_stats, structuralqc_expected
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +51,7 @@ def test_summary_stats_match_mriqc_24(toy) -> None:
     pvms = {"csf": toy["post"][0], "gm": toy["post"][1], "wm": toy["post"][2],
             "bg": toy["air"].astype(np.uint8)}
     ours = mriqc.summary_stats(toy["image"], pvms)
-    theirs = _mriqc_summary_stats(toy["image"], pvms)
+    theirs = mriqc_summary_stats(toy["image"], pvms)
     for label in pvms:
         for key, value in theirs[label].items():
             assert ours[label][key] == pytest.approx(value, rel=1e-9, abs=1e-9), (label, key)
@@ -85,7 +68,7 @@ def test_summary_stats_of_a_small_map_see_the_whole_grid(seed: int) -> None:
     wm = np.zeros(image.shape, dtype=np.float32)
     wm[:4, :4, :4] = rng.integers(0, 2, (4, 4, 4))
     ours = mriqc.summary_stats(image, {"wm": wm})["wm"]
-    theirs = _mriqc_summary_stats(image, {"wm": wm})["wm"]
+    theirs = mriqc_summary_stats(image, {"wm": wm})["wm"]
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
 
@@ -162,29 +145,12 @@ def _masks(toy, noise_source: str = "air") -> AnatMasks:
 
 
 def test_mriqc_metrics_follow_structuralqc(toy) -> None:
-    """The chain of mriqc/interfaces/anatomical.py StructuralQC, re-derived."""
-    found = mriqc.mriqc_metrics(_masks(toy))
-    inu = mriqc.harmonize(toy["image"].astype(np.float32), toy["post"][2])
-    pvms = {"csf": toy["post"][0], "gm": toy["post"][1], "wm": toy["post"][2],
-            "bg": toy["air"].astype(np.uint8)}
-    st = _mriqc_summary_stats(inu, pvms)
-    dietrich = {t: (0.6551364 * st[t]["median"] / st["bg"]["mad"] if st["bg"]["mad"] > 1
-                    else 0.6551364 * st[t]["median"] / st["bg"]["stdv"])
-                for t in ("csf", "wm", "gm")}
-    sums = [float(toy["post"][k].astype(np.float64).sum()) for k in range(3)]
-    expected = {
-        "summary_bg_stdv": st["bg"]["stdv"], "summary_wm_median": st["wm"]["median"],
-        "summary_gm_k": st["gm"]["k"], "summary_csf_n": st["csf"]["n"],
-        "snrd_gm": dietrich["gm"], "snrd_total": float(np.mean(list(dietrich.values()))),
-        "snr_wm": st["wm"]["median"] / (st["wm"]["stdv"]
-                                        * math.sqrt(st["wm"]["n"] / (st["wm"]["n"] - 1))),
-        "cnr": abs(st["wm"]["median"] - st["gm"]["median"]) / math.sqrt(
-            st["bg"]["stdv"] ** 2 + st["gm"]["stdv"] ** 2 + st["wm"]["stdv"] ** 2),
-        "cjv": (st["wm"]["mad"] + st["gm"]["mad"]) / abs(st["wm"]["median"]
-                                                         - st["gm"]["median"]),
-        "wm2max": st["wm"]["median"] / np.percentile(inu, 99.95),
-        "icvs_wm": sums[2] / sum(sums),
-    }
+    """The chain of mriqc/interfaces/anatomical.py StructuralQC, re-derived
+    (tests/mriqc_reference.py; the same check runs on every real head in tests/qc)."""
+    masks = _masks(toy)
+    found = mriqc.mriqc_metrics(masks)
+    expected = structuralqc_expected(masks)
+    assert set(found) == set(expected)
     for key, value in expected.items():
         assert found[key] == pytest.approx(value, rel=1e-9), key
     assert found["icvs_csf"] + found["icvs_gm"] + found["icvs_wm"] == pytest.approx(1.0)

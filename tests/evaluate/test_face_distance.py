@@ -12,27 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from face_heads import refaced_phantom
 from isyb.evaluate import face_distance
-from isyb.evaluate.reid import face_frame
-from isyb.io import volume_from_image
-from isyb.synthetic import rescan
-from isyb.synthetic.phantom import Label, make_phantom, to_nifti
-from isyb.templates.face import derive_face_rule
+from isyb.synthetic.phantom import make_phantom, to_nifti
 
 
 @pytest.fixture(scope="module")
 def heads() -> dict:
-    phantom = make_phantom(voxel_size=2.0, fov_mm=rescan.PHANTOM_FOV_MM,
-                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM)
-    template = volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32))
-    brain = phantom.mask(Label.GM, Label.WM, Label.CSF)
-    rule = derive_face_rule(brain, template.affine)
-    weight = rescan.face_weight(template, np.eye(4), rule, brain=brain)
-    subject = rescan.vary_face(template, weight, np.random.default_rng(3), amplitude_mm=4.0)
-    mask = weight > 0
-    refaced = rescan.as_volume(np.where(mask, template.data, subject.data), subject.affine)
-    return {"template": template, "subject": subject, "refaced": refaced, "mask": mask,
-            "frame": face_frame(template, rule, spacing_mm=2.0)}
+    return refaced_phantom()
 
 
 def test_a_face_replaced_by_the_templates_is_closer_to_the_template(heads) -> None:

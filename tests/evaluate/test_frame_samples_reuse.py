@@ -13,31 +13,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from face_heads import refaced_phantom
 from isyb.evaluate import face_distance, reid
 from isyb.head.morphology import skin_threshold
-from isyb.io import volume_from_image
-from isyb.synthetic import rescan
-from isyb.synthetic.phantom import Label, make_phantom, to_nifti
-from isyb.templates.face import derive_face_rule
 
 
 @pytest.fixture(scope="module")
 def heads() -> dict:
-    phantom = make_phantom(voxel_size=2.0, fov_mm=rescan.PHANTOM_FOV_MM,
-                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM)
-    template = volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32))
-    brain = phantom.mask(Label.GM, Label.WM, Label.CSF)
-    rule = derive_face_rule(brain, template.affine)
-    weight = rescan.face_weight(template, np.eye(4), rule, brain=brain)
-    subject = rescan.vary_face(template, weight, np.random.default_rng(3), amplitude_mm=4.0)
-    mask = weight > 0
     # a darker face: the defaced head's own skin threshold is not the original's
-    refaced = rescan.as_volume(np.where(mask, 0.6 * template.data, subject.data),
-                               subject.affine)
+    heads = refaced_phantom(face_scale=0.6)
     shift = np.eye(4)
     shift[:3, 3] = (0.7, -1.3, 0.4)  # an off-grid subject -> template map
-    return {"subject": subject, "refaced": refaced, "mask": mask, "to_template": shift,
-            "frame": reid.face_frame(template, rule, spacing_mm=2.0)}
+    return {**heads, "to_template": shift}
 
 
 def test_one_resampling_gives_the_descriptor_at_any_threshold(heads) -> None:

@@ -64,7 +64,8 @@ def real_qc(shared_dir: Path, path: Path, template: Template
 
 def assert_finite_metrics(name: str, metrics: dict[str, float], masks: AnatMasks) -> None:
     """What every real scan's QC must give: every metric, finite, positive where it is a
-    size or a ratio of signals, plausible EFC and smoothness, and both tissues found."""
+    size or a ratio of signals, plausible EFC and smoothness, both tissues found, and on a
+    full-brain T1w white matter 30-45 % of the brain (0.365-0.405 on the seven heads)."""
     assert set(metrics) >= METRIC_KEYS, name
     for key, value in metrics.items():
         assert math.isfinite(value), (name, key, value)
@@ -73,3 +74,5 @@ def assert_finite_metrics(name: str, metrics: dict[str, float], masks: AnatMasks
     assert 0.0 < metrics["efc"] < 1.0, name
     assert 0.5 < metrics["fwhm_avg"] < 15.0, name
     assert masks.gm.sum() >= 100 and masks.wm.sum() >= 100, name
+    if "T1w" in name:  # every T1w of heads/ holds a whole brain (the T2w is a slab)
+        assert 0.30 <= metrics["icvs_wm"] <= 0.45, (name, metrics["icvs_wm"])  # issue 14

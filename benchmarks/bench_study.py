@@ -103,6 +103,7 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 STAGES = {"load_volume": "load", "extract_brain": "brain extraction",
           "evaluation_region": "evaluation region", "subject_masks": "subject masks",
           "face_detected": "face detection (Haar)", "align": "registration",
+          "registration_grid": "registration",
           "deface_volume": "defacing", "evaluate_defacing": "metrics (NMI, surface)",
           "face_distances": "face distances", "face_descriptor": "face descriptor",
           "frame_samples": "face descriptor", "samples_descriptor": "face descriptor",

@@ -9,7 +9,13 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from isyb.errors import RegistrationError
-from isyb.head.register import STARTS, TemplateGrid, register_template, resample_to
+from isyb.head.register import (
+    STARTS,
+    SubjectGrid,
+    TemplateGrid,
+    register_template,
+    resample_to,
+)
 from isyb.synthetic.phantom import make_phantom
 
 # Linear part of the ISYB team's CAPIIO -> CN200 matrix (zuoxinian/CCS): a
@@ -63,6 +69,24 @@ def test_recovers_a_known_affine(template, case: str) -> None:
     result = register_template(image, affine, brain, _grid(template))
     assert result.score > 0.9
     assert _landmark_error(template, result.subject_to_template, truth) < 3.0
+
+
+def test_a_shared_subject_grid_gives_the_same_registration(template) -> None:
+    """``isyb study`` builds the subject's working grid once for all its templates: the
+    registration is then bit for bit the one that builds it itself; a grid of another
+    spacing is not used."""
+    image, affine, brain, _ = _subject(template, np.linalg.inv(CN200_SHAPE), np.zeros(3))
+    grid = _grid(template)
+    alone = register_template(image, affine, brain, grid)
+    shared = SubjectGrid.from_arrays(image, affine, brain, grid.spacing_mm)
+    assert shared.brain.dtype == bool and shared.spacing_mm == grid.spacing_mm
+    given = register_template(image, affine, brain, grid, subject_grid=shared)
+    assert np.array_equal(given.subject_to_template, alone.subject_to_template)
+    assert (given.score, given.start, given.attempts) == (alone.score, alone.start,
+                                                          alone.attempts)
+    other = SubjectGrid.from_arrays(image, affine, ~brain, grid.spacing_mm + 1.0)
+    ignored = register_template(image, affine, brain, grid, subject_grid=other)
+    assert np.array_equal(ignored.subject_to_template, alone.subject_to_template)
 
 
 def test_poor_scores_try_every_start_and_keep_the_best(template,

@@ -191,7 +191,7 @@ def failing(monkeypatch) -> dict[str, list[str]]:
     each was asked for."""
     calls: dict[str, list[str]] = {"align": [], "deface": []}
 
-    def fail_align(volume, template, brain=None):
+    def fail_align(volume, template, brain=None, subject_grid=None):
         calls["align"].append(template.name)
         raise RegistrationError("registration failed: simulated")
 

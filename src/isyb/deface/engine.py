@@ -27,7 +27,7 @@ from isyb.errors import IsybError
 from isyb.head.brain import check_brain_mask, extract_brain
 from isyb.head.face_reference import face_reference
 from isyb.head.morphology import bounding_box, brain_guard, head_mask, skin_surface, skin_threshold
-from isyb.head.register import Registration, register_template
+from isyb.head.register import Registration, SubjectGrid, register_template
 from isyb.io import Volume
 from isyb.templates.face import (
     FACE_MARGIN_MM,
@@ -192,10 +192,14 @@ class Alignment:
 
 
 def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None,
-          stage: Callable[[str], None] | None = None) -> Alignment:
+          stage: Callable[[str], None] | None = None,
+          subject_grid: SubjectGrid | None = None) -> Alignment:
     """Brain-extract ``volume`` (unless ``brain`` is given) and register ``template`` to it.
 
     ``stage`` is told, in words, when each of the two (long) steps starts.
+    ``subject_grid``: ``volume`` and ``brain`` already on the registration's
+    working grid (:class:`isyb.head.register.SubjectGrid`), shared by the
+    templates of one subject (``isyb study``); the registration is the same.
     Raises :class:`isyb.errors.BrainExtractionError` or
     :class:`isyb.errors.RegistrationError` when either looks wrong.
     """
@@ -209,7 +213,8 @@ def align(volume: Volume, template: Template, *, brain: np.ndarray | None = None
     if stage:
         stage(f"registration: aligning template {template.name} to the head")
     clock = time.perf_counter()
-    registration = register_template(volume.data, volume.affine, brain, template.working_grid())
+    registration = register_template(volume.data, volume.affine, brain, template.working_grid(),
+                                     subject_grid=subject_grid)
     timings = {"brain_s": brain_s, "registration_s": time.perf_counter() - clock}
     return Alignment(brain, brain_ml, registration, timings)
 

@@ -88,6 +88,31 @@ class TemplateGrid:
         return cls(scale_to_unit(grid), brain_grid, grid_affine, float(spacing_mm))
 
 
+@dataclass(frozen=True)
+class SubjectGrid:
+    """A subject on the registration working grid: the subject's side of
+    :func:`register_template`, the same for every template of that spacing.
+
+    ``head`` is the head block-averaged onto ``spacing_mm`` and scaled to 0..~1.2
+    (:func:`scale_to_unit`), ``brain`` the block-averaged brain mask cut at 0.5,
+    ``affine`` their voxel->RAS mm. ``isyb study`` builds it once per subject and
+    registers every template to it (about 0.2 CPU s per template on a 1 mm head).
+    """
+
+    head: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray
+    spacing_mm: float
+
+    @classmethod
+    def from_arrays(cls, subject: np.ndarray, affine: np.ndarray, brain: np.ndarray,
+                    spacing_mm: float) -> SubjectGrid:
+        """Bring a RAS head array and its boolean brain mask onto the working grid."""
+        grid, grid_affine = working_grid(subject, affine, spacing_mm)
+        brain_grid = working_grid(brain.astype(np.float32), affine, spacing_mm)[0] > 0.5
+        return cls(scale_to_unit(grid), brain_grid, grid_affine, float(spacing_mm))
+
+
 def working_grid(data: np.ndarray, affine: np.ndarray, spacing_mm: float,
                  *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Resample a RAS array onto an isotropic grid of ``spacing_mm`` (same extent).
@@ -177,13 +202,17 @@ def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
 
 def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_brain: np.ndarray,
                       template: TemplateGrid, *, accept: float = 0.80,
-                      fail_below: float = 0.65, seed: int = 42) -> Registration:
+                      fail_below: float = 0.65, seed: int = 42,
+                      subject_grid: SubjectGrid | None = None) -> Registration:
     """Fit a template->subject affine; retry other starts while the score is poor.
 
     ``subject`` is a RAS array with its affine and boolean brain mask;
     ``template`` is already on the working grid, whose spacing the subject is
     brought to. ``accept`` is the Dice at which the search stops;
     ``fail_below`` the Dice under which the best start is rejected.
+    ``subject_grid``, the subject already on a working grid
+    (:meth:`SubjectGrid.from_arrays` of the same arrays), is used when its
+    spacing is the template's; otherwise the subject is resampled here.
     """
     import ants
 
@@ -191,9 +220,10 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
     # with two threads, two runs on the same input differed by up to 0.26 mm.
     ants.config.set_ants_deterministic(True, seed)
     spacing_mm = template.spacing_mm
-    subj, subj_aff = working_grid(subject, subject_affine, spacing_mm)
-    subj = scale_to_unit(subj)
-    subj_brain = working_grid(subject_brain.astype(np.float32), subject_affine, spacing_mm)[0] > 0.5
+    if subject_grid is None or subject_grid.spacing_mm != spacing_mm:
+        subject_grid = SubjectGrid.from_arrays(subject, subject_affine, subject_brain,
+                                               spacing_mm)
+    subj, subj_aff, subj_brain = subject_grid.head, subject_grid.affine, subject_grid.brain
     tmpl, tmpl_aff, tmpl_brain_f = template.head, template.affine, template.brain
     subj_frame = _frame(subj_aff, _centroid_world(subj_brain, subj_aff))
     tmpl_frame = _frame(tmpl_aff, _centroid_world(tmpl_brain_f > 0.5, tmpl_aff))

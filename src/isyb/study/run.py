@@ -12,7 +12,8 @@ it missed).
 Work is cached under ``OUT_DIR/work/sub-<label>/``: the subject's brain mask,
 evaluation region and original-face detection once (and, in memory, the
 head, brain guard and face reference the defacing reads:
-:func:`isyb.deface.engine.subject_masks`), its registration to each
+:func:`isyb.deface.engine.subject_masks`, and the subject on the
+registration's working grid: :func:`registration_grid`), its registration to each
 template (``registration/tpl-<name>.json``, keyed by the template's files: it
 does not depend on the defacing, so a study with another method or design
 on the same cohort registers nothing again), then per defacing
@@ -74,7 +75,7 @@ from isyb.evaluate.reid import (
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import check_brain_mask, extract_brain
 from isyb.head.morphology import skin_threshold
-from isyb.head.register import Registration
+from isyb.head.register import Registration, SubjectGrid
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
 from isyb.viz.faces import face_detected
@@ -151,10 +152,21 @@ def _template_key(template: Template) -> dict:
             "brain_mask_sha256": files.get(template.brain_mask.name)}
 
 
+def registration_grid(volume: Volume, brain: np.ndarray, spacing_mm: float,
+                      grids: dict[float, SubjectGrid]) -> SubjectGrid:
+    """The subject on the registration's working grid of ``spacing_mm``, built once per
+    subject and spacing (kept in ``grids``) for all its templates."""
+    if spacing_mm not in grids:
+        grids[spacing_mm] = SubjectGrid.from_arrays(volume.data, volume.affine, brain,
+                                                    spacing_mm)
+    return grids[spacing_mm]
+
+
 def _alignment(volume: Volume, template: Template, brain: np.ndarray,
-               folder: Path) -> Alignment:
+               folder: Path, grids: dict[float, SubjectGrid]) -> Alignment:
     """:func:`isyb.deface.engine.align` with the subject's brain mask, its registration
-    cached in ``folder/registration`` (JSON floats round-trip exactly)."""
+    cached in ``folder/registration`` (JSON floats round-trip exactly); ``grids`` holds
+    the subject's working grids (:func:`registration_grid`)."""
     path = folder / "registration" / f"tpl-{template.name}.json"
     key = _template_key(template)
     cached = _cached_json(path)
@@ -163,7 +175,8 @@ def _alignment(volume: Volume, template: Template, brain: np.ndarray,
                                     cached["score"], cached["start"], cached["attempts"])
         return Alignment(brain, check_brain_mask(brain, volume.zooms, in_fov_fraction=0.3),
                          registration, {"brain_s": 0.0, "registration_s": 0.0})
-    alignment = align(volume, template, brain=brain)
+    grid = registration_grid(volume, brain, template.working_grid().spacing_mm, grids)
+    alignment = align(volume, template, brain=brain, subject_grid=grid)
     registration = alignment.registration
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({
@@ -213,6 +226,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
     region: np.ndarray | None = None
     masks: SubjectMasks | None = None
     original_detected: bool | None = None
+    grids: dict[float, SubjectGrid] = {}
     for template in job.templates:
         target = folder / setting / f"tpl-{template.name}"
         record = _current_record(target / "metrics.json", job)
@@ -229,7 +243,7 @@ def run_subject(job: SubjectJob) -> list[dict]:
                             face_detected(volume.data, volume.zooms)["detected"])}
                         write_text(folder / "original.json", json.dumps(cached) + "\n")
                     original_detected = (cached or {}).get("face_detected_original")
-                alignment = _alignment(volume, template, brain, folder)
+                alignment = _alignment(volume, template, brain, folder, grids)
                 result = deface_volume(volume, template, job.options, alignment=alignment,
                                        subject=masks)
                 defaced = _defaced_as_written(volume, result.data, result.allowed)

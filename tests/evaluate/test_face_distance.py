@@ -14,6 +14,8 @@ import pytest
 
 from face_heads import refaced_phantom
 from isyb.evaluate import face_distance
+from isyb.evaluate.reid import face_descriptor, frame_samples
+from isyb.head.morphology import skin_threshold
 from isyb.synthetic.phantom import make_phantom, to_nifti
 
 
@@ -31,6 +33,23 @@ def test_a_face_replaced_by_the_templates_is_closer_to_the_template(heads) -> No
     assert result.to_original == pytest.approx(result.original_to_template, rel=0.05)
     assert result.closer_to == "template"
     assert result.to_json()["closer_to"] == "template"
+
+
+def test_a_callers_threshold_samples_and_descriptor_give_the_same_distances(heads) -> None:
+    """``isyb study`` hands in what it has computed already (the original's skin threshold,
+    its descriptor, the defaced head's frame samples): the same distances, to the bit; the
+    threshold is the one used (another one moves the surfaces)."""
+    args = (heads["subject"], heads["refaced"], heads["mask"], np.eye(4), heads["frame"])
+    alone = face_distance.face_distances(*args)
+    threshold = skin_threshold(heads["subject"].data)
+    given = face_distance.face_distances(
+        *args, threshold=threshold,
+        original_descriptor=face_descriptor(heads["subject"], np.eye(4), heads["frame"],
+                                            threshold=threshold),
+        defaced_samples=frame_samples(heads["refaced"], np.eye(4), heads["frame"]))
+    assert given == alone
+    other = face_distance.face_distances(*args, threshold=threshold * 3)
+    assert other.original_to_template != alone.original_to_template
 
 
 def test_a_kept_face_is_the_subjects(heads) -> None:

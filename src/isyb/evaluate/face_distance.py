@@ -112,7 +112,8 @@ def _mask_at_depth(sampled: np.ndarray, frame: FaceFrame, depth: np.ndarray) -> 
 def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
                    subject_to_template: np.ndarray, frame: FaceFrame, *,
                    defaced_samples: np.ndarray | None = None,
-                   original_descriptor: np.ndarray | None = None) -> FaceDistance:
+                   original_descriptor: np.ndarray | None = None,
+                   threshold: float | None = None) -> FaceDistance:
     """:class:`FaceDistance` of a defacing, in the frame of the template it used.
 
     ``original`` and ``defaced`` share a grid; ``face_mask`` (boolean, on that
@@ -124,9 +125,10 @@ def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
     ``defaced_samples`` (:func:`isyb.evaluate.reid.frame_samples` of ``defaced``)
     and ``original_descriptor`` (:func:`isyb.evaluate.reid.face_descriptor` of
     ``original``, at its own threshold) may come from a caller that has them
-    already: the same result, one resampling less each.
+    already: the same result, one resampling less each. So may ``threshold``, the
+    original's :func:`isyb.head.morphology.skin_threshold` (image units).
     """
-    thr = skin_threshold(original.data)
+    thr = skin_threshold(original.data) if threshold is None else float(threshold)
     before = (face_descriptor(original, subject_to_template, frame, threshold=thr)
               if original_descriptor is None else original_descriptor)
     if defaced_samples is None:

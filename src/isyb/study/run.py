@@ -250,6 +250,9 @@ def run_subject(job: SubjectJob) -> list[dict]:
                 metrics = evaluate_defacing(volume, defaced, region, brain=brain, detect=False,
                                             guard_mm=job.options.guard_mm, subject=masks)
                 to_template = alignment.registration.subject_to_template
+                # the skin thresholds the face checks read, each computed once
+                defaced_threshold = (skin_threshold(defaced.data)
+                                     if job.detectors or job.reid else None)
                 target.mkdir(parents=True, exist_ok=True)
                 record = {
                     "status": "ok",
@@ -268,10 +271,11 @@ def run_subject(job: SubjectJob) -> list[dict]:
                     "registration_score": alignment.registration.score,
                     "detectors": job.detectors,
                     "reid": job.reid,
-                    **(_detector_checks(defaced, original_detected) if job.detectors else {}),
+                    **(_detector_checks(defaced, original_detected, defaced_threshold)
+                       if job.detectors else {}),
                     **(_geometric_checks(volume, defaced, result.allowed, to_template,
-                                         _frame(template),
-                                         target) if job.reid else {}),
+                                         _frame(template), target, masks.threshold,
+                                         defaced_threshold) if job.reid else {}),
                     "subject_to_template": np.asarray(to_template).tolist(),
                 }
                 save_mask_like(result.allowed, volume, target / "face_mask.nii.gz")
@@ -293,9 +297,10 @@ def run_subject(job: SubjectJob) -> list[dict]:
     return rows
 
 
-def _detector_checks(defaced: Volume, original_detected: bool) -> dict:
-    """The face detectors' columns of a defaced head (stock detector and the ensemble)."""
-    judged = ensemble_detect(defaced.data, defaced.zooms)
+def _detector_checks(defaced: Volume, original_detected: bool, threshold: float) -> dict:
+    """The face detectors' columns of a defaced head (stock detector and the ensemble);
+    ``threshold`` is the defaced head's :func:`skin_threshold`."""
+    judged = ensemble_detect(defaced.data, defaced.zooms, threshold=threshold)
     return {"face_detected_original": original_detected,
             "face_detected_defaced": judged.stock_detected(),
             "ensemble_views_with_face_defaced": judged.views_with_any_face(),
@@ -317,19 +322,21 @@ def _frame(template: Template) -> FaceFrame:
 
 
 def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
-                      to_template: np.ndarray, frame: FaceFrame, target: Path) -> dict:
+                      to_template: np.ndarray, frame: FaceFrame, target: Path,
+                      threshold: float, defaced_threshold: float) -> dict:
     """Face distances of a defaced head; saves its face descriptor and the original's for
     :func:`reidentify`.
 
     The defaced head is resampled into the frame once: the distances read it at
-    the original's skin threshold, the descriptor at its own.
+    the original's skin threshold (``threshold``, :func:`skin_threshold` of
+    ``volume``), the descriptor at its own (``defaced_threshold``).
     """
     samples = frame_samples(defaced, to_template, frame)
-    original = face_descriptor(volume, to_template, frame)
+    original = face_descriptor(volume, to_template, frame, threshold=threshold)
     distance = face_distances(volume, defaced, allowed, to_template, frame,
-                              defaced_samples=samples, original_descriptor=original)
-    for name, descriptor in ((DESCRIPTOR, samples_descriptor(samples, frame,
-                                                             skin_threshold(defaced.data))),
+                              defaced_samples=samples, original_descriptor=original,
+                              threshold=threshold)
+    for name, descriptor in ((DESCRIPTOR, samples_descriptor(samples, frame, defaced_threshold)),
                              (ORIGINAL_DESCRIPTOR, original)):
         with atomic_path(target / name) as tmp, open(tmp, "wb") as handle:
             np.save(handle, descriptor)

@@ -29,6 +29,7 @@ from isyb import __version__
 from isyb.cli import deface, derive, qc, release, study
 from isyb.cli.options import APP, QC_DATASET
 from isyb.errors import IsybError
+from isyb.executor import keep_freed_memory
 
 #: Exit codes (see the module docstring and the README's table).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(_route_argv(sys.argv[1:] if argv is None else list(argv)))
         configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+        keep_freed_memory()
         return args.handler(args)
     except IsybError as exc:
         return _refused(exc)

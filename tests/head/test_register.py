@@ -99,7 +99,10 @@ def test_poor_scores_try_every_start_and_keep_the_best(template,
     assert round(result.score, 4) == max(a["brain_dice"] for a in result.attempts)
 
 
-def test_fails_closed_when_nothing_fits(template) -> None:
+def test_fails_closed_when_nothing_fits(template, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No start reaches ``fail_below``: an error, not the best of bad fits. Two starts
+    (the test above checks that every start is tried), each as costly as a real one."""
+    monkeypatch.setattr("isyb.head.register.STARTS", STARTS[:2])
     image, affine, brain, _ = _subject(template, np.eye(3), np.zeros(3))
     wrong = np.zeros_like(brain)
     wrong[:30, :30, :30] = True  # a "brain" in a corner of the FOV

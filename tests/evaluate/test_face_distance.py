@@ -73,6 +73,38 @@ def test_depth_distances_are_mean_absolute_differences_over_the_region() -> None
     assert small.to_original is None and small.closer_to is None
 
 
+def test_all_three_distances_use_the_same_pixels() -> None:
+    original = np.zeros((20, 20))
+    defaced = np.full((20, 20), 1.0)
+    template = np.full((20, 20), 3.0)
+    defaced[:10] = 9.0  # far from both, where the template has no skin
+    template[:10] = np.nan
+    result = face_distance.depth_distances(original, defaced, template,
+                                           np.ones((20, 20), dtype=bool))
+    assert (result.to_original, result.to_template, result.pixels) == (1.0, 2.0, 200)
+
+
+def test_decisive_pixels_say_whose_face_where_the_faces_differ() -> None:
+    # the faces differ by 2 mm on 640 pixels (under the 3 mm voxel), where the defaced
+    # surface is the subject's or halfway; on the 160 where they differ by 6 mm it is
+    # 1 mm from the template's: over the whole region the two means tie
+    original = np.zeros((40, 20))
+    template = np.full((40, 20), 2.0)
+    template[:8] = 6.0
+    defaced = np.zeros((40, 20))
+    defaced[8:, ::2] = 1.0
+    defaced[:8] = 5.0
+    region = np.ones((40, 20), dtype=bool)
+    result = face_distance.depth_distances(original, defaced, template, region, decisive_mm=3.0)
+    assert result.to_original == pytest.approx(1.4) and result.to_template == pytest.approx(1.4)
+    assert result.decisive_pixels == 160
+    assert (result.decisive_to_original, result.decisive_to_template) == (5.0, 1.0)
+    assert result.decisive_closer_to == "template"
+    assert result.to_json()["decisive_closer_to"] == "template"
+    same = face_distance.depth_distances(original, defaced, original, region)
+    assert same.decisive_pixels == 0 and same.decisive_closer_to is None
+
+
 @pytest.mark.slow
 def test_evaluate_cli_reports_the_face_distances_with_a_template(default_template, tmp_path,
                                                                  capsys) -> None:

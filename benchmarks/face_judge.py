@@ -14,7 +14,8 @@ with: the ensemble's views with a face per detector (and MTCNN's highest
 probability), the defaced face's mean distance to the subject's original face
 and to the registered template's face
 (:func:`isyb.evaluate.face_distance.face_distances`, template-frame mm, over the
-region the defacing was allowed to change), the brain voxels changed (deepbet's
+region the defacing was allowed to change, and over its pixels where the two faces
+differ by more than a voxel: the ``decisive_`` fields), the brain voxels changed (deepbet's
 mask) and the largest depth step across the region's border
 (:func:`isyb.viz.seams.border_step_mm`). The brain mask and each registration
 are computed once and cached in ``--work``, with the file names of

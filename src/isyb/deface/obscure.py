@@ -71,6 +71,8 @@ SEAL_MM = 3.0
 #: Radius (mm) of the ball that closes the head before ``remove``'s cut, so that its wall
 #: spans the nasal cavity, the mouth and the sinuses (:func:`sealing_layer`).
 SPAN_MM = 15.0
+#: Grid (mm, about) on which that closing is done: the cavities it spans are centimetres wide.
+SPAN_GRID_MM = 4.0
 #: Added to a distance limit so that a voxel exactly that far (a 3 mm neighbour on a
 #: 3 mm grid, whose Euclidean distance transform reads 3.000000000000011) is within it.
 DISTANCE_TOLERANCE_MM = 1e-6
@@ -166,19 +168,24 @@ def sealing_layer(region: np.ndarray, head: np.ndarray, zooms: np.ndarray,
 
     Distances are Euclidean in mm (:func:`isyb.head.morphology.dilate_mm`),
     computed in the region's bounding box; the closing is done on a grid of
-    about :data:`isyb.head.morphology.COARSE_MM` and interpolated back (linear).
+    about :data:`SPAN_GRID_MM` and interpolated back (linear).
     """
     if not region.any():
         return np.zeros(region.shape, dtype=bool)
     zooms = np.asarray(zooms, dtype=float)
     reach = max(seal_mm, float(zooms.max())) + DISTANCE_TOLERANCE_MM
-    box = bounding_box(region, np.ceil((reach + span_mm) / zooms).astype(int) + 1)
+    box = bounding_box(region, np.ceil(reach / zooms).astype(int) + 1)
     solid = head[box]
-    out = np.zeros(region.shape, dtype=bool)
     if span_mm > 0 and solid.any():
-        factors = coarse_factors(zooms)
-        closed = close_mm(downsample(solid, factors) > 0.5, zooms * factors, span_mm)
-        solid = solid | (upsample(closed.astype(np.float32), factors, solid.shape) > 0.5)
+        # the closing needs the head up to span_mm around the region: a wider box
+        wide = bounding_box(region, np.ceil((reach + span_mm) / zooms).astype(int) + 1)
+        factors = coarse_factors(zooms, SPAN_GRID_MM)
+        closed = close_mm(downsample(head[wide], factors) > 0.5, zooms * factors, span_mm)
+        closed = upsample(closed.astype(np.float32), factors, head[wide].shape) > 0.5
+        inner = tuple(slice(b.start - w.start, b.stop - w.start)
+                      for b, w in zip(box, wide, strict=True))
+        solid = solid | closed[inner]
+    out = np.zeros(region.shape, dtype=bool)
     out[box] = region[box] & dilate_mm(solid & ~region[box], zooms, reach)
     return out
 

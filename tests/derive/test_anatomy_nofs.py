@@ -56,6 +56,8 @@ def test_direct_thickness_of_the_phantom_cortex_is_within_10_percent(vertex: dic
     assert np.all(thickness[labels != 2] == 0)
     assert mean_thickness(thickness, labels) == pytest.approx(row["mean_ct_mm"], rel=1e-6)
     assert row["mean_ct_mm"] == pytest.approx(TRUE_THICKNESS_MM, rel=0.10), row
+    assert row["ct_region"] == "all GM (no normalisation)"  # no template: nothing to leave out
+    assert row["cortical_gmv_ml"] == pytest.approx(row["gmv_ml"])
     table = pd.read_csv(folder / "sub-01_desc-anatomy_metrics.tsv", sep="\t")
     assert table.loc[0, "gmv_ml"] == pytest.approx(gm_volumes(labels, ZOOMS)["total"])
 

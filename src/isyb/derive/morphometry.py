@@ -97,8 +97,9 @@ def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
     the box of its GM and WM voxels plus a 3-voxel margin before ANTs sees
     it. The cost is that box's voxel count × 10 iterations × 10 integration
     points (warps, gradients and two field inversions each): a whole 1 mm
-    brain (4.4 M voxels) takes 630-660 CPU s, its cerebrum alone (3.9 M) a
-    little less, on ITK's threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
+    brain (4.4 M voxels) takes 630-660 CPU s, the cerebrum of three real heads
+    (3.2-3.9 M) 390-510 CPU s, on ITK's threads
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
     """
     import ants
 

@@ -27,9 +27,11 @@ Times, in this process (no file reading, no start-up, except the last row):
   without FreeSurfer on real 1 mm heads of ``DATA/heads`` (``--heads``:
   colin27 with its reference brain, the MNE sample's ``brain.mgz``, pycortex
   S1 with deepbet's brain): the three-tissue segmentation (N4 + Atropos),
-  total GMV, and DiReCT cortical thickness of the whole brain
-  (:mod:`isyb.derive.morphometry`), with the mean CT and GMV found. Target:
-  CT and GMV <= 60 s on 2 cores.
+  total GMV, the SyN normalisation and the cortex classes it carries
+  (:mod:`isyb.derive.cortex`), and DiReCT cortical thickness of the cerebral
+  cortex (:mod:`isyb.derive.morphometry`), with the mean CT and GMVs found;
+  ``--whole-gm`` adds DiReCT on all three-tissue GM (isyb before the cortex
+  classes). Target: CT and GMV <= 60 s on 2 cores.
 
 Prints the median and the range of ``--repeats`` runs of each (``--quick``:
 the subject row once).
@@ -49,7 +51,8 @@ import numpy as np
 from _timing import default_data
 
 TARGETS_S = {"alff_falff": 10.0, "reho": 30.0,
-             "cortical thickness (DiReCT), whole brain": 60.0, "GM volume": 60.0}
+             "cortical thickness (DiReCT), cerebral cortex": 60.0,
+             "cortical thickness (DiReCT), all GM": 60.0, "GM volume": 60.0}
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -77,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="time only CT and GMV on real 1 mm heads")
     parser.add_argument("--heads", nargs="+", choices=sorted(ANATOMY_HEADS),
                         default=["colin27"], help="the heads --anatomy times (default colin27)")
+    parser.add_argument("--whole-gm", action="store_true",
+                        help="--anatomy: also time DiReCT on all three-tissue GM")
     parser.add_argument("--save", type=Path, default=None,
                         help="--anatomy: also write each head's labels and thickness map as "
                              "<head>_anatomy.npz in this folder (for inspection; not timed)")
     args = parser.parse_args(argv)
     if args.anatomy:
-        return anatomy_rows(args.data, args.heads, args.save)
+        return anatomy_rows(args.data, args.heads, args.save, args.whole_gm)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -137,8 +142,8 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """A real head's T1w (RAS, float32), its brain mask and its voxel sizes (mm)."""
+def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
+    """A real head's T1w (RAS, float32), its brain mask, voxel sizes (mm) and RAS affine."""
     from isyb.head.brain import extract_brain
 
     t1w_name, brain_name = ANATOMY_HEADS[name]
@@ -152,46 +157,71 @@ def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple]:
     else:
         reference = nib.as_closest_canonical(nib.load(str(data / "heads" / brain_name)))
         brain = np.asarray(reference.dataobj) > 0
-    return image, brain, zooms
+    return image, brain, zooms, t1w.affine
 
 
-def anatomy_rows(data: Path, heads: list[str], save: Path | None = None) -> int:
-    """Segmentation, GMV and whole-brain DiReCT CT of real 1 mm heads, once each, with the
-    wall and CPU seconds of each step and the values found."""
-    print(f"{'head / step':<52}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
+def anatomy_rows(data: Path, heads: list[str], save: Path | None = None,
+                 whole_gm: bool = False) -> int:
+    """Segmentation, GMV, normalisation, cortex classes and DiReCT CT of real 1 mm heads,
+    once each, with the wall and CPU seconds of each step and the values found."""
+    print(f"{'head / step':<58}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
     for name in heads:
-        result, zooms = _anatomy_of(data, name)
+        result, zooms = _anatomy_of(data, name, whole_gm)
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(save / f"{name}_anatomy.npz", labels=result["labels"],
-                                thickness=result["ct"], zooms=np.asarray(zooms))
+            np.savez_compressed(save / f"{name}_anatomy.npz", zooms=np.asarray(zooms),
+                                **{key: value for key, value in result.items()
+                                   if isinstance(value, np.ndarray)})
     return 0
 
 
-def _anatomy_of(data: Path, name: str) -> tuple[dict, tuple]:
-    """One head's rows of :func:`anatomy_rows`; its labels ("labels"), thickness map ("ct")
-    and GMV ("gmv"), and its voxel sizes."""
+def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tuple]:
+    """One head's rows of :func:`anatomy_rows`; its labels ("labels"), DiReCT's input
+    ("cortex"), thickness maps ("ct", and "ct_all_gm" with ``whole_gm``) and GMV ("gmv"), and
+    its voxel sizes."""
+    import tempfile
+
+    from isyb.derive.cortex import cortical_segmentation, subject_classes
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
+    from isyb.derive.normalize import normalization_template, normalize
     from isyb.head.tissue import segment_tissues
 
-    image, brain, zooms = _head(data, name)
+    image, brain, zooms, affine = _head(data, name)
+    template = normalization_template()
+    work = Path(tempfile.mkdtemp(prefix="isyb_bench_anatomy_"))
     result: dict = {}
+
+    def cortex() -> None:
+        classes = subject_classes(result["labels"], affine, result["normalization"], template)
+        result["cortex"] = cortical_segmentation(result["labels"], classes)
+
     jobs = {
         "segmentation (N4 + Atropos)": lambda: result.update(
             labels=segment_tissues(image, brain, zooms)),
         "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
-        "cortical thickness (DiReCT), whole brain": lambda: result.update(
-            ct=cortical_thickness(result["labels"], zooms)),
+        "SyN normalisation (1 mm T1w -> 2 mm)": lambda: result.update(
+            normalization=normalize(image, affine, brain, template, work, kind="SyN")),
+        "cortex classes (aparc+aseg through SyN)": cortex,
+        "cortical thickness (DiReCT), cerebral cortex": lambda: result.update(
+            ct=cortical_thickness(result["cortex"], zooms)),
     }
+    if whole_gm:
+        jobs["cortical thickness (DiReCT), all GM"] = lambda: result.update(
+            ct_all_gm=cortical_thickness(result["labels"], zooms))
     for step, job in jobs.items():
         cpu = _cpu_seconds()
         wall = timed(job, 1)[0]
         cpu = _cpu_seconds() - cpu
         target = TARGETS_S.get(step)
-        print(f"{name + ' ' + step:<52}{wall:>9.2f}{cpu:>9.2f}"
+        print(f"{name + ' ' + step:<58}{wall:>9.2f}{cpu:>9.2f}"
               f"{'' if target is None else f'{target:.0f}':>10}", flush=True)
-    print(f"{name}: mean CT {mean_thickness(result['ct'], result['labels']):.2f} mm "
-          f"(adult 2.3-2.8), total GMV {result['gmv']:.0f} ml (adult 500-800)", flush=True)
+    cortical_ml = gm_volumes(result["cortex"], zooms)["total"]
+    print(f"{name}: mean CT {mean_thickness(result['ct'], result['cortex']):.2f} mm over the "
+          f"cerebral cortex (adult 2.3-2.8), total GMV {result['gmv']:.0f} ml (adult 500-800), "
+          f"cortical GMV {cortical_ml:.0f} ml", flush=True)
+    if whole_gm:
+        print(f"{name}: mean CT {mean_thickness(result['ct_all_gm'], result['labels']):.2f} mm "
+              f"over all GM", flush=True)
     return result, zooms
 
 

@@ -231,25 +231,33 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     """Anatomy without FreeSurfer (:mod:`isyb.derive.morphometry`) of a subject's T1w.
 
     Writes ``<label>_desc-thickness_map.nii.gz`` (DiReCT CT in mm, T1w space)
-    and ``<label>_desc-anatomy_metrics.tsv`` (``mean_ct_mm``, ``gmv_ml``) in
+    and ``<label>_desc-anatomy_metrics.tsv`` (``mean_ct_mm``, ``gmv_ml`` of
+    all GM, ``cortical_gmv_ml`` of the GM DiReCT measured, ``ct_region``) in
     the subject's ``anat`` folder; returns the table's row. With a
-    ``template`` (and the anatomy's normalisation), also
-    ``<label>_space-<space>_desc-thickness_map.nii.gz`` for the group maps:
+    ``template`` and the anatomy's normalisation, DiReCT measures the
+    cerebral cortex as ``antsCorticalThickness.sh`` does
+    (:mod:`isyb.derive.cortex`); without them, or without the cortical atlas
+    (a warning says why), the whole three-tissue GM. With a ``template``,
+    also ``<label>_space-<space>_desc-thickness_map.nii.gz`` for the group maps:
     each non-GM voxel first takes the thickness of its nearest GM voxel, so
     the trilinear warp does not mix the cortex with zeros, and the result is
     kept where the template's GM probability is >= 0.5 (its brain mask for a
-    template without tissue maps).
+    template without tissue maps), outside the atlas's deep GM, brainstem and
+    cerebellum when DiReCT measured the cerebral cortex.
     """
     from scipy import ndimage
 
+    from isyb.derive.cortex import DEEP_GM, HINDBRAIN, template_classes
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
     from isyb.derive.normalize import to_template
 
     zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(axis=0))
     start = time.perf_counter()
-    thickness = cortical_thickness(anatomy.labels, zooms)
-    row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, anatomy.labels),
+    labels, region = _direct_input(anatomy, template, label)
+    thickness = cortical_thickness(labels, zooms)
+    row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, labels),
            "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
+           "cortical_gmv_ml": gm_volumes(labels, zooms)["total"], "ct_region": region,
            "method": "DiReCT (ANTs KellyKapowski) on isyb's CSF/GM/WM segmentation",
            "seconds": round(time.perf_counter() - start, 1)}
     folder = derivatives_dir(out_dir) / label / "anat"
@@ -260,11 +268,30 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
         filled = thickness[tuple(nearest)]
         warped = to_template(filled, anatomy.affine, anatomy.normalization, template)
         cortex = template.gm >= 0.5 if np.any(template.gm) else template.brain_mask
+        if region == "cerebral cortex":  # not the deep GM, brainstem and cerebellum it left out
+            cortex &= ~np.isin(template_classes(template), (DEEP_GM, HINDBRAIN))
         save_map(np.where(cortex, warped, 0.0), template.affine,
                  folder / f"{label}_space-{space}_desc-thickness_map.nii.gz")
     with atomic_path(folder / f"{label}_desc-anatomy_metrics.tsv") as tmp:
         pd.DataFrame([row]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     return row
+
+
+def _direct_input(anatomy, template, label: str) -> tuple[np.ndarray, str]:
+    """DiReCT's labels and what they hold: the cerebral cortex (:mod:`isyb.derive.cortex`)
+    when the normalisation and the atlas allow it, else the three-tissue GM."""
+    from isyb.derive.cortex import cortical_segmentation, subject_classes
+    from isyb.derive.morphometry import MorphometryError
+
+    if template is None or anatomy.normalization is None:
+        return anatomy.labels, "all GM (no normalisation)"
+    try:
+        classes = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
+                                  template)
+    except MorphometryError as exc:
+        LOG.warning("%s: thickness of all GM, not the cerebral cortex: %s", label, exc)
+        return anatomy.labels, f"all GM ({exc})"
+    return cortical_segmentation(anatomy.labels, classes), "cerebral cortex"
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,

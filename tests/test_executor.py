@@ -4,6 +4,7 @@ runs under the one thread policy, and bad options are one-line errors."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ ITEMS = list(range(6))
 
 
 def _report(item: int) -> dict:
-    """A cheap task: its result, and the threads it ran with."""
+    """A cheap task: its result, the threads it ran with, and whether its process keeps
+    freed memory (:func:`keep_freed_memory` was called in it)."""
     return {"item": item, "square": item * item, "torch": torch.get_num_threads(),
             "itk": os.environ.get(ITK_THREADS_ENV),
+            "kept_memory": keep_freed_memory.cache_info().currsize == 1,
             "blas": sorted({pool["num_threads"] for pool in threadpool_info()
                             if pool["user_api"] == "blas"})}
 
@@ -80,6 +83,9 @@ def test_local_and_dask_give_the_same_results_and_dask_tasks_run_single_threaded
     assert {(r["torch"], r["itk"]) for r in dask} == {(1, "1")}
     cores = os.cpu_count() or 1  # one local process: the task gets every core
     assert {(r["torch"], r["itk"]) for r in local} == {(cores, str(cores))}
+    # glibc keeps freed memory in local tasks; Dask workers keep their nanny's trimming
+    assert {r["kept_memory"] for r in local} == {True}
+    assert {r["kept_memory"] for r in dask} == {False}
 
 
 def test_a_killed_or_failing_dask_task_is_retried(tmp_path: Path) -> None:
@@ -164,7 +170,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not keep_freed_memory(), reason="glibc's mallopt is not available here")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's mallopt")
 def test_freed_memory_is_reused_rather_than_faulted_in_again() -> None:
     """Temporaries of 1 to 30 MB, one after the other: with glibc's defaults each is
     above the threshold the last one set, so it is fresh pages from the kernel (faulted in

@@ -94,8 +94,9 @@ def keep_freed_memory() -> bool:
     thread (31 CPU s), 3.2 s were spent in the kernel, 1.85 s with this, with
     the same user time and 1.5 % more peak memory. Here blocks up to 32 MB
     (the most glibc allows) come from the heap, and its freed top is kept.
-    Called by the CLI and by every task (:class:`_Limited`); it changes only
-    where memory comes from, never a result. Linux with glibc only; returns
+    Called by the CLI and by every local task (:class:`_Limited`; Dask workers
+    keep their nanny's trimming); it changes only where memory comes from, never
+    a result. Linux with glibc only; returns
     whether it applied.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
@@ -114,13 +115,18 @@ def threads_per_task(nprocs: int, n_tasks: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class _Limited:
-    """``function`` run after :func:`limit_threads` (picklable, for pools and Dask)."""
+    """``function`` run after :func:`limit_threads` (picklable, for pools and Dask), and
+    after :func:`keep_freed_memory` when ``keep_memory``: not in Dask workers, whose nanny
+    asks glibc to trim freed memory (``MALLOC_TRIM_THRESHOLD_``) because it pauses a
+    worker whose process memory stays above 80 % of its limit between tasks."""
 
     function: Callable[[Any], Any]
     threads: int
+    keep_memory: bool = True
 
     def __call__(self, item: Any) -> Any:
-        keep_freed_memory()
+        if self.keep_memory:
+            keep_freed_memory()
         limit_threads(self.threads)
         return self.function(item)
 
@@ -213,7 +219,7 @@ def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: Exe
                disable=not progress, file=sys.stderr)
     threads = options.threads or (1 if options.executor == "dask" else
                                   threads_per_task(options.nprocs, len(items)))
-    task = _Limited(function, threads)
+    task = _Limited(function, threads, keep_memory=options.executor != "dask")
     shown = _Progress(bar, steps if progress else None)
     try:
         if options.executor == "dask":

@@ -91,27 +91,30 @@ def template_classes(template) -> np.ndarray:
     return atlas_classes(values).reshape(template.shape)
 
 
-def subject_classes(labels: np.ndarray, affine: np.ndarray, normalization, template) -> np.ndarray:
+def subject_classes(labels: np.ndarray, affine: np.ndarray, normalization, template, *,
+                    classes: np.ndarray | None = None) -> np.ndarray:
     """Region class of each GM or WM voxel of a subject's CSF/GM/WM labels (0 elsewhere).
 
-    Every classed template voxel goes to the subject through the normalisation
-    (:func:`isyb.derive.normalize.template_points`); each subject GM or WM
-    voxel (voxel centre, RAS mm through ``affine``) takes the class of the
-    nearest one.
+    Every classed template voxel (``classes``, :func:`template_classes` of
+    ``template``, computed here unless the caller has them) goes to the subject
+    through the normalisation (:func:`isyb.derive.normalize.template_points`);
+    each subject GM or WM voxel (voxel centre, RAS mm through ``affine``)
+    takes the class of the nearest one (one thread: the task's thread count
+    is set by :func:`isyb.executor.limit_threads`, which scipy does not read).
     """
     from scipy.spatial import cKDTree
 
     from isyb.derive.normalize import template_points
 
     labels = np.asarray(labels)
-    classes = template_classes(template).reshape(-1)
+    classes = (template_classes(template) if classes is None else np.asarray(classes)).reshape(-1)
     keep = classes > 0
     if not keep.any():
         raise MorphometryError("the cortical atlas does not overlap the template")
     points = template_points(normalization, template)[keep]
     tissue = np.argwhere((labels == GM) | (labels == WM))
     world = tissue @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-    _, nearest = cKDTree(points).query(world, workers=-1)
+    _, nearest = cKDTree(points).query(world)
     out = np.zeros(labels.shape, dtype=np.uint8)
     out[tuple(tissue.T)] = classes[keep][nearest]
     return out

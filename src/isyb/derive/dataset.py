@@ -247,13 +247,13 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     """
     from scipy import ndimage
 
-    from isyb.derive.cortex import DEEP_GM, HINDBRAIN, template_classes
+    from isyb.derive.cortex import DEEP_GM, HINDBRAIN
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
     from isyb.derive.normalize import to_template
 
     zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(axis=0))
     start = time.perf_counter()
-    labels, region = _direct_input(anatomy, template, label)
+    labels, region, classes = _direct_input(anatomy, template, label)
     thickness = cortical_thickness(labels, zooms)
     row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, labels),
            "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
@@ -268,8 +268,8 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
         filled = thickness[tuple(nearest)]
         warped = to_template(filled, anatomy.affine, anatomy.normalization, template)
         cortex = template.gm >= 0.5 if np.any(template.gm) else template.brain_mask
-        if region == "cerebral cortex":  # not the deep GM, brainstem and cerebellum it left out
-            cortex &= ~np.isin(template_classes(template), (DEEP_GM, HINDBRAIN))
+        if classes is not None:  # not the deep GM, brainstem and cerebellum DiReCT left out
+            cortex &= ~np.isin(classes, (DEEP_GM, HINDBRAIN))
         save_map(np.where(cortex, warped, 0.0), template.affine,
                  folder / f"{label}_space-{space}_desc-thickness_map.nii.gz")
     with atomic_path(folder / f"{label}_desc-anatomy_metrics.tsv") as tmp:
@@ -277,21 +277,24 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     return row
 
 
-def _direct_input(anatomy, template, label: str) -> tuple[np.ndarray, str]:
-    """DiReCT's labels and what they hold: the cerebral cortex (:mod:`isyb.derive.cortex`)
-    when the normalisation and the atlas allow it, else the three-tissue GM."""
-    from isyb.derive.cortex import cortical_segmentation, subject_classes
+def _direct_input(anatomy, template, label: str
+                  ) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """DiReCT's labels, what they hold, and the atlas classes on the template grid: the
+    cerebral cortex (:mod:`isyb.derive.cortex`) when the normalisation and the atlas allow
+    it, else the three-tissue GM (and no classes)."""
+    from isyb.derive.cortex import cortical_segmentation, subject_classes, template_classes
     from isyb.derive.morphometry import MorphometryError
 
     if template is None or anatomy.normalization is None:
-        return anatomy.labels, "all GM (no normalisation)"
+        return anatomy.labels, "all GM (no normalisation)", None
     try:
-        classes = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
-                                  template)
+        classes = template_classes(template)
+        subject = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
+                                  template, classes=classes)
     except MorphometryError as exc:
         LOG.warning("%s: thickness of all GM, not the cerebral cortex: %s", label, exc)
-        return anatomy.labels, f"all GM ({exc})"
-    return cortical_segmentation(anatomy.labels, classes), "cerebral cortex"
+        return anatomy.labels, f"all GM ({exc})", None
+    return cortical_segmentation(anatomy.labels, subject), "cerebral cortex", classes
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,

@@ -107,10 +107,10 @@ class SubjectGrid:
     @classmethod
     def from_arrays(cls, subject: np.ndarray, affine: np.ndarray, brain: np.ndarray,
                     spacing_mm: float) -> SubjectGrid:
-        """Bring a RAS head array and its boolean brain mask onto the working grid."""
-        grid, grid_affine = working_grid(subject, affine, spacing_mm)
-        brain_grid = working_grid(brain.astype(np.float32), affine, spacing_mm)[0] > 0.5
-        return cls(scale_to_unit(grid), brain_grid, grid_affine, float(spacing_mm))
+        """Bring a RAS head array and its boolean brain mask onto the working grid (as
+        :meth:`TemplateGrid.from_arrays`, the brain cut at 0.5)."""
+        grid = TemplateGrid.from_arrays(subject, affine, brain, spacing_mm)
+        return cls(grid.head, grid.brain > 0.5, grid.affine, grid.spacing_mm)
 
 
 def working_grid(data: np.ndarray, affine: np.ndarray, spacing_mm: float,

@@ -18,6 +18,9 @@ from isyb.head.register import (
 )
 from isyb.synthetic.phantom import make_phantom
 
+# Registration itself is under test: nothing comes from the run's work cache.
+pytestmark = pytest.mark.usefixtures("without_work_cache")
+
 # Linear part of the ISYB team's CAPIIO -> CN200 matrix (zuoxinian/CCS): a
 # Chinese head is wider, shorter front to back and lower than the Western atlas.
 CN200_SHAPE = np.array([[1.045734549, -0.008453204487, -0.01772608509],

@@ -14,6 +14,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from isyb.cache import cached, package_version
 from isyb.errors import BrainExtractionError
 
 #: Smallest plausible intracranial volume of an adult or child brain mask, in ml.
@@ -42,9 +43,17 @@ def extract_brain(data: np.ndarray, zooms: np.ndarray, *, threshold: float = 0.5
 
     ``zooms`` are the voxel sizes in mm along the array axes. The largest
     connected component is kept and its holes are filled (deepbet's own
-    post-processing).
+    post-processing). With ``ISYB_CACHE_DIR`` set, a mask computed before for the
+    same bytes and settings is reused (:mod:`isyb.cache`).
     """
     zooms = np.asarray(zooms, dtype=float)
+    parts = (data, zooms, float(threshold), package_version("deepbet"), package_version("torch"))
+    return cached("brain-deepbet", parts,
+                  lambda: {"mask": _deepbet_mask(data, zooms, threshold)})["mask"]
+
+
+def _deepbet_mask(data: np.ndarray, zooms: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`extract_brain` without the cache."""
     iso = isotropic_grid(zooms)
     factors = zooms / iso
     resample = not np.allclose(factors, 1.0, atol=0.02)

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from isyb.cache import cached, decode_json, encode_json, package_version
 from isyb.errors import RegistrationError
 from isyb.head.ants import read_affine, to_ants
 from isyb.head.grid import strided_box_mean
@@ -212,17 +213,40 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
     ``fail_below`` the Dice under which the best start is rejected.
     ``subject_grid``, the subject already on a working grid
     (:meth:`SubjectGrid.from_arrays` of the same arrays), is used when its
-    spacing is the template's; otherwise the subject is resampled here.
+    spacing is the template's; otherwise the subject is resampled here. The result
+    is a function of the two working grids and these settings only, so with
+    ``ISYB_CACHE_DIR`` set a registration computed before is reused (:mod:`isyb.cache`).
     """
+    spacing_mm = template.spacing_mm
+    if subject_grid is None or subject_grid.spacing_mm != spacing_mm:
+        subject_grid = SubjectGrid.from_arrays(subject, subject_affine, subject_brain,
+                                               spacing_mm)
+    parts = (subject_grid.head, subject_grid.brain, subject_grid.affine, template.head,
+             template.brain, template.affine, float(spacing_mm), float(accept), float(fail_below),
+             int(seed), STARTS, package_version("antspyx"))
+    entry = cached("registration-affine", parts, lambda: _registration_arrays(
+        _register(subject_grid, template, accept=accept, fail_below=fail_below, seed=seed)))
+    record = decode_json(entry["record"])
+    return Registration(entry["subject_to_template"], record["score"], record["start"],
+                        record["attempts"])
+
+
+def _registration_arrays(registration: Registration) -> dict[str, np.ndarray]:
+    """A :class:`Registration` as :func:`isyb.cache.cached` stores it."""
+    return {"subject_to_template": registration.subject_to_template,
+            "record": encode_json({"score": registration.score, "start": registration.start,
+                                   "attempts": registration.attempts})}
+
+
+def _register(subject_grid: SubjectGrid, template: TemplateGrid, *, accept: float,
+              fail_below: float, seed: int) -> Registration:
+    """:func:`register_template` on the working grids, without the cache."""
     import ants
 
     # One ITK thread and a fixed seed make ANTs' sampled metric reproducible:
     # with two threads, two runs on the same input differed by up to 0.26 mm.
     ants.config.set_ants_deterministic(True, seed)
     spacing_mm = template.spacing_mm
-    if subject_grid is None or subject_grid.spacing_mm != spacing_mm:
-        subject_grid = SubjectGrid.from_arrays(subject, subject_affine, subject_brain,
-                                               spacing_mm)
     subj, subj_aff, subj_brain = subject_grid.head, subject_grid.affine, subject_grid.brain
     tmpl, tmpl_aff, tmpl_brain_f = template.head, template.affine, template.brain
     subj_frame = _frame(subj_aff, _centroid_world(subj_brain, subj_aff))

@@ -19,7 +19,8 @@ code: after editing isyb's numerics, empty the folder. Entries are written
 atomically (a temporary file, then a rename), so two processes that compute
 the same entry at once both succeed; an entry that cannot be read is
 computed again and replaced. A failed computation (an exception) stores
-nothing.
+nothing. Entries are compressed (``numpy.savez_compressed``): a 256³ brain mask
+takes tens of kB instead of 16 MB, for about 0.1 s.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def cached(kind: str, parts: tuple,
     result = dict(compute())
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-            np.savez(stream, **result)
+            np.savez_compressed(stream, **result)
     except OSError as error:
         log.warning("could not write cache entry %s (%s); going on without it", path, error)
     return result

@@ -327,8 +327,9 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     second (``out/control``) uses ``ref`` and a byte-identical copy of it
     under another name, the negative control. With ``isyb_design``, a third
     (``out/isyb``) runs the descriptor's design as it stands (``--design
-    isyb``: maskface, the template's face region with the default margin,
-    type III statistics) on ``ref`` and ``cn200``, and a fourth
+    isyb``: maskface, the template's face region with the design's margin,
+    :data:`isyb.study.study.ISYB_FACE_MARGIN_MM`, type III statistics) on
+    ``ref`` and ``cn200``, and a fourth
     (``out/isyb_margin``) the same design with the simulation's margin
     (``face_margin_mm`` :data:`SIMULATION_MARGIN_MM`). The later studies share
     the first one's work cache (brain masks, registrations). ``detectors``

@@ -122,8 +122,8 @@ def isyb_scale(args: argparse.Namespace) -> dict:
     import nibabel as nib
 
     import isyb.study.run as run
-    from isyb.deface.engine import DefaceOptions
     from isyb.executor import limit_threads
+    from isyb.study.study import StudyOptions
     from isyb.synthetic.phantom import make_phantom
     from isyb.templates.outline import outline_for
     from isyb.templates.registry import resolve
@@ -135,7 +135,9 @@ def isyb_scale(args: argparse.Namespace) -> dict:
     start_cpu = time.process_time()
     import ants  # noqa: F401
     startup_cpu = time.process_time() - start_cpu
-    options = DefaceOptions(method=args.method, face_region=args.face_region)
+    # the defacing of isyb study's default design (its face margin included: 6 mm, mask_face's
+    # ROI enlargement), with --method and --face-region as given
+    options = StudyOptions(method=args.method, face_region=args.face_region).deface_options()
     templates = tuple(resolve(name) for name in TEMPLATES.split(","))  # prepared, untimed
     for template in templates:  # per-template caches, built once for all subjects: untimed
         template.working_grid()
@@ -178,6 +180,7 @@ def isyb_scale(args: argparse.Namespace) -> dict:
     per_pair = total / pairs
     return {"mode": "isyb-scale", "subjects_sampled": args.subjects,
             "templates": TEMPLATES, "method": args.method, "face_region": args.face_region,
+            "face_margin_mm": options.face_margin_mm,
             "voxel_mm": 1.0, "grid": list(phantom.image.shape), "processes": 1,
             "threads": args.threads,
             "cores": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],

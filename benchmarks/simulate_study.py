@@ -25,9 +25,10 @@ runs twice on the same work cache:
 2. templates ``ref`` and a byte-identical copy of it under another name: the
    negative control, which must show no effect at all;
 3. with ``--isyb-design``, ``isyb study --design isyb`` as it stands (maskface,
-   the template's face region with the default 8 mm margin, type III mixed
-   ANOVA) on ``ref`` and ``cn200``, and the same design with the simulation's
-   3 mm margin.
+   the template's face region with the design's 6 mm margin, mask_face's ROI
+   enlargement of ``round(6·pixdim)`` voxels on the descriptor's 1 mm heads;
+   type III mixed ANOVA) on ``ref`` and ``cn200``, and the same design with
+   the simulation's 3 mm margin.
 
     python benchmarks/simulate_study.py [--phantoms 5] [--real pycortex-S1_T1w.nii.gz,...]
         [--strength 2] [--voxel 3] [--method remove] [--face-region template]
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-margin", type=float, default=SIMULATION_MARGIN_MM,
                         help="template face-region margin, mm (default: %(default)s)")
     parser.add_argument("--isyb-design", action="store_true",
-                        help="also run --design isyb, with its 8 mm margin and with 3 mm")
+                        help="also run --design isyb, with its 6 mm margin and with 3 mm")
     parser.add_argument("--no-detectors", dest="detectors", action="store_false",
                         help="skip the face detectors (as isyb study --no-detectors)")
     parser.add_argument("--no-reid", dest="reid", action="store_false",

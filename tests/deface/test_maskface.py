@@ -23,6 +23,7 @@ from isyb.deface.maskface_roi import (
     capiio_to_template,
     fsl_voxel_to_scaled,
     landmark_box,
+    roi_margin_mm,
 )
 from isyb.io import load_volume, volume_from_image
 from isyb.synthetic.phantom import Label, make_phantom, to_nifti
@@ -181,6 +182,28 @@ def test_mni_face_box_from_capiio(data_root) -> None:
     nose_tip = volume.data[:, :, 60:80].max(axis=2) > 0.3 * volume.data.max()
     front = np.argwhere(nose_tip)[:, 1].max()
     assert face.lo[1] < front <= face.hi[1]
+
+
+def test_face_box_margin_rounds_like_matlab() -> None:
+    """mask_surf_auto.m enlarges the box by round(6 * pixdim) voxels, MATLAB's round: 5 voxels
+    at 0.75 mm (numpy's half-to-even would give 4), 6 at 1 mm, 8 at 1.25 mm."""
+    shift = np.eye(4)
+    shift[:3, 3] = 40.0  # every landmark line well inside a 300^3 grid, except where clipped
+    bare = landmark_box(shift, (300, 300, 300), np.full(3, 0.01), "test")
+    for voxel, expected in ((0.75, 5), (1.0, 6), (1.25, 8)):
+        face = landmark_box(shift, (300, 300, 300), np.full(3, voxel), "test")
+        assert bare.lo[0] - face.lo[0] == expected
+        assert face.hi[0] - bare.hi[0] == expected
+
+
+def test_mask_face_enlarges_its_roi_by_round_6_pixdim_voxels() -> None:
+    """mask_surf_auto.m: ``nm = round(6 * pixdim)`` voxels, so ``round(6 p) * p`` mm: 6 mm on
+    1 mm heads, and not 6 mm at other voxel sizes (MATLAB rounds halves up)."""
+    assert roi_margin_mm(1.0) == 6.0
+    assert roi_margin_mm(0.9) == pytest.approx(4.5)
+    assert roi_margin_mm(1.25) == pytest.approx(10.0)  # round(7.5) = 8 voxels
+    assert roi_margin_mm(2.0) == 24.0
+    assert roi_margin_mm(3.0) == 54.0
 
 
 def test_fsl_scaled_voxels() -> None:

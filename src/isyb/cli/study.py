@@ -65,9 +65,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--face-region", choices=("rule", "template"),
                        help="face region of the defacing, as for `isyb deface` (default: the "
                        "design's: template for isyb, rule for pingouin)")
-    study.add_argument("--face-margin", type=nonnegative_float, default=8.0, metavar="MM",
+    study.add_argument("--face-margin", type=nonnegative_float, metavar="MM",
                        help="--face-region template: margin around the template's face, "
-                       "template mm (default: %(default)s)")
+                       "template mm (default: the design's: 6 for isyb, mask_face's ROI "
+                       "enlargement of round(6·pixdim) voxels on 1 mm heads; 8 for pingouin, "
+                       "the deface default)")
     split = study.add_mutually_exclusive_group()
     split.add_argument("--split", help="subset sizes, counts or fractions, e.g. "
                        "discovery:89,validation:126 (default: two halves)")
@@ -162,7 +164,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     plan_cohort(args.bids_dir, options)  # the split and cohort, before templates are prepared
     templates = [_study_template(args) if name == "study" else resolve(name, progress=note)
                  for name in names]
-    note(f"design: {options.design_label}")
+    note(f"design: {options.design_label}; defacing: {options.defacing_label}")
     result = run_study(args.bids_dir, args.out_dir, templates, options,
                        executor=executor, progress=not args.quiet, log=note)
     print(json.dumps(result["summary"]))

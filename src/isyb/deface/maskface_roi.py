@@ -37,6 +37,7 @@ original files where the test data holds them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -80,9 +81,25 @@ CAPIIO_TO = {
 MNI_TEMPLATES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")
 #: The ROI is enlarged by round(ROI_MARGIN_MM * voxel size) voxels (mask_surf_auto.m).
 ROI_MARGIN_MM = 6.0
+#: Voxel size (mm) of the heads the ISYB data descriptor defaced (isyb's ISYB-shaped
+#: cohort, ``benchmarks/bench_study.py --isyb-scale``, has heads at 1 mm).
+DESCRIPTOR_VOXEL_MM = 1.0
 #: Recorded in every maskface provenance: the one deliberate difference in safety.
 GUARD_NOTE = ("isyb keeps its brain guard on; the ISYB data descriptor's mask_face runs "
               "had none (mask_face's brain protection is off by default)")
+
+
+def roi_margin_mm(voxel_mm: float) -> float:
+    """mask_face's ROI enlargement in mm at an isotropic voxel size of ``voxel_mm``.
+
+    ``mask_surf_auto.m`` enlarges the landmark box by ``nm = round(6 * pixdim)``
+    *voxels* along each axis ("to compensate for partial segment effect"), i.e.
+    ``round(6 p) * p`` mm: 6 mm at 1 mm voxels, 4.5 mm at 0.9 mm, 8.4 mm at
+    1.2 mm, 24 mm at 2 mm, 54 mm at 3 mm. It grows with the square of the voxel
+    size (``6 / pixdim`` voxels would have been a fixed 6 mm); this is what the
+    tool does. MATLAB rounds halves away from zero.
+    """
+    return math.floor(ROI_MARGIN_MM * float(voxel_mm) + 0.5) * float(voxel_mm)
 
 
 def fsl_voxel_to_scaled(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -169,9 +186,11 @@ def landmark_box(capiio_to_voxel: np.ndarray, shape: tuple[int, int, int], zooms
         hi[vertical] = top[vertical]
     else:
         lo[vertical] = 0
-    margin = np.rint(ROI_MARGIN_MM * np.asarray(zooms, dtype=float))
-    lo = np.clip(np.round(lo) - margin, 0, top).astype(int)
-    hi = np.clip(np.round(hi) + margin, 0, top).astype(int)
+    # MATLAB's round (halves away from zero; all values here are >= 0), not numpy's
+    # half-to-even: at 0.75 mm voxels round(6 * 0.75) = round(4.5) is 5 voxels, not 4.
+    margin = np.floor(ROI_MARGIN_MM * np.asarray(zooms, dtype=float) + 0.5)
+    lo = np.clip(np.floor(lo + 0.5) - margin, 0, top).astype(int)
+    hi = np.clip(np.floor(hi + 0.5) + margin, 0, top).astype(int)
     return FaceBox(tuple(lo.tolist()), tuple(hi.tolist()), vertical, outward, source)
 
 

@@ -17,7 +17,7 @@ from isyb.head.morphology import (
     bounding_box,
     brain_guard,
     head_mask,
-    skin_surface,
+    skin_surface_in,
     skin_threshold,
 )
 from isyb.io import ImageLike, Volume, atomic_path, load_volume
@@ -151,7 +151,7 @@ def evaluate_defacing(original: Volume | ImageLike, defaced: Volume | ImageLike,
     else:
         head = subject.head
         reference = face_coverage(subject.reference, changed, subject.guard)
-    skin = skin_surface(head) & face_mask
+    skin = skin_surface_in(head, face_mask)
     record = {
         "nmi": face_nmi(original.data, defaced.data, face_mask, method=nmi_method),
         "nmi_method": nmi_method,

@@ -91,6 +91,23 @@ def skin_surface(head: np.ndarray) -> np.ndarray:
     return head & ~ndimage.binary_erosion(head)
 
 
+def skin_surface_in(head: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``skin_surface(head) & region``, computed in ``region``'s bounding box only.
+
+    The erosion reads a voxel's 6 neighbours, so the box grown by one voxel
+    gives the whole grid's answer inside the region: the grown box's faces lie
+    outside the region or on the image's own faces (where the whole grid's
+    erosion treats the outside as air too). Same voxels, a fraction of the work
+    when the region is small (a face region is about a sixth of a head's grid).
+    """
+    region = np.asarray(region, dtype=bool)
+    out = np.zeros(region.shape, dtype=bool)
+    box = bounding_box(region, 1)
+    if region[box].size:
+        out[box] = skin_surface(np.asarray(head, dtype=bool)[box]) & region[box]
+    return out
+
+
 def coarse_factors(zooms: np.ndarray, target_mm: float = COARSE_MM) -> np.ndarray:
     """Integer subsampling per axis that brings ``zooms`` near ``target_mm``."""
     return np.maximum(np.rint(target_mm / np.asarray(zooms, dtype=float)), 1).astype(int)

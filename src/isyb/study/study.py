@@ -3,6 +3,39 @@
 The dependent variables (NMI, changed fraction of the face's skin surface)
 are computed over each subject's evaluation region, the same voxels for
 every template (see :mod:`isyb.study.run`).
+
+The face margin of ``--design isyb`` (issue 13): 6 mm, mask_face's own ROI
+enlargement, not the deface default of 8 mm. Where mask_face knows the
+template's CAPIIO matrix, its face ROI is the box of the landmark lines,
+extended to the image edge on the face side and enlarged by ``round(6 *
+pixdim)`` voxels per axis (``mask_surf_auto.m``, ``init_params``); on the
+descriptor's 1 mm heads that is 6 voxels, 6 mm
+(:func:`isyb.deface.maskface_roi.roi_margin_mm`). Inside the ROI, mask_face
+obscures a layer of ±8 mm around the *subject's own* skin, which isyb's
+``maskface`` builds itself (:mod:`isyb.deface.maskface`) whatever the
+region. The deface default of 8 mm (:data:`isyb.templates.face.FACE_MARGIN_MM`)
+was taken from that layer's half-thickness, a different quantity: with
+``maskface``, which applies the layer itself, the same 8 mm reappeared as the
+region's margin, where mask_face has its ROI enlargement. So for a template
+without a CAPIIO matrix, whose region is isyb's template face region, the
+design grows that region by mask_face's ROI enlargement, 6 mm.
+The margin is fixed in template mm, not ``round(6 p) * p`` of each
+subject's voxel size ``p``: the descriptor's heads are 1 mm, and the
+simulation's coarser voxels (3 mm, for speed) stand in for them; at 3 mm the
+tool's formula would give 54 mm, a property of voxels the descriptor never
+used. (The landmark box of CN200, Chinese2020 and MNI152 keeps the tool's
+formula at every voxel size, as ``isyb deface --method maskface`` does.)
+
+What the margin cannot make the same: mask_face's ROI is a *box*, open to
+the image edge in front of the face, so a face that protrudes further than
+the template's is never cut off along the face normal, and the template
+moves only the box's edges (forehead, sides, chin, back). isyb's template
+face region is a *shell* that follows the registered template's face, and a
+subject's skin more than the margin beyond it stays untouched. The shell is
+the nearer analogue of the template's face *shape* for a template without
+landmarks; it is stricter than mask_face along the face normal, and a
+template effect it shows in the simulation comes in part from that
+difference (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -16,6 +49,7 @@ import pandas as pd
 
 from isyb.bids.participants import read_participants
 from isyb.deface.engine import DefaceOptions
+from isyb.deface.maskface_roi import DESCRIPTOR_VOXEL_MM, roi_margin_mm
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions
 from isyb.io import atomic_path
@@ -46,14 +80,19 @@ class Design:
     method: str
     face_region: str
     statistics: str
+    face_margin_mm: float = FACE_MARGIN_MM
 
+
+#: The template face region's margin of ``--design isyb``: mask_face's ROI enlargement on
+#: the descriptor's 1 mm heads, round(6 * 1) voxels = 6 mm (see the module docstring).
+ISYB_FACE_MARGIN_MM = roi_margin_mm(DESCRIPTOR_VOXEL_MM)
 
 DESIGNS = {
     "isyb": Design("isyb", "maskface", "template",
                    "the data descriptor's (SPSS): mixed ANOVA with type III sums, "
                    "Greenhouse–Geisser when Mauchly rejects sphericity (p < 0.05), "
                    "Bonferroni pairs of the estimated marginal means, EMM 95% CIs from the "
-                   "pooled error term and t(N − G)"),
+                   "pooled error term and t(N − G)", face_margin_mm=ISYB_FACE_MARGIN_MM),
     "pingouin": Design("pingouin", "blur", "rule",
                        "pingouin's mixed ANOVA (type II sums) and repeated-measures ANOVAs "
                        "per subset and pooled (Greenhouse–Geisser p beside the uncorrected "
@@ -68,15 +107,16 @@ DEFAULT_DESIGN = "isyb"
 class StudyOptions:
     """Settings of ``isyb study`` (see its ``--help``).
 
-    ``design`` names the statistics and supplies ``method`` and ``face_region``
-    when they are not given; given ones override it, and :attr:`design_label`
-    says so.
+    ``design`` names the statistics and supplies ``method``, ``face_region``
+    and ``face_margin_mm`` when they are not given (isyb: maskface, template,
+    :data:`ISYB_FACE_MARGIN_MM`; pingouin: blur, rule, the deface default);
+    given ones override it, and :attr:`design_label` says so.
     """
 
     design: str = DEFAULT_DESIGN
     method: str | None = None
     face_region: str | None = None
-    face_margin_mm: float = FACE_MARGIN_MM
+    face_margin_mm: float | None = None
     dv: str = "nmi"
     split: str | None = None
     split_column: str | None = None
@@ -95,6 +135,8 @@ class StudyOptions:
             object.__setattr__(self, "method", design.method)
         if self.face_region is None:
             object.__setattr__(self, "face_region", design.face_region)
+        if self.face_margin_mm is None:
+            object.__setattr__(self, "face_margin_mm", design.face_margin_mm)
         if self.design == "isyb" and not self.parametric:
             raise IsybError("--wilcoxon: the isyb design compares estimated marginal means "
                             "with t tests; use --design pingouin for Wilcoxon tests")
@@ -107,9 +149,17 @@ class StudyOptions:
         changed = [f"{name.replace('_', ' ')} {value}" for name, value, default in (
             ("method", self.method, design.method),
             ("face_region", self.face_region, design.face_region)) if value != default]
-        if self.face_region == "template" and self.face_margin_mm != FACE_MARGIN_MM:
+        if self.face_region == "template" and self.face_margin_mm != design.face_margin_mm:
             changed.append(f"face margin {self.face_margin_mm:g} mm")
         return f"{self.design} ({', '.join(changed)})" if changed else self.design
+
+    @property
+    def defacing_label(self) -> str:
+        """The defacing every pair gets: ``maskface, face region template, margin 6 mm``."""
+        region = f"face region {self.face_region}"
+        if self.face_region == "template":
+            region += f", margin {self.face_margin_mm:g} mm"
+        return f"{self.method}, {region}"
 
     def deface_options(self) -> DefaceOptions:
         """The defacing settings of every subject × template pair (a one-line error for
@@ -225,7 +275,10 @@ def analyse(metrics: pd.DataFrame, out_dir: Path, options: StudyOptions, order: 
         "templates": ", ".join(order),
         "method": options.method,
         "face region": (options.face_region if options.face_region == "rule" else
-                        f"{options.face_region}, margin {options.face_margin_mm:g} mm"),
+                        f"{options.face_region}, margin {options.face_margin_mm:g} mm"
+                        + (" (mask_face's ROI enlargement, round(6·pixdim) voxels at 1 mm)"
+                           if options.design == "isyb"
+                           and options.face_margin_mm == ISYB_FACE_MARGIN_MM else "")),
         "metrics over": "each subject's evaluation region (face rule on its own brain, "
                         "minus its brain guard)",
         "dependent variable": options.dv,

@@ -56,6 +56,8 @@ FACE_PLANE_ANGLE_DEG = 30.0
 FACE_REGIONS = ("rule", "template")
 #: Default margin (template mm) around the template's face in the ``template``
 #: mode: NRG mask_face builds a layer of about ±8 mm around the skin surface.
+#: ``isyb study --design isyb`` (maskface, which builds that layer itself) uses
+#: mask_face's ROI enlargement instead, 6 mm (:mod:`isyb.study.study`).
 FACE_MARGIN_MM = 8.0
 #: Depth of the chin plane below the front half of the brain, as a fraction of
 #: the brain's length. 0.45 until issue 20: subjects registered to the MNI

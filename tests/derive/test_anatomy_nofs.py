@@ -129,7 +129,8 @@ def test_real_head_cortical_thickness_and_gm_volume(data_root: Path, tmp_path: P
 @pytest.mark.slow
 def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_path: Path) -> None:
     """Two subjects' template-space thickness maps (as ``--anatomy`` writes them) join the
-    group mean/SD maps and figures; their tables join ``group_anatomy_metrics.tsv``."""
+    group mean/SD maps and figures; their tables join ``group_anatomy_metrics.tsv`` and
+    ``group_aparcaseg_metrics.tsv``."""
     import json
 
     from isyb.derive.dataset import derive_group
@@ -147,6 +148,11 @@ def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_pat
             str(anat / f"{label}_space-MNI152NLin2009aSym_desc-thickness_map.nii.gz"))
         pd.DataFrame([{"participant_id": label, "mean_ct_mm": value, "gmv_ml": 600.0}]).to_csv(
             anat / f"{label}_desc-anatomy_metrics.tsv", sep="\t", index=False)
+        pd.DataFrame({"participant_id": label, "index": [1028, 17],
+                      "region": ["ctx-lh-superiorfrontal", "Left-Hippocampus"],
+                      "structure": ["cortex", "subcortical"], "gmv_ml": [20.0 + index, 4.0]}
+                     ).to_csv(anat / f"{label}_desc-aparcaseg_metrics.tsv", sep="\t",
+                              index=False)
         func = root / label / "func"
         func.mkdir()
         (func / f"{label}_task-rest_desc-derive_bold.json").write_text(json.dumps(
@@ -162,3 +168,7 @@ def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_pat
     assert (group / "group_desc-thickness_fsaverage5.png").is_file()
     table = pd.read_csv(group / "group_anatomy_metrics.tsv", sep="\t")
     assert list(table["mean_ct_mm"]) == [2.4, 2.8]
+    assert result["aparcaseg_subjects"] == 2
+    regions = pd.read_csv(group / "group_aparcaseg_metrics.tsv", sep="\t")
+    assert list(regions["gmv_ml"]) == [21.0, 4.0, 22.0, 4.0]
+    assert list(regions["participant_id"]) == ["sub-01", "sub-01", "sub-02", "sub-02"]

@@ -9,8 +9,15 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   45:867), ANTs' ``KellyKapowski`` through ANTsPy's ``kelly_kapowski``: a
   diffeomorphic registration of the GM/WM boundary outward to the GM/CSF
   boundary, whose path length is the thickness, written into every GM
-  voxel. The GM and WM "probabilities" are the hard labels (0/1), as the
-  segmentation has no posteriors. Parameters: see
+  voxel. The GM and WM "probabilities" are the hard labels (0/1), not
+  Atropos' posteriors. ``antsCorticalThickness.sh`` feeds its posteriors,
+  but those come from six classes with template priors; isyb's three-class
+  Atropos (no priors, MRF 0.01, :func:`isyb.head.tissue.atropos_tissues`)
+  gives soft ones (GM posterior at most 0.89 on colin27), and DiReCT's
+  thickness falls with them: the phantom's 3 mm cortex measures 2.78 mm
+  with its own (near 0/1) posteriors and 2.46 mm, outside 10 %, with the GM
+  posterior capped at 0.89; colin27's mean goes from 2.92 to 2.40 mm
+  (``benchmarks/README.md``). Parameters: see
   :data:`DIRECT_PARAMETERS`. The input is the cerebral cortex as
   ``antsCorticalThickness.sh`` prepares it (:mod:`isyb.derive.cortex`: deep
   grey matter folded into WM, brainstem and cerebellum left out), and the

@@ -27,9 +27,10 @@ Times, in this process (no file reading, no start-up, except the last row):
   without FreeSurfer on real 1 mm heads of ``DATA/heads`` (``--heads``:
   colin27 with its reference brain, the MNE sample's ``brain.mgz``, pycortex
   S1 with deepbet's brain): the three-tissue segmentation (N4 + Atropos),
-  total GMV, the SyN normalisation and the cortex classes it carries
-  (:mod:`isyb.derive.cortex`), and DiReCT cortical thickness of the cerebral
-  cortex (:mod:`isyb.derive.morphometry`), with the mean CT and GMVs found;
+  total GMV, the SyN normalisation and the cortex classes and GM regions it
+  carries (:mod:`isyb.derive.cortex`, :mod:`isyb.derive.regions`), the GMV
+  per region, and DiReCT cortical thickness of the cerebral cortex
+  (:mod:`isyb.derive.morphometry`), with the mean CT and GMVs found;
   ``--whole-gm`` adds DiReCT on all three-tissue GM (isyb before the cortex
   classes). Target: CT and GMV <= 60 s on 2 cores.
 
@@ -52,7 +53,8 @@ from _timing import default_data
 
 TARGETS_S = {"alff_falff": 10.0, "reho": 30.0,
              "cortical thickness (DiReCT), cerebral cortex": 60.0,
-             "cortical thickness (DiReCT), all GM": 60.0, "GM volume": 60.0}
+             "cortical thickness (DiReCT), all GM": 60.0, "GM volume": 60.0,
+             "regional GM volume": 60.0}
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -181,9 +183,15 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
     its voxel sizes."""
     import tempfile
 
-    from isyb.derive.cortex import cortical_segmentation, subject_classes
+    from isyb.derive.cortex import (
+        atlas_classes,
+        cortical_segmentation,
+        subject_classes,
+        template_atlas,
+    )
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
-    from isyb.derive.normalize import normalization_template, normalize
+    from isyb.derive.normalize import normalization_template, normalize, template_points
+    from isyb.derive.regions import atlas_names, regional_gm_volumes, subject_regions
     from isyb.head.tissue import segment_tissues
 
     image, brain, zooms, affine = _head(data, name)
@@ -192,8 +200,13 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
     result: dict = {}
 
     def cortex() -> None:
-        classes = subject_classes(result["labels"], affine, result["normalization"], template)
+        atlas = template_atlas(template)
+        points = template_points(result["normalization"], template)
+        classes = subject_classes(result["labels"], affine, result["normalization"], template,
+                                  classes=atlas_classes(atlas), points=points)
         result["cortex"] = cortical_segmentation(result["labels"], classes)
+        result["regions"] = subject_regions(result["labels"], classes, affine, points, atlas,
+                                            atlas_names())
 
     jobs = {
         "segmentation (N4 + Atropos)": lambda: result.update(
@@ -201,7 +214,9 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
         "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
         "SyN normalisation (1 mm T1w -> 2 mm)": lambda: result.update(
             normalization=normalize(image, affine, brain, template, work, kind="SyN")),
-        "cortex classes (aparc+aseg through SyN)": cortex,
+        "atlas classes and GM regions (SyN)": cortex,
+        "regional GM volume": lambda: result.update(regional=regional_gm_volumes(
+            result["labels"], result["regions"], zooms, atlas_names())),
         "cortical thickness (DiReCT), cerebral cortex": lambda: result.update(
             ct=cortical_thickness(result["cortex"], zooms)),
     }
@@ -219,6 +234,11 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
     print(f"{name}: mean CT {mean_thickness(result['ct'], result['cortex']):.2f} mm over the "
           f"cerebral cortex (adult 2.3-2.8), total GMV {result['gmv']:.0f} ml (adult 500-800), "
           f"cortical GMV {cortical_ml:.0f} ml", flush=True)
+    regional = result["regional"]
+    print(f"{name}: {len(regional)} aparc+aseg GM regions add up to "
+          f"{regional['gmv_ml'].sum():.1f} ml ("
+          + ", ".join(f"{k} {v:.1f}" for k, v in regional.groupby("structure")["gmv_ml"].sum()
+                      .items()) + ")", flush=True)
     if whole_gm:
         print(f"{name}: mean CT {mean_thickness(result['ct_all_gm'], result['labels']):.2f} mm "
               f"over all GM", flush=True)

@@ -94,12 +94,12 @@ def test_real_head_cortical_thickness_and_gm_volume(data_root: Path, tmp_path: P
     """Colin27 (1 mm) with its reference brain, through ``isyb derive --anatomy``'s writer
     with the SyN normalisation: the values ``benchmarks/README.md`` reports.
 
-    Runs only with ``ISYB_REAL_ANATOMY=1`` (Atropos, SyN and DiReCT on the whole
-    cerebral cortex: 502 CPU s, 16.5 min wall at load 5). Total GMV (706 ml) is in the adult range
-    (500-800 ml). The mean CT over the cerebral cortex is 2.92 mm, above the
-    surface-based adult range (2.3-2.8 mm; a volumetric mean weights thick
-    regions by their volume), and well below the 3.34 mm that all three-tissue
-    GM gave before the deep GM and the cerebellum were left out.
+    Runs only with ``ISYB_REAL_ANATOMY=1`` (Atropos, SyN and DiReCT on the whole cerebral
+    cortex, and the regions: 450 CPU s, 6.6 min wall at load 1-3). Total GMV (706 ml) is in
+    the adult range (500-800 ml). The mean CT over the cerebral cortex is 2.92 mm, above the
+    surface-based adult range (2.3-2.8 mm; a volumetric mean weights thick regions by their
+    volume), and well below the 3.34 mm that all three-tissue GM gave before the deep GM and
+    the cerebellum were left out. The 87 ``aparc+aseg`` GM regions add up to the total GMV.
     """
     if os.environ.get("ISYB_REAL_ANATOMY") != "1":
         pytest.skip("set ISYB_REAL_ANATOMY=1 to run Atropos, SyN and DiReCT on a real 1 mm "
@@ -124,12 +124,19 @@ def test_real_head_cortical_thickness_and_gm_volume(data_root: Path, tmp_path: P
     assert 500.0 < row["gmv_ml"] < 800.0
     assert row["cortical_gmv_ml"] == pytest.approx(555.0, rel=0.03)
     assert row["mean_ct_mm"] == pytest.approx(2.92, abs=0.1)
+    regions = pd.read_csv(tmp_path / "derivatives" / "isyb" / "sub-colin27" / "anat"
+                          / "sub-colin27_desc-aparcaseg_metrics.tsv", sep="\t")
+    assert regions["gmv_ml"].sum() == pytest.approx(row["gmv_ml"], rel=1e-5)
+    hippocampus = regions.set_index("region").loc[["Left-Hippocampus", "Right-Hippocampus"],
+                                                  "gmv_ml"]
+    assert hippocampus.tolist() == pytest.approx([4.24, 4.74], abs=0.05)
 
 
 @pytest.mark.slow
 def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_path: Path) -> None:
     """Two subjects' template-space thickness maps (as ``--anatomy`` writes them) join the
-    group mean/SD maps and figures; their tables join ``group_anatomy_metrics.tsv``."""
+    group mean/SD maps and figures; their tables join ``group_anatomy_metrics.tsv`` and
+    ``group_aparcaseg_metrics.tsv``."""
     import json
 
     from isyb.derive.dataset import derive_group
@@ -147,6 +154,11 @@ def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_pat
             str(anat / f"{label}_space-MNI152NLin2009aSym_desc-thickness_map.nii.gz"))
         pd.DataFrame([{"participant_id": label, "mean_ct_mm": value, "gmv_ml": 600.0}]).to_csv(
             anat / f"{label}_desc-anatomy_metrics.tsv", sep="\t", index=False)
+        pd.DataFrame({"participant_id": label, "index": [1028, 17],
+                      "region": ["ctx-lh-superiorfrontal", "Left-Hippocampus"],
+                      "structure": ["cortex", "subcortical"], "gmv_ml": [20.0 + index, 4.0]}
+                     ).to_csv(anat / f"{label}_desc-aparcaseg_metrics.tsv", sep="\t",
+                              index=False)
         func = root / label / "func"
         func.mkdir()
         (func / f"{label}_task-rest_desc-derive_bold.json").write_text(json.dumps(
@@ -162,3 +174,7 @@ def test_group_level_averages_the_thickness_maps_and_collects_the_tables(tmp_pat
     assert (group / "group_desc-thickness_fsaverage5.png").is_file()
     table = pd.read_csv(group / "group_anatomy_metrics.tsv", sep="\t")
     assert list(table["mean_ct_mm"]) == [2.4, 2.8]
+    assert result["aparcaseg_subjects"] == 2
+    regions = pd.read_csv(group / "group_aparcaseg_metrics.tsv", sep="\t")
+    assert list(regions["gmv_ml"]) == [21.0, 4.0, 22.0, 4.0]
+    assert list(regions["participant_id"]) == ["sub-01", "sub-01", "sub-02", "sub-02"]

@@ -1,6 +1,7 @@
 """The cerebral cortex for DiReCT (:mod:`isyb.derive.cortex`), as antsCorticalThickness.sh
 prepares it: FreeSurfer aseg classes, their place on the template, their transfer to a
-subject through a normalisation, and the relabelling DiReCT sees."""
+subject through a normalisation, and the relabelling DiReCT sees; and the GM regions of the
+same atlas (:mod:`isyb.derive.regions`) that ``isyb derive --anatomy`` tabulates."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from isyb.derive.cortex import (
+    ASEG_CLASSES,
     CEREBRAL_WM,
     CORTEX,
     DEEP_GM,
@@ -18,6 +20,7 @@ from isyb.derive.cortex import (
     atlas_classes,
     cortical_segmentation,
     subject_classes,
+    template_atlas,
     template_classes,
 )
 from isyb.derive.morphometry import GM, WM, MorphometryError
@@ -101,6 +104,41 @@ def test_subject_voxels_take_the_class_carried_from_the_template(tmp_path: Path)
 
 
 @needs_atlas
+def test_each_atlas_region_gets_its_own_grey_matter_through_an_identity(tmp_path: Path) -> None:
+    """A "subject" on the template's grid whose GM is exactly the atlas's GM regions: through
+    an identity normalisation each region's GMV is its volume in the atlas, to the voxel,
+    under the name of the atlas's own lookup table."""
+    from isyb.derive.normalize import template_points
+    from isyb.derive.regions import (
+        atlas_names,
+        regional_gm_volumes,
+        structures,
+        subject_regions,
+    )
+
+    template = normalization_template()
+    atlas = template_atlas(template)
+    names = atlas_names()
+    regions = [index for _, indices in structures(names).values() for index in indices]
+    assert len(regions) == 68 + 16 + 3  # DK cortex, aseg subcortical GM, cerebellum, brainstem
+    labels = np.zeros(template.shape, dtype=np.uint8)
+    labels[np.isin(atlas, ASEG_CLASSES[CEREBRAL_WM])] = WM
+    labels[np.isin(atlas, regions)] = GM
+    points = template_points(_identity_normalization(tmp_path), template)
+    classes = subject_classes(labels, template.affine, None, template,
+                              classes=atlas_classes(atlas), points=points)
+    found = subject_regions(labels, classes, template.affine, points, atlas, names)
+    assert np.array_equal(found[labels == GM], atlas[labels == GM])
+    zooms = (template.resolution_mm,) * 3
+    table = regional_gm_volumes(labels, found, zooms, names).set_index("index")
+    voxel_ml = template.resolution_mm ** 3 / 1000.0
+    assert table["gmv_ml"].tolist() == [float((atlas == i).sum()) * voxel_ml for i in regions]
+    assert table.loc[1028, "region"] == "ctx-lh-superiorfrontal"
+    assert table.loc[17, "region"] == "Left-Hippocampus"
+    assert table.loc[1028, "gmv_ml"] > 10.0  # superior frontal gyrus, one hemisphere
+
+
+@needs_atlas
 @pytest.mark.slow
 def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> None:
     """``isyb derive --anatomy``'s writer with a normalisation: a 60 mm block of the
@@ -141,3 +179,12 @@ def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> Non
     assert np.any(warped[classes == CORTEX] > 0)
     table = pd.read_csv(folder / "sub-01_desc-anatomy_metrics.tsv", sep="\t")
     assert table.loc[0, "ct_region"] == "cerebral cortex"
+    regions = pd.read_csv(folder / "sub-01_desc-aparcaseg_metrics.tsv", sep="\t")
+    assert list(regions.columns) == ["participant_id", "index", "region", "structure", "gmv_ml"]
+    assert regions["gmv_ml"].sum() == pytest.approx(row["gmv_ml"], rel=1e-5)
+    by = regions.groupby("structure")["gmv_ml"].sum()
+    assert by["cortex"] == pytest.approx(row["cortical_gmv_ml"], rel=1e-5)
+    assert by["hindbrain"] > 1.0  # the cerebellum below the tentorium
+    occipital = regions.set_index("region").loc["ctx-rh-lateraloccipital", "gmv_ml"]
+    assert occipital > 1.0 and regions.set_index("region").loc["ctx-lh-frontalpole",
+                                                                "gmv_ml"] == 0.0

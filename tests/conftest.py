@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +40,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The allocator policy of isyb's own processes (the CLI and every task) for the test
 # processes too, which call the library directly: test_qc_anat_real_scans.py spent 12.4 s
 # of 105 CPU s in the kernel, mostly zeroing pages that glibc had handed back; 7.0 with it.
+# Every release of a run carries the date the run started (isyb.app.release.release_date):
+# the tests that compare two releases byte for byte must not fail when the run crosses
+# midnight. Set here, before pytest-xdist starts its workers, which inherit it.
+os.environ.setdefault("SOURCE_DATE_EPOCH", str(int(time.time())))
+
 from isyb.cache import CACHE_ENV  # noqa: E402
 from isyb.executor import keep_freed_memory  # noqa: E402
 

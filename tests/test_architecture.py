@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "isyb"
-LAYERS = {"errors": 0, "image_checks": 0, "io": 0, "executor": 0, "head": 1, "templates": 2,
-          "bids": 2, "viz": 2, "deface": 3, "qc": 4, "derive": 5, "app": 6, "synthetic": 6,
-          "evaluate": 7, "study": 8, "cli": 9, "__main__": 10}
+LAYERS = {"errors": 0, "image_checks": 0, "io": 0, "executor": 0, "cache": 1, "head": 2,
+          "templates": 3, "bids": 3, "viz": 3, "deface": 4, "qc": 5, "derive": 6, "app": 7,
+          "synthetic": 7, "evaluate": 8, "study": 9, "cli": 10, "__main__": 11}
 #: Bottom modules every layer may import, the others of layer 0 included: the errors, and the
 #: checks of what cannot be an image (which use only the errors).
 BASE = ("errors", "image_checks")

@@ -137,3 +137,17 @@ def test_a_rerun_after_an_input_change_replaces_the_subject_whole(
     assert not (out / "sub-02" / "anat" / "sub-02_T1w.json").exists()  # no stale copy
     assert (out / "sub-02" / "anat" / "sub-02_T1w.nii.gz").is_file()
     assert (out / "sub-01" / "anat" / "sub-01_T1w.json").is_file()
+
+
+def test_the_release_date_follows_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """reproducible-builds.org's convention: the UTC date of SOURCE_DATE_EPOCH, today's date
+    without it, and a one-line error for a value that is not whole seconds."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796515199")  # 2026-12-05 23:59:59 UTC
+    assert release.release_date() == "2026-12-05"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796515200")
+    assert release.release_date() == "2026-12-06"
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert release.release_date() == release.dt.date.today().isoformat()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(release.IsybError, match="SOURCE_DATE_EPOCH must be whole seconds"):
+        release.release_date()

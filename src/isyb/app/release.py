@@ -130,6 +130,25 @@ class ReleaseOptions:
                             f"{', '.join(SKIPPABLE)} can be skipped")
 
 
+def release_date() -> str:
+    """The date written into the release's README and CHANGES (ISO 8601).
+
+    Today's local date, unless ``SOURCE_DATE_EPOCH`` (the reproducible-builds.org
+    convention: seconds since 1970 UTC) is set: then that moment's UTC date, so that
+    rebuilding a release on another day, or on a cluster whose run crosses midnight,
+    gives the same bytes. A value that is not an integer is a one-line error.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch:
+        return dt.date.today().isoformat()
+    try:
+        moment = dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise IsybError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970 UTC, "
+                        f"got {epoch!r}") from None
+    return moment.date().isoformat()
+
+
 def default_work_dir(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}_work"
 
@@ -413,7 +432,7 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
     before = image_stamps(out_dir)  # the gate accepts the images this run writes
-    today = dt.date.today().isoformat()
+    today = release_date()
     # Deny by default: only the top-level files the release policy allows; the list of
     # withheld files stays in the work folder (file names can identify people).
     items = classify_dataset(bids_dir, release_policy)

@@ -125,7 +125,7 @@ def test_seen_skin_fills_air_under_the_skin_only() -> None:
     assert not seen[:, 12:].any()  # the air in front does not
 
 
-def test_join_skin_changes_nothing_without_a_guard_nearby() -> None:
+def test_join_skin_reaches_only_around_the_skin_the_guard_keeps() -> None:
     data, guard = _slab()
     head = data > 50
     y = np.arange(SHAPE[1], dtype=np.float32)[None, :, None]
@@ -135,3 +135,18 @@ def test_join_skin_changes_nothing_without_a_guard_nearby() -> None:
     assert np.array_equal(join_skin(field, head, ~far, far, ZOOMS), field > 0.5)
     assert np.array_equal(join_skin(field, head, np.ones_like(guard), np.zeros_like(guard),
                                     ZOOMS), field > 0.5)
+    # a guard under the skin that keeps none of it: the outline is the template's, not the
+    # subject's forehead (joining wherever the guard was near re-identified 5 of 12 faces)
+    # (head voxels on the array's border count as surface, as in skin_surface: a head cut by
+    # the field of view; so the guard stays inside the head's other faces)
+    under = np.zeros_like(guard)
+    under[3:-3, 1:SKIN_Y - 1, 3:-3] = True
+    assert np.array_equal(join_skin(field, head, ~under, under, ZOOMS), field > 0.5)
+    # one kept patch: the join reaches JOIN_MM around it, no farther
+    patch = under.copy()
+    patch[18:22, :SKIN_Y + 1, 13:17] = True
+    joined = join_skin(field, head, ~patch, patch, ZOOMS)
+    changed = np.argwhere(joined != (field > 0.5))
+    assert changed.size
+    assert np.abs(changed[:, 0] - 19.5).max() <= JOIN_MM + 2
+    assert np.abs(changed[:, 2] - 14.5).max() <= JOIN_MM + 2

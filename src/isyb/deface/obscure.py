@@ -9,7 +9,7 @@
   head stays continuous and plausible for downstream tools; the face itself
   has no nose, lips, brows or eye sockets, and its shape is the template's.
   The brain guard keeps the subject's skin where it reaches it; over
-  :data:`JOIN_MM` outside the guard the new outline passes into that skin
+  :data:`JOIN_MM` around that skin the new outline passes into it
   (:func:`join_skin`), so the two meet without a crease. Head tissue within
   :data:`SEAL_MM` of the guard stays tissue (:func:`guard_cover`), so no pit
   opens where the outline passes behind a thin scalp.
@@ -55,6 +55,7 @@ from isyb.head.morphology import (
     dilate_mm,
     downsample,
     signed_distance,
+    skin_surface,
     smooth_envelope,
     upsample,
 )
@@ -68,9 +69,10 @@ BLEND_MM = 10.0
 #: included) over which ``blur`` and ``noise`` values pass from the original
 #: ones to the new ones, so the intensities leave no crease either (issue 15).
 SEAM_MM = 4.0
-#: Width (mm) of the band outside the brain guard over which the new outline of ``blur`` and
-#: ``noise`` passes into the subject's own skin (:func:`join_skin`): where the guard's edge
-#: crosses the skin, the kept surface and the rebuilt one meet without a step (issue 15).
+#: Width (mm) of the band around the skin the brain guard keeps over which the new outline of
+#: ``blur`` and ``noise`` passes into the subject's own skin (:func:`join_skin`): where the
+#: guard's edge crosses the skin, the kept surface and the rebuilt one meet without a step
+#: (issue 15).
 JOIN_MM = 8.0
 #: Thickness (mm) of the wall ``remove`` leaves along the region's back surface.
 SEAL_MM = 3.0
@@ -254,8 +256,11 @@ def join_skin(field: np.ndarray, head: np.ndarray, region: np.ndarray, guard: np
     subject's voxels, so where its edge crosses the skin the kept surface
     meets the new outline; over ``join_mm`` outside the guard the surface
     passes from one to the other. With ``w`` the smoothstep of the distance
-    to the guard over ``join_mm`` (0 at the guard, 1 from ``join_mm`` away;
-    Euclidean, exact), the surface there is the zero of
+    to the skin the guard keeps (``head``'s surface voxels inside the guard,
+    :func:`isyb.head.morphology.skin_surface`, where a head cut by the array's
+    border counts as surface there)
+    over ``join_mm`` (0 there, 1 from ``join_mm`` away; Euclidean, exact), the
+    surface there is the zero of
     ``w * d_new + (1 - w) * d_own``, two signed distances (mm, negative
     inside): ``d_new`` the new outline's, from the field and its gradient
     (``(0.5 - field) / |grad field|``: the field varies over centimetres),
@@ -264,7 +269,12 @@ def join_skin(field: np.ndarray, head: np.ndarray, region: np.ndarray, guard: np
     outline, with no step where they meet. Only voxels of ``region`` where
     the two outlines disagree can change (a mix of two signed distances has
     the sign they share), so no voxel of the guard, none deep in the head and
-    none far out in the air is touched. ``near`` (optional, with its
+    none far out in the air is touched. The distance is to the kept skin,
+    not to the guard: the guard's edge often runs just under a forehead, and
+    joining wherever the guard was within ``join_mm`` kept the subject's own
+    forehead over most of its width, which re-identified 5 of 12 faces
+    (``benchmarks/reid_experiment.py --fast``; 2 of 12 with this distance,
+    chance 1). ``near`` (optional, with its
     ``factors``: voxel ``i`` lies in cell ``i // factors``) is a coarse mask
     holding every voxel within ``join_mm`` of the guard (:func:`guard_reach`),
     which narrows the search; the distances are computed in the bounding box
@@ -281,7 +291,7 @@ def join_skin(field: np.ndarray, head: np.ndarray, region: np.ndarray, guard: np
         return new
     zooms = np.asarray(zooms, dtype=float)
     box = bounding_box(band, np.ceil(join_mm / zooms).astype(int) + 1)
-    kept = guard[box]
+    kept = guard[box] & skin_surface(head[box])
     if not kept.any():
         return new
     ramp = np.clip(ndimage.distance_transform_edt(~kept, sampling=zooms) / max(join_mm, 1e-6),
@@ -358,7 +368,7 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     the written value is mixed with the original one by the same smoothstep
     as the outline (:func:`outline_weight`), so there is no intensity step.
     With ``guard`` (the brain guard on ``data``'s grid), the new outline
-    passes into the subject's own skin over :data:`JOIN_MM` outside the guard
+    passes into the skin the guard keeps over :data:`JOIN_MM` around it
     (:func:`join_skin`), so the surface the guard keeps and the rebuilt one
     meet without a step, and head tissue of the region within :data:`SEAL_MM`
     of it stays inside the new outline (:func:`guard_cover`), so the outline

@@ -8,11 +8,9 @@
   outline passes smoothly into the subject's own smoothed outline, so the
   head stays continuous and plausible for downstream tools; the face itself
   has no nose, lips, brows or eye sockets, and its shape is the template's.
-  The brain guard keeps the subject's skin where it reaches it; over
-  :data:`JOIN_MM` around that skin the new outline passes into it
-  (:func:`join_skin`), so the two meet without a crease. Head tissue within
-  :data:`SEAL_MM` of the guard stays tissue (:func:`guard_cover`), so no pit
-  opens where the outline passes behind a thin scalp.
+  Head tissue within :data:`SEAL_MM` of the brain guard stays tissue
+  (:func:`guard_cover`), so no pit opens where the outline passes behind a
+  thin scalp.
 * ``remove`` (after pydeface): the face region is set to zero, except a
   wall along its back surface (:func:`sealing_layer`: :data:`SEAL_MM` thick,
   spanning the cavities the cut opens), set to the region's median tissue
@@ -55,7 +53,6 @@ from isyb.head.morphology import (
     dilate_mm,
     downsample,
     signed_distance,
-    skin_surface,
     smooth_envelope,
     upsample,
 )
@@ -69,11 +66,6 @@ BLEND_MM = 10.0
 #: included) over which ``blur`` and ``noise`` values pass from the original
 #: ones to the new ones, so the intensities leave no crease either (issue 15).
 SEAM_MM = 4.0
-#: Width (mm) of the band around the skin the brain guard keeps over which the new outline of
-#: ``blur`` and ``noise`` passes into the subject's own skin (:func:`join_skin`): where the
-#: guard's edge crosses the skin, the kept surface and the rebuilt one meet without a step
-#: (issue 15).
-JOIN_MM = 8.0
 #: Thickness (mm) of the wall ``remove`` leaves along the region's back surface.
 SEAL_MM = 3.0
 #: Radius (mm) of the ball that closes the head before ``remove``'s cut, so that its wall
@@ -198,122 +190,6 @@ def sealing_layer(region: np.ndarray, head: np.ndarray, zooms: np.ndarray,
     return out
 
 
-def seen_skin(head: np.ndarray, inside: np.ndarray, outward: list[np.ndarray],
-              zooms: np.ndarray, reach_mm: float) -> np.ndarray:
-    """``head`` with the air under its skin filled, as a render sees the skin from outside.
-
-    The solid head (:func:`isyb.head.morphology.head_mask`) leaves out the
-    cavities that open to the outside air through the airway: a sinus under a
-    thin scalp is air to it. A join (:func:`join_skin`) towards that skin then
-    treats the sinus as outside, and where the new outline lies behind the
-    scalp the joined surface opened a pit through the scalp into it (a 22 mm
-    groove on the 3 mm mne-sample head). Here the voxels of ``inside`` (the new
-    outline's inside) that are not ``head`` count as head when, going outwards
-    along ``outward`` (the new outline's unit normal, one array per axis), head
-    tissue lies within ``reach_mm``: air under the skin, not in front of it.
-    """
-    pocket = inside & ~head
-    if not pocket.any():
-        return head
-    zooms = np.asarray(zooms, dtype=float)
-    where = np.nonzero(pocket)
-    start = np.stack(where, axis=1).astype(np.float64)
-    normal = np.stack([component[where] for component in outward], axis=1) / zooms
-    shape = np.asarray(head.shape)
-    covered = np.zeros(start.shape[0], dtype=bool)
-    step = float(zooms.min())
-    for distance in np.arange(step, reach_mm + DISTANCE_TOLERANCE_MM, step):
-        probe = np.rint(start + normal * distance).astype(int)
-        valid = np.all((probe >= 0) & (probe < shape), axis=1) & ~covered
-        covered[valid] = head[tuple(probe[valid].T)]
-    out = head.copy()
-    out[where] = covered
-    return out
-
-
-def guard_reach(guard: np.ndarray, factors: np.ndarray, reach_mm: float,
-                zooms: np.ndarray) -> np.ndarray:
-    """Coarse cells (``factors`` voxels a side) within about ``reach_mm`` of ``guard``, or more.
-
-    A cell is in when a cube of half-side ``reach_mm`` plus a cell around it
-    meets a cell that holds a voxel of ``guard``: it holds every voxel within
-    ``reach_mm`` (Euclidean) of the guard. Cheap: no distance transform.
-    """
-    factors = np.asarray(factors, dtype=int)
-    touches = downsample(guard, factors) > 0
-    size = 2 * (np.ceil(reach_mm / (np.asarray(zooms, dtype=float) * factors)).astype(int) + 1) + 1
-    return ndimage.maximum_filter(touches.view(np.uint8), size=tuple(size), mode="constant",
-                                  cval=0).view(bool)
-
-
-def join_skin(field: np.ndarray, head: np.ndarray, region: np.ndarray, guard: np.ndarray,
-              zooms: np.ndarray, join_mm: float = JOIN_MM,
-              near: np.ndarray | None = None, factors: np.ndarray | None = None) -> np.ndarray:
-    """The new outline, passing into the subject's own skin towards the brain guard.
-
-    ``field`` is the new outline's smooth field on ``head``'s grid (> 0.5 is
-    inside, :func:`blended_envelope` interpolated). The guard keeps the
-    subject's voxels, so where its edge crosses the skin the kept surface
-    meets the new outline; over ``join_mm`` outside the guard the surface
-    passes from one to the other. With ``w`` the smoothstep of the distance
-    to the skin the guard keeps (``head``'s surface voxels inside the guard,
-    :func:`isyb.head.morphology.skin_surface`, where a head cut by the array's
-    border counts as surface there)
-    over ``join_mm`` (0 there, 1 from ``join_mm`` away; Euclidean, exact), the
-    surface there is the zero of
-    ``w * d_new + (1 - w) * d_own``, two signed distances (mm, negative
-    inside): ``d_new`` the new outline's, from the field and its gradient
-    (``(0.5 - field) / |grad field|``: the field varies over centimetres),
-    and ``d_own`` the head's (distance transforms, voxel centres half a voxel
-    inside). So the surface moves linearly from the kept skin to the new
-    outline, with no step where they meet. Only voxels of ``region`` where
-    the two outlines disagree can change (a mix of two signed distances has
-    the sign they share), so no voxel of the guard, none deep in the head and
-    none far out in the air is touched. The distance is to the kept skin,
-    not to the guard: the guard's edge often runs just under a forehead, and
-    joining wherever the guard was within ``join_mm`` kept the subject's own
-    forehead over most of its width, which re-identified 5 of 12 faces
-    (``benchmarks/reid_experiment.py --fast``; 2 of 12 with this distance,
-    chance 1). ``near`` (optional, with its
-    ``factors``: voxel ``i`` lies in cell ``i // factors``) is a coarse mask
-    holding every voxel within ``join_mm`` of the guard (:func:`guard_reach`),
-    which narrows the search; the distances are computed in the bounding box
-    of what is left, grown by ``join_mm``.
-    """
-    new = field > 0.5
-    band = region & (new != head)
-    if near is not None and factors is not None and band.any():
-        where = np.nonzero(band)
-        cell = tuple(np.minimum(index // factor, size - 1)
-                     for index, factor, size in zip(where, factors, near.shape, strict=True))
-        band[where] = near[cell]
-    if not band.any() or not guard.any():
-        return new
-    zooms = np.asarray(zooms, dtype=float)
-    box = bounding_box(band, np.ceil(join_mm / zooms).astype(int) + 1)
-    kept = guard[box] & skin_surface(head[box])
-    if not kept.any():
-        return new
-    ramp = np.clip(ndimage.distance_transform_edt(~kept, sampling=zooms) / max(join_mm, 1e-6),
-                   0.0, 1.0)
-    weight = ramp * ramp * (3.0 - 2.0 * ramp)
-    inner = band[box] & (weight < 1.0)
-    if not inner.any():
-        return new
-    local = field[box]
-    gradient = np.gradient(local, *zooms)
-    slope = np.maximum(np.sqrt(sum(g * g for g in gradient)), 1e-3)
-    d_new = (0.5 - local) / slope
-    own = seen_skin(head[box], local > 0.5, [-g / slope for g in gradient], zooms, join_mm)
-    half = 0.5 * float(zooms.min())
-    d_own = np.where(own, half - ndimage.distance_transform_edt(own, sampling=zooms),
-                     ndimage.distance_transform_edt(~own, sampling=zooms) - half)
-    mixed = weight * d_new + (1.0 - weight) * d_own
-    out = new.copy()
-    out[box][inner] = mixed[inner] < 0
-    return out
-
-
 def guard_cover(region: np.ndarray, guard: np.ndarray, exposed: np.ndarray,
                 zooms: np.ndarray, cover_mm: float = SEAL_MM) -> np.ndarray:
     """The voxels of ``exposed`` (head tissue the new outline leaves out) in ``region``
@@ -367,12 +243,9 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     air value of the region. Within :data:`SEAM_MM` of the region's border
     the written value is mixed with the original one by the same smoothstep
     as the outline (:func:`outline_weight`), so there is no intensity step.
-    With ``guard`` (the brain guard on ``data``'s grid), the new outline
-    passes into the skin the guard keeps over :data:`JOIN_MM` around it
-    (:func:`join_skin`), so the surface the guard keeps and the rebuilt one
-    meet without a step, and head tissue of the region within :data:`SEAL_MM`
-    of it stays inside the new outline (:func:`guard_cover`), so the outline
-    never opens a pit down to the guard.
+    With ``guard`` (the brain guard on ``data``'s grid), head tissue of the
+    region within :data:`SEAL_MM` of it stays inside the new outline
+    (:func:`guard_cover`), so the outline never opens a pit down to the guard.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -401,14 +274,9 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     face_coarse = downsample((region if face is None else face)[box], factors) > 0.5
     field = blended_envelope(head_coarse, coarse_zooms, smooth_mm, face_coarse, outline,
                              coarse_to_template, blend_mm)
-    fine_field = upsample(field, factors, shape)
+    envelope = upsample(field, factors, shape) > 0.5
     if guard is not None:
-        envelope = join_skin(fine_field, head[box], region[box], guard[box], zooms,
-                             near=guard_reach(guard[box], factors, JOIN_MM, zooms),
-                             factors=factors)
         envelope |= guard_cover(region[box], guard[box], head[box] & ~envelope, zooms)
-    else:
-        envelope = fine_field > 0.5
     near_skin = np.abs(upsample(np.minimum(np.abs(signed_distance(head_coarse, coarse_zooms)),
                                            np.abs(signed_distance(field > 0.5, coarse_zooms))),
                                 factors, shape)) <= layer_mm

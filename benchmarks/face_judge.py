@@ -17,7 +17,8 @@ and to the registered template's face
 region the defacing was allowed to change, and over its pixels where the two faces
 differ by more than a voxel: the ``decisive_`` fields), the brain voxels changed (deepbet's
 mask) and the largest depth step across the region's border
-(:func:`isyb.viz.seams.border_step_mm`). The brain mask and each registration
+(:func:`isyb.viz.seams.border_step_mm`), and across its border with the brain
+guard alone (``guard_edge_step_mm``). The brain mask and each registration
 are computed once and cached in ``--work``, with the file names of
 ``face_coverage.py`` (the two scripts share a ``--work``). The MNI templates
 come from ``DATA/templates`` through ``face_coverage.templateflow_home``
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     & brain).sum()),
                        "border_step_mm": round(border_step_mm(
                            result.data, volume.zooms, result.region, volume.data), 2),
+                       "guard_edge_step_mm": round(border_step_mm(
+                           result.data, volume.zooms, result.region, volume.data,
+                           edge=result.guard), 2),
                        "seconds": round(time.perf_counter() - clock, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)

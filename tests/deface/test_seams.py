@@ -36,6 +36,12 @@ def test_border_step_measures_a_made_step_and_ignores_a_slope(step: float) -> No
     assert measured == pytest.approx(step, abs=1.0)
     # a step the original already had is not the defacing's seam
     assert border_step_mm(data, np.ones(3), region, original=data, threshold=50.0) < 1.0
+    # only the pairs with a column on ``edge`` count with it
+    edge = np.zeros(data.shape, dtype=bool)
+    edge[:20] = True
+    assert border_step_mm(data, np.ones(3), region, threshold=50.0,
+                          edge=edge) == pytest.approx(measured)
+    assert border_step_mm(data, np.ones(3), region, threshold=50.0, edge=~edge & ~region) == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Seams: how sharply a defaced surface steps where the face region ends (issue 15 item 1).
 
 A seam is a crease in the rendered skin along the face region's border, where
-the rebuilt outline meets the untouched head. It is measured on the depth
+the rebuilt outline meets the untouched head: the region's outer border, and
+its border with the brain guard, which keeps the subject's skin where it
+reaches it (``edge`` of :func:`border_steps` counts that part alone). It is measured on the depth
 map of a frontal render: :func:`front_depth` casts one ray per column along
 the anterior axis of a RAS array (yaw 0, the view of :func:`isyb.viz.render.
 face_depth`, on the voxel grid) through the volume smoothed as the renderer
@@ -93,13 +95,16 @@ def _steps(depth: np.ndarray, surface: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def border_steps(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
                  original: np.ndarray | None = None,
-                 threshold: float | None = None) -> np.ndarray:
+                 threshold: float | None = None, edge: np.ndarray | None = None) -> np.ndarray:
     """Every counted depth step (mm) of the frontal surface across ``region``'s border.
 
     ``region`` is a boolean RAS mask on ``data``'s grid (the face region); a
     column is inside when its front surface voxel (:func:`front_depth`) is in
     it. See the module docstring for the step and for the pairs that are not
-    counted (near the silhouette). With ``original`` (the image before
+    counted (near the silhouette). With ``edge`` (a boolean mask on the same
+    grid, such as the brain guard, which the face region leaves out), only the
+    pairs with one column's surface voxel in it count: the steps across that
+    part of the border. With ``original`` (the image before
     defacing, same grid), pairs where the original surface already stepped by
     more than :data:`ORIGINAL_STEP_MM` are left out too: a seam is a step the
     defacing made, not an ear or a chin that the border happens to cross.
@@ -112,6 +117,10 @@ def border_steps(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
     i, k = np.nonzero(index >= 0)
     inside = np.zeros(depth.shape, dtype=bool)
     inside[i, k] = region[i, index[i, k], k]
+    on_edge = None
+    if edge is not None:
+        on_edge = np.zeros(depth.shape, dtype=bool)
+        on_edge[i, k] = edge[i, index[i, k], k]
     surface = _surface(depth, zooms)
     before = None
     if original is not None:
@@ -124,6 +133,9 @@ def border_steps(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
         step, valid = _steps(np.moveaxis(depth, axis, 0), np.moveaxis(surface, axis, 0))
         s = np.moveaxis(inside, axis, 0)
         valid &= s[1:-2] != s[2:-1]
+        if on_edge is not None:
+            e = np.moveaxis(on_edge, axis, 0)
+            valid &= e[1:-2] | e[2:-1]
         if before is not None:
             old, _ = _steps(np.moveaxis(before, axis, 0), np.moveaxis(surface, axis, 0))
             valid &= old <= ORIGINAL_STEP_MM
@@ -132,8 +144,9 @@ def border_steps(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
 
 
 def border_step_mm(data: np.ndarray, zooms: np.ndarray, region: np.ndarray,
-                   original: np.ndarray | None = None, threshold: float | None = None) -> float:
+                   original: np.ndarray | None = None, threshold: float | None = None,
+                   edge: np.ndarray | None = None) -> float:
     """The largest of :func:`border_steps` (mm); 0 when the border crosses no measurable
     surface."""
-    steps = border_steps(data, zooms, region, original, threshold)
+    steps = border_steps(data, zooms, region, original, threshold, edge)
     return float(steps.max()) if steps.size else 0.0

@@ -51,6 +51,7 @@ from isyb.head.morphology import (
     close_mm,
     coarse_factors,
     dilate_mm,
+    distance_mm,
     downsample,
     signed_distance,
     smooth_envelope,
@@ -112,7 +113,7 @@ def outline_weight(face: np.ndarray, zooms: np.ndarray, blend_mm: float) -> np.n
         return np.zeros(face.shape, dtype=np.float32)
     if face.all():
         return np.ones(face.shape, dtype=np.float32)
-    distance = ndimage.distance_transform_edt(face, sampling=np.asarray(zooms, dtype=float))
+    distance = distance_mm(face, zooms)
     ramp = np.clip(distance / max(blend_mm, 1e-6), 0.0, 1.0)
     return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
 

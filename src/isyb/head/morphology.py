@@ -5,11 +5,13 @@ The solid head and its skin (:func:`head_mask`, :func:`skin_surface`,
 (:func:`bounding_box`, :func:`dilate_mm`, :func:`brain_guard`), distances and
 smooth outlines (:func:`signed_distance`, :func:`smooth_envelope`), block
 averaging to a coarse grid and back (:func:`downsample`, :func:`upsample`),
-and fast separable binary filters (:func:`erode18`).
+fast separable binary filters (:func:`erode18`), and the exact Euclidean distance
+transform they all use (:func:`distance_mm`).
 """
 
 from __future__ import annotations
 
+import edt
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -36,6 +38,49 @@ def bounding_box(mask: np.ndarray, pad: np.ndarray | int = 0) -> tuple[slice, ..
     return tuple(box)
 
 
+#: Largest squared distance, in the integer units of :func:`_integer_spacing`, that
+#: float32 holds exactly (2**24): the bound under which ``edt`` is exact.
+_EXACT_FLOAT32 = 2**24
+
+
+def _integer_spacing(zooms: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, float] | None:
+    """``(weights, unit)`` with ``zooms == weights * unit``, ``weights`` small integers
+    (at most 64), when every squared distance on ``shape`` is an integer under
+    :data:`_EXACT_FLOAT32` in units of ``unit**2``; else None."""
+    ratios = zooms / zooms.min()
+    for denominator in range(1, 17):
+        weights = np.rint(ratios * denominator)
+        if (np.all(np.abs(ratios * denominator - weights) <= 1e-9 * weights)
+                and weights.max() <= 64
+                and float(((np.asarray(shape) * weights) ** 2).sum()) < _EXACT_FLOAT32):
+            return weights, float(zooms.min()) / denominator
+    return None
+
+
+def distance_mm(mask: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+    """Euclidean distance (mm, float64) from each True voxel of ``mask`` to the nearest
+    False voxel; 0 on False voxels (``scipy.ndimage.distance_transform_edt``'s result).
+
+    Computed with the ``edt`` package (seung-lab's separable Felzenszwalb-Huttenlocher
+    transform, 4-5 times faster than scipy's on a 256³ head) where it is exact: its
+    float32 arithmetic holds every squared distance exactly when the voxel sizes are
+    small integer multiples of one unit (isotropic voxels, 2 x 2 x 3 mm, 1 x 1 x 1.5 mm)
+    and the grid is not huge. The distance is then the float64 square root of the
+    integer squared distance times the unit squared: equal to scipy's to the last bit
+    on dyadic voxel sizes, within 1e-13 mm on others (scipy sums the squared
+    per-axis offsets in mm). Otherwise, and when ``mask`` has no False voxel, scipy's.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    zooms = np.broadcast_to(np.asarray(zooms, dtype=float), (mask.ndim,))
+    spacing = _integer_spacing(zooms, mask.shape) if mask.ndim <= 3 else None
+    if spacing is None or mask.all():
+        return ndimage.distance_transform_edt(mask, sampling=zooms)
+    weights, unit = spacing
+    squared = edt.edtsq(np.ascontiguousarray(mask), anisotropy=tuple(weights.tolist()),
+                        black_border=False, parallel=1)
+    return np.sqrt(squared.astype(np.float64) * unit**2)
+
+
 def dilate_mm(mask: np.ndarray, zooms: np.ndarray, margin_mm: float) -> np.ndarray:
     """Voxels within ``margin_mm`` (Euclidean, in mm) of ``mask``.
 
@@ -47,7 +92,7 @@ def dilate_mm(mask: np.ndarray, zooms: np.ndarray, margin_mm: float) -> np.ndarr
         return mask.copy()
     pad = np.ceil(margin_mm / zooms).astype(int) + 1
     box = bounding_box(mask, pad)
-    distance = ndimage.distance_transform_edt(~mask[box], sampling=zooms)
+    distance = distance_mm(~mask[box], zooms)
     out = np.zeros_like(mask, dtype=bool)
     out[box] = distance <= margin_mm
     return out
@@ -145,8 +190,8 @@ def signed_distance(mask: np.ndarray, zooms: np.ndarray) -> np.ndarray:
     zooms = np.asarray(zooms, dtype=float)
     if not mask.any():
         return np.full(mask.shape, np.inf, dtype=np.float32)
-    outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
-    inside = ndimage.distance_transform_edt(mask, sampling=zooms)
+    outside = distance_mm(~mask, zooms)
+    inside = distance_mm(mask, zooms)
     return np.where(mask, -inside, outside).astype(np.float32)
 
 
@@ -155,8 +200,8 @@ def close_mm(mask: np.ndarray, zooms: np.ndarray, radius_mm: float) -> np.ndarra
     zooms = np.asarray(zooms, dtype=float)
     pad = np.ceil(radius_mm / zooms).astype(int) + 1
     padded = np.pad(mask, [(p, p) for p in pad])
-    dilated = ndimage.distance_transform_edt(~padded, sampling=zooms) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=zooms) > radius_mm
+    dilated = distance_mm(~padded, zooms) <= radius_mm
+    closed = distance_mm(dilated, zooms) > radius_mm
     return closed[tuple(slice(p, -p) for p in pad)]
 
 

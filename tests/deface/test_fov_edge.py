@@ -76,9 +76,12 @@ def test_no_slit_where_the_template_field_of_view_ends(cut_template, subject,
     # no crease in the rendered surface at the template's edge nor at the region's border
     inside_fov = ~below_edge
     edge = border_steps(result.data, volume.zooms, inside_fov, volume.data)
-    assert edge.size >= 10 and edge.max() <= 1.0  # measured 23 pairs, 0.71 mm (blur)
+    assert edge.size >= 10 and edge.max() <= 1.0  # 23 pairs: 0.22 mm (blur), 0.61 (noise)
     border = border_steps(result.data, volume.zooms, result.region, volume.data)
     assert border.size >= 100 and border.max() <= 1.0
-    # control: the subject's own surface below the edge, defaced above it, is a slit
+    # control: the subject's own surface below the edge, defaced above it, is a slit. The
+    # template is the phantom itself and its outline lies on its skin (issue 15), so the
+    # slit is only the smoothing's depth: 2.37 mm (blur), 2.50 (noise); 6.95 mm when the
+    # outline lay about 5 mm behind the skin
     slit = np.where(below_edge & result.region, volume.data, result.data)
-    assert border_steps(slit, volume.zooms, inside_fov, volume.data).max() > 3.0  # 6.95 mm
+    assert border_steps(slit, volume.zooms, inside_fov, volume.data).max() > 2.0

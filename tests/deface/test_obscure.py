@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from isyb.deface.obscure import BLEND_MM, blended_envelope, obscure, outline_weight, tissue_blur
+from isyb.deface.obscure import (
+    BLEND_MM,
+    blended_envelope,
+    obscure,
+    outline_fraction,
+    outline_weight,
+    tissue_blur,
+)
 from isyb.head.morphology import downsample, head_mask, signed_distance, smooth_envelope, upsample
 from isyb.synthetic.phantom import Label, make_phantom
 from isyb.templates.outline import SIDE_MM, template_outline
@@ -152,3 +159,34 @@ def test_tissue_blur_is_not_darkened_far_from_tissue() -> None:
     tissue[:5] = True
     blurred = tissue_blur(data, tissue, np.ones(3), 2.0)
     assert np.allclose(blurred, 100.0, rtol=1e-4)
+
+
+def test_outline_fraction_is_the_share_of_each_voxel_inside_the_outline() -> None:
+    """Issue 15: the new surface is written as partial volume, not whole-voxel terraces."""
+    # an outline falling by 0.05 per mm along y on a 2 mm coarse grid, 1 mm voxels
+    coarse_zooms = np.full(3, 2.0)
+    y = np.arange(20) * 2.0 + 1.0  # coarse voxel c sits at fine index (mm) 2c + 1
+    field = np.broadcast_to((1.0 - 0.05 * (y - 9.5))[None, :, None], (6, 20, 6))
+    field = field.astype(np.float32)
+    shape = (12, 40, 12)
+    fine = upsample(field, np.array([2, 2, 2]), shape)
+    treat = np.ones(shape, dtype=bool)
+    envelope = fine > 0.5
+    share = outline_fraction(field, fine, envelope, treat, np.array([2, 2, 2]), coarse_zooms,
+                             np.ones(3)).reshape(shape)
+    profile = share[6, :, 6]
+    # the 0.5 level lies at fine index 19.5, between voxels 19 and 20
+    assert fine[6, 19, 6] == pytest.approx(0.525) and fine[6, 20, 6] == pytest.approx(0.475)
+    assert profile[19] == pytest.approx(1.0) and profile[20] == pytest.approx(0.0)
+    assert profile[:19].min() == 1.0 and profile[21:].max() == 0.0
+    # a voxel the surface crosses: the share along the normal that lies inside
+    moved = fine + np.float32(0.0125)  # the surface 0.25 mm further out
+    share = outline_fraction(field + np.float32(0.0125), moved, moved > 0.5, treat,
+                             np.array([2, 2, 2]), coarse_zooms, np.ones(3)).reshape(shape)
+    assert share[6, 20, 6] == pytest.approx(0.25, abs=1e-4)
+    # voxels the guard's cover keeps count as wholly inside, whatever the outline says
+    covered = envelope.copy()
+    covered[:, 30, :] = True
+    share = outline_fraction(field, fine, covered, treat, np.array([2, 2, 2]), coarse_zooms,
+                             np.ones(3)).reshape(shape)
+    assert share[6, 30, 6] == 1.0

@@ -2,7 +2,8 @@
 
 * ``blur`` (default, after NRG mask_face): inside the face region, the skin
   layer is rebuilt: its outline is the *registered template's* head outline
-  smoothed at a scale of centimetres (:class:`TemplateOutline`, carried into
+  smoothed at a scale of centimetres and levelled so that it lies on the
+  template's face skin on average (:class:`TemplateOutline`, carried into
   subject space by the registration's affine), and its content is the tissue
   intensity blurred. Over :data:`BLEND_MM` inside the region's border the
   outline passes smoothly into the subject's own smoothed outline, so the
@@ -219,6 +220,50 @@ def guard_cover(region: np.ndarray, guard: np.ndarray, exposed: np.ndarray,
     return out
 
 
+def outline_fraction(field: np.ndarray, fine: np.ndarray, envelope: np.ndarray,
+                     treat: np.ndarray, factors: np.ndarray, coarse_zooms: np.ndarray,
+                     zooms: np.ndarray) -> np.ndarray:
+    """The share of each ``treat`` voxel that lies inside the new outline (0..1, float32).
+
+    ``field`` is the outline on the coarse grid (> 0.5 inside), ``fine`` its
+    linear upsampling to the voxels and ``envelope`` the voxels taken as inside
+    (``fine > 0.5``, plus any the guard's cover adds, which count as wholly
+    inside). A voxel the surface crosses gets the share of its width, along the
+    outline's normal, that lies inside: ``0.5 + (fine - 0.5) / (|grad| * w)``,
+    clipped, with ``|grad|`` the field's gradient (per mm, from the coarse
+    voxel it lies in) and ``w`` the voxel's extent along the normal. Cut at 0.5
+    with no partial volume, the new surface was a staircase of whole voxels,
+    whose 1-voxel terraces a render shows (and a depth map counts as steps of up
+    to a voxel where a border crosses them: 1.06 mm on the 1.5 mm phantom at a
+    template's field-of-view edge, issue 15); written as partial volume, the
+    surface lies where the outline is, between voxels.
+    """
+    share = envelope[treat].astype(np.float32)
+    band = treat & (np.abs(fine - 0.5) < 0.25) & ~(envelope & (fine <= 0.5))
+    if not band.any():
+        return share
+    index = np.nonzero(band)
+    coarse = tuple(np.clip((position - factor // 2 + factor / 2.0) // factor, 0, size - 1)
+                   .astype(int)
+                   for position, factor, size in zip(index, factors, field.shape, strict=True))
+    lo = [np.maximum(c - 1, 0) for c in coarse]
+    hi = [np.minimum(c + 1, size - 1) for c, size in zip(coarse, field.shape, strict=True)]
+    gradient = np.empty((index[0].size, 3), dtype=np.float64)
+    for axis in range(3):
+        upper = list(coarse)
+        lower = list(coarse)
+        upper[axis], lower[axis] = hi[axis], lo[axis]
+        span = np.maximum(hi[axis] - lo[axis], 1) * coarse_zooms[axis]
+        gradient[:, axis] = (field[tuple(upper)] - field[tuple(lower)]) / span
+    size = np.linalg.norm(gradient, axis=1)
+    width = np.abs(gradient) @ np.asarray(zooms, dtype=float) / np.maximum(size, 1e-12)
+    part = np.clip(0.5 + (fine[index] - 0.5) / np.maximum(size * width, 1e-6), 0.0, 1.0)
+    full = np.zeros(treat.shape, dtype=np.float32)
+    full[index] = part
+    share[band[treat]] = full[treat][band[treat]]
+    return share
+
+
 def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray, *,
             head: np.ndarray, layer_mm: float = 8.0, smooth_mm: float = 16.0,
             seed: int = 0, outline: TemplateOutline | None = None,
@@ -241,7 +286,9 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     of the surface changes. Inside the new outline, ``blur`` writes the tissue
     blurred with sigma ``smooth_mm / 2`` and ``noise`` writes values drawn
     from the region's tissue intensities; outside it both write the median
-    air value of the region. Within :data:`SEAM_MM` of the region's border
+    air value of the region; a voxel the outline crosses gets the two mixed by
+    the share of it that lies inside (:func:`outline_fraction`), so the new
+    surface has no whole-voxel terraces. Within :data:`SEAM_MM` of the region's border
     the written value is mixed with the original one by the same smoothstep
     as the outline (:func:`outline_weight`), so there is no intensity step.
     With ``guard`` (the brain guard on ``data``'s grid), head tissue of the
@@ -275,7 +322,8 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
     face_coarse = downsample((region if face is None else face)[box], factors) > 0.5
     field = blended_envelope(head_coarse, coarse_zooms, smooth_mm, face_coarse, outline,
                              coarse_to_template, blend_mm)
-    envelope = upsample(field, factors, shape) > 0.5
+    fine = upsample(field, factors, shape)
+    envelope = fine > 0.5
     if guard is not None:
         envelope |= guard_cover(region[box], guard[box], head[box] & ~envelope, zooms)
     near_skin = np.abs(upsample(np.minimum(np.abs(signed_distance(head_coarse, coarse_zooms)),
@@ -283,7 +331,7 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
                                 factors, shape)) <= layer_mm
     allowed[box] = region[box] & (near_skin | (envelope != head[box]))
     treat = allowed[box]
-    inside = envelope[treat]
+    inside = outline_fraction(field, fine, envelope, treat, factors, coarse_zooms, zooms)
     air = data[region & ~head]
     air_value = float(np.median(air)) if air.size else 0.0
     if method == "blur":
@@ -294,7 +342,7 @@ def obscure(data: np.ndarray, region: np.ndarray, method: str, zooms: np.ndarray
         pool = data[region & head]
         pool = pool if pool.size else data[head]
         tissue = np.random.default_rng(seed).choice(pool, size=inside.size)
-    value = np.where(inside, tissue, air_value)
+    value = inside * tissue + (1.0 - inside) * air_value
     region_coarse = downsample(region[box], factors) > 0.5
     weight = upsample(outline_weight(region_coarse, coarse_zooms, SEAM_MM), factors, shape)[treat]
     out[box][treat] = weight * value + (1.0 - weight) * data[box][treat]

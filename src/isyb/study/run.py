@@ -68,7 +68,7 @@ from isyb.evaluate.reid import (
     FaceFrame,
     face_descriptor,
     frame_for,
-    frame_samples,
+    frame_samples_pair,
     identification,
     samples_descriptor,
 )
@@ -331,8 +331,10 @@ def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
     the original's skin threshold (``threshold``, :func:`skin_threshold` of
     ``volume``), the descriptor at its own (``defaced_threshold``).
     """
-    samples = frame_samples(defaced, to_template, frame)
-    original = face_descriptor(volume, to_template, frame, threshold=threshold)
+    # the original and the defaced head in the frame, the defaced one resampled only where
+    # the defacing changed it (the same arrays as two frame_samples calls)
+    original_samples, samples = frame_samples_pair(volume, defaced, allowed, to_template, frame)
+    original = samples_descriptor(original_samples, frame, threshold)
     distance = face_distances(volume, defaced, allowed, to_template, frame,
                               defaced_samples=samples, original_descriptor=original,
                               threshold=threshold)

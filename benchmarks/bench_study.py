@@ -106,8 +106,7 @@ STAGES = {"load_volume": "load", "extract_brain": "brain extraction",
           "registration_grid": "registration",
           "deface_volume": "defacing", "evaluate_defacing": "metrics (NMI, surface)",
           "face_distances": "face distances", "face_descriptor": "face descriptor",
-          "frame_samples": "face descriptor", "frame_samples_pair": "face descriptor",
-          "samples_descriptor": "face descriptor",
+          "frame_samples": "face descriptor", "samples_descriptor": "face descriptor",
           "ensemble_detect": "detector ensemble", "save_mask_like": "writing masks"}
 #: The defacing's own stages, from its report's ``timings_s`` (a part of "defacing").
 DEFACE_STAGES = {"region_s": "defacing: face region", "obscure_s": "defacing: obscure",

@@ -77,8 +77,6 @@ if TYPE_CHECKING:
 
 #: Gaussian smoothing (sigma, mm) of the normalised volume before the skin is found.
 SMOOTH_MM = 1.0
-#: ... truncated at this many sigmas.
-SMOOTH_TRUNCATE = 3.0
 #: Margin (mm) added around the template's face window when the frame is built.
 FRAME_MARGIN_MM = 5.0
 #: How far (mm) in front of the template's face the rays start.
@@ -150,27 +148,22 @@ def _frame_grid(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> tuple[float, 
     return step, grid
 
 
-def _smoothing_sigma(affine: np.ndarray, step: float) -> float:
-    """The Gaussian (sigma, in frame voxels of ``step`` mm) of a scan with voxel->mm ``affine``:
-    ``SMOOTH_MM`` or half the scan's largest voxel, whichever is larger, so that the voxel
-    terraces of coarse scans do not show."""
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    return max(SMOOTH_MM, 0.5 * float(zooms.max())) / step
-
-
-def _smoothed(sampled: np.ndarray, sigma: float) -> np.ndarray:
-    return (ndimage.gaussian_filter(sampled, sigma, mode="nearest", truncate=SMOOTH_TRUNCATE)
-            if sigma > 0 else sampled)
-
-
 def _sampled_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
                       xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
-    """A scan resampled (trilinear) onto the template-frame grid and smoothed: (x, y, z)
-    (:func:`_smoothing_sigma`)."""
+    """A scan resampled (trilinear) onto the template-frame grid and smoothed: (x, y, z).
+
+    The Gaussian is ``SMOOTH_MM`` or half the scan's largest voxel, whichever is
+    larger, so that the voxel terraces of coarse scans do not show.
+    """
     step, grid = _frame_grid(xs, ys, zs)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    sigma_mm = max(SMOOTH_MM, 0.5 * float(zooms.max()))
     sampled = resample_to(data, affine, (xs.size, ys.size, zs.size), grid,
                           np.linalg.inv(subject_to_template), order=1, cval=0.0)
-    return _smoothed(sampled, _smoothing_sigma(affine, step))
+    if sigma_mm > 0:
+        sampled = ndimage.gaussian_filter(sampled, sigma_mm / step, mode="nearest",
+                                          truncate=3.0)
+    return sampled
 
 
 def frame_mapping(affine: np.ndarray, subject_to_template: np.ndarray,
@@ -191,7 +184,8 @@ def frame_coordinates(matrix: np.ndarray, offset: np.ndarray, index: np.ndarray)
     in float64, left to right, so :func:`scipy.ndimage.map_coordinates` at these
     coordinates reads the values an ``affine_transform`` of the whole frame gives at
     those voxels, to the bit (``tests/evaluate/test_frame_points.py``). The study
-    samples only the frame voxels it needs this way.
+    reads the applied face mask only at the skin points this way
+    (:func:`isyb.evaluate.face_distance.face_distances`).
     """
     index = np.asarray(index, dtype=np.float64)
     out = np.empty_like(index)
@@ -209,97 +203,6 @@ def sample_frame_points(data: np.ndarray, matrix: np.ndarray, offset: np.ndarray
     data = data.view(np.uint8) if data.dtype == bool else data.astype(np.float32, copy=False)
     return ndimage.map_coordinates(data, frame_coordinates(matrix, offset, index), order=1,
                                    mode="constant", cval=0.0, output=np.float32)
-
-
-#: Frame slabs (along x) whose coordinates :func:`_changed_points` computes at once.
-_SLAB = 16
-
-
-def _changed_points(changed: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
-                    shape: tuple[int, int, int]) -> np.ndarray:
-    """Frame voxels (3, n) whose trilinear sample reads a voxel where ``changed`` is true.
-
-    A sample at scan coordinates ``c`` reads the voxels ``floor(c)`` and
-    ``floor(c) + 1`` along each axis (order 1); so only coordinates within one voxel
-    of ``changed``'s bounding box can read one, and of those the ones whose
-    ``floor(c)`` has a changed voxel in its 2x2x2 block do. The frame voxels
-    are searched in the bounding box of that region's image in the frame.
-    """
-    if not changed.any():
-        return np.zeros((3, 0), dtype=np.int64)
-    lo, hi = [], []
-    for axis in range(3):
-        used = np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(int(used[0]))
-        hi.append(int(used[-1]))
-    lo, hi = np.array(lo), np.array(hi)
-    n = hi - lo + 1
-    # reads[u] for the voxel v = lo - 1 + u: a changed voxel among v + {0, 1}^3
-    padded = np.zeros(tuple(n + 2), dtype=bool)
-    padded[1:-1, 1:-1, 1:-1] = changed[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
-    reads = np.zeros(tuple(n + 1), dtype=bool)
-    for d0 in (0, 1):
-        for d1 in (0, 1):
-            for d2 in (0, 1):
-                reads |= padded[d0:d0 + n[0] + 1, d1:d1 + n[1] + 1, d2:d2 + n[2] + 1]
-    corners = np.array([[a, b, c] for a in (lo[0] - 1, hi[0] + 1)
-                        for b in (lo[1] - 1, hi[1] + 1) for c in (lo[2] - 1, hi[2] + 1)], float)
-    frame = np.linalg.solve(matrix, (corners - offset).T)
-    start = np.clip(np.floor(frame.min(axis=1)).astype(int) - 1, 0, np.asarray(shape))
-    stop = np.clip(np.ceil(frame.max(axis=1)).astype(int) + 2, 0, np.asarray(shape))
-    found = []
-    ys, zs = np.arange(start[1], stop[1]), np.arange(start[2], stop[2])
-    for x0 in range(start[0], stop[0], _SLAB):
-        xs = np.arange(x0, min(x0 + _SLAB, stop[0]))
-        index = np.stack(np.meshgrid(xs, ys, zs, indexing="ij")).reshape(3, -1)
-        floor = np.floor(frame_coordinates(matrix, offset, index)).astype(np.int64)
-        u = floor - (lo - 1)[:, None]
-        inside = np.all((u >= 0) & (u <= n[:, None]), axis=0)
-        u, index = u[:, inside], index[:, inside]
-        found.append(index[:, reads[u[0], u[1], u[2]]])
-    return np.concatenate(found, axis=1) if found else np.zeros((3, 0), dtype=np.int64)
-
-
-def frame_samples_pair(original: Volume, defaced: Volume, changed: np.ndarray,
-                       subject_to_template: np.ndarray,
-                       frame: FaceFrame) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`frame_samples` of a scan and of its defaced copy, which differs from it only
-    where ``changed`` (boolean, the scans' common grid) is true: the same two arrays, to the
-    bit (``tests/evaluate/test_frame_points.py``), for about one resampling instead of two.
-
-    The defaced scan is sampled only at the frame voxels whose trilinear samples read a
-    changed voxel (:func:`_changed_points`), the original's samples elsewhere; the
-    Gaussian is recomputed only where it reaches those voxels, on a box with a margin of
-    its radius on every side that is not the frame's edge (SciPy filters each axis in turn,
-    each output from its input's ``radius`` neighbours along that axis, ``mode="nearest"``
-    at the edge).
-    """
-    s2t = np.asarray(subject_to_template, float)
-    step, grid = _frame_grid(frame.xs, frame.ys, frame.zs)
-    shape = (frame.xs.size, frame.ys.size, frame.zs.size)
-    raw = resample_to(original.data, original.affine, shape, grid, np.linalg.inv(s2t),
-                      order=1, cval=0.0)
-    sigma = _smoothing_sigma(original.affine, step)
-    before = _smoothed(raw, sigma)
-    if before is raw:  # no smoothing: the raw samples are patched below
-        before = raw.copy()
-    matrix, offset = frame_mapping(original.affine, s2t, frame)
-    points = _changed_points(np.asarray(changed, dtype=bool), matrix, offset, shape)
-    if points.shape[1] == 0:
-        return before, before.copy()
-    raw[tuple(points)] = sample_frame_points(defaced.data, matrix, offset, points)
-    after = before.copy()
-    # SciPy's radius of a Gaussian of ``sigma`` truncated at SMOOTH_TRUNCATE sigmas, plus one
-    radius = int(SMOOTH_TRUNCATE * sigma + 0.5) + 1 if sigma > 0 else 0
-    size = np.asarray(shape)
-    keep_lo = np.maximum(points.min(axis=1) - radius, 0)
-    keep_hi = np.minimum(points.max(axis=1) + 1 + radius, size)
-    work_lo, work_hi = np.maximum(keep_lo - radius, 0), np.minimum(keep_hi + radius, size)
-    part = _smoothed(raw[tuple(slice(a, b) for a, b in zip(work_lo, work_hi, strict=True))],
-                     sigma)
-    after[tuple(slice(a, b) for a, b in zip(keep_lo, keep_hi, strict=True))] = part[
-        tuple(slice(a, b) for a, b in zip(keep_lo - work_lo, keep_hi - work_lo, strict=True))]
-    return before, after
 
 
 def face_frame(template_head: Volume, rule: FaceRule, *,

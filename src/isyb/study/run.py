@@ -68,13 +68,13 @@ from isyb.evaluate.reid import (
     FaceFrame,
     face_descriptor,
     frame_for,
-    frame_samples_pair,
+    frame_samples,
     identification,
     samples_descriptor,
 )
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import check_brain_mask, extract_brain
-from isyb.head.morphology import skin_threshold
+from isyb.head.morphology import bounding_box, skin_threshold
 from isyb.head.register import Registration, SubjectGrid
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -209,9 +209,16 @@ def _evaluation(volume: Volume, brain: np.ndarray, folder: Path,
 
 
 def _defaced_as_written(volume: Volume, data: np.ndarray, allowed: np.ndarray) -> Volume:
-    """The defaced volume with the values the stored dtype would hold."""
+    """The defaced volume with the values the stored dtype would hold.
+
+    Outside ``allowed`` it is the original; the cast (elementwise) is done only in
+    ``allowed``'s bounding box, the same values as over the whole grid.
+    """
     dtype = volume.source.get_data_dtype()
-    written = np.where(allowed, cast_like(data, dtype).astype(np.float32), volume.data)
+    written = volume.data.copy()
+    box = bounding_box(allowed)
+    written[box] = np.where(allowed[box], cast_like(data[box], dtype).astype(np.float32),
+                            volume.data[box])
     return Volume(written, volume.affine, volume.source, volume.path)
 
 
@@ -331,10 +338,8 @@ def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
     the original's skin threshold (``threshold``, :func:`skin_threshold` of
     ``volume``), the descriptor at its own (``defaced_threshold``).
     """
-    # the original and the defaced head in the frame, the defaced one resampled only where
-    # the defacing changed it (the same arrays as two frame_samples calls)
-    original_samples, samples = frame_samples_pair(volume, defaced, allowed, to_template, frame)
-    original = samples_descriptor(original_samples, frame, threshold)
+    samples = frame_samples(defaced, to_template, frame)
+    original = face_descriptor(volume, to_template, frame, threshold=threshold)
     distance = face_distances(volume, defaced, allowed, to_template, frame,
                               defaced_samples=samples, original_descriptor=original,
                               threshold=threshold)

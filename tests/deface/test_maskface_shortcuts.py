@@ -52,7 +52,8 @@ def test_clean_mask_is_mask_surfs_opening_and_closing(box, zooms) -> None:
 
 
 def _barycentric_plain(source: np.ndarray, target: np.ndarray, bounds: np.ndarray):
-    """``_barycentric_map`` before the shortcut (numpy reductions over axis 1)."""
+    """``_barycentric_map`` before the shortcuts (a stacked meshgrid; numpy reductions over
+    axis 1)."""
     edges = (source[1:] - source[0]).T
     lo = np.maximum(np.floor(source.min(axis=0)).astype(int), 0)
     hi = np.minimum(np.ceil(source.max(axis=0)).astype(int), np.asarray(bounds) - 1)

@@ -30,10 +30,13 @@ not the right probe either: it rebuilds the face along the registered
 template's smoothed outline, so a shape-matched template changes the face
 *less*, and NMI rewards the mismatched one. The simulation's margin,
 :data:`SIMULATION_MARGIN_MM` (3 mm), is smaller than the deface default
-(8 mm): the squared CAPIIO→CN200 matrix moves the face surface by up to
-about 8 mm (the chin up, the nose tip back, the cheeks out), most of it by
-less, which an 8 mm margin absorbs (measured on 8 phantoms: matched −
-mismatched NMI from −0.002 to +0.001, in no consistent direction).
+(8 mm): the squared CAPIIO→CN200 matrix moves the face skin by a median
+5 mm and up to 19 mm (the chin up, the nose tip back, the cheeks out), but
+after isyb's 12-parameter registration of the whole head a subject's face
+skin reaches at most about 8.5 mm beyond the mismatched template's face, 3-9 %
+of it beyond 3 mm and 0.7-1.3 % beyond 6 mm (``benchmarks/face_shape_gap.py``),
+which an 8 mm margin absorbs (measured on 8 phantoms: matched − mismatched NMI
+from −0.002 to +0.001, in no consistent direction).
 
 ``isyb study --design isyb`` grows the template face region by 6 mm,
 mask_face's own ROI enlargement (``round(6 * pixdim)`` voxels on the
@@ -43,7 +46,20 @@ matched-template effect either (8 + 8 phantoms, 3 mm voxels, strength 2:
 template × population F(1, 14) = 0.47, p = 0.50; template F(1, 14) = 0.26,
 p = 0.62; the 8 mm margin gave F(1, 14) = 0.98, p = 0.34), while the same
 design with the simulation's 3 mm margin does (F(1, 14) = 84.5,
-p = 2.6e-07). Simulation only.
+p = 2.6e-07). Simulation only. Why (``benchmarks/face_shape_gap.py``;
+benchmarks/README.md, "why ``--design isyb`` shows no matched-template effect
+at 6 mm"): the template's face shape reaches NMI only through the subject's
+skin beyond the registered template's face tissue plus the margin; the
+registration absorbs much of a face-only reshaping and most skin lies inside
+the template's face, so 3-9 % of the skin lies beyond 3 mm but only 0.7-1.3 %
+beyond 6 mm. The more faithful reshaping, CN200 *relative to MNI152* (the
+CAPIIO→CN200 matrix times the inverse of mask_face's CAPIIO→MNI152, the
+comparison the descriptor made), leaves less beyond 6 mm (0.1 % and 0 %), and
+any box-shaped ROI that holds the template's face plus the margin (mask_face's
+landmark box) leaves out at most what isyb's shell does. So neither a more
+faithful simulation nor a box would show the effect at 6 mm; the real CN200
+head, which would tell how different real faces are after registration, is not
+available here. The simulation keeps the squared matrix.
 
 The face is reshaped by :func:`reshape_face`: a smooth blend between the
 identity (at and behind the front of the brain) and the linear map (in the

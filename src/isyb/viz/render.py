@@ -178,10 +178,13 @@ def _first_samples(scene: _Scene, rotation: np.ndarray, xs: np.ndarray, zs: np.n
     """
     reach = float(np.linalg.norm(scene.zooms))
     view = scene.boundary_mm @ rotation.T
-    bound = np.full((zs.size, xs.size), -np.inf, dtype=np.float64)
     col = np.clip(np.rint((xs[0] - view[:, 0]) / pixel_mm), 0, xs.size - 1).astype(np.int64)
     row = np.clip(np.rint((zs[0] - view[:, 2]) / pixel_mm), 0, zs.size - 1).astype(np.int64)
-    np.maximum.at(bound, (row, col), view[:, 1])
+    # the per-pixel maximum through a flat index: numpy's ufunc.at is about 4x faster on one
+    # 1-D index than on a (row, col) pair, and a maximum does not depend on the order
+    bound = np.full(zs.size * xs.size, -np.inf, dtype=np.float64)
+    np.maximum.at(bound, row * xs.size + col, view[:, 1])
+    bound = bound.reshape(zs.size, xs.size)
     spread = 2 * (int(np.ceil(reach / pixel_mm + 0.5)) + 1) + 1
     bound = ndimage.maximum_filter(bound, size=spread, mode="constant", cval=-np.inf)
     with np.errstate(invalid="ignore"):

@@ -328,6 +328,28 @@ def build_cohort(root: Path, linear: np.ndarray, *, phantoms_per_population: int
     return subjects
 
 
+#: Face reshapings of the cn200 population (:func:`reshape_matrix`).
+RESHAPES = ("cn200", "cn200-vs-mni152")
+
+
+def reshape_matrix(data_dir: Path, reshape: str = "cn200") -> np.ndarray:
+    """The 4x4 matrix whose linear part (to the power ``strength``) reshapes cn200 faces.
+
+    ``cn200``: the ISYB team's ``transforms/CAPIIO_to_CN200.mat`` (CN200's shape in
+    the CAPIIO atlas's terms; the simulation's default, used squared). ``cn200-vs-mni152``:
+    that matrix times the inverse of mask_face's ``transforms/mask_face/CAPIIO_to_mni152.mat``
+    (both map the same atlas, so this is CN200's shape in MNI152's terms, the comparison the
+    descriptor made; diagonal about 1.00, 0.92, 0.85), meant to be used once (strength 1).
+    """
+    matrix = load_fsl_matrix(Path(data_dir) / "transforms" / "CAPIIO_to_CN200.mat")
+    if reshape == "cn200":
+        return matrix
+    if reshape == "cn200-vs-mni152":
+        mni = load_fsl_matrix(Path(data_dir) / "transforms" / "mask_face" / "CAPIIO_to_mni152.mat")
+        return matrix @ np.linalg.inv(mni)
+    raise ValueError(f"unknown reshape {reshape!r}; use one of {', '.join(RESHAPES)}")
+
+
 #: Margin (mm) of the template face region in the simulation: smaller than the
 #: face-surface shifts of the squared CN200 matrix, which the 8 mm default absorbs.
 SIMULATION_MARGIN_MM = 3.0
@@ -342,7 +364,8 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
                    method: str = "remove", face_region: str = "template",
                    face_margin_mm: float = SIMULATION_MARGIN_MM, nprocs: int = 1,
                    seed: int = 0, dv: str = "nmi", detectors: bool = True, reid: bool = True,
-                   isyb_design: bool = False, threads: int | None = None, log=None) -> dict:
+                   isyb_design: bool = False, threads: int | None = None,
+                   reshape: str = "cn200", log=None) -> dict:
     """Build the cohort and the templates under ``out`` and run ``isyb study`` on it.
 
     ``data_dir`` is the shared data folder (``transforms/CAPIIO_to_CN200.mat``
@@ -360,7 +383,8 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     (``face_margin_mm`` :data:`SIMULATION_MARGIN_MM`). The later studies share
     the first one's work cache (brain masks, registrations). ``detectors``
     and ``reid`` switch the face checks (``--no-detectors``, ``--no-reid``);
-    ``nprocs`` and ``threads`` are the executor's (:class:`isyb.executor.ExecutorOptions`).
+    ``nprocs`` and ``threads`` are the executor's (:class:`isyb.executor.ExecutorOptions`);
+    ``reshape`` picks the cn200 faces' matrix (:func:`reshape_matrix`).
     Returns ``out``, ``subjects``, ``main``, ``control``, with
     ``isyb_design`` ``isyb`` and ``isyb_margin`` (what :func:`isyb.study.study.run_study`
     returns), ``names`` (population -> template name) and ``templates``
@@ -372,7 +396,7 @@ def run_simulation(data_dir: Path, out: Path, *, phantoms_per_population: int = 
     from isyb.study.study import StudyOptions, run_study
     from isyb.templates.registry import resolve
 
-    linear = load_fsl_matrix(Path(data_dir) / "transforms" / "CAPIIO_to_CN200.mat")
+    linear = reshape_matrix(Path(data_dir), reshape)
     paths = build_templates(out / "templates", linear, strength=strength)
     subjects = build_cohort(out / "bids", linear, phantoms_per_population=phantoms_per_population,
                             real_heads=[Path(data_dir) / "heads" / name for name in real_heads],

@@ -48,6 +48,7 @@ from pathlib import Path
 import pandas as pd
 
 from isyb.study.simulate import (
+    RESHAPES,
     SIMULATION_MARGIN_MM,
     SIMULATION_NOTE,
     matched_differences,
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                              "('' for none)")
     parser.add_argument("--strength", type=float, default=2.0,
                         help="power of the CN200 matrix applied to the cn200 faces")
+    parser.add_argument("--reshape", choices=RESHAPES, default="cn200",
+                        help="cn200 faces: the CAPIIO->CN200 matrix (default, with --strength "
+                        "2) or CN200 relative to MNI152 (use --strength 1)")
     parser.add_argument("--voxel", type=float, default=3.0, help="cohort voxel size, mm")
     parser.add_argument("--method", choices=("remove", "blur", "noise", "maskface"),
                         default="remove")
@@ -127,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                             method=args.method, face_region=args.face_region,
                             face_margin_mm=args.face_margin, nprocs=args.nprocs,
                             seed=args.seed, dv=args.dv, detectors=args.detectors,
-                            reid=args.reid, isyb_design=args.isyb_design, log=print)
+                            reid=args.reid, isyb_design=args.isyb_design,
+                            reshape=args.reshape, log=print)
     seconds = time.perf_counter() - start
     pd.set_option("display.width", 160)
     print(f"\n{SIMULATION_NOTE}")
     print(f"cohort: {len(result['subjects'])} subjects ({args.phantoms} phantoms per population"
           f" + {len(real)} real heads x 2 populations), {args.voxel:g} mm, "
-          f"CN200 matrix ** {args.strength:g}; {args.method}, face region {args.face_region}"
+          f"{args.reshape} matrix ** {args.strength:g}; {args.method}, "
+          f"face region {args.face_region}"
           f" (margin {args.face_margin:g} mm); DV {args.dv}; {seconds:.0f} s")
     sources = {s.label: s.source for s in result["subjects"]}
     diffs = matched_differences(result["main"]["metrics"], result["names"], args.dv)

@@ -111,3 +111,21 @@ def test_provenance_reports_the_reference_as_an_independent_count(phantom,
     assert record["thirds"]["lower"]["changed_fraction"] >= 0.9
     # the old figure keeps its own name, over the defacing's own region
     assert checked.report.face_surface_changed_fraction is not None
+
+
+def test_face_coverage_is_the_whole_grids_indexing() -> None:
+    """One pass over the grid (issue 13's scale pass) gives what indexing the whole grid per
+    third gave, on C-ordered and on transposed (source-order) arrays."""
+    from isyb.head.face_reference import THIRDS, _shares, face_coverage
+
+    rng = np.random.default_rng(4)
+    reference = np.where(rng.random((30, 26, 22)) < 0.1, rng.integers(1, 4, (30, 26, 22)), 0)
+    reference = reference.astype(np.uint8)
+    changed, guard = rng.random(reference.shape) < 0.5, rng.random(reference.shape) < 0.3
+    for ref, ch, gd in ((reference, changed, guard),
+                        (reference.T, changed.T, guard.T)):
+        where = ref > 0
+        plain = dict(_shares(ch[where], gd[where]))
+        plain["thirds"] = {name: _shares(ch[ref == value], gd[ref == value])
+                           for value, name in enumerate(THIRDS, start=1)}
+        assert face_coverage(ref, ch, gd) == plain

@@ -37,3 +37,15 @@ def test_regions_on_the_image_faces_and_corners() -> None:
     region[:] = False
     region[3:6, 3:5, 2:5] = True  # inside the solid block: no skin, even at the box's faces
     assert not skin_surface_in(head, region).any()
+
+
+@pytest.mark.parametrize("shape", [(23, 19, 17), (1, 6, 5), (2, 3, 4), (0, 4, 4), (6, 1, 1)])
+def test_skin_surface_is_the_cross_erosions(shape) -> None:
+    """``skin_surface`` from shifted slices (issue 13's scale pass) gives
+    ``head & ~binary_erosion(head)`` (SciPy's cross, outside = air), edges included."""
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.3, 0.7, 1.0):
+        head = rng.random(shape) < density
+        if min(shape) > 2:
+            head = ndimage.gaussian_filter(head.astype(float), 1.0) > 0.5
+        np.testing.assert_array_equal(skin_surface(head), head & ~ndimage.binary_erosion(head))

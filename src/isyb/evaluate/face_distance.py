@@ -41,11 +41,12 @@ import numpy as np
 from isyb.evaluate.reid import (
     FaceFrame,
     face_descriptor,
+    frame_mapping,
     frame_samples,
+    sample_frame_points,
     samples_descriptor,
 )
 from isyb.head.morphology import skin_threshold
-from isyb.head.register import resample_to
 from isyb.io import Volume
 
 #: Fewest face-region pixels (1 mm² each) a distance needs; fewer gives None.
@@ -126,26 +127,26 @@ def depth_distances(original: np.ndarray, defaced: np.ndarray, template: np.ndar
                         decisive_pixels=int(decisive.sum()), decisive_mm=float(decisive_mm))
 
 
-def _mask_in_frame(mask: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
-                   frame: FaceFrame) -> np.ndarray:
-    """``mask`` resampled (trilinear, float32) onto the frame's (x, y, z) grid."""
-    step = frame.spacing_mm
-    grid = np.diag([step, -step, step, 1.0])
-    grid[:3, 3] = (frame.xs[0], frame.ys[0], frame.zs[0])
-    return resample_to(np.asarray(mask, dtype=np.float32), affine,
-                       (frame.xs.size, frame.ys.size, frame.zs.size), grid,
-                       np.linalg.inv(subject_to_template), order=1, cval=0.0)
+def _mask_at_depth(mask: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
+                   frame: FaceFrame, depth: np.ndarray) -> np.ndarray:
+    """Whether the skin point of each pixel of ``depth`` (template y, mm) lies in ``mask``.
 
-
-def _mask_at_depth(sampled: np.ndarray, frame: FaceFrame, depth: np.ndarray) -> np.ndarray:
-    """Whether the skin point of each pixel of ``depth`` (template y, mm) lies in the mask
-    that :func:`_mask_in_frame` resampled to ``sampled``."""
+    The mask (on the scan's grid, voxel->mm ``affine``) is read trilinearly at the
+    frame voxel nearest the skin point (over 0.5 = in). Only those voxels are sampled
+    (:func:`isyb.evaluate.reid.sample_frame_points`), with the values a resampling of the
+    whole mask onto the frame gives there: the same answer, without resampling the
+    mask's other (in the study, about 4 million) frame voxels.
+    """
     step = frame.spacing_mm
     finite = np.isfinite(depth)
     j = np.clip(np.rint((frame.ys[0] - np.where(finite, depth, frame.ys[0])) / step), 0,
                 frame.ys.size - 1).astype(int)
     rows, cols = np.indices(depth.shape)
-    return finite & (sampled[cols, j, rows] > 0.5)
+    matrix, offset = frame_mapping(affine, subject_to_template, frame)
+    inside = np.zeros(depth.shape, dtype=bool)
+    index = np.stack([cols[finite], j[finite], rows[finite]])
+    inside[finite] = sample_frame_points(np.asarray(mask), matrix, offset, index) > 0.5
+    return inside
 
 
 def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
@@ -175,8 +176,8 @@ def face_distances(original: Volume, defaced: Volume, face_mask: np.ndarray,
     if defaced_samples is None:
         defaced_samples = frame_samples(defaced, subject_to_template, frame)
     after = samples_descriptor(defaced_samples, frame, thr)
-    in_mask = _mask_in_frame(face_mask, original.affine, subject_to_template, frame)
-    region = _mask_at_depth(in_mask, frame, before) | _mask_at_depth(in_mask, frame, after)
+    region = (_mask_at_depth(face_mask, original.affine, subject_to_template, frame, before)
+              | _mask_at_depth(face_mask, original.affine, subject_to_template, frame, after))
     template = np.where(frame.window, frame.template_depth, np.nan)
     voxel_mm = float(np.max(original.zooms))
     return depth_distances(before, after, template, region, decisive_mm=max(voxel_mm, 1.0))

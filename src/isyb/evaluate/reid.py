@@ -140,6 +140,14 @@ def _first_crossing(volume: np.ndarray, threshold: float, ys: np.ndarray) -> np.
     return depth.T.astype(np.float32)
 
 
+def _frame_grid(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> tuple[float, np.ndarray]:
+    """(pixel size and ray step in mm, voxel -> template-mm affine) of a frame's (x, y, z) grid."""
+    step = float(xs[1] - xs[0]) if xs.size > 1 else SPACING_MM
+    grid = np.diag([step, -step, step, 1.0])
+    grid[:3, 3] = (xs[0], ys[0], zs[0])
+    return step, grid
+
+
 def _sampled_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template: np.ndarray,
                       xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
     """A scan resampled (trilinear) onto the template-frame grid and smoothed: (x, y, z).
@@ -147,17 +155,54 @@ def _sampled_in_frame(data: np.ndarray, affine: np.ndarray, subject_to_template:
     The Gaussian is ``SMOOTH_MM`` or half the scan's largest voxel, whichever is
     larger, so that the voxel terraces of coarse scans do not show.
     """
-    step = float(xs[1] - xs[0]) if xs.size > 1 else SPACING_MM
+    step, grid = _frame_grid(xs, ys, zs)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     sigma_mm = max(SMOOTH_MM, 0.5 * float(zooms.max()))
-    grid = np.diag([step, -step, step, 1.0])
-    grid[:3, 3] = (xs[0], ys[0], zs[0])
     sampled = resample_to(data, affine, (xs.size, ys.size, zs.size), grid,
                           np.linalg.inv(subject_to_template), order=1, cval=0.0)
     if sigma_mm > 0:
         sampled = ndimage.gaussian_filter(sampled, sigma_mm / step, mode="nearest",
                                           truncate=3.0)
     return sampled
+
+
+def frame_mapping(affine: np.ndarray, subject_to_template: np.ndarray,
+                  frame: FaceFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset): frame voxel index -> scan voxel index, as :func:`frame_samples`
+    hands them to :func:`scipy.ndimage.affine_transform` (the same floats)."""
+    _, grid = _frame_grid(frame.xs, frame.ys, frame.zs)
+    mapping = (np.linalg.inv(affine) @ np.linalg.inv(np.asarray(subject_to_template, float))
+               @ grid)
+    return mapping[:3, :3], mapping[:3, 3]
+
+
+def frame_coordinates(matrix: np.ndarray, offset: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Scan voxel coordinates (3, n) of frame voxel indices ``index`` (3, n).
+
+    The arithmetic of :func:`scipy.ndimage.affine_transform` (SciPy's
+    ``NI_GeometricTransform``): ``offset[h] + i0 m[h, 0] + i1 m[h, 1] + i2 m[h, 2]``
+    in float64, left to right, so :func:`scipy.ndimage.map_coordinates` at these
+    coordinates reads the values an ``affine_transform`` of the whole frame gives at
+    those voxels, to the bit (``tests/evaluate/test_frame_points.py``). The study
+    reads the applied face mask only at the skin points this way
+    (:func:`isyb.evaluate.face_distance.face_distances`).
+    """
+    index = np.asarray(index, dtype=np.float64)
+    out = np.empty_like(index)
+    for h in range(3):
+        out[h] = offset[h] + index[0] * matrix[h, 0]
+        out[h] = out[h] + index[1] * matrix[h, 1]
+        out[h] = out[h] + index[2] * matrix[h, 2]
+    return out
+
+
+def sample_frame_points(data: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
+                        index: np.ndarray) -> np.ndarray:
+    """Trilinear samples (float32) of ``data`` at frame voxels ``index`` (3, n): what
+    :func:`isyb.head.register.resample_to` onto the whole frame gives there (same values)."""
+    data = data.view(np.uint8) if data.dtype == bool else data.astype(np.float32, copy=False)
+    return ndimage.map_coordinates(data, frame_coordinates(matrix, offset, index), order=1,
+                                   mode="constant", cval=0.0, output=np.float32)
 
 
 def face_frame(template_head: Volume, rule: FaceRule, *,

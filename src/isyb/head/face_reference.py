@@ -169,8 +169,11 @@ def face_coverage(reference: np.ndarray, changed: np.ndarray,
     ``unreached_fraction``), plus ``thirds`` mapping each of :data:`THIRDS`
     to the same keys. Fractions are None where there are no voxels.
     """
-    where = reference > 0
-    record: dict[str, object] = dict(_shares(changed[where], guard[where]))
-    record["thirds"] = {name: _shares(changed[reference == value], guard[reference == value])
+    # the reference's voxels once (C order, as boolean indexing takes them), then its thirds
+    # among them: the same arrays as indexing the whole grid per third, one pass over it
+    where = np.nonzero(reference)
+    label, changed, guard = reference[where], changed[where], guard[where]
+    record: dict[str, object] = dict(_shares(changed, guard))
+    record["thirds"] = {name: _shares(changed[label == value], guard[label == value])
                         for value, name in enumerate(THIRDS, start=1)}
     return record

@@ -132,8 +132,27 @@ def head_mask(data: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def skin_surface(head: np.ndarray) -> np.ndarray:
-    """Head voxels that touch air (6-connectivity): the skin surface."""
-    return head & ~ndimage.binary_erosion(head)
+    """Head voxels that touch air (6-connectivity): the skin surface.
+
+    A head voxel with a face neighbour outside the head, or on the array's own faces
+    (outside the array is air): ``head & ~binary_erosion(head)`` with SciPy's default
+    cross and ``border_value=0``, the same voxels (tested), from shifted slices, which
+    took a seventh of the time on a 1 mm face box (it runs once per defacing).
+    """
+    head = np.asarray(head, dtype=bool)
+    air = ~head
+    touches = np.zeros(head.shape, dtype=bool)
+    for axis in range(head.ndim):
+        def part(start: int | None, stop: int | None, axis: int = axis) -> tuple[slice, ...]:
+            index = [slice(None)] * head.ndim
+            index[axis] = slice(start, stop)
+            return tuple(index)
+
+        touches[part(0, 1)] = True
+        touches[part(-1, None)] = True
+        touches[part(1, None)] |= air[part(None, -1)]
+        touches[part(None, -1)] |= air[part(1, None)]
+    return head & touches
 
 
 def skin_surface_in(head: np.ndarray, region: np.ndarray) -> np.ndarray:

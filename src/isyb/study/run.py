@@ -74,7 +74,7 @@ from isyb.evaluate.reid import (
 )
 from isyb.executor import ExecutorOptions, run_tasks
 from isyb.head.brain import check_brain_mask, extract_brain
-from isyb.head.morphology import skin_threshold
+from isyb.head.morphology import bounding_box, skin_threshold
 from isyb.head.register import Registration, SubjectGrid
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.templates.registry import Template
@@ -209,9 +209,16 @@ def _evaluation(volume: Volume, brain: np.ndarray, folder: Path,
 
 
 def _defaced_as_written(volume: Volume, data: np.ndarray, allowed: np.ndarray) -> Volume:
-    """The defaced volume with the values the stored dtype would hold."""
+    """The defaced volume with the values the stored dtype would hold.
+
+    Outside ``allowed`` it is the original; the cast (elementwise) is done only in
+    ``allowed``'s bounding box, the same values as over the whole grid.
+    """
     dtype = volume.source.get_data_dtype()
-    written = np.where(allowed, cast_like(data, dtype).astype(np.float32), volume.data)
+    written = volume.data.copy()
+    box = bounding_box(allowed)
+    written[box] = np.where(allowed[box], cast_like(data[box], dtype).astype(np.float32),
+                            volume.data[box])
     return Volume(written, volume.affine, volume.source, volume.path)
 
 

@@ -133,11 +133,32 @@ def _scene(data: np.ndarray, zooms: Zooms, threshold: float | None) -> _Scene:
         - centre_mm
     )
     above = crop > np.float32(thr)
-    # eroded by the 3x3x3 cube (a separable minimum filter), outside the crop below
-    inner = ndimage.minimum_filter(above.view(np.uint8), size=3, mode="constant", cval=0)
-    boundary = above & (inner == 0)
+    boundary = above & ~_eroded_by_cube(above)
     boundary_mm = (np.argwhere(boundary) + lo) * zooms - centre_mm
     return _Scene(crop, zooms, lo * zooms, centre_mm, corners, thr, boundary_mm)
+
+
+def _eroded_by_cube(mask: np.ndarray) -> np.ndarray:
+    """``mask`` eroded by the 3x3x3 cube, outside the array counting as background.
+
+    The cube is the product of three 3-voxel segments, so the erosion is one along each
+    axis in turn: a voxel stays when it and its two neighbours along the axis are set.
+    The same voxels as :func:`scipy.ndimage.minimum_filter` with ``size=3``,
+    ``mode="constant"``, ``cval=0`` on the mask as 0/1 (tested), as ANDs of shifted
+    slices: a few times faster on a head crop, where that filter took about a tenth of
+    the ensemble's time per defaced head.
+    """
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        eroded = np.zeros_like(out)
+        inner = [slice(None)] * mask.ndim
+        inner[axis] = slice(1, -1)
+        before, after = list(inner), list(inner)
+        before[axis], after[axis] = slice(0, -2), slice(2, None)
+        np.logical_and(out[tuple(inner)], out[tuple(before)], out=eroded[tuple(inner)])
+        eroded[tuple(inner)] &= out[tuple(after)]
+        out = eroded
+    return out
 
 
 def _first_samples(scene: _Scene, rotation: np.ndarray, xs: np.ndarray, zs: np.ndarray,
@@ -157,10 +178,13 @@ def _first_samples(scene: _Scene, rotation: np.ndarray, xs: np.ndarray, zs: np.n
     """
     reach = float(np.linalg.norm(scene.zooms))
     view = scene.boundary_mm @ rotation.T
-    bound = np.full((zs.size, xs.size), -np.inf, dtype=np.float64)
     col = np.clip(np.rint((xs[0] - view[:, 0]) / pixel_mm), 0, xs.size - 1).astype(np.int64)
     row = np.clip(np.rint((zs[0] - view[:, 2]) / pixel_mm), 0, zs.size - 1).astype(np.int64)
-    np.maximum.at(bound, (row, col), view[:, 1])
+    # the per-pixel maximum through a flat index: numpy's ufunc.at is about 4x faster on one
+    # 1-D index than on a (row, col) pair, and a maximum does not depend on the order
+    bound = np.full(zs.size * xs.size, -np.inf, dtype=np.float64)
+    np.maximum.at(bound, row * xs.size + col, view[:, 1])
+    bound = bound.reshape(zs.size, xs.size)
     spread = 2 * (int(np.ceil(reach / pixel_mm + 0.5)) + 1) + 1
     bound = ndimage.maximum_filter(bound, size=spread, mode="constant", cval=-np.inf)
     with np.errstate(invalid="ignore"):

@@ -3,9 +3,10 @@
 The renderer is an orthographic ray caster that needs no OpenGL and no mesh.
 Rays are marched through a lightly smoothed copy of the volume, in millimetres,
 until they first cross the skin threshold; a ray starts marching only shortly
-before the first point where it could cross it (bounded from the head's
-boundary voxels, :func:`_sample_span`), which gives the depths of a march
-from the front of the box at a third of the cost. The depth map of those hits gives
+before the first point where it could cross it and stops after the last one
+(both bounded from the head's boundary voxels, :func:`_sample_span`), which
+gives the depths of a march from the front of the box for a small part of the
+cost. The depth map of those hits gives
 the surface normals, and a portrait-like light (Lambertian, from just above the
 viewer, with cast shadows and some ambient light) shades them.
 

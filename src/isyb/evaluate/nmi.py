@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from isyb.head.morphology import bounding_box
+
 BINS = 64
 METHODS = ("arithmetic", "studholme")
 
@@ -52,8 +54,12 @@ def face_nmi(original: np.ndarray, defaced: np.ndarray, face_mask: np.ndarray, *
     inside = face_mask.astype(bool)
     if not inside.any():
         raise ValueError("the face mask is empty")
-    a = original[inside].astype(np.float64)
-    removed = a - defaced[inside].astype(np.float64)
+    # the mask's voxels, read in its bounding box: the same values in the same (C) order
+    # as indexing the whole grids, a third of the work for a face region on a head
+    box = bounding_box(inside)
+    inside = inside[box]
+    a = original[box][inside].astype(np.float64)
+    removed = a - defaced[box][inside].astype(np.float64)
     labels_a, labels_r = quantize(a, bins), quantize(removed, bins)
     joint = np.bincount(labels_a * bins + labels_r, minlength=bins * bins).astype(np.float64)
     h_a = _entropy(np.bincount(labels_a, minlength=bins).astype(np.float64))

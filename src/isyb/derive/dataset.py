@@ -239,11 +239,9 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     the subject's ``anat`` folder; returns the table's row. With a
     ``template`` and the anatomy's normalisation, DiReCT measures the
     cerebral cortex as ``antsCorticalThickness.sh`` does
-    (:mod:`isyb.derive.cortex`), each hemisphere on its own
-    (:func:`isyb.derive.cortex.subject_classes_and_sides`), and
-    ``<label>_desc-aparcaseg_metrics.tsv`` holds the GMV (ml) of each
-    Desikan-Killiany cortical region, aseg subcortical GM structure,
-    cerebellar cortex and the brainstem
+    (:mod:`isyb.derive.cortex`), and ``<label>_desc-aparcaseg_metrics.tsv``
+    holds the GMV (ml) of each Desikan-Killiany cortical region, aseg
+    subcortical GM structure, cerebellar cortex and the brainstem
     (:mod:`isyb.derive.regions`: ``participant_id``, ``index``, ``region``,
     ``structure``, ``gmv_ml``; its rows add up to ``gmv_ml``, its cortex rows
     to ``cortical_gmv_ml``); without them, or without the cortical atlas (a
@@ -267,7 +265,7 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     start = time.perf_counter()
     direct = _direct_input(anatomy, template, label)
     labels, classes = direct.labels, direct.classes
-    thickness = cortical_thickness(labels, zooms, parts=direct.sides)
+    thickness = cortical_thickness(labels, zooms)
     row = {"participant_id": label, "mean_ct_mm": mean_thickness(thickness, labels),
            "gmv_ml": gm_volumes(anatomy.labels, zooms)["total"],
            "cortical_gmv_ml": gm_volumes(labels, zooms)["total"], "ct_region": direct.region,
@@ -297,15 +295,13 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
 
 class _DirectInput(NamedTuple):
     """DiReCT's labels and what they hold; with the atlas, its classes on the template grid,
-    the subject's GM regions and their names (:mod:`isyb.derive.regions`) and the
-    hemispheres DiReCT measures one by one."""
+    the subject's GM regions and their names (:mod:`isyb.derive.regions`)."""
 
     labels: np.ndarray
     region: str
     classes: np.ndarray | None = None
     regions: np.ndarray | None = None
     names: dict | None = None
-    sides: np.ndarray | None = None
 
 
 def _direct_input(anatomy, template, label: str) -> _DirectInput:
@@ -314,9 +310,8 @@ def _direct_input(anatomy, template, label: str) -> _DirectInput:
     from isyb.derive.cortex import (
         atlas_classes,
         cortical_segmentation,
-        subject_classes_and_sides,
+        subject_classes,
         template_atlas,
-        template_sides,
     )
     from isyb.derive.morphometry import MorphometryError
     from isyb.derive.normalize import template_points
@@ -329,16 +324,15 @@ def _direct_input(anatomy, template, label: str) -> _DirectInput:
         names = atlas_names()
         classes = atlas_classes(atlas)
         points = template_points(anatomy.normalization, template)
-        subject, sides = subject_classes_and_sides(
-            anatomy.labels, anatomy.affine, anatomy.normalization, template, classes=classes,
-            points=points, sides=template_sides(atlas, names, template.affine))
+        subject = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
+                                  template, classes=classes, points=points)
         regions = subject_regions(anatomy.labels, subject, anatomy.affine, points, atlas, names)
-        cortex = cortical_segmentation(anatomy.labels, subject)
     except MorphometryError as exc:
         LOG.warning("%s: thickness of all GM, not the cerebral cortex, and no regional GMV: "
                     "%s", label, exc)
         return _DirectInput(anatomy.labels, f"all GM ({exc})")
-    return _DirectInput(cortex, "cerebral cortex", classes, regions, names, sides)
+    return _DirectInput(cortical_segmentation(anatomy.labels, subject), "cerebral cortex",
+                        classes, regions, names)
 
 
 def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None = None,

@@ -21,8 +21,7 @@ code the QC uses: CSF 1, GM 2, WM 3) gives:
   ``benchmarks/README.md``). Parameters: see
   :data:`DIRECT_PARAMETERS`. The input is the cerebral cortex as
   ``antsCorticalThickness.sh`` prepares it (:mod:`isyb.derive.cortex`: deep
-  grey matter folded into WM, brainstem and cerebellum left out), each
-  cerebral hemisphere measured on its own (two processes on two cores), and the
+  grey matter folded into WM, brainstem and cerebellum left out), and the
   subject's mean CT is the mean over the cortical GM voxels with a thickness
   > 0. FreeSurfer's vertex mean is on the surface. Each GM voxel holds its
   column's thickness T and a column of area a holds a*T voxels, so the voxel
@@ -53,8 +52,6 @@ wheel holds no volumetric atlas and fetches Harvard-Oxford from NITRC);
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -112,120 +109,49 @@ def _check_labels(labels: np.ndarray, zooms) -> tuple[np.ndarray, np.ndarray]:
     return labels, zooms
 
 
-def cortical_thickness(labels: np.ndarray, zooms, parameters: dict | None = None, *,
-                       parts: np.ndarray | None = None) -> np.ndarray:
+def cortical_thickness(labels: np.ndarray, zooms, parameters: dict | None = None
+                       ) -> np.ndarray:
     """DiReCT thickness map (mm) of a CSF/GM/WM label image (1/2/3); 0 outside GM.
 
     ``parameters``: ``KellyKapowski`` settings (:data:`DIRECT_PARAMETERS` unless
-    given; the benchmark times the previous ones with it). ``parts``: an
-    integer image on the same grid that splits the GM and WM into parts DiReCT
-    measures separately (the cerebral hemispheres,
-    :func:`isyb.derive.cortex.subject_classes_and_sides`); each part sees only its
-    own GM and WM, the rest as background, so no path crosses from one part
-    into another (the two medial cortices where they touch across the
-    interhemispheric fissure), and GM or WM outside every part (value 0) is not
-    measured. Without ``parts`` the whole GM and WM is one part.
+    given; the benchmark times the previous ones with it).
 
-    Only the GM and WM labels matter to DiReCT, so each part is cropped to
+    Only the GM and WM labels matter to DiReCT, so the image is cropped to
     the box of its GM and WM voxels plus a 3-voxel margin before ANTs sees
     it (free: at most 0.001 mm against DiReCT on the whole grid,
     ``tests/derive/test_direct_shell.py``). The cost is that box's voxel count
     × iterations × integration points (a composition, three warps, a Gaussian
     gradient, three serial loops and two field inversions each): with
     :data:`DIRECT_PARAMETERS` colin27's cerebral cortex (3.9 M voxels) takes
-    about 76 CPU s in one piece on 2 ITK threads
-    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; ``benchmarks/README.md``). ANTsPy
-    holds the GIL and DiReCT's three serial loops per integration point keep
-    one thread busy while ITK's other threads wait, so when this process may
-    use two threads or more (:func:`isyb.executor.thread_budget`) and the parts'
-    boxes hold at least :data:`PROCESS_VOXELS` voxels, the parts run at once,
-    each in a child process with its share of the threads; the thickness is
-    the same either way (DiReCT's result does not depend on the thread count).
+    82 CPU s, 491 with the previous settings, on ITK's threads
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; ``benchmarks/README.md``).
     """
+    import ants
+
     labels, zooms = _check_labels(labels, zooms)
     if not np.any(labels == WM):
         raise MorphometryError("the segmentation has no white matter (label 3): DiReCT "
                                "measures from the GM/WM boundary")
-    if parts is None:
-        parts = ((labels == GM) | (labels == WM)).astype(np.uint8)
-    parts = np.asarray(parts)
-    if parts.shape != labels.shape:
-        raise MorphometryError(f"the part image has shape {parts.shape}, the segmentation "
-                               f"{labels.shape}")
-    boxes, pieces = [], []
-    for part in np.unique(parts[labels == GM]):
-        if part == 0:
-            continue
-        piece = np.where(parts == part, labels, 0)
-        if not np.any(piece == WM):
-            raise MorphometryError(f"part {part} of the segmentation has grey matter but "
-                                   "no white matter (label 3) to measure it from")
-        inside = np.argwhere((piece == GM) | (piece == WM))
-        low = np.maximum(inside.min(axis=0) - 3, 0)
-        high = np.minimum(inside.max(axis=0) + 4, labels.shape)
-        boxes.append(tuple(slice(a, b) for a, b in zip(low, high, strict=True)))
-        pieces.append(piece[boxes[-1]].astype(np.uint8))
+    inside = np.argwhere((labels == GM) | (labels == WM))
+    low = np.maximum(inside.min(axis=0) - 3, 0)
+    high = np.minimum(inside.max(axis=0) + 4, labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    sub = labels[box].astype(np.float32)
     spacing = tuple(float(z) for z in zooms)
-    settings = DIRECT_PARAMETERS if parameters is None else parameters
-    maps = _run_parts(pieces, spacing, settings)
-    out = np.zeros(labels.shape, dtype=np.float32)
-    for box, piece, thickness in zip(boxes, pieces, maps, strict=True):
-        gm = piece == GM
-        out[box][gm] = thickness[gm]
-    return out
-
-
-PROCESS_VOXELS = 500_000
-"""Voxels (all parts' boxes) from which :func:`cortical_thickness` runs its parts in child
-processes: a child's start (a new interpreter importing ANTs) costs about 2.5 CPU s, what
-DiReCT spends on about 0.1 M voxels with :data:`DIRECT_PARAMETERS`."""
-
-
-def _run_parts(pieces: list[np.ndarray], spacing: tuple[float, ...],
-               settings: dict) -> list[np.ndarray]:
-    """DiReCT on each cropped label array, here or in child processes (see
-    :func:`cortical_thickness`)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from isyb.executor import thread_budget
-
-    budget = thread_budget()
-    workers = min(len(pieces), budget)
-    if (workers < 2 or sum(p.size for p in pieces) < PROCESS_VOXELS
-            or multiprocessing.current_process().daemon):  # a daemon may not have children
-        return [_kelly_kapowski(piece, spacing, settings) for piece in pieces]
-    context = multiprocessing.get_context("spawn")  # a fork would inherit ITK's thread count
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_itk_threads,
-                                 initargs=(budget // workers,)) as pool:
-            return list(pool.map(_kelly_kapowski, pieces, [spacing] * len(pieces),
-                                 [settings] * len(pieces)))
-    except BrokenProcessPool:
-        raise MorphometryError("a DiReCT process died (killed, or out of memory?)") from None
-
-
-def _itk_threads(threads: int) -> None:
-    """Set a child process's ITK threads before it imports ANTs."""
-    from isyb.executor import ITK_THREADS_ENV
-
-    os.environ[ITK_THREADS_ENV] = str(threads)
-
-
-def _kelly_kapowski(piece: np.ndarray, spacing: tuple[float, ...],
-                    settings: dict) -> np.ndarray:
-    """ANTs' ``KellyKapowski`` on a CSF/GM/WM label array (hard GM and WM "probabilities")."""
-    import ants
 
     def image(array: np.ndarray):
         return ants.from_numpy(np.ascontiguousarray(array, dtype=np.float32), spacing=spacing)
 
     try:
-        return ants.kelly_kapowski(s=image(piece), g=image(piece == GM), w=image(piece == WM),
-                                   gm_label=GM, wm_label=WM, x=0, **settings).numpy()
+        thickness = ants.kelly_kapowski(s=image(sub), g=image(sub == GM), w=image(sub == WM),
+                                        gm_label=GM, wm_label=WM, x=0,
+                                        **(DIRECT_PARAMETERS if parameters is None
+                                           else parameters))
     except RuntimeError as exc:
         raise MorphometryError(f"DiReCT (KellyKapowski) failed: {exc}") from None
+    out = np.zeros(labels.shape, dtype=np.float32)
+    out[box] = np.where(labels[box] == GM, thickness.numpy(), 0.0)
+    return out
 
 
 def mean_thickness(thickness: np.ndarray, labels: np.ndarray) -> float:

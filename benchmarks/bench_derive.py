@@ -36,7 +36,11 @@ Times, in this process (no file reading, no start-up, except the last row):
   classes); ``--compare-direct`` adds DiReCT on the same cortex with the
   settings isyb used before (:data:`PREVIOUS_DIRECT_PARAMETERS`), so before
   and after are timed in one run. ITK runs ``--threads`` threads (default 2,
-  the target's cores). Target: CT and GMV <= 60 s on 2 cores. The mean CT is
+  the target's cores), and glibc keeps freed memory
+  (:func:`isyb.executor.keep_freed_memory`), as in the CLI and every task of
+  ``isyb derive``: without it DiReCT's temporary images come from fresh
+  pages the kernel zeroes, 7-9 s of system time on colin27 that the pipeline
+  does not spend. Target: CT and GMV <= 60 s on 2 cores. The mean CT is
   printed as isyb reports it (voxel mean) and area-weighted (the harmonic
   mean of the voxel values: each GM voxel holds its column's thickness T, so
   a column of area a has a*T voxels and N / sum(1/T) = sum(a*T) / sum(a),
@@ -102,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                              "<head>_anatomy.npz in this folder (for inspection; not timed)")
     args = parser.parse_args(argv)
     if args.anatomy:
-        from isyb.executor import limit_threads
+        from isyb.executor import keep_freed_memory, limit_threads
 
+        keep_freed_memory()
         limit_threads(args.threads)
         print(f"ITK threads: {args.threads}")
         return anatomy_rows(args.data, args.heads, args.save, args.whole_gm,

@@ -24,7 +24,8 @@ from its report; per-subject stages are shared by the subject's templates and
 reported per pair. The templates' caches (registration grid, face, outline),
 built once for the whole study, are built before the timed run. The task runs
 with ``--threads`` torch and ITK threads (1 by default: what ``isyb study
---nprocs 2`` gives each of its two tasks on 2 cores). It also reports the
+--nprocs 2`` gives each of its two tasks on 2 cores) and glibc keeping freed
+memory (:func:`isyb.executor.keep_freed_memory`), as each local task does. It also reports the
 process's CPU time per pair and of each stage (user + system, all threads):
 the wall time depends on the load. Work done once per worker process (ANTsPy's
 import, about 1.5 CPU s) is done before the timed run and reported apart
@@ -122,13 +123,15 @@ def isyb_scale(args: argparse.Namespace) -> dict:
     import nibabel as nib
 
     import isyb.study.run as run
-    from isyb.executor import limit_threads
+    from isyb.executor import keep_freed_memory, limit_threads
     from isyb.study.study import StudyOptions
     from isyb.synthetic.phantom import make_phantom
     from isyb.templates.outline import outline_for
     from isyb.templates.registry import resolve
 
-    limit_threads(args.threads)  # what the study's executor sets in each task
+    # what the study's local executor sets up in each task (isyb.executor._Limited)
+    keep_freed_memory()
+    limit_threads(args.threads)
     # Once per worker process, not per pair: ANTsPy's import (its __init__ loads
     # matplotlib, statsmodels and scikit-learn; about 1.5 CPU s), which the first
     # registration would otherwise charge to the first subject's pairs.

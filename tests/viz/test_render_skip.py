@@ -15,7 +15,8 @@ from scipy import ndimage
 from isyb.viz import render
 
 
-def _reference_depth(scene, yaw: float, pitch: float, pixel_mm: float) -> np.ndarray:
+def _full_march(scene, yaw: float, pitch: float, pixel_mm: float):
+    """Every sample of every ray (rays x ys, float32) and the caster's grid (xs, zs, ys)."""
     rotation = render._rotation(yaw, pitch)
     rotated = scene.corners_mm @ rotation.T
     lo, hi = rotated.min(axis=0), rotated.max(axis=0)
@@ -33,14 +34,19 @@ def _reference_depth(scene, yaw: float, pitch: float, pixel_mm: float) -> np.nda
     values = ndimage.map_coordinates(scene.volume, coords.reshape(-1, 3).T, order=1,
                                      mode="constant", cval=0.0, prefilter=False,
                                      output=np.float32).reshape(base.shape[0], ys.size)
+    return values, rotation, xs, zs, ys
+
+
+def _reference_depth(scene, yaw: float, pitch: float, pixel_mm: float) -> np.ndarray:
+    values, _, xs, zs, ys = _full_march(scene, yaw, pitch, pixel_mm)
     threshold = np.float32(scene.threshold)
     above = values > threshold
-    depth = np.full(base.shape[0], np.nan, dtype=np.float32)
+    depth = np.full(values.shape[0], np.nan, dtype=np.float32)
     for ray in np.flatnonzero(above.any(axis=1)):
         k = int(above[ray].argmax())
         v1, v0 = values[ray, k], (values[ray, k - 1] if k else np.float32(0.0))
         frac = np.clip((v1 - threshold) / np.maximum(v1 - v0, 1e-12), 0.0, 1.0)
-        depth[ray] = ys[k] + frac * step
+        depth[ray] = ys[k] + frac * render.RAY_STEP_MM
     return depth.reshape(zs.size, xs.size)
 
 
@@ -67,28 +73,6 @@ def test_skipping_gives_the_depths_of_a_full_march(seed: int, zooms) -> None:
         depth = render._cast(scene, yaw, pitch, pixel_mm)
         assert np.isfinite(expected).any() and np.isnan(expected).any()
         assert np.array_equal(depth, expected, equal_nan=True), (yaw, pitch, pixel_mm)
-
-
-def _full_march(scene, yaw: float, pitch: float, pixel_mm: float):
-    """Every sample of every ray (rays x ys, float32) and the caster's grid (xs, zs, ys)."""
-    rotation = render._rotation(yaw, pitch)
-    rotated = scene.corners_mm @ rotation.T
-    lo, hi = rotated.min(axis=0), rotated.max(axis=0)
-    xs = np.arange(hi[0], lo[0] - 1e-6, -pixel_mm)
-    zs = np.arange(hi[2], lo[2] - 1e-6, -pixel_mm)
-    step = render.RAY_STEP_MM
-    ys = np.arange(hi[1] + step, lo[1] - step, -step, dtype=np.float32)
-    zz, xx = np.meshgrid(zs, xs, indexing="ij")
-    inverse, scale = rotation.T, 1.0 / scene.zooms
-    offset = (scene.centre_mm - scene.origin_mm) * scale
-    base = ((xx.ravel()[:, None] * inverse[:, 0] + zz.ravel()[:, None] * inverse[:, 2]) * scale
-            + offset).astype(np.float32)
-    along = (inverse[:, 1] * scale).astype(np.float32)
-    coords = base[:, None, :] + ys[None, :, None] * along
-    values = ndimage.map_coordinates(scene.volume, coords.reshape(-1, 3).T, order=1,
-                                     mode="constant", cval=0.0, prefilter=False,
-                                     output=np.float32).reshape(base.shape[0], ys.size)
-    return values, rotation, xs, zs, ys
 
 
 @pytest.mark.parametrize(("seed", "zooms"), [(0, (1.0, 1.0, 1.0)), (1, (1.5, 2.0, 3.0)),

@@ -163,11 +163,25 @@ ANATOMY_HEADS = {
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process, all threads (ITK's included)."""
+    """User + system CPU seconds of this process, all threads (ITK's included), and of its
+    child processes, ended (``RUSAGE_CHILDREN``) or running (``/proc``, Linux: the
+    one-thread registration helper of :func:`isyb.head.ants.submit_one_itk_thread`)."""
+    import os
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # ppid; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _head(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
@@ -197,7 +211,7 @@ def anatomy_rows(data: Path, heads: list[str], save: Path | None = None,
                  whole_gm: bool = False, compare_direct: bool = False) -> int:
     """Segmentation, GMV, normalisation, cortex classes and DiReCT CT of real 1 mm heads,
     once each, with the wall and CPU seconds of each step and the values found."""
-    print(f"{'head / step':<58}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
+    print(f"{'head / step':<64}{'wall s':>9}{'CPU s':>9}{'target s':>10}")
     for name in heads:
         result, zooms = _anatomy_of(data, name, whole_gm, compare_direct)
         if save is not None:
@@ -221,6 +235,7 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
     its voxel sizes."""
     import tempfile
 
+    from isyb.derive.anatomy import segment_and_normalize
     from isyb.derive.cortex import (
         atlas_classes,
         cortical_segmentation,
@@ -228,9 +243,8 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
         template_atlas,
     )
     from isyb.derive.morphometry import cortical_thickness, gm_volumes, mean_thickness
-    from isyb.derive.normalize import normalization_template, normalize, template_points
+    from isyb.derive.normalize import normalization_template, template_points
     from isyb.derive.regions import atlas_names, regional_gm_volumes, subject_regions
-    from isyb.head.tissue import segment_tissues
 
     image, brain, zooms, affine = _head(data, name)
     template = normalization_template()
@@ -246,12 +260,13 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
         result["regions"] = subject_regions(result["labels"], classes, affine, points, atlas,
                                             atlas_names())
 
+    def tissues_and_syn() -> None:
+        result["labels"], result["normalization"] = segment_and_normalize(
+            image, affine, brain, template, work, "SyN")
+
     jobs = {
-        "segmentation (N4 + Atropos)": lambda: result.update(
-            labels=segment_tissues(image, brain, zooms)),
+        "segmentation (N4 + Atropos) | SyN (1 mm T1w -> 2 mm)": tissues_and_syn,
         "GM volume": lambda: result.update(gmv=gm_volumes(result["labels"], zooms)["total"]),
-        "SyN normalisation (1 mm T1w -> 2 mm)": lambda: result.update(
-            normalization=normalize(image, affine, brain, template, work, kind="SyN")),
         "atlas classes and GM regions (SyN)": cortex,
         "regional GM volume": lambda: result.update(regional=regional_gm_volumes(
             result["labels"], result["regions"], zooms, atlas_names())),
@@ -271,10 +286,10 @@ def _anatomy_of(data: Path, name: str, whole_gm: bool = False,
         wall = timed(job, 1)[0]
         cpu = _cpu_seconds() - cpu
         target = TARGETS_S.get(step)
-        print(f"{name + ' ' + step:<58}{wall:>9.2f}{cpu:>9.2f}"
+        print(f"{name + ' ' + step:<64}{wall:>9.2f}{cpu:>9.2f}"
               f"{'' if target is None else f'{target:.0f}':>10}", flush=True)
         totals += (wall, cpu) if step in chain else 0.0
-    print(f"{name + ' CT and GMV from the T1w (the steps above)':<58}{totals[0]:>9.2f}"
+    print(f"{name + ' CT and GMV from the T1w (the steps above)':<64}{totals[0]:>9.2f}"
           f"{totals[1]:>9.2f}{ANATOMY_TARGET_S:>10.0f}", flush=True)
     cortical_ml = gm_volumes(result["cortex"], zooms)["total"]
     print(f"{name}: mean CT {mean_thickness(result['ct'], result['cortex']):.3f} mm over the "

@@ -17,10 +17,13 @@ Threads: every task runs with :func:`limit_threads` set, before any library
 work, to ``ExecutorOptions.threads`` (``--omp-nthreads``) or by default to its
 share of the machine (``cores // nprocs``, at least 1; 1 under Dask, whose
 workers are single-threaded). This is the only place isyb sets torch's and
-ITK's thread counts; nothing else overrides them. ITK's multi-threaded metric
-sums in an order that depends on the thread count, so registrations (and every
-output after them) are the same on every executor only with a fixed count: the
-release always runs ``threads=1``.
+ITK's thread counts; nothing else overrides them. ITK keeps the count a process
+starts it with (:mod:`isyb.head.ants`), and ANTs' registration is reproducible
+only on one thread, so every registration runs on one ITK thread: in the task's
+process when its ITK runs one, else in a one-thread helper process
+(:func:`isyb.head.ants.one_itk_thread`). Other multi-threaded sums (torch,
+N4's field) may still depend on the count, so outputs are compared byte for
+byte at a fixed count: the release always runs ``threads=1``.
 """
 
 from __future__ import annotations
@@ -52,15 +55,18 @@ EXECUTORS = ("local", "dask")
 log = logging.getLogger(__name__)
 
 
-#: Environment variable ITK (and so ANTsPy) reads for its default thread count.
+#: Environment variable ITK (and so ANTsPy) reads for its thread count, once per process
+#: (:mod:`isyb.head.ants`).
 ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 def limit_threads(threads: int) -> None:
     """Run torch, BLAS (numpy's ``@``) and ITK (ANTs) with ``threads`` threads in this process.
 
-    ITK reads its variable when it first builds a filter, so this is called at
-    the start of every task, before any registration. BLAS matters too: once
+    ITK reads its variable when a process makes its first ITK object and keeps that
+    count (:func:`isyb.head.ants.start_itk`), so this is called at the start of every
+    task, before any ITK work; registrations still run on one ITK thread
+    (:func:`isyb.head.ants.one_itk_thread`). BLAS matters too: once
     torch is loaded, numpy's OpenBLAS with two threads spent 0.15 CPU s on a
     (430 000, 3) @ (3, 3) product that takes 0.003 s on one (the renderer's
     boundary voxels, nine views per defaced head); the results are the same.

@@ -6,6 +6,12 @@ Template space needs the subject's T1w: brain (deepbet,
 (:func:`isyb.derive.normalize.normalize`). Brain and tissues are cached in
 ``WORK_DIR/sub-<label>/t1w_tissues.npz``, the normalisation in
 ``WORK_DIR/sub-<label>/normalize/``; reruns reuse them.
+
+The normalisation runs on one ITK thread, the only way ANTs' registration is
+reproducible, and the segmentation and DiReCT on the task's threads: ITK keeps
+one thread count per process, so the registration runs in the one-thread
+helper process of :func:`isyb.head.ants.submit_one_itk_thread` while this
+process segments (:func:`segment_and_normalize`).
 """
 
 from __future__ import annotations
@@ -72,30 +78,62 @@ class Anatomy:
         return np.isin(self.labels, [codes[n] for n in names])
 
 
-def subject_anatomy(t1w: Path, work: Path, template, options: DeriveOptions) -> Anatomy:
-    """Brain, tissues and normalisation of the subject's T1w, from ``work`` when cached."""
+def segment_and_normalize(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, template,
+                          folder: Path, kind: str) -> tuple[np.ndarray, object]:
+    """The T1w's tissue labels (:func:`isyb.head.tissue.segment_tissues`) and its
+    normalisation to ``template`` (:func:`isyb.derive.normalize.normalize`, kept in
+    ``folder``), side by side.
+
+    ITK starts here at the task's thread count (:func:`isyb.head.ants.start_itk`), so
+    N4, Atropos and later DiReCT use it; with more than one thread the registration
+    runs meanwhile in the one-thread helper process. On 2 cores this takes colin27's
+    segmentation and SyN from about 18 s one after the other to about 13
+    (``benchmarks/README.md``); the labels and transforms are those of the two
+    one after the other.
+    """
     from isyb.derive.normalize import normalize
-    from isyb.head.brain import extract_brain
+    from isyb.head.ants import start_itk, submit_one_itk_thread
     from isyb.head.tissue import segment_tissues
+
+    start_itk()
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    pending = submit_one_itk_thread(normalize, data, affine, brain, template, folder, kind=kind)
+    labels = segment_tissues(data, brain, zooms)
+    return labels, pending.result()
+
+
+def subject_anatomy(t1w: Path, work: Path, template, options: DeriveOptions) -> Anatomy:
+    """Brain, tissues and normalisation of the subject's T1w, from ``work`` when cached.
+
+    ``seconds``: ``brain_and_tissues`` (deepbet, then the segmentation side by side
+    with the normalisation) and ``normalization`` (what it took after the tissues, or
+    all of it when the tissues came from the cache).
+    """
+    from isyb.derive.normalize import normalize
+    from isyb.head.ants import start_itk
+    from isyb.head.brain import extract_brain
     from isyb.io import cached_arrays
 
     data, affine, _ = load_ras(t1w, allow_4d=False)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     seconds: dict[str, float] = {}
     stamp = f"{file_stamp(t1w)}|{__version__}"
+    found: dict[str, object] = {}
 
     def tissues() -> dict[str, np.ndarray]:
         start = time.perf_counter()
         brain = extract_brain(data, zooms)
-        labels = segment_tissues(data, brain, zooms)
+        labels, found["normalization"] = segment_and_normalize(
+            data, affine, brain, template, work / "normalize", options.normalization)
         seconds["brain_and_tissues"] = time.perf_counter() - start
         return {"brain": brain, "labels": labels}
 
     arrays = cached_arrays(work / "t1w_tissues.npz", stamp, tissues)
     brain, labels = arrays["brain"].astype(bool), arrays["labels"]
     start = time.perf_counter()
-    normalization = normalize(data, affine, brain, template, work / "normalize",
-                              kind=options.normalization)
+    start_itk()
+    normalization = found.get("normalization") or normalize(
+        data, affine, brain, template, work / "normalize", kind=options.normalization)
     seconds["normalization"] = time.perf_counter() - start
     return Anatomy(data, affine, brain, labels, normalization, seconds)
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 from isyb.errors import IsybError
+from isyb.head.ants import start_itk
 
 CSF, GM, WM = 1, 2, 3
 
@@ -126,7 +127,7 @@ def cortical_thickness(labels: np.ndarray, zooms, parameters: dict | None = None
     82 CPU s, 491 with the previous settings, on ITK's threads
     (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; ``benchmarks/README.md``).
     """
-    import ants
+    ants = start_itk()
 
     labels, zooms = _check_labels(labels, zooms)
     if not np.any(labels == WM):

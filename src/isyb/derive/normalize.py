@@ -19,8 +19,8 @@ through the flip ``diag(-1, -1, 1)``, both by :mod:`isyb.head.ants`.
 * :func:`to_space`: resampling through a world matrix (T1w masks into BOLD or
   DWI space).
 
-ANTs runs single-threaded with a fixed seed (``ants.config.set_ants_deterministic``),
-as in :mod:`isyb.head.register`, so results are reproducible.
+ANTs registers on one ITK thread (:func:`isyb.head.ants.one_itk_thread`) with a
+fixed seed, as in :mod:`isyb.head.register`, so results are reproducible.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from isyb.errors import IsybError, RegistrationError
-from isyb.head.ants import FLIP, read_affine, to_ants
+from isyb.head.ants import FLIP, one_itk_thread, read_affine, seed_ants, start_itk, to_ants
 from isyb.head.register import dice, resample_to, scale_to_unit, working_grid
 from isyb.io import atomic_path, write_text
 
@@ -194,14 +194,22 @@ def coregister(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray,
     spacing = float(spacing_mm) if spacing_mm is not None else max(2.0, _zooms(moving_affine).max())
     if not spacing > 0:
         raise NormalizeError(f"spacing_mm must be positive, got {spacing_mm}")
-    import ants
+    if fixed_mask is not None:
+        fixed_mask = _check_mask(fixed_mask, fixed.shape, "the fixed mask")
+    return one_itk_thread(_register_linear, moving, moving_affine, fixed, fixed_affine,
+                          fixed_mask, kind=kind, spacing=spacing, seed=seed)
 
-    ants.config.set_ants_deterministic(True, seed)
+
+def _register_linear(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray,
+                     fixed_affine: np.ndarray, fixed_mask: np.ndarray | None, *, kind: str,
+                     spacing: float, seed: int) -> np.ndarray:
+    """:func:`coregister`'s registration, run on one ITK thread (the caller's
+    :func:`isyb.head.ants.one_itk_thread`)."""
+    ants = seed_ants(seed)
     mov, mov_aff = _work_grid(moving, moving_affine, spacing)
     fix, fix_aff = _work_grid(fixed, fixed_affine, spacing)
     mask = None
     if fixed_mask is not None:
-        fixed_mask = _check_mask(fixed_mask, fixed.shape, "the fixed mask")
         mask = to_ants(_work_grid(fixed_mask.astype(np.float32), fixed_affine, spacing)[0]
                            > 0.5, fix_aff)
     with tempfile.TemporaryDirectory(prefix="isyb-coreg-") as tmp:
@@ -291,9 +299,18 @@ def normalize(t1w: np.ndarray, t1w_affine: np.ndarray, t1w_brain: np.ndarray,
     found = Normalization.load(work_prefix)
     if found is not None and found.stamp == stamp:
         return found
-    import ants
+    return one_itk_thread(_register_normalization, fix, fix_aff, fix_brain, mov, mov_aff,
+                          mov_brain, kind=kind, seed=seed, fail_below=fail_below,
+                          work_prefix=work_prefix, stamp=stamp)
 
-    ants.config.set_ants_deterministic(True, seed)
+
+def _register_normalization(fix: np.ndarray, fix_aff: np.ndarray, fix_brain: np.ndarray,
+                            mov: np.ndarray, mov_aff: np.ndarray, mov_brain: np.ndarray, *,
+                            kind: str, seed: int, fail_below: float,
+                            work_prefix: str | os.PathLike, stamp: str) -> Normalization:
+    """:func:`normalize`'s registration on the work grids, run on one ITK thread (the
+    caller's :func:`isyb.head.ants.one_itk_thread`), and its record."""
+    ants = seed_ants(seed)
     start = time.perf_counter()
     fixed, moving = to_ants(scale_to_unit(fix), fix_aff), to_ants(scale_to_unit(mov), mov_aff)
     metric_mask = to_ants(ndimage.binary_dilation(fix_brain, iterations=MASK_DILATION),
@@ -331,7 +348,7 @@ def normalize(t1w: np.ndarray, t1w_affine: np.ndarray, t1w_brain: np.ndarray,
 
 def template_points(normalization: Normalization, template: TemplateImages) -> np.ndarray:
     """Subject RAS mm (N×3, C order) of every template voxel, through the forward transforms."""
-    import ants
+    ants = start_itk()
 
     reference = to_ants(np.zeros(template.shape, dtype=np.float32), template.affine)
     forward = list(normalization.forward)

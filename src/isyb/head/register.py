@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 
 from isyb.cache import cached, decode_json, encode_json, package_version
 from isyb.errors import RegistrationError
-from isyb.head.ants import read_affine, to_ants
+from isyb.head.ants import one_itk_thread, read_affine, seed_ants, to_ants
 from isyb.head.grid import strided_box_mean
 
 if TYPE_CHECKING:
@@ -224,8 +224,8 @@ def register_template(subject: np.ndarray, subject_affine: np.ndarray, subject_b
     parts = (subject_grid.head, subject_grid.brain, subject_grid.affine, template.head,
              template.brain, template.affine, float(spacing_mm), float(accept), float(fail_below),
              int(seed), STARTS, package_version("antspyx"))
-    entry = cached("registration-affine", parts, lambda: _registration_arrays(
-        _register(subject_grid, template, accept=accept, fail_below=fail_below, seed=seed)))
+    entry = cached("registration-affine", parts, lambda: _registration_arrays(one_itk_thread(
+        _register, subject_grid, template, accept=accept, fail_below=fail_below, seed=seed)))
     record = decode_json(entry["record"])
     return Registration(entry["subject_to_template"], record["score"], record["start"],
                         record["attempts"])
@@ -240,12 +240,13 @@ def _registration_arrays(registration: Registration) -> dict[str, np.ndarray]:
 
 def _register(subject_grid: SubjectGrid, template: TemplateGrid, *, accept: float,
               fail_below: float, seed: int) -> Registration:
-    """:func:`register_template` on the working grids, without the cache."""
-    import ants
+    """:func:`register_template` on the working grids, without the cache.
 
-    # One ITK thread and a fixed seed make ANTs' sampled metric reproducible:
-    # with two threads, two runs on the same input differed by up to 0.26 mm.
-    ants.config.set_ants_deterministic(True, seed)
+    One ITK thread (:func:`isyb.head.ants.one_itk_thread`, the caller's) and a fixed
+    seed make ANTs' sampled metric reproducible: with two threads, two runs on the
+    same input differed by up to 0.26 mm.
+    """
+    ants = seed_ants(seed)
     spacing_mm = template.spacing_mm
     subj, subj_aff, subj_brain = subject_grid.head, subject_grid.affine, subject_grid.brain
     tmpl, tmpl_aff, tmpl_brain_f = template.head, template.affine, template.brain

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from isyb.errors import InputError
+from isyb.head.ants import start_itk
 from isyb.head.atropos import atropos_posteriors
 from isyb.head.morphology import bounding_box, erode18
 
@@ -270,7 +271,7 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
     same (the fit uses only the voxels of non-zero weight, the brain) and
     does not depend on how much neck or air was scanned.
     """
-    import ants
+    ants = start_itk()
 
     spacing = tuple(float(z) for z in zooms)
     short = np.maximum(np.ceil(MIN_N4_DOMAIN_MM / zooms).astype(int) - np.array(image.shape), 0)
@@ -294,7 +295,7 @@ def _segment(image: np.ndarray, inside: np.ndarray, zooms: np.ndarray, means: li
                                   iterations=iterations)
     if engine != "ants":
         raise InputError(f"engine must be 'numpy' or 'ants', got {engine!r}")
-    import ants
+    ants = start_itk()
 
     spacing = tuple(float(z) for z in zooms)
     images = _atropos_posteriors(
@@ -319,7 +320,7 @@ def _atropos_posteriors(image, mask, *, init: str, mrf: str, convergence: str) -
     """
     import tempfile
 
-    import ants
+    ants = start_itk()
     from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
     with tempfile.TemporaryDirectory(prefix="isyb-atropos-") as folder:

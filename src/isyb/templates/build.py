@@ -70,7 +70,14 @@ import numpy as np
 from scipy import ndimage
 
 from isyb.errors import IsybError
-from isyb.head.ants import read_affine, to_ants
+from isyb.head.ants import (
+    one_itk_thread,
+    read_affine,
+    registers_here,
+    seed_ants,
+    start_itk,
+    to_ants,
+)
 from isyb.head.morphology import head_mask, skin_threshold
 from isyb.head.register import dice, resample_to, working_grid
 from isyb.io import atomic_path, load_volume
@@ -172,13 +179,32 @@ def build_study_template(images: list[Path], out_path: Path, *, n_subjects: int 
         raise IsybError(f"seed must be 0 or more, got {seed}")
     chosen = select_subjects(images, n_subjects, seed)
     say = progress or (lambda _message: None)
+    if registers_here():  # in this process, with the live progress callback
+        return one_itk_thread(_build, chosen, Path(out_path), iterations, resolution_mm, seed,
+                              say)
+    # ITK here runs more than one thread: the build runs in the one-thread helper process
+    # (isyb.head.ants.one_itk_thread), and its progress lines are passed on at its end.
+    path, lines = one_itk_thread(_build_collecting, chosen, Path(out_path), iterations,
+                                 resolution_mm, seed)
+    for line in lines:
+        say(line)
+    return path
+
+
+def _build_collecting(chosen: list[Path], out_path: Path, iterations: int,
+                      resolution_mm: float, seed: int) -> tuple[Path, list[str]]:
+    """:func:`_build`, with the progress lines returned instead of said."""
+    lines: list[str] = []
+    return _build(chosen, out_path, iterations, resolution_mm, seed, lines.append), lines
+
+
+def _build(chosen: list[Path], out_path: Path, iterations: int, resolution_mm: float,
+           seed: int, say: Progress) -> Path:
+    """:func:`build_study_template` after its checks, on one ITK thread. One ITK thread and
+    a fixed seed make ANTs' sampled metric reproducible; ANTs seeds from the clock when
+    given 0, hence seed + 1."""
     start = time.perf_counter()
-
-    import ants
-
-    # One ITK thread and a fixed seed make ANTs' sampled metric reproducible.
-    # ANTs seeds from the clock when given 0, hence seed + 1.
-    ants.config.set_ants_deterministic(True, seed + 1)
+    ants = seed_ants(seed + 1)
     say(f"study template: {len(chosen)} heads at {resolution_mm:g} mm, "
         f"{iterations} iterations of {TRANSFORM} template construction")
     heads = [_load_head(path, resolution_mm) for path in chosen]
@@ -271,7 +297,7 @@ def _fov_weighted_average(moved: list[ants.ANTsImage], fovs: list[ants.ANTsImage
     (``img0000/out0GenericAffine.mat``..., ``avgAffine.mat``); returns None
     when they are not there.
     """
-    import ants
+    ants = start_itk()
 
     average = os.path.join(build_dir, "avgAffine.mat")
     transforms = [os.path.join(build_dir, f"img{k:04d}", "out0GenericAffine.mat")
@@ -343,7 +369,7 @@ def _prealign(reference: _Head, head: _Head, prefix: str) -> tuple[np.ndarray, f
     of the aligned head masks stays under :data:`PREALIGN_ACCEPT`, pre-rotated
     by the other :data:`PREALIGN_STARTS`. The best start wins.
     """
-    import ants
+    ants = start_itk()
 
     fixed_data, fixed_aff = working_grid(reference.data, reference.affine, PREALIGN_MM)
     fixed_head = working_grid(reference.head.astype(np.float32), reference.affine,

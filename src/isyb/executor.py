@@ -60,6 +60,16 @@ log = logging.getLogger(__name__)
 ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
+#: The thread count of :func:`limit_threads` in this process (None: not limited).
+_task_threads: int | None = None
+
+
+def task_threads() -> int:
+    """This process's thread count (:func:`limit_threads`; the cores when never limited),
+    for libraries isyb hands it to itself (scipy's ``workers``)."""
+    return _task_threads or os.cpu_count() or 1
+
+
 def limit_threads(threads: int) -> None:
     """Run torch, BLAS (numpy's ``@``) and ITK (ANTs) with ``threads`` threads in this process.
 
@@ -71,7 +81,9 @@ def limit_threads(threads: int) -> None:
     (430 000, 3) @ (3, 3) product that takes 0.003 s on one (the renderer's
     boundary voxels, nine views per defaced head); the results are the same.
     """
+    global _task_threads
     threads = max(1, int(threads))
+    _task_threads = threads
     os.environ[ITK_THREADS_ENV] = str(threads)
     import torch
     from threadpoolctl import threadpool_limits

@@ -19,6 +19,7 @@ from isyb.derive.cortex import (
     HINDBRAIN,
     atlas_classes,
     cortical_segmentation,
+    nearest_values,
     subject_classes,
     template_atlas,
     template_classes,
@@ -79,6 +80,22 @@ def _identity_normalization(folder: Path, shift_mm=(0.0, 0.0, 0.0)) -> Normaliza
 
 
 @needs_atlas
+def test_nearest_values_are_the_brute_force_nearest_on_any_thread_count(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-20, 20, size=(3000, 3))
+    values = rng.integers(1, 9, size=3000)
+    candidates = rng.random(3000) < 0.7
+    voxels = rng.random((12, 10, 8)) < 0.5
+    affine = np.diag([3.0, 3.5, 4.0, 1.0])
+    affine[:3, 3] = -15.0
+    world = np.argwhere(voxels) @ affine[:3, :3].T + affine[:3, 3]
+    kept = points[candidates]
+    brute = values[candidates][np.argmin(((world[:, None] - kept[None]) ** 2).sum(-1), axis=1)]
+    for threads in (1, 2, 3):
+        monkeypatch.setattr("isyb.executor._task_threads", threads)
+        assert np.array_equal(nearest_values(voxels, affine, points, values, candidates), brute)
+
+
 def test_subject_voxels_take_the_class_carried_from_the_template(tmp_path: Path) -> None:
     """A "subject" on the template's own grid, with its GM and WM from the template's tissue
     maps: through an identity every classed voxel keeps its class; through a 10 mm shift up,

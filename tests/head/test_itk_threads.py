@@ -63,3 +63,29 @@ def test_the_registration_runs_in_a_one_thread_helper_and_the_policy_stays(runs)
     assert two["registration_threads"] == 1 and two["registered_in"] != two["pid"]
     one = runs["one"]
     assert one["here"] == 1 and one["registered_in"] == one["pid"]  # no helper needed
+
+
+#: Kills the helper in its registration (``os.abort``), then registers again.
+DYING = """
+import os
+from isyb.errors import RegistrationError
+from isyb.head.ants import itk_threads, one_itk_thread, start_itk
+
+start_itk()
+try:
+    one_itk_thread(os.abort)
+except RegistrationError as exc:
+    print("refused:", exc)
+print("next:", one_itk_thread(itk_threads), one_itk_thread(os.getpid) != os.getpid())
+"""
+
+
+def test_a_helper_that_dies_gives_a_one_line_error_and_the_next_registration_a_new_one(
+) -> None:
+    env = {**os.environ, ITK_THREADS_ENV: "2"}
+    done = subprocess.run([sys.executable, "-c", DYING], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "refused: the one-thread registration helper process died (killed, or out of memory?)",
+        "next: 1 True"]

@@ -86,20 +86,19 @@ def segment_and_normalize(data: np.ndarray, affine: np.ndarray, brain: np.ndarra
 
     ITK starts here at the task's thread count (:func:`isyb.head.ants.start_itk`), so
     N4, Atropos and later DiReCT use it; with more than one thread the registration
-    runs meanwhile in the one-thread helper process. On 2 cores this takes colin27's
-    segmentation and SyN from about 18 s one after the other to about 13
-    (``benchmarks/README.md``); the labels and transforms are those of the two
-    one after the other.
+    runs meanwhile in the one-thread helper process. On 2 cores colin27's segmentation
+    and SyN take 16.5-18 s side by side, against 18.2-19.2 s one after the other with
+    the SyN on two threads, where it was not reproducible (``benchmarks/README.md``).
     """
     from isyb.derive.normalize import normalize
-    from isyb.head.ants import start_itk, submit_one_itk_thread
+    from isyb.head.ants import registered, start_itk, submit_one_itk_thread
     from isyb.head.tissue import segment_tissues
 
     start_itk()
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     pending = submit_one_itk_thread(normalize, data, affine, brain, template, folder, kind=kind)
     labels = segment_tissues(data, brain, zooms)
-    return labels, pending.result()
+    return labels, registered(pending)
 
 
 def subject_anatomy(t1w: Path, work: Path, template, options: DeriveOptions) -> Anatomy:

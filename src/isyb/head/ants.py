@@ -47,11 +47,13 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from isyb.errors import RegistrationError
 from isyb.executor import ITK_THREADS_ENV, keep_freed_memory
 
 if TYPE_CHECKING:
@@ -179,8 +181,20 @@ def submit_one_itk_thread(function: Callable[..., _T], /, *args: Any,
 
 
 def one_itk_thread(function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-    """:func:`submit_one_itk_thread`, waiting for the result."""
-    return submit_one_itk_thread(function, *args, **kwargs).result()
+    """:func:`submit_one_itk_thread`, waiting for the result (:func:`registered`)."""
+    return registered(submit_one_itk_thread(function, *args, **kwargs))
+
+
+def registered(pending: Future[_T]) -> _T:
+    """The result of :func:`submit_one_itk_thread`'s future. A helper process that died
+    (killed, out of memory) raises :class:`~isyb.errors.RegistrationError` with one line,
+    and the next registration starts a new helper."""
+    try:
+        return pending.result()
+    except BrokenProcessPool:
+        _forget_helper()
+        raise RegistrationError("the one-thread registration helper process died (killed, "
+                                "or out of memory?)") from None
 
 
 @contextlib.contextmanager

@@ -123,7 +123,6 @@ def _helper_start() -> None:
     """The helper process's start: ITK and BLAS on one thread (it never runs torch)."""
     from threadpoolctl import threadpool_limits
 
-    _forget_helper()
     keep_freed_memory()
     threadpool_limits(1, user_api="blas")
     os.environ[ITK_THREADS_ENV] = "1"

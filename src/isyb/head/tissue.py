@@ -23,6 +23,7 @@ from isyb.errors import InputError
 from isyb.head.ants import start_itk
 from isyb.head.atropos import atropos_posteriors
 from isyb.head.morphology import bounding_box, erode18
+from isyb.head.n4 import n4_bias_field
 
 Contrast = Literal["T1w", "T2w"]
 Method = Literal["atropos", "mixture"]
@@ -183,9 +184,12 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     As MRIQC 24 (``mriqc/workflows/shared.py`` ``synthstrip_wf``: N4 of the
     whole image weighted by the brain mask, 4 x 50 iterations; and
     ``init_brain_tissue_segmentation``: Atropos, 3 classes, MRF smoothing
-    0.01 with a 1x1x1 neighbourhood, posteriors kept). N4 is ANTsPy's
-    (``ants.n4_bias_field_correction``; Tustison et al., IEEE TMI 29(6):1310,
-    2010). Atropos (Avants et al., Neuroinformatics 9(4):381, 2011) is
+    0.01 with a 1x1x1 neighbourhood, posteriors kept). N4 (Tustison et al.,
+    IEEE TMI 29(6):1310, 2010) is :func:`isyb.head.n4.n4_bias_field`, ANTs'
+    N4 step for step in numpy, at ``ants.n4_bias_field_correction``'s
+    settings (0.2-2.4 CPU s per real head where ANTs takes 0.7-22, the same
+    label on at least 99.996 % of the brain voxels). Atropos (Avants et al.,
+    Neuroinformatics 9(4):381, 2011) is
     :func:`isyb.head.atropos.atropos_posteriors`, the same algorithm in numpy
     (``engine="numpy"``, the default: about 2 CPU s on pycortex-S1 where ANTs
     Atropos takes 20-25, with the same label on at least 99.987 % of the
@@ -206,11 +210,10 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     probability falls, after 2 iterations there). Classes
     are named by their mean: CSF < GM < WM for T1w, the reverse for T2w.
 
-    Threads: ITK's default (all cores) unless the caller limits them
-    (:func:`isyb.executor.limit_threads`, one per task in a pool). With 2
-    threads N4 spreads about 3/4 of its work over both; ANTs Atropos about 1/3
-    (its main thread does about 17 of its 26 CPU s on pycortex-S1); the numpy
-    Atropos runs on one.
+    Threads: the numpy N4 and Atropos run on one (N4's small matrix products
+    on the task's BLAS threads); ANTs Atropos on ITK's
+    (:func:`isyb.executor.limit_threads`), about 1/3 of its work spread over
+    2 (its main thread does about 17 of its 26 CPU s on pycortex-S1).
     """
     zooms = np.asarray(zooms, dtype=float)
     brain = _checked_brain(data, brain_mask, contrast)
@@ -250,11 +253,12 @@ MIN_N4_DOMAIN_MM = 150.0
 def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.ndarray:
     """N4's bias field of ``image`` (the brain box), fitted with the brain as weight.
 
-    N4 (ANTsPy's defaults, as MRIQC calls it: a 1x1x1 initial B-spline mesh
-    over the image domain, 4 fitting levels of 50 iterations, shrink factor
-    4; MRIQC 24's ``synthstrip_wf`` ``post_n4`` sets only the iterations and
-    leaves the convergence threshold at N4's 0, where ANTsPy passes 1e-7:
-    neither stops N4 early on pycortex-S1, 18.8 CPU s either way) places its
+    N4 (:func:`isyb.head.n4.n4_bias_field` at ANTsPy's defaults, as MRIQC
+    calls it: a 1x1x1 initial B-spline mesh over the image domain, 4 fitting
+    levels of 50 iterations, shrink factor 4; MRIQC 24's ``synthstrip_wf``
+    ``post_n4`` sets only the iterations and leaves the convergence threshold
+    at N4's 0, where ANTsPy passes 1e-7: neither stops N4 early on
+    pycortex-S1) places its
     control points relative to the domain, so the field's
     resolution in mm scales with the domain: about 1/8 of it at the last
     level, 20-30 mm on a head. On a small block (a 36 mm cube at the
@@ -271,17 +275,11 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
     same (the fit uses only the voxels of non-zero weight, the brain) and
     does not depend on how much neck or air was scanned.
     """
-    ants = start_itk()
-
-    spacing = tuple(float(z) for z in zooms)
     short = np.maximum(np.ceil(MIN_N4_DOMAIN_MM / zooms).astype(int) - np.array(image.shape), 0)
     pads = [(int(n // 2), int(n - n // 2)) for n in short]
-    inside = np.pad(np.ones(image.shape, dtype=np.float32), pads)
-    field = ants.n4_bias_field_correction(
-        ants.from_numpy(np.pad(image, pads), spacing=spacing),
-        mask=ants.from_numpy(inside, spacing=spacing),
-        weight_mask=ants.from_numpy(np.pad(weight, pads), spacing=spacing), shrink_factor=4,
-        return_bias_field=True, convergence={"iters": [50, 50, 50, 50], "tol": 1e-7}).numpy()
+    inside = np.pad(np.ones(image.shape, dtype=bool), pads)
+    field = n4_bias_field(np.pad(image, pads), inside, np.pad(weight, pads),
+                          tuple(float(z) for z in zooms))
     return field[tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape, strict=True))]
 
 

@@ -3,8 +3,8 @@
 ANTsPy is the independent implementation: ``ants.n4_bias_field_correction`` with the
 settings :func:`isyb.head.tissue._n4_field` uses (shrink 4, a 1x1x1 mesh, a weight image
 and a mask). After one iteration both compute the same numbers to float32 precision;
-after MRIQC's 4 x 50 iterations ITK's float32 rounding has drifted (benchmarks/README.md:
-up to 6e-4 of the field on the real heads, the same Atropos label on >= 99.996 % of the
+after MRIQC's 4 x 50 iterations ITK's float32 rounding has drifted (benchmarks/bench_n4.py:
+up to 2.6e-4 of the field on the real heads, the same Atropos label on >= 99.998 % of the
 brain voxels).
 """
 

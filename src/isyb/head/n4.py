@@ -28,12 +28,13 @@ control-point mesh between levels. :func:`n4_bias_field` follows ITK's
 Why hand-written: ITK's scattered-data fitter builds a point set and walks every
 point's 64 control points in each of N4's 200 iterations (MRIQC's settings); the
 cubic B-spline basis is separable, so here the fit and the reconstruction are
-three small matrix products per iteration. On the real heads of the test data
-this takes 0.2-2.4 CPU s where ANTs takes 0.7-22 (``benchmarks/bench_n4.py``).
-Computed in float64 where ITK uses float32: after one iteration the two agree to
-1.5e-7 (relative); after MRIQC's 4 x 50 iterations ITK's rounding has drifted by
-up to 6e-4 of the field, and Atropos labels of the corrected heads agree on at
-least 99.996 % of the brain voxels (``benchmarks/README.md``).
+three small matrix products per iteration. On the brain boxes of the eight real
+heads of the test data this takes 0.05-0.53 CPU s where ANTs takes 0.7-22 (51 times
+less in all; ``benchmarks/bench_n4.py``). Computed in float64 where ITK uses
+float32: after one iteration the two agree to 1.5e-7 (relative); after MRIQC's 4 x 50
+iterations ITK's rounding has drifted by up to 2.6e-4 of the field, and the Atropos
+labels of the corrected heads agree on at least 99.998 % of the brain voxels
+(``benchmarks/README.md``).
 
 Differences from ITK, both for degenerate input only: the histogram range is the
 true minimum and maximum (ITK's running ``if/else if`` can miss the minimum when the

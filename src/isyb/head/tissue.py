@@ -187,8 +187,8 @@ def atropos_tissues(data: np.ndarray, brain_mask: np.ndarray,
     0.01 with a 1x1x1 neighbourhood, posteriors kept). N4 (Tustison et al.,
     IEEE TMI 29(6):1310, 2010) is :func:`isyb.head.n4.n4_bias_field`, ANTs'
     N4 step for step in numpy, at ``ants.n4_bias_field_correction``'s
-    settings (0.2-2.4 CPU s per real head where ANTs takes 0.7-22, the same
-    label on at least 99.996 % of the brain voxels). Atropos (Avants et al.,
+    settings (0.05-0.53 CPU s per real head where ANTs takes 0.7-22, the same
+    label on at least 99.998 % of the brain voxels). Atropos (Avants et al.,
     Neuroinformatics 9(4):381, 2011) is
     :func:`isyb.head.atropos.atropos_posteriors`, the same algorithm in numpy
     (``engine="numpy"``, the default: about 2 CPU s on pycortex-S1 where ANTs

@@ -21,8 +21,8 @@ ITK's thread counts; nothing else overrides them. ITK keeps the count a process
 starts it with (:mod:`isyb.head.ants`), and ANTs' registration is reproducible
 only on one thread, so every registration runs on one ITK thread: in the task's
 process when its ITK runs one, else in a one-thread helper process
-(:func:`isyb.head.ants.one_itk_thread`). Other multi-threaded sums (torch,
-N4's field) may still depend on the count, so outputs are compared byte for
+(:func:`isyb.head.ants.one_itk_thread`). Other multi-threaded sums (torch's)
+may still depend on the count, so outputs are compared byte for
 byte at a fixed count: the release always runs ``threads=1``.
 """
 

@@ -14,14 +14,14 @@ or the matrix is used as it is.
 **ITK's threads.** ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once,
 when a process makes its first ITK object (an ``ants.from_numpy`` is enough),
 and keeps that count for the life of the process: setting the variable later
-changes nothing (measured: N4 after the variable went from 2 to 1 still ran
+changes nothing (measured: ANTs' N4 after the variable went from 2 to 1 still ran
 1.8 cores, and the other way round one). ANTs' registration is reproducible
 only on one thread: on two, two runs of the same SyN normalisation of
 colin27, or of the affine before it, wrote different transform files every
 time, while N4 + Atropos labels and DiReCT thickness are the same on 1, 2, 4
 and 8 threads. ANTsPy's ``set_ants_deterministic`` sets the variable to 1,
 which only works before the first ITK object, and then holds every later
-ITK filter of the process (N4, DiReCT) to one thread. So isyb starts ITK in
+ITK filter of the process (DiReCT, ANTs' Atropos) to one thread. So isyb starts ITK in
 one place, :func:`start_itk`, at the count of the thread policy
 (:func:`isyb.executor.limit_threads`), and runs each registration through
 :func:`one_itk_thread`: here when this process's ITK runs one thread (or has

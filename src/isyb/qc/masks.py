@@ -300,7 +300,7 @@ def anat_masks(data: np.ndarray, zooms: np.ndarray | tuple[float, ...], *,
     The background masks (:func:`background_masks`: head, empty, air) do not
     depend on the tissues, and are found in a second thread while the tissues
     are segmented (scipy.ndimage and numpy release the GIL in their loops;
-    the numpy Atropos keeps one core busy, N4 about 1.8 of 2), unless the
+    the numpy N4 and Atropos keep about one core busy), unless the
     process is limited to one thread. The masks are the same either way.
     """
 

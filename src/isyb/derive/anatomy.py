@@ -85,10 +85,10 @@ def segment_and_normalize(data: np.ndarray, affine: np.ndarray, brain: np.ndarra
     ``folder``), side by side.
 
     ITK starts here at the task's thread count (:func:`isyb.head.ants.start_itk`), so
-    N4, Atropos and later DiReCT use it; with more than one thread the registration
-    runs meanwhile in the one-thread helper process. On 2 cores colin27's segmentation
-    and SyN take 16.5-18 s side by side, against 18.2-19.2 s one after the other with
-    the SyN on two threads, where it was not reproducible (``benchmarks/README.md``).
+    DiReCT uses it later; with more than one thread the registration runs meanwhile in
+    the one-thread helper process. On 2 cores colin27's segmentation (numpy N4 and
+    Atropos, about 3 CPU s) and SyN (about 10 CPU s) take 10.5-10.9 s side by side
+    (``benchmarks/README.md``).
     """
     from isyb.derive.normalize import normalize
     from isyb.head.ants import registered, start_itk, submit_one_itk_thread

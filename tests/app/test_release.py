@@ -18,6 +18,8 @@ from conftest import PLANTED_DATE, PLANTED_NAME, run_cli, run_isyb_killing_a_das
 from isyb.bids.scrub import find_leaks, load_policy
 from isyb.synthetic.demo import build_demo_dataset
 
+pytestmark = pytest.mark.slow
+
 PLANTED = "Planted^Person"
 CBF_KEYS = ("PostLabelingDelay", "LabelingDuration", "M0Type", "RepetitionTimePreparation",
             "ArterialSpinLabelingType", "LabelingEfficiency", "BackgroundSuppression")

@@ -22,7 +22,7 @@ from isyb.templates.registry import Template, resolve
 from isyb.viz.faces import face_detected
 from real_alignments import real_alignment
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 HEADS = (
     "pycortex-S1_T1w.nii.gz",

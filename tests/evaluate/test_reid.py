@@ -237,6 +237,7 @@ def rescans_identified(phantom_cohort: Cohort) -> dict:
                                phantom_cohort.descriptors["rescan"])
 
 
+@pytest.mark.slow
 def test_same_head_in_two_poses_is_closer_than_another_head(rescans_identified: dict) -> None:
     distances = rescans_identified["distances"]  # [re-scan i, gallery j], mm
     own = np.diag(distances)
@@ -245,6 +246,7 @@ def test_same_head_in_two_poses_is_closer_than_another_head(rescans_identified: 
     assert np.median(own) < 0.6 * np.median(others)
 
 
+@pytest.mark.slow
 def test_distance_matrix_is_the_pairwise_descriptor_distance(phantom_cohort: Cohort,
                                                              rescans_identified: dict) -> None:
     """What the shared matrix holds: probe i against gallery entry j (spot checks)."""
@@ -254,6 +256,7 @@ def test_distance_matrix_is_the_pairwise_descriptor_distance(phantom_cohort: Coh
             surface_match.descriptor_distance(rescans[i], gallery[j]), rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rescans_are_identified_far_above_chance(rescans_identified: dict) -> None:
     result = rescans_identified
     assert result["n"] == N_PHANTOMS and result["chance"] == pytest.approx(1 / N_PHANTOMS)
@@ -263,6 +266,7 @@ def test_rescans_are_identified_far_above_chance(rescans_identified: dict) -> No
     assert result["p_value"] < 0.001
 
 
+@pytest.mark.slow
 def test_removed_faces_are_identified_near_chance(phantom_cohort: Cohort) -> None:
     result = reid.identification(phantom_cohort.descriptors["gallery"],
                                  phantom_cohort.descriptors["remove"])
@@ -271,6 +275,7 @@ def test_removed_faces_are_identified_near_chance(phantom_cohort: Cohort) -> Non
     assert result["rank1"] <= 2 / N_PHANTOMS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["blur", "noise"])
 def test_blurred_and_noised_faces_are_identified_near_chance(phantom_cohort: Cohort,
                                                             method: str) -> None:
@@ -292,6 +297,7 @@ def test_blurred_and_noised_faces_are_identified_near_chance(phantom_cohort: Coh
 # Real heads, in a gallery with the phantoms
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_heads_rescanned_are_found_and_removed_faces_are_not(
         data_root, default_template, phantom_cohort: Cohort, shared_dir) -> None:

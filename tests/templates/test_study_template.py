@@ -71,6 +71,7 @@ def phantom_template(phantom_heads: list[Path], tmp_path_factory: pytest.TempPat
     return build_study_template(phantom_heads, out, iterations=2)
 
 
+@pytest.mark.slow
 def test_template_has_the_mean_head_dimensions(phantom_heads: list[Path],
                                                phantom_template: Path) -> None:
     subjects = np.array([head_dimensions(path) for path in phantom_heads])
@@ -82,6 +83,7 @@ def test_template_has_the_mean_head_dimensions(phantom_heads: list[Path],
         f"template {template} vs mean {subjects.mean(axis=0)}")
 
 
+@pytest.mark.slow
 def test_template_is_a_ras_float_nifti(phantom_template: Path) -> None:
     image = nib.load(phantom_template)
     assert image.get_data_dtype() == np.float32
@@ -91,6 +93,7 @@ def test_template_is_a_ras_float_nifti(phantom_template: Path) -> None:
     assert not list(phantom_template.parent.glob(".*part*"))  # written atomically
 
 
+@pytest.mark.slow
 def test_same_seed_same_template_and_n_subjects(phantom_heads: list[Path], tmp_path: Path) -> None:
     messages: list[str] = []
     kwargs = {"n_subjects": 2, "iterations": 1, "resolution_mm": 4.0, "seed": 3}
@@ -130,6 +133,7 @@ def test_bad_settings_are_refused(phantom_heads: list[Path], tmp_path: Path) -> 
     assert not (tmp_path / "t.nii.gz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_heads_template_is_prepared_like_any_other(data_root: Path, isyb_home: Path,
                                                         tmp_path: Path) -> None:

@@ -51,17 +51,6 @@ from isyb.executor import keep_freed_memory  # noqa: E402
 keep_freed_memory()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with end-to-end (``slow``) tests first, the others after them, each group in
-    collection order. pyproject's ``--dist loadfile --no-loadscope-reorder`` hands whole
-    modules to the pytest-xdist workers in this order (by default xdist orders them by their
-    number of tests, which put the long fixtures of modules with few tests last), so the
-    long modules start early and the short ones fill the workers' last minutes: longest
-    first, as a greedy schedule on two cores wants it."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
-
-
 # CPU time per test (``--cpu-durations``)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--cpu-durations", type=int, default=None, metavar="N",

@@ -42,13 +42,9 @@ def _inputs(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float
     volume = load_volume(path)
     brain = extract_brain(volume.data, volume.zooms)
     box = bounding_box(brain, pad=8)
-    image = np.asarray(volume.data[box], dtype=np.float32)
-    zooms = np.asarray(volume.zooms, dtype=float)
-    short = np.maximum(np.ceil(tissue.MIN_N4_DOMAIN_MM / zooms).astype(int)
-                       - np.array(image.shape), 0)
-    pads = [(int(n // 2), int(n - n // 2)) for n in short]
-    return (np.pad(image, pads), np.pad(np.ones(image.shape, dtype=np.float32), pads),
-            np.pad(brain[box].astype(np.float32), pads), tuple(float(z) for z in zooms))
+    image, mask, weight, _ = tissue.n4_domain(np.asarray(volume.data[box], dtype=np.float32),
+                                              brain[box].astype(np.float32), volume.zooms)
+    return image, mask.astype(np.float32), weight, tuple(float(z) for z in volume.zooms)
 
 
 def _ants_n4(image: np.ndarray, mask: np.ndarray, weight: np.ndarray,

@@ -106,3 +106,16 @@ def test_a_real_head_gets_the_ants_field(data_root: Path) -> None:
     ours = n4.n4_bias_field(volume.data, np.ones(head.shape), weight, spacing)
     theirs = _ants_field(volume.data, np.ones(head.shape), weight, spacing, (50, 50, 50, 50))
     assert np.abs(ours / theirs - 1)[weight].max() < 1e-3
+
+
+def test_bad_shapes_are_one_line_input_errors() -> None:
+    from isyb.errors import InputError
+
+    cube = np.ones((8, 8, 8))
+    with pytest.raises(InputError, match="3-D image"):
+        n4.n4_bias_field(np.ones((8, 8, 8, 2)), np.ones((8, 8, 8, 2)), np.ones((8, 8, 8, 2)),
+                         (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="weight has shape"):
+        n4.n4_bias_field(cube, cube, np.ones((8, 8, 7)), (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="3 voxel sizes"):
+        n4.n4_bias_field(cube, cube, cube, (1.0, 1.0))

@@ -48,6 +48,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from isyb.errors import InputError
+
 #: ITK's ``BSplineScatteredDataPointSetToImageFilter`` clamp of the last voxel, in voxels.
 BSPLINE_EPSILON = 1e-3
 SPLINE_ORDER = 3
@@ -69,7 +71,12 @@ def n4_bias_field(image: np.ndarray, mask: np.ndarray, weight: np.ndarray,
     """
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 3:
-        raise ValueError(f"N4 needs a 3-D image, got shape {image.shape}")
+        raise InputError(f"N4 needs a 3-D image, got shape {image.shape}")
+    for name, array in (("mask", mask), ("weight", weight)):
+        if np.shape(array) != image.shape:
+            raise InputError(f"N4's {name} has shape {np.shape(array)}, the image {image.shape}")
+    if len(spacing) != 3:
+        raise InputError(f"N4 needs 3 voxel sizes, got {len(spacing)}")
     samples = np.ix_(*(_shrunk_indices(n, shrink_factor, float(s))
                        for n, s in zip(image.shape, spacing, strict=True)))
     shrunk = image[samples]

@@ -275,12 +275,21 @@ def _n4_field(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray) -> np.nd
     same (the fit uses only the voxels of non-zero weight, the brain) and
     does not depend on how much neck or air was scanned.
     """
-    short = np.maximum(np.ceil(MIN_N4_DOMAIN_MM / zooms).astype(int) - np.array(image.shape), 0)
+    padded, inside, padded_weight, crop = n4_domain(image, weight, zooms)
+    return n4_bias_field(padded, inside, padded_weight, tuple(float(z) for z in zooms))[crop]
+
+
+def n4_domain(image: np.ndarray, weight: np.ndarray, zooms: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """N4's input as :func:`_n4_field` builds it: ``image`` and ``weight`` zero-padded
+    (centred) to :data:`MIN_N4_DOMAIN_MM` along each shorter axis, the mask (True on the
+    original voxels), and the slices that cut the original grid out again."""
+    short = np.maximum(np.ceil(MIN_N4_DOMAIN_MM / np.asarray(zooms, dtype=float)).astype(int)
+                       - np.array(image.shape), 0)
     pads = [(int(n // 2), int(n - n // 2)) for n in short]
-    inside = np.pad(np.ones(image.shape, dtype=bool), pads)
-    field = n4_bias_field(np.pad(image, pads), inside, np.pad(weight, pads),
-                          tuple(float(z) for z in zooms))
-    return field[tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape, strict=True))]
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape, strict=True))
+    return (np.pad(image, pads), np.pad(np.ones(image.shape, dtype=bool), pads),
+            np.pad(weight, pads), crop)
 
 
 def _segment(image: np.ndarray, inside: np.ndarray, zooms: np.ndarray, means: list[float], *,

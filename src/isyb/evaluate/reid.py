@@ -60,13 +60,14 @@ data: do not save them with shared results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage, stats
 
-from isyb.evaluate.surface_match import SPACING_MM, descriptor_distance, prepare_gallery
+from isyb.evaluate.surface_match import SPACING_MM, descriptor_distances, prepare_gallery
 from isyb.head.morphology import skin_threshold
 from isyb.head.register import resample_to
 from isyb.io import Volume
@@ -81,6 +82,9 @@ SMOOTH_MM = 1.0
 FRAME_MARGIN_MM = 5.0
 #: How far (mm) in front of the template's face the rays start.
 FRONT_MARGIN_MM = 40.0
+#: High-pass scale (mm) of the detail attack: only facial detail finer than about this
+#: (nose, lips, eyelids) is compared (``highpass_mm`` of :func:`distance_matrix`).
+DETAIL_HIGHPASS_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -297,12 +301,28 @@ def distance_matrix(gallery: list[np.ndarray], probes: list[np.ndarray],
     Keyword arguments go to :func:`descriptor_distance`; each gallery entry's
     point tree is built once.
     """
+    highpass_mm = kwargs.pop("highpass_mm", None)
+    return distance_matrices(gallery, probes, highpass=(highpass_mm,), **kwargs)[highpass_mm]
+
+
+def distance_matrices(gallery: list[np.ndarray], probes: list[np.ndarray], *,
+                      highpass: Sequence[float | None] = (None, DETAIL_HIGHPASS_MM),
+                      **kwargs: float) -> dict[float | None, np.ndarray]:
+    """:func:`distance_matrix` for each ``highpass_mm`` in ``highpass`` (``None``: the
+    surface attack; by default also the detail attack), keyed by it: one ICP alignment
+    per probe and gallery entry serves every setting
+    (:func:`isyb.evaluate.surface_match.descriptor_distances`), half the time of two
+    :func:`distance_matrix` calls for the surface and the detail attack."""
+    settings = tuple(dict.fromkeys(highpass))
     spacing = float(kwargs.get("spacing_mm", SPACING_MM))
-    out = np.empty((len(probes), len(gallery)))
+    out = {setting: np.empty((len(probes), len(gallery))) for setting in settings}
     for j, entry in enumerate(gallery):
         prepared = prepare_gallery(entry, spacing_mm=spacing)
         for i, probe in enumerate(probes):
-            out[i, j] = descriptor_distance(probe, entry, prepared=prepared, **kwargs)
+            values = descriptor_distances(probe, entry, highpass=settings, prepared=prepared,
+                                          **kwargs)
+            for setting, value in zip(settings, values, strict=True):
+                out[setting][i, j] = value
     return out
 
 

@@ -34,12 +34,20 @@ def test_other_voxels_agree_with_scipy_to_rounding(zooms: tuple[float, ...]) -> 
     np.testing.assert_allclose(distance_mm(mask, zooms), expected, rtol=1e-13, atol=0)
 
 
-def test_spacings_edt_cannot_hold_exactly_fall_back_to_scipy() -> None:
+@pytest.mark.parametrize("zooms", [(1.0, np.sqrt(2.0), 1.0),  # irrational
+                                   (1.60000324, 1.59999997, 1.60000007),  # myconnectome's header
+                                   (0.9765625, 0.9765625, 1.0),  # ds000240: 128/125, too fine
+                                   (1.0, 1.00000005, 2.0000001)])
+def test_spacings_edt_cannot_hold_exactly_give_scipys_bits(zooms: tuple[float, ...]) -> None:
     mask = _blobs((20, 22, 24), seed=3)
-    irrational = (1.0, np.sqrt(2.0), 1.0)
-    assert _integer_spacing(np.array(irrational), mask.shape) is None
-    np.testing.assert_array_equal(distance_mm(mask, irrational),
-                                  ndimage.distance_transform_edt(mask, sampling=irrational))
+    assert _integer_spacing(np.array(zooms), mask.shape) is None
+    for image in (mask, ~mask, mask[:, :, 7]):  # 3-D both ways, and 2-D
+        sampling = zooms[:image.ndim]
+        np.testing.assert_array_equal(distance_mm(image, sampling),
+                                      ndimage.distance_transform_edt(image, sampling=sampling))
+
+
+def test_spacings_edt_cannot_hold_exactly_are_recognised() -> None:
     # a grid so large that squared distances leave float32's exact integers
     assert _integer_spacing(np.array([1.0, 1.0, 64.0]), (256, 256, 256)) is None
     assert _integer_spacing(np.array([2.0, 2.0, 3.0]), (256, 256, 256)) is not None

@@ -94,7 +94,8 @@ def test_missing_file_is_an_isyb_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2 mm phantom head stored LIA, int16."""
+    """A 2 mm phantom head stored LIA, int16: the README's example head (and
+    test_evaluate's), so the run's work cache extracts its brain and registers it once."""
     path = tmp_path_factory.mktemp("api") / "sub-01_T1w.nii.gz"
     to_nifti(make_phantom(voxel_size=2.0, seed=5), "LIA").to_filename(str(path))
     return path
@@ -158,7 +159,7 @@ def test_record_keys_keep_their_order(written) -> None:
 # --------------------------------------------------------------------------- fail closed
 
 
-def _breaking_the_guard(volume, template, options, *, alignment=None) -> Defacing:
+def _breaking_the_guard(volume, template, options, *, alignment=None, subject=None) -> Defacing:
     """A defacing that changes the brain guard (the case the stored-value check exists for)."""
     guard = np.zeros(volume.shape, dtype=bool)
     guard[tuple(s // 2 for s in volume.shape)] = True

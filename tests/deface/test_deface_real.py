@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from isyb.deface.engine import Alignment, DefaceOptions
+from isyb.deface.engine import Alignment, DefaceOptions, subject_masks
 from isyb.deface.file import deface_file
 from isyb.head.register import resample_to
 from isyb.io import Volume, load_volume
@@ -39,7 +39,11 @@ METHODS = ("blur", "remove", "noise")
 
 
 class Case:
-    """One real scan, its alignment to the default template, and its defacings."""
+    """One real scan, its alignment to the default template, and its defacings.
+
+    The methods share one alignment and one set of subject masks, as ``isyb study``
+    does (tests/deface/test_engine_speed.py: the same bytes as masks computed per call);
+    test_same_input_gives_the_same_output defaces without either."""
 
     def __init__(self, path: Path, template: Template, out_dir: Path,
                  alignment: Alignment) -> None:
@@ -47,6 +51,7 @@ class Case:
         self.volume: Volume = load_volume(path)
         self.template = template
         self.alignment = alignment  # align(volume, template), once per test run
+        self.subject = subject_masks(self.volume, alignment.brain, DefaceOptions().guard_mm)
         self.out_dir = out_dir
         self.outputs: dict[str, tuple[dict, Volume]] = {}
 
@@ -54,7 +59,7 @@ class Case:
         if method not in self.outputs:
             out = self.out_dir / f"{method}_{self.path.name}"
             record = deface_file(self.path, out, self.template, DefaceOptions(method=method),
-                                 alignment=self.alignment, qc_png=False)
+                                 alignment=self.alignment, subject=self.subject, qc_png=False)
             self.outputs[method] = (record, load_volume(out))
         return self.outputs[method]
 

@@ -79,7 +79,8 @@ def test_studholme_is_the_entropy_ratio() -> None:
 
 
 def test_evaluation_of_a_phantom_defacing(default_template, tmp_path: Path) -> None:
-    phantom = make_phantom(voxel_size=2.0, seed=4)
+    # test_api's head and the README's: the run's work cache aligns it once for all three
+    phantom = make_phantom(voxel_size=2.0, seed=5)
     source = tmp_path / "phantom.nii.gz"
     to_nifti(phantom, "LIA").to_filename(str(source))
     out, mask_path = tmp_path / "defaced.nii.gz", tmp_path / "mask.nii.gz"

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from isyb.deface.engine import Alignment, DefaceOptions, align, deface_volume
+from isyb.deface.engine import (
+    Alignment,
+    DefaceOptions,
+    SubjectMasks,
+    align,
+    deface_volume,
+    subject_masks,
+)
 from isyb.evaluate import reid, surface_match
 from isyb.head.morphology import head_mask, skin_threshold
 from isyb.head.register import resample_to
@@ -196,6 +203,7 @@ class Cohort:
         self.names: list[str] = []
         self.volumes: list[Volume] = []
         self.alignments: list[Alignment] = []
+        self.subjects: dict[int, SubjectMasks] = {}
         self.descriptors: dict[str, list[np.ndarray]] = {}
 
     def add(self, kind: str, descriptor: np.ndarray) -> None:
@@ -204,7 +212,10 @@ class Cohort:
 
 def _probe_defaced(cohort: Cohort, template, method: str, index: int) -> np.ndarray:
     volume, alignment = cohort.volumes[index], cohort.alignments[index]
-    result = deface_volume(volume, template, DefaceOptions(method=method), alignment=alignment)
+    if index not in cohort.subjects:  # shared by the methods, as in isyb study
+        cohort.subjects[index] = subject_masks(volume, alignment.brain, DefaceOptions().guard_mm)
+    result = deface_volume(volume, template, DefaceOptions(method=method), alignment=alignment,
+                           subject=cohort.subjects[index])
     defaced = volume_from_image(nib.Nifti1Image(result.data.astype(np.float32), volume.affine))
     # the gallery scan's own registration: the best alignment an attacker could hope for
     return reid.face_descriptor(defaced, alignment.registration.subject_to_template, cohort.frame)

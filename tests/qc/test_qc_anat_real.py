@@ -70,9 +70,10 @@ def test_every_real_scan_gets_finite_metrics(name: str, qc_of) -> None:
 @pytest.fixture(scope="module")
 def defaced_pycortex(data_root: Path, default_template, shared_dir: Path,
                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """pycortex-S1_T1w and its three isyb-defaced versions (one registration for all: the
-    run's shared alignment, whose brain mask is the one QC uses)."""
-    from isyb.deface.engine import DefaceOptions
+    """pycortex-S1_T1w and its three isyb-defaced versions (one registration and one set
+    of subject masks for all: the run's shared alignment, whose brain mask is the one QC
+    uses)."""
+    from isyb.deface.engine import DefaceOptions, subject_masks
     from isyb.deface.file import deface_file
 
     source = data_root / "heads" / "pycortex-S1_T1w.nii.gz"
@@ -80,11 +81,12 @@ def defaced_pycortex(data_root: Path, default_template, shared_dir: Path,
         pytest.skip(f"{source} not found")
     out = tmp_path_factory.mktemp("qc_defaced")
     alignment = real_alignment(shared_dir, source, default_template)
+    subject = subject_masks(load_volume(source), alignment.brain, DefaceOptions().guard_mm)
     files = {"original": source}
     for method in ("blur", "remove", "noise"):
         target = out / f"pycortex-S1_{method}_T1w.nii.gz"
         deface_file(source, target, default_template, DefaceOptions(method=method),
-                    qc_png=False, alignment=alignment)
+                    qc_png=False, alignment=alignment, subject=subject)
         files[method] = target
     return files
 
@@ -132,10 +134,10 @@ def test_defacing_a_real_background_again_leaves_it_unchanged(
 
     The brain mask and the tissues QC found in the source are reused for the
     defaced copies (defacing never touches the brain), which share the registration of
-    the run's alignment (on that brain), so this checks the air mask, not deepbet or
-    Atropos (the pycortex test runs deepbet on every copy).
+    the run's alignment (on that brain) and one set of subject masks, so this checks the
+    air mask, not deepbet or Atropos (the pycortex test runs deepbet on every copy).
     """
-    from isyb.deface.engine import DefaceOptions
+    from isyb.deface.engine import DefaceOptions, subject_masks
     from isyb.deface.file import deface_file
 
     source = data_root / "heads" / "ds000240-sub01_T1w_defaced.nii.gz"
@@ -143,10 +145,11 @@ def test_defacing_a_real_background_again_leaves_it_unchanged(
         pytest.skip(f"{source} not found")
     reference, masks = qc_of(source.name)
     alignment = real_alignment(shared_dir, source, default_template)
+    subject = subject_masks(load_volume(source), alignment.brain, DefaceOptions().guard_mm)
     for method in ("blur", "remove", "noise"):
         target = tmp_path / f"ds000240_{method}.nii.gz"
         record = deface_file(source, target, default_template, DefaceOptions(method=method),
-                             qc_png=False, alignment=alignment)
+                             qc_png=False, alignment=alignment, subject=subject)
         assert record["changed_voxels"] > 10_000
         metrics, found, _ = _same_tissues(masks, target)
         assert found.noise_source == "air"

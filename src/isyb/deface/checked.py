@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from isyb import __version__
-from isyb.deface.engine import Alignment, DefaceOptions, Defacing, deface_volume
+from isyb.deface.engine import Alignment, DefaceOptions, Defacing, SubjectMasks, deface_volume
 from isyb.errors import IsybError
 from isyb.head.face_reference import face_coverage
 from isyb.io import Volume, edit_stored, stored_data, to_source_order
@@ -182,16 +182,18 @@ def _share(kept: int, others: int) -> float | None:
 
 
 def deface_checked(volume: Volume, template: Template, options: DefaceOptions, *,
-                   alignment: Alignment | None = None) -> CheckedDefacing:
+                   alignment: Alignment | None = None,
+                   subject: SubjectMasks | None = None) -> CheckedDefacing:
     """Deface ``volume`` into its stored values; refuse the result if the brain guard changed.
 
     ``alignment`` reuses a brain mask and registration of the same volume
-    (:func:`isyb.deface.engine.align`). Raises :class:`BrainGuardError`
-    (naming ``volume.path``, or ``image`` for an in-memory one) when any voxel
-    inside the brain guard differs from the input after rounding to the
-    stored dtype.
+    (:func:`isyb.deface.engine.align`), ``subject`` its head and guard masks
+    (:func:`isyb.deface.engine.subject_masks`, for several methods or templates).
+    Raises :class:`BrainGuardError` (naming ``volume.path``, or ``image`` for an
+    in-memory one) when any voxel inside the brain guard differs from the input
+    after rounding to the stored dtype.
     """
-    result = deface_volume(volume, template, options, alignment=alignment)
+    result = deface_volume(volume, template, options, alignment=alignment, subject=subject)
     raw_in, _, _ = stored_data(volume.source)
     raw_out = edit_stored(volume, result.data, result.allowed)
     changed = raw_out != raw_in

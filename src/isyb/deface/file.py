@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from isyb.deface.checked import deface_checked
-from isyb.deface.engine import Alignment, DefaceOptions, Defacing, align
+from isyb.deface.engine import Alignment, DefaceOptions, Defacing, SubjectMasks, align
 from isyb.errors import IsybError
 from isyb.io import (
     image_suffix,
@@ -82,13 +82,15 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
                 provenance_path: str | os.PathLike | None = None,
                 png_path: str | os.PathLike | None = None,
                 alignment: Alignment | None = None,
+                subject: SubjectMasks | None = None,
                 recorded_as: dict[str, str] | None = None,
                 stage: Callable[[str], None] | None = None) -> dict:
     """Deface ``in_path`` into ``out_path``; return the provenance record.
 
     ``provenance_path`` and ``png_path`` override the default names next to
     ``out_path`` (dataset mode puts them under ``derivatives/isyb``).
-    ``alignment`` reuses a brain mask and registration of the same input.
+    ``alignment`` reuses a brain mask and registration of the same input, and
+    ``subject`` its head and guard masks (:func:`isyb.deface.engine.subject_masks`).
     ``recorded_as`` gives the names the record uses for ``input``, ``output``
     and ``qc_png`` instead of the paths: dataset mode records them relative to
     the datasets, so that no local path (which can name a person or a site)
@@ -105,7 +107,7 @@ def deface_file(in_path: str | os.PathLike, out_path: str | os.PathLike, templat
         alignment = align(volume, template, stage=stage)
     if stage:
         stage(f"masking: {options.method} of the face, then the brain-guard check")
-    checked = deface_checked(volume, template, options, alignment=alignment)
+    checked = deface_checked(volume, template, options, alignment=alignment, subject=subject)
     volume, result = checked.volume, checked.defacing
     default_json, default_png = sidecar_paths(out_path)
     provenance_path = Path(provenance_path) if provenance_path else default_json

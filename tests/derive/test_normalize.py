@@ -305,6 +305,30 @@ def test_to_template_composes_pre_in_one_step(template, subject, affine_normaliz
     assert max(r(wrong, truth), r(without, truth)) < 0.8
 
 
+def test_a_subjects_composed_points_serve_every_map(template, subject, affine_normalization,
+                                                    monkeypatch):
+    """``Anatomy.template_points`` composes the transforms once per subject and template;
+    ``to_template`` with those points gives the bytes it gives when it composes them."""
+    from isyb.derive import anatomy as anatomy_module
+    from isyb.derive import normalize as normalize_module
+
+    norm, _ = affine_normalization
+    anatomy = anatomy_module.Anatomy(subject["head"], SUBJECT_AFFINE, subject["brain"],
+                                     subject["wm"].astype(np.uint8), norm)
+    calls = []
+    compose = normalize_module.template_points
+    monkeypatch.setattr(normalize_module, "template_points",
+                        lambda *args: calls.append(args) or compose(*args))
+    first = anatomy.template_points(template)
+    assert anatomy.template_points(template) is first and len(calls) == 1
+    assert not first.flags.writeable
+    np.testing.assert_array_equal(first, compose(norm, template))
+    for image in (subject["head"], subject["wm"]):
+        np.testing.assert_array_equal(
+            to_template(image, SUBJECT_AFFINE, norm, template, points=first),
+            to_template(image, SUBJECT_AFFINE, norm, template))
+
+
 def test_fails_closed_and_rejects_bad_input(template, subject, tmp_path):
     head, brain = subject["head"], subject["brain"]
     with pytest.raises(RegistrationError):

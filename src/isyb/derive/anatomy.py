@@ -69,6 +69,20 @@ class Anatomy:
     labels: np.ndarray
     normalization: object
     seconds: dict = field(default_factory=dict)
+    _points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def template_points(self, template) -> np.ndarray:
+        """:func:`isyb.derive.normalize.template_points` of this normalisation on
+        ``template``'s grid (read-only), composed once per subject and template: the
+        BOLD, DWI, ASL and thickness maps of a subject all go through the same points."""
+        from isyb.derive.normalize import template_points
+
+        key = (template.shape, np.asarray(template.affine, dtype=float).tobytes())
+        if key not in self._points:
+            points = template_points(self.normalization, template)
+            points.setflags(write=False)
+            self._points[key] = points
+        return self._points[key]
 
     def tissue(self, *names: str) -> np.ndarray:
         """The boolean mask of the tissues ``names`` (``"csf"``, ``"gm"``, ``"wm"``)."""

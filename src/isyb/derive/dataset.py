@@ -282,7 +282,8 @@ def anatomy_outputs(anatomy, out_dir: Path, label: str, template=None,
     if template is not None and anatomy.normalization is not None:
         _, nearest = ndimage.distance_transform_edt(thickness <= 0, return_indices=True)
         filled = thickness[tuple(nearest)]
-        warped = to_template(filled, anatomy.affine, anatomy.normalization, template)
+        warped = to_template(filled, anatomy.affine, anatomy.normalization, template,
+                             points=anatomy.template_points(template))
         cortex = template.gm >= 0.5 if np.any(template.gm) else template.brain_mask
         if classes is not None:  # not the deep GM, brainstem and cerebellum DiReCT left out
             cortex &= ~np.isin(classes, (DEEP_GM, HINDBRAIN))
@@ -314,7 +315,6 @@ def _direct_input(anatomy, template, label: str) -> _DirectInput:
         template_atlas,
     )
     from isyb.derive.morphometry import MorphometryError
-    from isyb.derive.normalize import template_points
     from isyb.derive.regions import atlas_names, subject_regions
 
     if template is None or anatomy.normalization is None:
@@ -323,7 +323,7 @@ def _direct_input(anatomy, template, label: str) -> _DirectInput:
         atlas = template_atlas(template)
         names = atlas_names()
         classes = atlas_classes(atlas)
-        points = template_points(anatomy.normalization, template)
+        points = anatomy.template_points(template)
         subject = subject_classes(anatomy.labels, anatomy.affine, anatomy.normalization,
                                   template, classes=classes, points=points)
         regions = subject_regions(anatomy.labels, subject, anatomy.affine, points, atlas, names)

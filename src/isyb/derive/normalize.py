@@ -394,7 +394,7 @@ def _interpolation_weights(ijk: np.ndarray, shape: tuple[int, ...], order: int) 
 
 def to_template(image: np.ndarray, affine: np.ndarray, normalization: Normalization,
                 template: TemplateImages, *, pre: np.ndarray | None = None,
-                interpolation: str = "linear") -> np.ndarray:
+                interpolation: str = "linear", points: np.ndarray | None = None) -> np.ndarray:
     """Bring a subject map (3-D, or 4-D: each volume) onto the template grid in one step.
 
     Each template voxel's world point goes through ``normalization.forward``
@@ -405,14 +405,16 @@ def to_template(image: np.ndarray, affine: np.ndarray, normalization: Normalizat
     trilinearly, the largest wins, as ANTs' GenericLabel[Linear]). Points
     outside the image read 0. The sampling weights are built once and applied
     to all volumes as one sparse product; stacking several maps on a 4th axis
-    pays for the composition once. Returns float32 on ``template.shape``
+    pays for the composition once; ``points`` (:func:`template_points` of the same
+    normalisation and template) skips it. Returns float32 on ``template.shape``
     (the labels' dtype for "genericLabel").
     """
     data, affine = _check_image(image, affine, "the image", ndims=(3, 4))
     if interpolation not in INTERPOLATIONS:
         raise NormalizeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
                              f"got {interpolation!r}")
-    points = template_points(normalization, template)
+    if points is None:
+        points = template_points(normalization, template)
     if pre is not None:
         pre = _check_matrix(pre, "pre")
         points = points @ pre[:3, :3].T + pre[:3, 3]

@@ -74,8 +74,9 @@ def _template_outputs(run: BIDSFile, job: RunJob, maps: dict[str, np.ndarray],
     """Bring native maps (and a 4-D ``series``) to template space, write the maps z-scored too.
 
     Everything goes through one :func:`~isyb.derive.normalize.to_template`
-    call, stacked as volumes, because composing the transforms is the costly
-    part. Returns the warped ``series`` (None without one or without a T1w).
+    call, stacked as volumes, on the subject's composed transforms
+    (:meth:`~isyb.derive.anatomy.Anatomy.template_points`, once per subject).
+    Returns the warped ``series`` (None without one or without a T1w).
     """
     from isyb.derive.normalize import to_template
 
@@ -88,7 +89,8 @@ def _template_outputs(run: BIDSFile, job: RunJob, maps: dict[str, np.ndarray],
     if not volumes:
         return None
     warped = to_template(np.concatenate(volumes, axis=-1), native_affine,
-                         anatomy.normalization, template, pre=pre).astype(np.float32, copy=False)
+                         anatomy.normalization, template, pre=pre,
+                         points=anatomy.template_points(template)).astype(np.float32, copy=False)
     for index, metric in enumerate(names):
         _write_template_map(run, job, metric, warped[..., index], template, written)
     return warped[..., len(names):] if series is not None else None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +120,18 @@ def test_loading_deepbet_does_not_change_the_thread_count(own_threads) -> None:
     _deepbet_model()
     assert torch.get_num_threads() == 1
     assert os.environ[ITK_THREADS_ENV] == "1"
+
+
+def test_a_task_loads_torch_only_for_a_network_and_then_on_its_threads() -> None:
+    """In a fresh process (a pool's or Dask's worker), :func:`limit_threads` leaves torch
+    unloaded (about 2 CPU s a worker that never runs a network saves), and deepbet's
+    model, loaded afterwards, runs on the task's thread count, not torch's default."""
+    script = ("import sys; from isyb.executor import limit_threads; limit_threads(3); "
+              "print('torch' in sys.modules); from isyb.head.brain import _deepbet_model; "
+              "_deepbet_model(); import torch; print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["False", "3"]
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -43,6 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,16 +81,34 @@ def limit_threads(threads: int) -> None:
     torch is loaded, numpy's OpenBLAS with two threads spent 0.15 CPU s on a
     (430 000, 3) @ (3, 3) product that takes 0.003 s on one (the renderer's
     boundary voxels, nine views per defaced head); the results are the same.
+
+    torch is limited here when this process has loaded it, and otherwise when isyb
+    loads it (:func:`load_torch`): importing it costs about 2 CPU s, which a
+    worker that never runs a network (QC, derive, release tasks) does not pay.
     """
     global _task_threads
     threads = max(1, int(threads))
     _task_threads = threads
     os.environ[ITK_THREADS_ENV] = str(threads)
-    import torch
+    import numpy  # noqa: F401  (its BLAS must be loaded for threadpoolctl to limit it)
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def load_torch() -> ModuleType:
+    """torch, on this process's thread count (:func:`limit_threads`) when one was set.
+
+    Every network of isyb (deepbet, MTCNN) gets torch here, so a torch loaded after
+    :func:`limit_threads` runs on the task's threads, not on torch's default (the cores).
+    """
+    import torch
+
+    if _task_threads is not None and torch.get_num_threads() != _task_threads:
+        torch.set_num_threads(_task_threads)
+    return torch
 
 
 #: glibc ``mallopt`` parameters (``malloc.h``): ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``,

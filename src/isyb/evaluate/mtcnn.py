@@ -69,7 +69,9 @@ def available() -> bool:
 
 @lru_cache(maxsize=1)
 def _networks():
-    import torch
+    from isyb.executor import load_torch
+
+    torch = load_torch()
     from torch import nn
 
     def conv(name: str, c_in: int, c_out: int, k: int) -> list[tuple[str, nn.Module]]:

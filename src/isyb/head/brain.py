@@ -27,7 +27,9 @@ MAX_BRAIN_ML = 2600.0
 def _deepbet_model():
     """deepbet's model, loaded once per process. It runs with the threads the caller set
     (:func:`isyb.executor.limit_threads`); loading it never changes them."""
-    import torch
+    from isyb.executor import load_torch
+
+    torch = load_torch()
     from deepbet import BrainExtraction
 
     return BrainExtraction(no_gpu=not torch.cuda.is_available())

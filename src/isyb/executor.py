@@ -106,7 +106,7 @@ def load_torch() -> ModuleType:
     """
     import torch
 
-    if _task_threads is not None and torch.get_num_threads() != _task_threads:
+    if _task_threads is not None:
         torch.set_num_threads(_task_threads)
     return torch
 

@@ -199,3 +199,52 @@ def test_freed_memory_is_reused_rather_than_faulted_in_again() -> None:
                                        capture_output=True, text=True, check=True).stdout)
               for mode in ("default", "keep")}
     assert faults["default"] > 5 * faults["keep"], faults  # 119040 and 7598 found
+
+
+_HEAP_CHILD = """
+import ctypes, resource
+import numpy as np
+from isyb.executor import heap_allocations, keep_freed_memory
+keep_freed_memory()
+
+class MallInfo(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo
+
+def faults() -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):  # a network's layer outputs: 96 MB, freed before the next
+        block = np.empty(96 * 2**20 // 8)
+        block[::512] = 1.0  # touch every page
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def mapped(gib: int) -> int:  # blocks glibc adds from mmap to hold a block (never touched)
+    before = libc.mallinfo2().hblks
+    block = np.empty(gib * 2**30, dtype=np.uint8)
+    added = libc.mallinfo2().hblks - before
+    del block
+    return added
+
+with heap_allocations():
+    inside = faults(), mapped(1)
+print(*inside, mapped(2))  # more than the heap kept free
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's mallopt")
+def test_a_network_reuses_freed_blocks_and_later_code_gets_mmap_again() -> None:
+    """Blocks of 96 MB (above any ``mmap`` threshold) allocated and freed one after the
+    other: inside :func:`heap_allocations` the heap serves them, so only the first is
+    faulted in (with glibc's defaults each is fresh pages), and even 1 GiB comes from the
+    heap; after it glibc maps a block that the heap's free memory cannot hold, as before."""
+    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0"}
+    env.pop("GLIBC_TUNABLES", None)
+    inside_faults, inside_mapped, after_mapped = map(int, subprocess.run(
+        [sys.executable, "-c", _HEAP_CHILD], env=env, capture_output=True, text=True,
+        check=True).stdout.split())
+    assert inside_faults < 2 * (96 * 2**20 // 4096), inside_faults  # 24 495 found
+    assert (inside_mapped, after_mapped) == (0, 1)

@@ -113,11 +113,44 @@ def load_torch() -> ModuleType:
 
 #: glibc ``mallopt`` parameters (``malloc.h``): ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``,
 #: ``M_MMAP_THRESHOLD``.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
+#: glibc's default ``M_MMAP_MAX``: how many blocks may be served by ``mmap`` at once.
+MMAP_MAX_DEFAULT = 65536
 #: Largest ``M_MMAP_THRESHOLD`` glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``), bytes.
 MMAP_THRESHOLD_MAX = 32 * 2**20
 #: Free memory kept at the heap top, and extra asked for at each growth, bytes.
 HEAP_TOP_PAD = 256 * 2**20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (whose ``mallopt`` isyb tunes), else None."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+@contextlib.contextmanager
+def heap_allocations() -> Iterator[None]:
+    """Serve every allocation from glibc's heap, none from fresh ``mmap`` pages, meanwhile.
+
+    For a network's forward pass: torch allocates each layer's output anew (hundreds
+    of MB on deepbet's 256³ crop) and frees it a layer later, and above glibc's
+    ``mmap`` threshold (32 MB at most) each one is fresh pages that the kernel
+    zeroes again. From the heap the pass reuses what the last layers freed: deepbet
+    on colin27, one thread, 0.9-1.4 s of kernel time per call before, 0.04 after, the
+    same user time and the same bytes, with 0.4-0.5 GB more peak memory (the heap's
+    fragments). Not for numpy code: ``np.zeros`` then clears heap pages itself in
+    user time where the kernel handed zeroed pages before, a wash. Linux with glibc
+    only; elsewhere it does nothing.
+    """
+    libc = _glibc()
+    if libc is None or libc.mallopt(_M_MMAP_MAX, 0) != 1:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, MMAP_MAX_DEFAULT)
 
 
 @functools.cache
@@ -136,9 +169,9 @@ def keep_freed_memory() -> bool:
     a result. Linux with glibc only; returns
     whether it applied.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, 2**31 - 1),
                 (_M_TOP_PAD, HEAP_TOP_PAD))
     return all(libc.mallopt(option, value) == 1 for option, value in settings)

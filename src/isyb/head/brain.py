@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from isyb.cache import cached, package_version
 from isyb.errors import BrainExtractionError
+from isyb.executor import heap_allocations
 
 #: Smallest plausible intracranial volume of an adult or child brain mask, in ml.
 MIN_BRAIN_ML = 300.0
@@ -61,7 +62,8 @@ def _deepbet_mask(data: np.ndarray, zooms: np.ndarray, threshold: float) -> np.n
     resample = not np.allclose(factors, 1.0, atol=0.02)
     work = ndimage.zoom(data, factors, order=1) if resample else data
     model = _deepbet_model()
-    probability = model.run_model(np.ascontiguousarray(work, dtype=np.float32))
+    with heap_allocations():
+        probability = model.run_model(np.ascontiguousarray(work, dtype=np.float32))
     mask = model.postprocess(probability > threshold).astype(bool)
     if resample:
         back = np.array(data.shape) / np.array(mask.shape)

@@ -138,10 +138,12 @@ def heap_allocations() -> Iterator[None]:
     ``mmap`` threshold (32 MB at most) each one is fresh pages that the kernel
     zeroes again. From the heap the pass reuses what the last layers freed: deepbet
     on colin27, one thread, 0.9-1.4 s of kernel time per call before, 0.04 after, the
-    same user time and the same bytes, with 0.4-0.5 GB more peak memory (the heap's
-    fragments). Not for numpy code: ``np.zeros`` then clears heap pages itself in
-    user time where the kernel handed zeroed pages before, a wash. Linux with glibc
-    only; elsewhere it does nothing.
+    same user time and the same bytes, with 0.1-0.5 GB more peak memory (the heap's
+    fragments; ``isyb deface`` of a 256³ head peaks at 1.4-1.8 GB instead of 1.3).
+    Not for numpy code: ``np.zeros`` then clears heap pages itself in
+    user time where the kernel handed zeroed pages before, a wash. Afterwards glibc's
+    default (:data:`MMAP_MAX_DEFAULT`) holds again. Linux with glibc only; elsewhere it
+    does nothing.
     """
     libc = _glibc()
     if libc is None or libc.mallopt(_M_MMAP_MAX, 0) != 1:

@@ -112,7 +112,7 @@ def load_torch() -> ModuleType:
 
 
 #: glibc ``mallopt`` parameters (``malloc.h``): ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``,
-#: ``M_MMAP_THRESHOLD``.
+#: ``M_MMAP_THRESHOLD``, ``M_MMAP_MAX``.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 #: glibc's default ``M_MMAP_MAX``: how many blocks may be served by ``mmap`` at once.
 MMAP_MAX_DEFAULT = 65536
@@ -122,6 +122,7 @@ MMAP_THRESHOLD_MAX = 32 * 2**20
 HEAP_TOP_PAD = 256 * 2**20
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc on Linux (whose ``mallopt`` isyb tunes), else None."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

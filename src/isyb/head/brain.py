@@ -6,8 +6,8 @@ voxels are resampled to an isotropic grid first (linear interpolation), and
 the mask is brought back by linear interpolation of the mask and a 0.5
 threshold. Voxels finer than 1 mm are used as they are. The network's forward
 pass takes its memory from the heap (:func:`isyb.executor.heap_allocations`):
-0.9-1.4 s less kernel time per call (a quarter to a third of it), 0.1-0.5 GB more
-peak memory.
+0.9-1.4 s less kernel time per call (a quarter to a third of the call's CPU time),
+0.1-0.5 GB more peak memory.
 """
 
 from __future__ import annotations

@@ -117,6 +117,25 @@ def test_one_alignment_gives_the_surface_and_the_detail_distance() -> None:
         float("inf"),) * 3
 
 
+def test_the_gallery_tree_finds_what_scipys_default_tree_finds() -> None:
+    """``point_tree``'s settings change the speed, not the fit: a posed face (near the
+    gallery's surface) and a face with a removed middle moved 12 mm off it (most points far
+    from it) fit to the same bytes as on ``cKDTree``'s default tree."""
+    from scipy.spatial import cKDTree
+
+    face = _face_surface(NOSE)
+    removed = _face_surface(OTHER)
+    removed[30:90, 30:90] = np.nan
+    gallery = surface_match.surface_points(face)
+    normals = surface_match.surface_normals(face)
+    for probe in (_moved(face, (3.0, -4.0, 3.0), (3.0, 6.0, -2.0)), removed + 12.0):
+        points = surface_match.surface_points(probe, stride=surface_match.PROBE_STRIDE)
+        tuned = surface_match.align_surfaces(points, gallery, normals)
+        default = surface_match.align_surfaces(points, gallery, normals, tree=cKDTree(gallery))
+        for field in ("scale", "rotation", "shift", "residuals", "gaps"):
+            np.testing.assert_array_equal(getattr(tuned, field), getattr(default, field), field)
+
+
 def test_distance_needs_overlap_and_one_frame() -> None:
     face = _face_surface(NOSE)
     empty = np.full_like(face, np.nan)

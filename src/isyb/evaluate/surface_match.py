@@ -47,14 +47,15 @@ MIN_POINTS = 400
 
 
 def point_tree(points: np.ndarray) -> cKDTree:
-    """The k-d tree of a gallery's points (n, 3) that the ICP queries 26 times per probe.
+    """The k-d tree of a gallery's points (n, 3) that the ICP queries up to 26 times per fit.
 
     Cells split at their middle (``balanced_tree=False``), keep their full extent
     (``compact_nodes=False``) and hold up to 32 points. A k-d tree's nearest point is exact
     whatever its shape (only which of two equidistant points it returns may differ), so the
-    fits are the same bytes as with scipy's default tree; these
-    settings cut the ICP's time by about a fifth for probes whose face was removed, whose
-    points lie 5-20 mm off the gallery's surface (``benchmarks/README.md``).
+    fits are the same bytes as with scipy's default tree. These settings cut the ICP's time
+    by about a quarter for probes whose face was removed (points 5-20 mm off the gallery's
+    surface), by 2-9 % for blurred and maskface faces, and leave re-scans as they were
+    (``benchmarks/bench_reid.py``, ``benchmarks/README.md``).
     """
     return cKDTree(points, leafsize=32, balanced_tree=False, compact_nodes=False)
 

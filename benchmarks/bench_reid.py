@@ -41,7 +41,6 @@ from isyb.evaluate import reid, surface_match  # noqa: E402
 from isyb.head.register import resample_to  # noqa: E402
 from isyb.io import volume_from_image  # noqa: E402
 from isyb.synthetic import rescan  # noqa: E402
-from isyb.synthetic.phantom import Label, make_phantom, to_nifti  # noqa: E402
 from isyb.templates.registry import resolve  # noqa: E402
 
 VOXEL_MM = 2.0
@@ -52,11 +51,7 @@ def cohort(n_phantoms: int, methods: list[str]) -> dict[str, list[np.ndarray]]:
     ``n_phantoms`` phantom heads."""
     template = resolve("default")
     frame = reid.frame_for(template)
-    reference = make_phantom(voxel_size=VOXEL_MM, fov_mm=rescan.PHANTOM_FOV_MM,
-                             fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=99)
-    reference_to_template = align(
-        volume_from_image(to_nifti(reference, "RAS", dtype=np.float32)), template,
-        brain=reference.mask(Label.GM, Label.WM, Label.CSF)).registration.subject_to_template
+    reference_to_template = rescan.reference_to_template(template, voxel_size=VOXEL_MM)
     rng = np.random.default_rng(2024)
     out: dict[str, list[np.ndarray]] = {kind: [] for kind in ("gallery", "rescan", *methods)}
     for k in range(n_phantoms):

@@ -181,14 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects.append(Subject(f"{source.name}-CN200shape+face", varied, brain))
     reference = None
     if args.phantoms:
-        from isyb.io import volume_from_image
-        from isyb.synthetic.phantom import Label, make_phantom, to_nifti
-
-        ref = make_phantom(voxel_size=args.voxel, fov_mm=rescan.PHANTOM_FOV_MM,
-                           fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=10_000)
-        reference = align(volume_from_image(to_nifti(ref, "RAS", dtype=np.float32)), template,
-                          brain=ref.mask(Label.GM, Label.WM, Label.CSF)
-                          ).registration.subject_to_template
+        reference = rescan.reference_to_template(template, voxel_size=args.voxel, seed=10_000)
         for k in range(args.phantoms):
             volume, brain = rescan.varied_phantom(args.seed * 1000 + k, reference, template.rule,
                                                 voxel_size=args.voxel)

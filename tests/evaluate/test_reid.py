@@ -262,11 +262,7 @@ def _add_subject(cohort: Cohort, template, name: str, volume: Volume, brain: np.
 @pytest.fixture(scope="module")
 def phantom_cohort(default_template) -> Cohort:
     cohort = Cohort(reid.frame_for(default_template))
-    reference = make_phantom(voxel_size=VOXEL_MM, fov_mm=rescan.PHANTOM_FOV_MM,
-                             fov_center_mm=rescan.PHANTOM_FOV_CENTRE_MM, seed=99)
-    reference_to_template = align(
-        volume_from_image(to_nifti(reference, "RAS", dtype=np.float32)), default_template,
-        brain=reference.mask(Label.GM, Label.WM, Label.CSF)).registration.subject_to_template
+    reference_to_template = rescan.reference_to_template(default_template, voxel_size=VOXEL_MM)
     rng = np.random.default_rng(2024)
     for k in range(N_PHANTOMS):
         volume, brain = rescan.varied_phantom(k, reference_to_template, default_template.rule,

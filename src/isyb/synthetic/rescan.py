@@ -17,6 +17,7 @@ from isyb.head.morphology import bounding_box, dilate_mm, distance_mm, skin_thre
 from isyb.head.register import resample_to
 from isyb.io import Volume, volume_from_image
 from isyb.templates.face import FaceRule, face_region
+from isyb.templates.registry import Template
 
 
 def as_volume(data: np.ndarray, affine: np.ndarray) -> Volume:
@@ -171,6 +172,22 @@ PHANTOM_FOV_CENTRE_MM = (0.0, 10.0, -20.0)
 #: Default head dimensions (mm) of :func:`isyb.synthetic.phantom.make_phantom`:
 #: length, width, height.
 PHANTOM_SIZE_MM = (190.0, 150.0, 225.0)
+
+
+def reference_to_template(template: Template, *, voxel_size: float = 2.0,
+                          seed: int = 99) -> np.ndarray:
+    """The subject->template affine (4x4, RAS mm) of a phantom of default size on the
+    :data:`PHANTOM_FOV_MM` field of view: one :func:`isyb.deface.engine.align` with the
+    phantom's exact intracranial mask. It is the ``reference_to_template`` of
+    :func:`varied_phantom`."""
+    from isyb.deface.engine import align
+    from isyb.synthetic.phantom import Label, make_phantom, to_nifti
+
+    phantom = make_phantom(voxel_size=voxel_size, fov_mm=PHANTOM_FOV_MM,
+                           fov_center_mm=PHANTOM_FOV_CENTRE_MM, seed=seed)
+    volume = volume_from_image(to_nifti(phantom, "RAS", dtype=np.float32))
+    brain = phantom.mask(Label.GM, Label.WM, Label.CSF)
+    return align(volume, template, brain=brain).registration.subject_to_template
 
 
 def varied_phantom(seed: int, reference_to_template: np.ndarray, rule: FaceRule, *,

@@ -312,17 +312,31 @@ def distance_matrices(gallery: list[np.ndarray], probes: list[np.ndarray], *,
     surface attack; by default also the detail attack), keyed by it: one ICP alignment
     per probe and gallery entry serves every setting
     (:func:`isyb.evaluate.surface_match.descriptor_distances`), half the time of two
-    :func:`distance_matrix` calls for the surface and the detail attack."""
+    :func:`distance_matrix` calls for the surface and the detail attack. Column ``j`` is
+    :func:`distance_column` of gallery entry ``j``."""
     settings = tuple(dict.fromkeys(highpass))
-    spacing = float(kwargs.get("spacing_mm", SPACING_MM))
     out = {setting: np.empty((len(probes), len(gallery))) for setting in settings}
     for j, entry in enumerate(gallery):
-        prepared = prepare_gallery(entry, spacing_mm=spacing)
-        for i, probe in enumerate(probes):
-            values = descriptor_distances(probe, entry, highpass=settings, prepared=prepared,
-                                          **kwargs)
-            for setting, value in zip(settings, values, strict=True):
-                out[setting][i, j] = value
+        column = distance_column(entry, probes, highpass=settings, **kwargs)
+        for setting in settings:
+            out[setting][:, j] = column[setting]
+    return out
+
+
+def distance_column(entry: np.ndarray, probes: Sequence[np.ndarray], *,
+                    highpass: Sequence[float | None] = (None,),
+                    **kwargs: float) -> dict[float | None, np.ndarray]:
+    """The distances (mm) of every probe to one gallery entry, per ``highpass`` setting:
+    one column of :func:`distance_matrices`, with the entry's point tree built once. The
+    unit of work that ``isyb study`` hands to its executor."""
+    settings = tuple(dict.fromkeys(highpass))
+    prepared = prepare_gallery(entry, spacing_mm=float(kwargs.get("spacing_mm", SPACING_MM)))
+    out = {setting: np.empty(len(probes)) for setting in settings}
+    for i, probe in enumerate(probes):
+        values = descriptor_distances(probe, entry, highpass=settings, prepared=prepared,
+                                      **kwargs)
+        for setting, value in zip(settings, values, strict=True):
+            out[setting][i] = value
     return out
 
 
@@ -331,9 +345,26 @@ def identification(gallery: list[np.ndarray], probes: list[np.ndarray], *,
                    **kwargs: float) -> dict:
     """Closed-set identification of ``probes`` against ``gallery`` (rank-1 rate and ranks).
 
+    ``distances`` may be given (probes x gallery), else :func:`distance_matrix`
+    computes it; :func:`identification_from_distances` does the rest and says what
+    is returned.
+    """
+    if not gallery or not probes:
+        raise ValueError("identification needs a non-empty gallery and probe set")
+    truth = _truth(truth, len(probes), len(gallery))
+    matrix = distance_matrix(gallery, probes, **kwargs) if distances is None else distances
+    if np.shape(matrix) != (len(probes), len(gallery)):
+        raise ValueError(f"distances must be {len(probes)}x{len(gallery)}, "
+                         f"got {np.shape(matrix)}")
+    return identification_from_distances(matrix, truth=truth)
+
+
+def identification_from_distances(distances: np.ndarray, *,
+                                  truth: list[int] | None = None) -> dict:
+    """Closed-set identification from a (probes x gallery) matrix of distances (mm).
+
     ``probes[i]`` belongs to gallery entry ``truth[i]`` (default ``i``: same
-    order, same subjects). ``distances`` may be given (probes x gallery), else
-    :func:`distance_matrix` computes it. Ties are broken at random *in
+    order, same subjects). Ties are broken at random *in
     expectation*: a probe whose true entry ties with ``k - 1`` others at the
     smallest distance counts ``1/k`` toward the rank-1 rate, and its rank is the
     mean rank of the tie. Returns ``{"rank1", "chance", "n", "hits",
@@ -342,16 +373,13 @@ def identification(gallery: list[np.ndarray], probes: list[np.ndarray], *,
     probes at rank 1, and ``p_value``, the one-sided binomial probability of at
     least ``floor(hits)`` rank-1 matches by chance.
     """
-    if not gallery or not probes:
-        raise ValueError("identification needs a non-empty gallery and probe set")
-    truth = list(range(len(probes))) if truth is None else [int(t) for t in truth]
-    if len(truth) != len(probes) or max(truth) >= len(gallery) or min(truth) < 0:
-        raise ValueError("truth must name one gallery entry per probe")
-    matrix = distance_matrix(gallery, probes, **kwargs) if distances is None else np.asarray(
-        distances, dtype=float)
-    if matrix.shape != (len(probes), len(gallery)):
-        raise ValueError(f"distances must be {len(probes)}x{len(gallery)}, got {matrix.shape}")
-    ranks = np.empty(len(probes))
+    matrix = np.asarray(distances, dtype=float)
+    if matrix.ndim != 2 or 0 in matrix.shape:
+        raise ValueError(f"distances must be a non-empty probes x gallery matrix, "
+                         f"got shape {matrix.shape}")
+    n_probes, n_gallery = matrix.shape
+    truth = _truth(truth, n_probes, n_gallery)
+    ranks = np.empty(n_probes)
     hits = 0.0
     for i, j in enumerate(truth):
         row = matrix[i]
@@ -365,7 +393,15 @@ def identification(gallery: list[np.ndarray], probes: list[np.ndarray], *,
         ranks[i] = less + (ties + 1) / 2.0
         if less == 0:
             hits += 1.0 / ties
-    chance = 1.0 / len(gallery)
-    p_value = float(stats.binom.sf(int(np.floor(hits + 1e-9)) - 1, len(probes), chance))
-    return {"rank1": hits / len(probes), "chance": chance, "n": len(probes), "hits": hits,
+    chance = 1.0 / n_gallery
+    p_value = float(stats.binom.sf(int(np.floor(hits + 1e-9)) - 1, n_probes, chance))
+    return {"rank1": hits / n_probes, "chance": chance, "n": n_probes, "hits": hits,
             "p_value": p_value, "distances": matrix, "ranks": ranks}
+
+
+def _truth(truth: list[int] | None, n_probes: int, n_gallery: int) -> list[int]:
+    """Each probe's gallery entry (default: the same index), checked."""
+    truth = list(range(n_probes)) if truth is None else [int(t) for t in truth]
+    if len(truth) != n_probes or max(truth) >= n_gallery or min(truth) < 0:
+        raise ValueError("truth must name one gallery entry per probe")
+    return truth

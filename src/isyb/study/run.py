@@ -66,10 +66,11 @@ from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
 from isyb.evaluate.reid import (
     FaceFrame,
+    distance_column,
     face_descriptor,
     frame_for,
     frame_samples,
-    identification,
+    identification_from_distances,
     samples_descriptor,
 )
 from isyb.executor import ExecutorOptions, run_tasks
@@ -94,7 +95,6 @@ METRIC_COLUMNS = ("nmi", "face_surface_changed_fraction", "face_reference_change
 #: 4: the template-independent face reference's fractions (issue 20).
 METRICS_VERSION = 4
 #: The defaced face's descriptor (template frame), saved per pair for re-identification.
-#: Only the *defaced* face is saved; originals' descriptors are recomputed, never stored.
 DESCRIPTOR = "face_descriptor_defaced.npy"
 #: The original face's descriptor in the same frame: the gallery entry of :func:`reidentify`.
 ORIGINAL_DESCRIPTOR = "face_descriptor_original.npy"
@@ -343,24 +343,47 @@ def _geometric_checks(volume: Volume, defaced: Volume, allowed: np.ndarray,
     distance = face_distances(volume, defaced, allowed, to_template, frame,
                               defaced_samples=samples, original_descriptor=original,
                               threshold=threshold)
-    for name, descriptor in ((DESCRIPTOR, samples_descriptor(samples, frame, defaced_threshold)),
-                             (ORIGINAL_DESCRIPTOR, original)):
-        with atomic_path(target / name) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, descriptor)
+    _save_descriptor(target / DESCRIPTOR, samples_descriptor(samples, frame, defaced_threshold))
+    _save_descriptor(target / ORIGINAL_DESCRIPTOR, original)
     return {"face_distance_to_original_mm": distance.to_original,
             "face_distance_to_template_mm": distance.to_template,
             "face_distance_original_to_template_mm": distance.original_to_template}
 
 
+def _save_descriptor(path: Path, descriptor: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, descriptor)
+
+
+@dataclass(frozen=True)
+class ReidColumn:
+    """A task of :func:`reidentify`: one original face (``gallery``, a descriptor file)
+    against every defaced face of its template (``probes``), column ``index`` of
+    ``template``'s distance matrix."""
+
+    template: str
+    index: int
+    gallery: Path
+    probes: tuple[Path, ...]
+
+
+def reid_column(job: ReidColumn) -> tuple[str, int, np.ndarray]:
+    """``(template, index, distances)``: the surface distances (mm) of ``job.probes`` to
+    ``job.gallery`` (:func:`isyb.evaluate.reid.distance_column`)."""
+    column = distance_column(np.load(job.gallery), [np.load(path) for path in job.probes])
+    return job.template, job.index, column[None]
+
+
 def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Template],
-               work: Path, options: DefaceOptions) -> pd.DataFrame:
+               work: Path, options: DefaceOptions, *, executor: ExecutorOptions | None = None,
+               progress: bool = False) -> pd.DataFrame:
     """Add ``reid_rank`` and ``reid_rank1``: each defaced face against all originals, per template.
 
     The attack of :mod:`isyb.evaluate.reid` (surface descriptors, trimmed ICP),
     closed set: for each template, the gallery is every subject's *original*
     face and the probes are the defaced faces (``DESCRIPTOR`` of each ok pair).
     The originals' descriptors are read from ``ORIGINAL_DESCRIPTOR``, stored with
-    each pair; a record of an earlier version, without it, has it recomputed.
+    each pair; a record of an earlier version, without it, has it computed and stored.
     ``reid_rank`` is the rank of the subject's own original (1 = nearest, ties
     averaged) among the ``N`` originals; ``reid_rank1`` its share of a rank-1
     hit (1, 1/k for a k-way tie, or 0), so the template's rank-1 rate is the
@@ -368,24 +391,40 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     registration the defacing used (stored as ``subject_to_template``), which
     favours the attacker: the defaced brain is the original's, so an attacker's
     own registration would be nearly the same. NaN with fewer than two subjects.
+
+    N x N fits per template (0.1-0.2 CPU s each, ``benchmarks/bench_reid.py``): one
+    task per original face (:func:`reid_column`) on ``executor`` (default: this
+    process), all templates in one :func:`isyb.executor.run_tasks` call. A column's
+    distances do not depend on where it runs, so any executor gives the same ranks.
     """
     table = table.assign(reid_rank=np.nan, reid_rank1=np.nan)
     setting = work_name(options)
+    cohorts: dict[str, tuple[pd.Index, list[Path], list[Path]]] = {}
     for template in templates:
         rows = table.index[(table["template"] == template.name) & (table["status"] == "ok")]
         if len(rows) < 2:
             continue
-        frame = _frame(template)
         gallery, probes = [], []
         for row in rows:
             subject = table.at[row, "subject"]
-            matrix = np.asarray(table.at[row, "subject_to_template"], dtype=float)
             pair = work / f"sub-{subject}" / setting / f"tpl-{template.name}"
-            stored = pair / ORIGINAL_DESCRIPTOR  # absent in records of earlier versions
-            gallery.append(np.load(stored) if stored.is_file() else
-                           face_descriptor(load_volume(images[subject]), matrix, frame))
-            probes.append(np.load(pair / DESCRIPTOR))
-        result = identification(gallery, probes)
+            stored = pair / ORIGINAL_DESCRIPTOR
+            if not stored.is_file():  # a record of an earlier version
+                matrix = np.asarray(table.at[row, "subject_to_template"], dtype=float)
+                _save_descriptor(stored, face_descriptor(load_volume(images[subject]), matrix,
+                                                         _frame(template)))
+            gallery.append(stored)
+            probes.append(pair / DESCRIPTOR)
+        cohorts[template.name] = (rows, gallery, probes)
+    jobs = [ReidColumn(name, j, entry, tuple(probes))
+            for name, (_, gallery, probes) in cohorts.items() for j, entry in enumerate(gallery)]
+    matrices = {name: np.empty((len(probes), len(gallery)))
+                for name, (_, gallery, probes) in cohorts.items()}
+    for name, j, column in run_tasks(reid_column, jobs, executor or ExecutorOptions(),
+                                     progress=progress, desc="re-identification"):
+        matrices[name][:, j] = column
+    for name, (rows, _, _) in cohorts.items():
+        result = identification_from_distances(matrices[name])
         table.loc[rows, "reid_rank"] = result["ranks"]
         table.loc[rows, "reid_rank1"] = [_rank1_share(d, i)
                                          for i, d in enumerate(result["distances"])]
@@ -417,7 +456,8 @@ def collect_metrics(images: dict[str, Path], templates: list[Template], work: Pa
             for row in subject_rows]
     # subject order, whatever order the tasks finished in: the columns follow the rows
     table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
-    table = (reidentify(table, images, templates, work, options) if reid
+    table = (reidentify(table, images, templates, work, options, executor=executor,
+                        progress=progress) if reid
              else table.drop(columns="subject_to_template", errors="ignore"))
     for column in METRIC_COLUMNS:
         if column not in table:

@@ -285,8 +285,10 @@ def run_tasks(function: Callable[[Any], Any], items: Sequence[Any], options: Exe
     Each call runs under :func:`limit_threads` with ``options.threads`` threads,
     by default its share of the cores (1 under Dask). With ``steps``, the progress
     bar counts steps and moves while tasks run: the running tasks' ``steps.done``
-    are polled every ``POLL_S`` seconds.
+    are polled every ``POLL_S`` seconds. No items start nothing: no pool, no cluster.
     """
+    if not items:
+        return
     total = sum(steps.total(item) for item in items) if steps else len(items)
     bar = tqdm(total=total, desc=desc, unit="step" if steps else "task",
                disable=not progress, file=sys.stderr)

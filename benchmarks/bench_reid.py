@@ -15,7 +15,8 @@ defaced faces against the gallery (the surface attack: one trimmed ICP per pair,
 :func:`isyb.evaluate.surface_match.point_tree` and with ``cKDTree``'s defaults,
 alternated, ``--repeats`` times each, on one thread. Printed:
 the medians of the process CPU time (s) per probe kind and tree, their ratio, and whether
-the two trees gave the same matrices (they must: a k-d tree's nearest point is exact).
+the two trees gave the same matrices (a k-d tree's nearest point is exact; only an exact
+tie between two gallery points could be resolved differently).
 The CPU time per pair is what ``isyb study``'s re-identification costs per subject pair:
 it compares every defaced face with every original, N x N fits per template.
 """

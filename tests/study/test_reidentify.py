@@ -36,15 +36,18 @@ def _face(seed: int, shape: tuple[int, int] = (60, 60)) -> np.ndarray:
     return np.where(radius2 < (0.47 * min(shape)) ** 2, depth, np.nan).astype(np.float32)
 
 
-def _stored(work: Path, template, count: int, shape: tuple[int, int] = (60, 60)) -> dict:
+def _stored(work: Path, template, count: int, shape: tuple[int, int] = (60, 60), *,
+            impostor: tuple[int, int] | None = None) -> dict:
     """A study's work folder with ``count`` subjects' original and "defaced" descriptors
-    (the original plus 0.3 mm of noise), and the metrics table that points at them."""
+    (the original plus 0.3 mm of noise; with ``impostor = (k, m)``, subject k's defaced
+    face is subject m's), and the metrics table that points at them."""
     rng = np.random.default_rng(0)
     gallery, probes, rows = [], [], []
     for k in range(count):
         subject = f"{k + 1:02d}"
         original = _face(k, shape)
-        probe = (original + rng.normal(0, 0.3, original.shape)).astype(np.float32)
+        looks_like = _face(impostor[1], shape) if impostor and k == impostor[0] else original
+        probe = (looks_like + rng.normal(0, 0.3, original.shape)).astype(np.float32)
         pair = work / f"sub-{subject}" / work_name(OPTIONS) / f"tpl-{template.name}"
         pair.mkdir(parents=True)
         np.save(pair / ORIGINAL_DESCRIPTOR, original)
@@ -61,12 +64,17 @@ def _stored(work: Path, template, count: int, shape: tuple[int, int] = (60, 60))
                          ids=["this-process", "two-processes"])
 def test_ranks_are_those_of_the_whole_matrix_on_any_executor(
         tmp_path: Path, default_template, executor: ExecutorOptions) -> None:
-    cohort = _stored(tmp_path, default_template, 3)
+    """Subject 1's defaced face is subject 2's: its own original is not nearest, and the
+    ranks of the transposed matrix differ, so a mix-up of rows and columns would show."""
+    cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))
     expected = reid.identification(cohort["gallery"], cohort["probes"])
+    assert expected["ranks"][0] > 1  # the cohort does what the test needs
+    assert not np.array_equal(
+        reid.identification_from_distances(expected["distances"].T)["ranks"], expected["ranks"])
     table = reidentify(cohort["table"], {}, [default_template], tmp_path, OPTIONS,
                        executor=executor)
     np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])
-    assert table["reid_rank1"].tolist() == [1.0] * 3  # every face found
+    assert table["reid_rank1"].tolist() == [0.0, 1.0, 1.0]
     assert "subject_to_template" not in table
 
 

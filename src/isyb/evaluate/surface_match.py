@@ -51,8 +51,10 @@ def point_tree(points: np.ndarray) -> cKDTree:
 
     Cells split at their middle (``balanced_tree=False``), keep their full extent
     (``compact_nodes=False``) and hold up to 32 points. A k-d tree's nearest point is exact
-    whatever its shape (only which of two equidistant points it returns may differ), so the
-    fits are the same bytes as with scipy's default tree. These settings cut the ICP's time
+    whatever its shape; only which of two gallery points at exactly the same distance it
+    returns may differ, so the fits are the same bytes as with scipy's default tree unless
+    such a tie occurs (none did in test_reid's twelve matrices or in
+    ``benchmarks/bench_reid.py``'s). These settings cut the ICP's time
     by about a quarter for probes whose face was removed (points 5-20 mm off the gallery's
     surface), by 2-9 % for blurred and maskface faces, and leave re-scans as they were
     (``benchmarks/bench_reid.py``, ``benchmarks/README.md``).

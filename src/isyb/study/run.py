@@ -392,7 +392,7 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     favours the attacker: the defaced brain is the original's, so an attacker's
     own registration would be nearly the same. NaN with fewer than two subjects.
 
-    N x N fits per template (0.1-0.2 CPU s each, ``benchmarks/bench_reid.py``): one
+    N x N fits per template (0.11-0.22 CPU s each, ``benchmarks/bench_reid.py``): one
     task per original face (:func:`reid_column`) on ``executor`` (default: this
     process), all templates in one :func:`isyb.executor.run_tasks` call. A column's
     distances do not depend on where it runs, so any executor gives the same ranks.

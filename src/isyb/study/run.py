@@ -395,7 +395,9 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     N x N fits per template (0.11-0.22 CPU s each, ``benchmarks/bench_reid.py``): one
     task per original face (:func:`reid_column`) on ``executor`` (default: this
     process), all templates in one :func:`isyb.executor.run_tasks` call. A column's
-    distances do not depend on where it runs, so any executor gives the same ranks.
+    distances do not depend on where it runs, so any executor gives the same ranks. Under
+    ``--executor dask`` without ``--dask-scheduler``, that call starts its own cluster
+    (or SLURM jobs) after the subjects' has closed.
     """
     table = table.assign(reid_rank=np.nan, reid_rank1=np.nan)
     setting = work_name(options)

@@ -1,9 +1,13 @@
 """`isyb study`'s re-identification step (:func:`isyb.study.run.reidentify`) on stored
-descriptors: one task per original face, the same ranks on any executor, and a record of
-an earlier version (no stored original) completed and stored."""
+descriptors: one task per original face, the same ranks on any executor, a record of an
+earlier version (no stored original) completed and stored, and the distance cache
+(:mod:`isyb.study.reid_columns`): a rerun fits nothing, a new subject its row and column,
+a changed descriptor its row."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +19,16 @@ from isyb.deface.engine import DefaceOptions
 from isyb.evaluate import reid
 from isyb.executor import ExecutorOptions
 from isyb.io import load_volume
-from isyb.study.run import DESCRIPTOR, ORIGINAL_DESCRIPTOR, reidentify, work_name
+from isyb.study import reid_columns
+from isyb.study.run import (
+    DESCRIPTOR,
+    METRICS_VERSION,
+    ORIGINAL_DESCRIPTOR,
+    SubjectJob,
+    _current_record,
+    reidentify,
+    work_name,
+)
 from isyb.synthetic import rescan
 from isyb.synthetic.phantom import make_phantom, to_nifti
 
@@ -94,3 +107,87 @@ def test_a_record_without_the_stored_original_gets_it(tmp_path: Path, default_te
     expected = reid.face_descriptor(load_volume(image), np.eye(4), frame)
     np.testing.assert_array_equal(np.load(pair / ORIGINAL_DESCRIPTOR), expected)
     assert table["reid_rank"].notna().all()
+
+
+class _CountingFits:
+    """``distance_column`` in this process, counting the probes it fits."""
+
+    def __init__(self) -> None:
+        self.fits = 0
+
+    def __call__(self, entry, probes, **kwargs):
+        self.fits += len(probes)
+        return reid.distance_column(entry, probes, **kwargs)
+
+
+def _reidentify(cohort: dict, work: Path, template, monkeypatch, table=None) -> tuple:
+    counter = _CountingFits()
+    monkeypatch.setattr(reid_columns, "distance_column", counter)
+    result = reidentify(cohort["table"] if table is None else table, {}, [template], work,
+                        OPTIONS, executor=ExecutorOptions(threads=1))
+    return result, counter.fits
+
+
+def test_a_rerun_fits_nothing_again_and_gives_the_same_ranks(
+        tmp_path: Path, default_template, monkeypatch) -> None:
+    cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))
+    first, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 9
+    again, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 0
+    pd.testing.assert_frame_equal(again, first)
+    expected = reid.identification(cohort["gallery"], cohort["probes"])
+    np.testing.assert_array_equal(again["reid_rank"], expected["ranks"])
+
+
+def test_one_subject_more_fits_only_its_row_and_column(
+        tmp_path: Path, default_template, monkeypatch) -> None:
+    cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))
+    _, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch,
+                          table=cohort["table"].iloc[:2])
+    assert fits == 4
+    table, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 2 * 3 - 1
+    expected = reid.identification(cohort["gallery"], cohort["probes"])
+    np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])
+
+
+def test_a_changed_descriptor_changed_settings_or_a_broken_cache_are_fitted_again(
+        tmp_path: Path, default_template, monkeypatch) -> None:
+    cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))
+    _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    folder = tmp_path / "sub-02" / work_name(OPTIONS) / f"tpl-{default_template.name}"
+    # subject 2's defaced face now looks like subject 1: its row is fitted again
+    changed = (cohort["gallery"][0] + 0.2).astype(np.float32)
+    np.save(folder / DESCRIPTOR, changed)
+    table, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 3
+    probes = [cohort["probes"][0], changed, cohort["probes"][2]]
+    expected = reid.identification(cohort["gallery"], probes)
+    np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])
+    assert table["reid_rank"].iloc[1] > 1
+    (folder / reid_columns.DISTANCE_CACHE).write_text("{not json")
+    _, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 3  # subject 2's column
+    monkeypatch.setattr(reid_columns, "DISTANCE_SETTINGS",
+                        {**reid_columns.DISTANCE_SETTINGS, "trim": 0.8})
+    _, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 9
+
+
+def test_a_pair_whose_defaced_descriptor_was_deleted_is_computed_again(
+        tmp_path: Path, default_template) -> None:
+    """A cached record is not current when re-identification needs its deleted
+    descriptor; a run without re-identification still uses it."""
+    pair = tmp_path / "sub-01" / work_name(OPTIONS) / f"tpl-{default_template.name}"
+    pair.mkdir(parents=True)
+    record = {"status": "ok", "metrics_version": METRICS_VERSION, "detectors": True,
+              "reid": True}
+    (pair / "metrics.json").write_text(json.dumps(record))
+    np.save(pair / DESCRIPTOR, _face(0))
+    job = SubjectJob("01", tmp_path / "sub-01_T1w.nii.gz", (default_template,), tmp_path,
+                     OPTIONS)
+    assert _current_record(pair / "metrics.json", job) == record
+    (pair / DESCRIPTOR).unlink()
+    assert _current_record(pair / "metrics.json", job) is None
+    assert _current_record(pair / "metrics.json", replace(job, reid=False)) == record

@@ -19,11 +19,13 @@ does not depend on the defacing, so a study with another method or design
 on the same cohort registers nothing again), then per defacing
 setting (:func:`work_name`: the method, plus the face-region mode and margin
 when not the default ``rule``) and template a ``metrics.json`` (written
-last) and the face mask actually applied. A rerun, or a run with an added
-template, computes only what is missing; a ``metrics.json`` of another
-:data:`METRICS_VERSION` is recomputed. A template that fails for a subject
-(registration, brain extraction) is recorded as a failed pair and the run
-goes on; the statistics drop incomplete subjects and say how many.
+last), the face mask actually applied, the two face descriptors and the
+original's re-identification distances (:mod:`isyb.study.reid_columns`). A
+rerun, or a run with an added template or subject, computes only what is
+missing; a ``metrics.json`` of another :data:`METRICS_VERSION` is recomputed.
+A template that fails for a subject (registration, brain extraction) is
+recorded as a failed pair and the run goes on; the statistics drop
+incomplete subjects and say how many.
 
 Subjects run as tasks of :func:`isyb.executor.run_tasks` (local processes or
 Dask), which also sets each task's torch and ITK threads. A task rewrites its
@@ -66,7 +68,6 @@ from isyb.evaluate.ensemble import ensemble_detect
 from isyb.evaluate.face_distance import face_distances
 from isyb.evaluate.reid import (
     FaceFrame,
-    distance_column,
     face_descriptor,
     frame_for,
     frame_samples,
@@ -78,6 +79,8 @@ from isyb.head.brain import check_brain_mask, extract_brain
 from isyb.head.morphology import bounding_box, skin_threshold
 from isyb.head.register import Registration, SubjectGrid
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
+from isyb.study.reid_columns import DISTANCE_CACHE, ReidColumn, reid_column
+from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template
 from isyb.viz.faces import face_detected
 
@@ -134,7 +137,8 @@ def _cached_json(path: Path) -> dict | None:
 
 def _current_record(path: Path, job: SubjectJob) -> dict | None:
     """The cached record if it is of this version and holds every check ``job`` asks for
-    (a record without the ``detectors``/``reid`` keys predates them and holds both)."""
+    (a record without the ``detectors``/``reid`` keys predates them and holds both), and,
+    when ``job`` re-identifies, its defaced face's descriptor is still there."""
     record = _cached_json(path)
     if not record or record.get("metrics_version") != METRICS_VERSION:
         return None
@@ -142,6 +146,8 @@ def _current_record(path: Path, job: SubjectJob) -> dict | None:
             wanted and not record.get(check, True)
             for check, wanted in (("detectors", job.detectors), ("reid", job.reid))):
         return None
+    if record.get("status") == "ok" and job.reid and not (path.parent / DESCRIPTOR).is_file():
+        return None  # its defaced face's descriptor was deleted: re-identification needs it
     return record
 
 
@@ -355,25 +361,6 @@ def _save_descriptor(path: Path, descriptor: np.ndarray) -> None:
         np.save(handle, descriptor)
 
 
-@dataclass(frozen=True)
-class ReidColumn:
-    """A task of :func:`reidentify`: one original face (``gallery``, a descriptor file)
-    against every defaced face of its template (``probes``), column ``index`` of
-    ``template``'s distance matrix."""
-
-    template: str
-    index: int
-    gallery: Path
-    probes: tuple[Path, ...]
-
-
-def reid_column(job: ReidColumn) -> tuple[str, int, np.ndarray]:
-    """``(template, index, distances)``: the surface distances (mm) of ``job.probes`` to
-    ``job.gallery`` (:func:`isyb.evaluate.reid.distance_column`)."""
-    column = distance_column(np.load(job.gallery), [np.load(path) for path in job.probes])
-    return job.template, job.index, column[None]
-
-
 def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Template],
                work: Path, options: DefaceOptions, *, executor: ExecutorOptions | None = None,
                progress: bool = False) -> pd.DataFrame:
@@ -393,9 +380,12 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     own registration would be nearly the same. NaN with fewer than two subjects.
 
     N x N fits per template (0.11-0.22 CPU s each, ``benchmarks/bench_reid.py``): one
-    task per original face (:func:`reid_column`) on ``executor`` (default: this
-    process), all templates in one :func:`isyb.executor.run_tasks` call. A column's
-    distances do not depend on where it runs, so any executor gives the same ranks. Under
+    task per original face (:func:`isyb.study.reid_columns.reid_column`) on ``executor``
+    (default: this process), all templates in one :func:`isyb.executor.run_tasks` call. A
+    column's distances do not depend on where it runs, so any executor gives the same
+    ranks. Every distance is cached by the two descriptors' contents
+    (:mod:`isyb.study.reid_columns`): a rerun fits nothing again, and one subject more
+    costs ``2N - 1`` fits per template. Under
     ``--executor dask`` without ``--dask-scheduler``, that call starts its own cluster
     (or SLURM jobs) after the subjects' has closed.
     """
@@ -418,8 +408,11 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
             gallery.append(stored)
             probes.append(pair / DESCRIPTOR)
         cohorts[template.name] = (rows, gallery, probes)
-    jobs = [ReidColumn(name, j, entry, tuple(probes))
-            for name, (_, gallery, probes) in cohorts.items() for j, entry in enumerate(gallery)]
+    jobs = []
+    for name, (_, gallery, probes) in cohorts.items():
+        probe_sha256 = tuple(sha256_file(path) for path in probes)
+        jobs += [ReidColumn(name, j, entry, sha256_file(entry), tuple(probes), probe_sha256,
+                            entry.with_name(DISTANCE_CACHE)) for j, entry in enumerate(gallery)]
     matrices = {name: np.empty((len(probes), len(gallery)))
                 for name, (_, gallery, probes) in cohorts.items()}
     for name, j, column in run_tasks(reid_column, jobs, executor or ExecutorOptions(),

@@ -1,0 +1,88 @@
+"""The tasks of ``isyb study``'s re-identification: one original face against every defaced
+face of its template, with every distance cached on disk.
+
+A distance depends only on the two descriptors' contents and the surface-match settings,
+so each is kept, keyed by the probe descriptor's SHA-256, in a file beside the gallery's
+descriptor (:data:`DISTANCE_CACHE`), which also holds the gallery descriptor's SHA-256 and
+the settings. A rerun of the study computes no fit again, an interrupted run loses at most
+the columns that were running, and a study with one subject more computes ``2N - 1`` fits
+per template, not ``N²``. JSON floats round-trip exactly, so a cached column gives the same
+ranks as a computed one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from isyb.evaluate.reid import distance_column
+from isyb.evaluate.surface_match import (
+    ICP_ITERATIONS,
+    ICP_TOLERANCE_MM,
+    MAX_SCALE_CHANGE,
+    MIN_POINTS,
+    PROBE_STRIDE,
+    SPACING_MM,
+    TRIM,
+)
+from isyb.io import write_text
+
+#: The cache of one original face's distances, in that face's pair folder.
+DISTANCE_CACHE = "reid_distances.json"
+#: What a distance depends on besides the two descriptors. ``version`` counts changes
+#: of the fit's code that its parameters do not show; a cache of other settings is unused.
+DISTANCE_SETTINGS = {"version": 1, "spacing_mm": SPACING_MM, "trim": TRIM,
+                     "probe_stride": PROBE_STRIDE, "icp_iterations": ICP_ITERATIONS,
+                     "icp_tolerance_mm": ICP_TOLERANCE_MM, "max_scale_change": MAX_SCALE_CHANGE,
+                     "min_points": MIN_POINTS}
+
+
+@dataclass(frozen=True)
+class ReidColumn:
+    """A task of :func:`isyb.study.run.reidentify`: one original face (``gallery``, a
+    descriptor file) against every defaced face of its template (``probes``), column
+    ``index`` of ``template``'s distance matrix. The ``*_sha256`` are the files' digests;
+    ``cache`` is the gallery's :data:`DISTANCE_CACHE` file."""
+
+    template: str
+    index: int
+    gallery: Path
+    gallery_sha256: str
+    probes: tuple[Path, ...]
+    probe_sha256: tuple[str, ...]
+    cache: Path
+
+
+def cached_distances(cache: Path, gallery_sha256: str) -> dict[str, float]:
+    """The distances (mm) stored in ``cache`` for this gallery face and the current
+    :data:`DISTANCE_SETTINGS`, keyed by the probe's SHA-256; empty when there are none or
+    the file is unreadable (it is then rewritten whole)."""
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if (stored["settings"] != DISTANCE_SETTINGS
+                or stored["gallery_sha256"] != gallery_sha256):
+            return {}
+        return {str(key): float(value) for key, value in stored["distances"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def reid_column(job: ReidColumn) -> tuple[str, int, np.ndarray]:
+    """``(template, index, distances)``: the surface distances (mm) of ``job.probes`` to
+    ``job.gallery`` (:func:`isyb.evaluate.reid.distance_column`), fitting only the probes
+    whose distance is not cached, then storing them with the cached ones (atomically)."""
+    known = cached_distances(job.cache, job.gallery_sha256)
+    missing = [i for i, digest in enumerate(job.probe_sha256) if digest not in known]
+    if missing:
+        computed = distance_column(np.load(job.gallery),
+                                   [np.load(job.probes[i]) for i in missing])[None]
+        known.update({job.probe_sha256[i]: float(value)
+                      for i, value in zip(missing, computed, strict=True)})
+        write_text(job.cache, json.dumps({"settings": DISTANCE_SETTINGS,
+                                          "gallery_sha256": job.gallery_sha256,
+                                          "distances": dict(sorted(known.items()))},
+                                         indent=1) + "\n")
+    return job.template, job.index, np.array([known[digest] for digest in job.probe_sha256])

@@ -32,6 +32,9 @@ import, about 1.5 CPU s) is done before the timed run and reported apart
 (``process_startup_cpu_s``): a study's workers run many subjects each, so it is
 not a cost per pair. The 2-core extrapolation assumes two such tasks at once on
 otherwise idle cores (half the CPU time of all pairs, plus each worker's start-up).
+The re-identification that follows the subjects (N × N surface fits per template) is
+timed on the sampled subjects' descriptors (``subjects²`` fits per template) and
+extrapolated to 215² × 3 fits: ``..._with_reid`` is the whole first run.
 """
 
 from __future__ import annotations
@@ -181,6 +184,10 @@ def isyb_scale(args: argparse.Namespace) -> dict:
         assert all(row["status"] == "ok" for row in rows), rows
     pairs = args.subjects * len(templates)
     per_pair = total / pairs
+    reid_fits, reid_cpu = time_reidentification(args.out / "work", run.work_name(options),
+                                                templates, args.subjects)
+    reid_cpu_h = reid_cpu / reid_fits * ISYB_SUBJECTS**2 * ISYB_TEMPLATES / 3600
+    per_subject_min = (cpu / pairs * ISYB_SUBJECTS * ISYB_TEMPLATES + 2 * startup_cpu) / 2 / 60
     return {"mode": "isyb-scale", "subjects_sampled": args.subjects,
             "templates": TEMPLATES, "method": args.method, "face_region": args.face_region,
             "face_margin_mm": options.face_margin_mm,
@@ -196,9 +203,37 @@ def isyb_scale(args: argparse.Namespace) -> dict:
             "process_startup_cpu_s": round(startup_cpu, 2),
             # two one-thread tasks at once on two otherwise idle cores: the CPU time halved,
             # plus each worker's start-up once
-            "extrapolated_215x3_min_2_tasks_idle": round(
-                (cpu / pairs * ISYB_SUBJECTS * ISYB_TEMPLATES + 2 * startup_cpu) / 2 / 60, 1),
+            "extrapolated_215x3_min_2_tasks_idle": round(per_subject_min, 1),
+            "reid_fits_timed": reid_fits,
+            "reid_cpu_s_per_fit": round(reid_cpu / reid_fits, 3),
+            "extrapolated_215x3_reid_cpu_h": round(reid_cpu_h, 2),
+            "extrapolated_215x3_min_2_tasks_idle_with_reid": round(
+                per_subject_min + reid_cpu_h * 60 / 2, 1),
             "target_per_pair_s": 3.0}
+
+
+def time_reidentification(work: Path, setting: str, templates: tuple, subjects: int
+                          ) -> tuple[int, float]:
+    """``(fits, CPU s)`` of the study's re-identification among the sampled subjects: each
+    original face against every defaced face of its template, as
+    :func:`isyb.study.reid_columns.reid_column` fits them (without its cache)."""
+    import numpy as np
+
+    from isyb.evaluate.reid import distance_column
+    from isyb.study.run import DESCRIPTOR, ORIGINAL_DESCRIPTOR
+
+    fits, cpu = 0, 0.0
+    for template in templates:
+        pairs = [work / f"sub-{index:02d}" / setting / f"tpl-{template.name}"
+                 for index in range(subjects)]
+        probes = [np.load(pair / DESCRIPTOR) for pair in pairs]
+        for pair in pairs:
+            gallery = np.load(pair / ORIGINAL_DESCRIPTOR)
+            start_cpu = time.process_time()
+            distance_column(gallery, probes)
+            cpu += time.process_time() - start_cpu
+            fits += len(probes)
+    return fits, cpu
 
 
 def main() -> int:

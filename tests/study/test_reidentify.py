@@ -166,6 +166,14 @@ def test_a_changed_descriptor_changed_settings_or_a_broken_cache_are_fitted_agai
     expected = reid.identification(cohort["gallery"], probes)
     np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])
     assert table["reid_rank"].iloc[1] > 1
+    # subject 3's original face changes (its pair was computed again): its column is refitted
+    original = tmp_path / "sub-03" / work_name(OPTIONS) / f"tpl-{default_template.name}"
+    gallery = [*cohort["gallery"][:2], (cohort["gallery"][2] + 0.1).astype(np.float32)]
+    np.save(original / ORIGINAL_DESCRIPTOR, gallery[2])
+    table, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 3
+    np.testing.assert_array_equal(table["reid_rank"],
+                                  reid.identification(gallery, probes)["ranks"])
     (folder / reid_columns.DISTANCE_CACHE).write_text("{not json")
     _, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
     assert fits == 3  # subject 2's column
@@ -191,3 +199,18 @@ def test_a_pair_whose_defaced_descriptor_was_deleted_is_computed_again(
     (pair / DESCRIPTOR).unlink()
     assert _current_record(pair / "metrics.json", job) is None
     assert _current_record(pair / "metrics.json", replace(job, reid=False)) == record
+
+
+#: ``distance_column`` of a noisy face 0 against face 1 (``_face``), as the fit gives it now.
+PINNED_DISTANCE_MM = 1.5878442155659438
+
+
+def test_a_change_of_the_fit_comes_with_a_new_cache_version() -> None:
+    """Cached distances stay valid while the fit gives the same numbers. A change of the fit
+    that changes this distance must raise ``DISTANCE_SETTINGS["version"]`` (and this pin),
+    or studies would mix old cached distances with new ones."""
+    rng = np.random.default_rng(0)
+    probe = (_face(0) + rng.normal(0, 0.3, (60, 60))).astype(np.float32)
+    assert reid_columns.DISTANCE_SETTINGS["version"] == 1
+    assert reid.distance_column(_face(1), [probe])[None][0] == pytest.approx(
+        PINNED_DISTANCE_MM, rel=1e-9)

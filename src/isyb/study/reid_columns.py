@@ -1,17 +1,24 @@
 """The tasks of ``isyb study``'s re-identification: one original face against every defaced
 face of its template, with every distance cached on disk.
 
-A distance depends only on the two descriptors' contents and the surface-match settings,
-so each is kept, keyed by the probe descriptor's SHA-256, in a file beside the gallery's
-descriptor (:data:`DISTANCE_CACHE`), which also holds the gallery descriptor's SHA-256 and
-the settings. A rerun of the study computes no fit again, an interrupted run loses at most
-the columns that were running, and a study with one subject more computes ``2N - 1`` fits
-per template, not ``N²``. JSON floats round-trip exactly, so a cached column gives the same
-ranks as a computed one.
+A distance is a function of the two descriptors' contents, the surface-match settings and
+the fit's code. Each is kept, keyed by the SHA-256 of the probe descriptor's file, in a file
+beside the gallery's descriptor (:data:`DISTANCE_CACHE`), which also holds the gallery
+file's SHA-256 and :data:`DISTANCE_SETTINGS`; its ``version`` stands for the code and is
+raised whenever a change of the fit changes a distance (a test pins one distance to
+catch a change that forgets to). A task hashes the very bytes it reads, so a descriptor
+rewritten meanwhile is never stored under another file's digest. A rerun of the study
+computes no fit again, an interrupted run loses at most the columns that were running, and a
+study with one subject more computes ``2N - 1`` fits per template, not ``N²``. JSON
+floats round-trip exactly (Python's reader takes its ``Infinity``), so a cached column
+gives the same ranks as a computed one. Entries of probes that left the study stay in the
+file (a few dozen bytes each) and serve them if they come back.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +51,13 @@ DISTANCE_SETTINGS = {"version": 1, "spacing_mm": SPACING_MM, "trim": TRIM,
 class ReidColumn:
     """A task of :func:`isyb.study.run.reidentify`: one original face (``gallery``, a
     descriptor file) against every defaced face of its template (``probes``), column
-    ``index`` of ``template``'s distance matrix. The ``*_sha256`` are the files' digests;
-    ``cache`` is the gallery's :data:`DISTANCE_CACHE` file."""
+    ``index`` of ``template``'s distance matrix; ``cache`` is the gallery's
+    :data:`DISTANCE_CACHE` file."""
 
     template: str
     index: int
     gallery: Path
-    gallery_sha256: str
     probes: tuple[Path, ...]
-    probe_sha256: tuple[str, ...]
     cache: Path
 
 
@@ -70,19 +75,30 @@ def cached_distances(cache: Path, gallery_sha256: str) -> dict[str, float]:
         return {}
 
 
+def _read(path: Path) -> tuple[str, bytes]:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def _array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data))
+
+
 def reid_column(job: ReidColumn) -> tuple[str, int, np.ndarray]:
     """``(template, index, distances)``: the surface distances (mm) of ``job.probes`` to
     ``job.gallery`` (:func:`isyb.evaluate.reid.distance_column`), fitting only the probes
     whose distance is not cached, then storing them with the cached ones (atomically)."""
-    known = cached_distances(job.cache, job.gallery_sha256)
-    missing = [i for i, digest in enumerate(job.probe_sha256) if digest not in known]
+    gallery_sha256, gallery = _read(job.gallery)
+    probes = [_read(path) for path in job.probes]
+    known = cached_distances(job.cache, gallery_sha256)
+    missing = [i for i, (digest, _) in enumerate(probes) if digest not in known]
     if missing:
-        computed = distance_column(np.load(job.gallery),
-                                   [np.load(job.probes[i]) for i in missing])[None]
-        known.update({job.probe_sha256[i]: float(value)
-                      for i, value in zip(missing, computed, strict=True)})
+        surface = distance_column(_array(gallery),
+                                  [_array(probes[i][1]) for i in missing])[None]
+        known.update({probes[i][0]: float(value)
+                      for i, value in zip(missing, surface, strict=True)})
         write_text(job.cache, json.dumps({"settings": DISTANCE_SETTINGS,
-                                          "gallery_sha256": job.gallery_sha256,
+                                          "gallery_sha256": gallery_sha256,
                                           "distances": dict(sorted(known.items()))},
                                          indent=1) + "\n")
-    return job.template, job.index, np.array([known[digest] for digest in job.probe_sha256])
+    return job.template, job.index, np.array([known[digest] for digest, _ in probes])

@@ -80,7 +80,6 @@ from isyb.head.morphology import bounding_box, skin_threshold
 from isyb.head.register import Registration, SubjectGrid
 from isyb.io import Volume, atomic_path, cast_like, load_volume, save_mask_like, write_text
 from isyb.study.reid_columns import DISTANCE_CACHE, ReidColumn, reid_column
-from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template
 from isyb.viz.faces import face_detected
 
@@ -379,7 +378,8 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     favours the attacker: the defaced brain is the original's, so an attacker's
     own registration would be nearly the same. NaN with fewer than two subjects.
 
-    N x N fits per template (0.11-0.22 CPU s each, ``benchmarks/bench_reid.py``): one
+    N x N fits per template (about 0.1-0.2 CPU s each: ``benchmarks/bench_study.py
+    --isyb-scale``, ``benchmarks/bench_reid.py``): one
     task per original face (:func:`isyb.study.reid_columns.reid_column`) on ``executor``
     (default: this process), all templates in one :func:`isyb.executor.run_tasks` call. A
     column's distances do not depend on where it runs, so any executor gives the same
@@ -408,11 +408,8 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
             gallery.append(stored)
             probes.append(pair / DESCRIPTOR)
         cohorts[template.name] = (rows, gallery, probes)
-    jobs = []
-    for name, (_, gallery, probes) in cohorts.items():
-        probe_sha256 = tuple(sha256_file(path) for path in probes)
-        jobs += [ReidColumn(name, j, entry, sha256_file(entry), tuple(probes), probe_sha256,
-                            entry.with_name(DISTANCE_CACHE)) for j, entry in enumerate(gallery)]
+    jobs = [ReidColumn(name, j, entry, tuple(probes), entry.with_name(DISTANCE_CACHE))
+            for name, (_, gallery, probes) in cohorts.items() for j, entry in enumerate(gallery)]
     matrices = {name: np.empty((len(probes), len(gallery)))
                 for name, (_, gallery, probes) in cohorts.items()}
     for name, j, column in run_tasks(reid_column, jobs, executor or ExecutorOptions(),

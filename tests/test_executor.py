@@ -23,6 +23,7 @@ from isyb.executor import (
     keep_freed_memory,
     limit_threads,
     run_tasks,
+    shared_cluster,
 )
 
 ITEMS = list(range(6))
@@ -101,6 +102,26 @@ def test_no_items_start_no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("isyb.executor._dask", refuse)
     assert list(run_tasks(_report, [], ExecutorOptions(executor="dask", nprocs=2),
                           progress=False)) == []
+
+
+def _pid(item: int) -> int:
+    return os.getpid()
+
+
+def test_calls_in_a_shared_cluster_run_on_its_workers_and_it_closes_after() -> None:
+    """Two calls, one cluster of two workers: at most two worker processes in all (a
+    cluster per call would give two each), and no scheduler after the block."""
+    from distributed import Client
+
+    with shared_cluster(ExecutorOptions(nprocs=2)) as local:
+        assert local == ExecutorOptions(nprocs=2)
+    with shared_cluster(ExecutorOptions("dask", nprocs=2)) as shared:
+        assert shared.dask_scheduler and shared.dask_cluster is None
+        workers = {pid for _ in range(2)
+                   for pid in run_tasks(_pid, ITEMS, shared, progress=False)}
+        assert 1 <= len(workers) <= 2 and os.getpid() not in workers
+    with pytest.raises((OSError, TimeoutError)):
+        Client(shared.dask_scheduler, timeout="2s")
 
 
 def test_a_killed_or_failing_dask_task_is_retried(tmp_path: Path) -> None:

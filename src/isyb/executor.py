@@ -41,7 +41,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from types import ModuleType
 from typing import Any
@@ -422,32 +422,60 @@ def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: Execu
                     "unfinished task(s) again", len(pending))
 
 
-def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
-          shown: _Progress) -> Iterator[Any]:
+@contextlib.contextmanager
+def shared_cluster(options: ExecutorOptions) -> Iterator[ExecutorOptions]:
+    """Options under which several :func:`run_tasks` calls share one Dask cluster.
+
+    Under ``--executor dask`` without ``--dask-scheduler``, each call would start its own
+    ``LocalCluster`` (or its own SLURM jobs, queued again). In this block the cluster
+    starts once, the calls connect to it as to a given scheduler, and it closes when the
+    block ends. Other options come back as they are (a local pool is started per call).
+    """
+    if options.executor != "dask" or options.dask_scheduler:
+        yield options
+        return
+    cluster = _start_cluster(options)
     try:
-        from distributed import Client, LocalCluster
-        from distributed import wait as dask_wait
+        yield replace(options, dask_scheduler=cluster.scheduler_address, dask_cluster=None)
+    finally:
+        cluster.close()
+
+
+def _distributed() -> ModuleType:
+    try:
+        import distributed
     except ImportError:
         raise IsybError("--executor dask needs dask.distributed: pip install "
                         "'dask[distributed]'") from None
+    return distributed
+
+
+def _start_cluster(options: ExecutorOptions):
+    """The cluster of ``options`` (no ``dask_scheduler``): SLURM jobs or a ``LocalCluster``
+    of ``nprocs`` single-threaded worker processes."""
+    if options.dask_cluster == "slurm":
+        return _slurm_cluster(options.nprocs)
+    return _distributed().LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+
+
+def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
+          shown: _Progress) -> Iterator[Any]:
+    distributed = _distributed()
     cluster = None
     if options.dask_scheduler:
         try:
-            client = Client(options.dask_scheduler)
+            client = distributed.Client(options.dask_scheduler)
         except (OSError, ValueError) as exc:
             raise IsybError(f"cannot reach the dask scheduler {options.dask_scheduler}: "
                             f"{exc}") from None
-    elif options.dask_cluster == "slurm":
-        cluster = _slurm_cluster(options.nprocs)
-        client = Client(cluster)
     else:
-        cluster = LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
-        client = Client(cluster)
+        cluster = _start_cluster(options)
+        client = distributed.Client(cluster)
     try:
         futures = client.map(function, list(items), pure=False, retries=options.retries)
         for future, item in _as_done(dict(zip(futures, items, strict=True)), shown,
-                                     partial(_dask_wait, dask_wait)):
+                                     partial(_dask_wait, distributed.wait)):
             result = future.result()
             shown.finish(item)
             yield result

@@ -214,3 +214,30 @@ def test_a_change_of_the_fit_comes_with_a_new_cache_version() -> None:
     assert reid_columns.DISTANCE_SETTINGS["version"] == 1
     assert reid.distance_column(_face(1), [probe])[None][0] == pytest.approx(
         PINNED_DISTANCE_MM, rel=1e-9)
+
+
+def test_under_dask_the_subjects_and_the_reidentification_share_one_cluster(
+        tmp_path: Path, default_template, monkeypatch) -> None:
+    """``collect_metrics`` under ``--executor dask`` without a scheduler: both of its
+    ``run_tasks`` calls get the address of the one cluster it started (the calls run in
+    this process here; the subject task returns the stored cohort's rows)."""
+    from isyb.study import run
+
+    cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))
+    rows = cohort["table"].to_dict("records")
+    seen: list[ExecutorOptions] = []
+
+    def in_this_process(function, items, options, **kwargs):
+        seen.append(options)
+        return [function(item) for item in items]
+
+    monkeypatch.setattr(run, "run_tasks", in_this_process)
+    monkeypatch.setattr(run, "run_subject",
+                        lambda job: [row for row in rows if row["subject"] == job.subject])
+    images = {row["subject"]: tmp_path / f"sub-{row['subject']}_T1w.nii.gz" for row in rows}
+    table = run.collect_metrics(images, [default_template], tmp_path, OPTIONS,
+                                executor=ExecutorOptions("dask", nprocs=1), progress=False)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0].dask_scheduler and seen[0].dask_cluster is None
+    expected = reid.identification(cohort["gallery"], cohort["probes"])
+    np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])

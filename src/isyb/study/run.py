@@ -74,7 +74,7 @@ from isyb.evaluate.reid import (
     identification_from_distances,
     samples_descriptor,
 )
-from isyb.executor import ExecutorOptions, run_tasks
+from isyb.executor import ExecutorOptions, run_tasks, shared_cluster
 from isyb.head.brain import check_brain_mask, extract_brain
 from isyb.head.morphology import bounding_box, skin_threshold
 from isyb.head.register import Registration, SubjectGrid
@@ -385,9 +385,9 @@ def reidentify(table: pd.DataFrame, images: dict[str, Path], templates: list[Tem
     column's distances do not depend on where it runs, so any executor gives the same
     ranks. Every distance is cached by the two descriptors' contents
     (:mod:`isyb.study.reid_columns`): a rerun fits nothing again, and one subject more
-    costs ``2N - 1`` fits per template. Under
-    ``--executor dask`` without ``--dask-scheduler``, that call starts its own cluster
-    (or SLURM jobs) after the subjects' has closed.
+    costs ``2N - 1`` fits per template. :func:`collect_metrics` hands it the subjects'
+    cluster; called alone under ``--executor dask`` without ``--dask-scheduler``, it
+    starts its own.
     """
     table = table.assign(reid_rank=np.nan, reid_rank1=np.nan)
     setting = work_name(options)
@@ -438,19 +438,22 @@ def collect_metrics(images: dict[str, Path], templates: list[Template], work: Pa
                     reid: bool = True) -> pd.DataFrame:
     """Metric rows of every subject × template (computing only the uncached ones).
 
-    ``executor`` says where the subjects run (default: one local process);
-    ``detectors`` and ``reid`` whether the face checks run (module docstring).
+    ``executor`` says where the subjects run (default: one local process); under Dask
+    without a scheduler, the subjects and the re-identification share one cluster
+    (:func:`isyb.executor.shared_cluster`). ``detectors`` and ``reid`` whether the face
+    checks run (module docstring).
     """
     jobs = [SubjectJob(s, p, tuple(templates), work, options, detectors, reid)
             for s, p in sorted(images.items())]
-    rows = [row for subject_rows in run_tasks(run_subject, jobs, executor or ExecutorOptions(),
-                                              progress=progress, desc="study")
-            for row in subject_rows]
-    # subject order, whatever order the tasks finished in: the columns follow the rows
-    table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
-    table = (reidentify(table, images, templates, work, options, executor=executor,
-                        progress=progress) if reid
-             else table.drop(columns="subject_to_template", errors="ignore"))
+    with shared_cluster(executor or ExecutorOptions()) as shared:
+        rows = [row for subject_rows in run_tasks(run_subject, jobs, shared, progress=progress,
+                                                  desc="study")
+                for row in subject_rows]
+        # subject order, whatever order the tasks finished in: the columns follow the rows
+        table = pd.DataFrame(sorted(rows, key=lambda row: row["subject"]))
+        table = (reidentify(table, images, templates, work, options, executor=shared,
+                            progress=progress) if reid
+                 else table.drop(columns="subject_to_template", errors="ignore"))
     for column in METRIC_COLUMNS:
         if column not in table:
             table[column] = np.nan

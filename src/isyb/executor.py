@@ -426,15 +426,17 @@ def _local_pool(task: Callable[[Any], Any], items: Sequence[Any], options: Execu
 def shared_cluster(options: ExecutorOptions) -> Iterator[ExecutorOptions]:
     """Options under which several :func:`run_tasks` calls share one Dask cluster.
 
-    Under ``--executor dask`` without ``--dask-scheduler``, each call would start its own
-    ``LocalCluster`` (or its own SLURM jobs, queued again). In this block the cluster
-    starts once, the calls connect to it as to a given scheduler, and it closes when the
-    block ends. Other options come back as they are (a local pool is started per call).
+    Under ``--executor dask`` without ``--dask-scheduler``, the cluster (SLURM jobs, or a
+    ``LocalCluster`` of ``nprocs`` single-threaded worker processes) starts here, once; the
+    calls connect to it as to a given scheduler, and it closes when the block ends. A call
+    outside such a block starts its own. Other options come back as they are.
     """
     if options.executor != "dask" or options.dask_scheduler:
         yield options
         return
-    cluster = _start_cluster(options)
+    cluster = (_slurm_cluster(options.nprocs) if options.dask_cluster == "slurm" else
+               _distributed().LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
+                                           processes=True, dashboard_address=None))
     try:
         yield replace(options, dask_scheduler=cluster.scheduler_address, dask_cluster=None)
     finally:
@@ -450,39 +452,24 @@ def _distributed() -> ModuleType:
     return distributed
 
 
-def _start_cluster(options: ExecutorOptions):
-    """The cluster of ``options`` (no ``dask_scheduler``): SLURM jobs or a ``LocalCluster``
-    of ``nprocs`` single-threaded worker processes."""
-    if options.dask_cluster == "slurm":
-        return _slurm_cluster(options.nprocs)
-    return _distributed().LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
-
-
 def _dask(function: Callable[[Any], Any], items: Sequence[Any], options: ExecutorOptions,
           shown: _Progress) -> Iterator[Any]:
     distributed = _distributed()
-    cluster = None
-    if options.dask_scheduler:
+    with shared_cluster(options) as connected:
         try:
-            client = distributed.Client(options.dask_scheduler)
+            client = distributed.Client(connected.dask_scheduler)
         except (OSError, ValueError) as exc:
-            raise IsybError(f"cannot reach the dask scheduler {options.dask_scheduler}: "
+            raise IsybError(f"cannot reach the dask scheduler {connected.dask_scheduler}: "
                             f"{exc}") from None
-    else:
-        cluster = _start_cluster(options)
-        client = distributed.Client(cluster)
-    try:
-        futures = client.map(function, list(items), pure=False, retries=options.retries)
-        for future, item in _as_done(dict(zip(futures, items, strict=True)), shown,
-                                     partial(_dask_wait, distributed.wait)):
-            result = future.result()
-            shown.finish(item)
-            yield result
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            futures = client.map(function, list(items), pure=False, retries=options.retries)
+            for future, item in _as_done(dict(zip(futures, items, strict=True)), shown,
+                                         partial(_dask_wait, distributed.wait)):
+                result = future.result()
+                shown.finish(item)
+                yield result
+        finally:
+            client.close()
 
 
 def _dask_wait(dask_wait: Callable, futures: list) -> None:

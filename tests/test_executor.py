@@ -109,17 +109,20 @@ def _pid(item: int) -> int:
 
 
 def test_calls_in_a_shared_cluster_run_on_its_workers_and_it_closes_after() -> None:
-    """Two calls, one cluster of two workers: at most two worker processes in all (a
-    cluster per call would give two each), and no scheduler after the block."""
+    """Two calls, one cluster of two workers: every task of both ran in one of that
+    cluster's worker processes (a cluster per call has others), and no scheduler is left
+    after the block."""
     from distributed import Client
 
     with shared_cluster(ExecutorOptions(nprocs=2)) as local:
         assert local == ExecutorOptions(nprocs=2)
     with shared_cluster(ExecutorOptions("dask", nprocs=2)) as shared:
         assert shared.dask_scheduler and shared.dask_cluster is None
-        workers = {pid for _ in range(2)
-                   for pid in run_tasks(_pid, ITEMS, shared, progress=False)}
-        assert 1 <= len(workers) <= 2 and os.getpid() not in workers
+        with Client(shared.dask_scheduler) as client:
+            cluster_workers = set(client.run(os.getpid).values())
+        assert len(cluster_workers) == 2 and os.getpid() not in cluster_workers
+        for _ in range(2):
+            assert set(run_tasks(_pid, ITEMS, shared, progress=False)) <= cluster_workers
     with pytest.raises((OSError, TimeoutError)):
         Client(shared.dask_scheduler, timeout="2s")
 

@@ -6,9 +6,11 @@ to a ``dask.distributed`` client: a running scheduler (``--dask-scheduler
 tcp://host:8786``), a SLURM cluster through dask-jobqueue (``--dask-cluster
 slurm``; its queue, cores and memory come from dask's configuration, e.g.
 ``~/.config/dask/jobqueue.yaml``), or else a ``LocalCluster`` of ``nprocs``
-single-threaded worker processes. Tasks get ``retries`` so that a lost worker's
-task is run again elsewhere; tasks are idempotent (atomic writes, outputs
-rewritten whole), so a retry cannot leave a mixed result. The local pool does
+single-threaded worker processes; the cluster starts per call, or once for the
+calls in a :func:`shared_cluster` block (``isyb study``'s subjects and
+re-identification). Tasks get ``retries`` so that a lost worker's task is run
+again elsewhere; tasks are idempotent (atomic writes, outputs rewritten whole),
+so a retry cannot leave a mixed result. The local pool does
 the same: a worker process that dies (killed, out of memory) breaks the pool,
 so a fresh pool runs every unfinished task again; a task that was running when
 a worker died more than ``retries`` times is refused with a one-line error.
@@ -428,8 +430,9 @@ def shared_cluster(options: ExecutorOptions) -> Iterator[ExecutorOptions]:
 
     Under ``--executor dask`` without ``--dask-scheduler``, the cluster (SLURM jobs, or a
     ``LocalCluster`` of ``nprocs`` single-threaded worker processes) starts here, once; the
-    calls connect to it as to a given scheduler, and it closes when the block ends. A call
-    outside such a block starts its own. Other options come back as they are.
+    calls connect to it as to a given scheduler, and it closes when the block ends. It starts
+    on entry, even if no task follows. A call outside such a block starts its own. Other
+    options come back as they are.
     """
     if options.executor != "dask" or options.dask_scheduler:
         yield options

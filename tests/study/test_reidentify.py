@@ -183,9 +183,9 @@ def test_a_changed_descriptor_changed_settings_or_a_broken_cache_are_fitted_agai
     assert fits == 9
 
 
-def test_a_pair_whose_defaced_descriptor_was_deleted_is_computed_again(
+def test_a_pair_whose_descriptor_was_deleted_or_damaged_is_computed_again(
         tmp_path: Path, default_template) -> None:
-    """A cached record is not current when re-identification needs its deleted
+    """A cached record is not current when re-identification needs its deleted or damaged
     descriptor; a run without re-identification still uses it."""
     pair = tmp_path / "sub-01" / work_name(OPTIONS) / f"tpl-{default_template.name}"
     pair.mkdir(parents=True)
@@ -196,6 +196,12 @@ def test_a_pair_whose_defaced_descriptor_was_deleted_is_computed_again(
     job = SubjectJob("01", tmp_path / "sub-01_T1w.nii.gz", (default_template,), tmp_path,
                      OPTIONS)
     assert _current_record(pair / "metrics.json", job) == record
+    (pair / ORIGINAL_DESCRIPTOR).write_bytes(b"not an array")
+    assert _current_record(pair / "metrics.json", job) is None
+    np.save(pair / ORIGINAL_DESCRIPTOR, _face(0))
+    assert _current_record(pair / "metrics.json", job) == record
+    (pair / DESCRIPTOR).write_bytes((pair / DESCRIPTOR).read_bytes()[:100])  # cut short
+    assert _current_record(pair / "metrics.json", job) is None
     (pair / DESCRIPTOR).unlink()
     assert _current_record(pair / "metrics.json", job) is None
     assert _current_record(pair / "metrics.json", replace(job, reid=False)) == record

@@ -137,7 +137,7 @@ def _cached_json(path: Path) -> dict | None:
 def _current_record(path: Path, job: SubjectJob) -> dict | None:
     """The cached record if it is of this version and holds every check ``job`` asks for
     (a record without the ``detectors``/``reid`` keys predates them and holds both), and,
-    when ``job`` re-identifies, its defaced face's descriptor is still there."""
+    when ``job`` re-identifies, its descriptors are readable (:func:`_descriptors_readable`)."""
     record = _cached_json(path)
     if not record or record.get("metrics_version") != METRICS_VERSION:
         return None
@@ -145,9 +145,24 @@ def _current_record(path: Path, job: SubjectJob) -> dict | None:
             wanted and not record.get(check, True)
             for check, wanted in (("detectors", job.detectors), ("reid", job.reid))):
         return None
-    if record.get("status") == "ok" and job.reid and not (path.parent / DESCRIPTOR).is_file():
-        return None  # its defaced face's descriptor was deleted: re-identification needs it
+    if record.get("status") == "ok" and job.reid and not _descriptors_readable(path.parent):
+        return None  # re-identification needs them
     return record
+
+
+def _descriptors_readable(pair: Path) -> bool:
+    """Whether a pair's defaced face's descriptor is there and each of its two descriptors
+    that is there reads as an array (a deleted or damaged file makes the pair stale; a
+    missing original's descriptor is computed by :func:`reidentify`)."""
+    if not (pair / DESCRIPTOR).is_file():
+        return False
+    for path in (pair / DESCRIPTOR, pair / ORIGINAL_DESCRIPTOR):
+        try:
+            if path.is_file():
+                np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def _template_key(template: Template) -> dict:

@@ -127,6 +127,39 @@ def test_calls_in_a_shared_cluster_run_on_its_workers_and_it_closes_after() -> N
         Client(shared.dask_scheduler, timeout="2s")
 
 
+def test_a_slurm_cluster_is_closed_when_its_jobs_cannot_be_asked_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``SLURMCluster`` whose ``scale`` raises (sbatch refused the jobs) is closed, not
+    left with its scheduler running; one that scales is closed after the block."""
+    import types
+
+    events: list[str] = []
+
+    class FakeSLURMCluster:
+        scheduler_address = "tcp://127.0.0.1:1"
+
+        def scale(self, jobs: int) -> None:
+            events.append(f"scale {jobs}")
+            if refuse:
+                raise RuntimeError("sbatch: error: invalid partition")
+
+        def close(self) -> None:
+            events.append("close")
+
+    monkeypatch.setitem(sys.modules, "dask_jobqueue",
+                        types.SimpleNamespace(SLURMCluster=FakeSLURMCluster))
+    options = ExecutorOptions("dask", nprocs=3, dask_cluster="slurm")
+    refuse = True
+    with pytest.raises(RuntimeError, match="invalid partition"), shared_cluster(options):
+        raise AssertionError("the block ran without jobs")
+    assert events == ["scale 3", "close"]
+    refuse, events[:] = False, []
+    with shared_cluster(options) as shared:
+        assert shared.dask_scheduler == FakeSLURMCluster.scheduler_address
+        assert events == ["scale 3"]
+    assert events == ["scale 3", "close"]
+
+
 def test_a_killed_or_failing_dask_task_is_retried(tmp_path: Path) -> None:
     results = run_tasks(_Faulty(tmp_path), ITEMS, ExecutorOptions("dask", nprocs=2),
                         progress=False)

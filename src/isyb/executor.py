@@ -437,10 +437,13 @@ def shared_cluster(options: ExecutorOptions) -> Iterator[ExecutorOptions]:
     if options.executor != "dask" or options.dask_scheduler:
         yield options
         return
-    cluster = (_slurm_cluster(options.nprocs) if options.dask_cluster == "slurm" else
+    slurm = options.dask_cluster == "slurm"
+    cluster = (_slurm_cluster() if slurm else
                _distributed().LocalCluster(n_workers=options.nprocs, threads_per_worker=1,
                                            processes=True, dashboard_address=None))
     try:
+        if slurm:
+            cluster.scale(jobs=options.nprocs)
         yield replace(options, dask_scheduler=cluster.scheduler_address, dask_cluster=None)
     finally:
         cluster.close()
@@ -480,9 +483,10 @@ def _dask_wait(dask_wait: Callable, futures: list) -> None:
         dask_wait(futures, timeout=POLL_S, return_when="FIRST_COMPLETED")
 
 
-def _slurm_cluster(jobs: int):
-    """A dask-jobqueue ``SLURMCluster`` of ``jobs`` worker jobs, configured by dask's
-    ``jobqueue.slurm`` settings (a YAML file or ``DASK_JOBQUEUE__SLURM__*`` variables)."""
+def _slurm_cluster():
+    """A dask-jobqueue ``SLURMCluster``, not yet scaled (:func:`shared_cluster` asks for the
+    jobs inside the block that closes it), configured by dask's ``jobqueue.slurm``
+    settings (a YAML file or ``DASK_JOBQUEUE__SLURM__*`` variables)."""
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
@@ -493,5 +497,4 @@ def _slurm_cluster(jobs: int):
     except (OSError, ValueError, RuntimeError) as exc:
         raise IsybError(f"cannot start the SLURM cluster (set cores, memory, queue... in "
                         f"dask's jobqueue.slurm configuration): {exc}") from None
-    cluster.scale(jobs=jobs)
     return cluster

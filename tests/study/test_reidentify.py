@@ -152,6 +152,36 @@ def test_one_subject_more_fits_only_its_row_and_column(
     np.testing.assert_array_equal(table["reid_rank"], expected["ranks"])
 
 
+def _strict_json(text: str) -> dict:
+    """``text`` read as RFC 8259 JSON: NaN and Infinity are refused."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_infinite_distance_is_cached_as_strict_json(
+        tmp_path: Path, default_template, monkeypatch) -> None:
+    """Subject 2's defaced face is empty (nothing left to compare: distance ``inf``). The
+    cache stores ``null`` for it, a strict JSON reader takes every cache file, and the rerun
+    fits nothing and gives the same ranks."""
+    cohort = _stored(tmp_path, default_template, 3)
+    empty = tmp_path / "sub-02" / work_name(OPTIONS) / f"tpl-{default_template.name}"
+    np.save(empty / DESCRIPTOR, np.full_like(cohort["probes"][1], np.nan))
+    first, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 9
+    caches = sorted(tmp_path.glob(f"sub-*/*/*/{reid_columns.DISTANCE_CACHE}"))
+    assert len(caches) == 3
+    for cache in caches:
+        distances = _strict_json(cache.read_text())["distances"]
+        assert sum(value is None for value in distances.values()) == 1
+    again, fits = _reidentify(cohort, tmp_path, default_template, monkeypatch)
+    assert fits == 0
+    pd.testing.assert_frame_equal(again, first)
+    # the empty face is infinitely far from every original: a three-way tie, rank (1+2+3)/3
+    assert first["reid_rank"].iloc[1] == 2.0
+
+
 def test_a_changed_descriptor_changed_settings_or_a_broken_cache_are_fitted_again(
         tmp_path: Path, default_template, monkeypatch) -> None:
     cohort = _stored(tmp_path, default_template, 3, impostor=(0, 1))

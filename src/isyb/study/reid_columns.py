@@ -10,8 +10,9 @@ catch a change that forgets to). A task hashes the very bytes it reads, so a des
 rewritten meanwhile is never stored under another file's digest. A rerun of the study
 computes no fit again, an interrupted run loses at most the columns that were running, and a
 study with one subject more computes ``2N - 1`` fits per template, not ``N²``. JSON
-floats round-trip exactly (Python's reader takes its ``Infinity``), so a cached column
-gives the same ranks as a computed one. Entries of probes that left the study stay in the
+floats round-trip exactly, so a cached column gives the same ranks as a computed one. The
+file is strict JSON (RFC 8259, readable by ``jq``): a face too small to compare, whose
+distance is infinite, is stored as ``null``. Entries of probes that left the study stay in the
 file (a few dozen bytes each) and serve them if they come back.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +72,8 @@ def cached_distances(cache: Path, gallery_sha256: str) -> dict[str, float]:
         if (stored["settings"] != DISTANCE_SETTINGS
                 or stored["gallery_sha256"] != gallery_sha256):
             return {}
-        return {str(key): float(value) for key, value in stored["distances"].items()}
+        return {str(key): math.inf if value is None else float(value)
+                for key, value in stored["distances"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -97,8 +100,9 @@ def reid_column(job: ReidColumn) -> tuple[str, int, np.ndarray]:
                                   [_array(probes[i][1]) for i in missing])[None]
         known.update({probes[i][0]: float(value)
                       for i, value in zip(missing, surface, strict=True)})
+        stored = {digest: None if value == math.inf else value
+                  for digest, value in sorted(known.items())}
         write_text(job.cache, json.dumps({"settings": DISTANCE_SETTINGS,
                                           "gallery_sha256": gallery_sha256,
-                                          "distances": dict(sorted(known.items()))},
-                                         indent=1) + "\n")
+                                          "distances": stored}, indent=1, allow_nan=False) + "\n")
     return job.template, job.index, np.array([known[digest] for digest, _ in probes])

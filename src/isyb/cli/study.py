@@ -95,9 +95,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--no-reid", dest="reid", action="store_false",
                        help="skip the geometric face checks (face distances, "
                        "re-identification): their metrics.tsv columns stay empty. "
-                       "Re-identification is N x N surface fits per template, about 5-6 CPU "
-                       "hours for 215 subjects x 3 templates on the first run (each distance "
-                       "is cached)")
+                       "Re-identification is N x N surface fits per template, about 4.9-6.4 "
+                       "CPU hours for 215 subjects x 3 templates on the first run (each "
+                       "distance is cached)")
     study.add_argument("--note", default="", help="a caption printed on the figure and tables")
     executor_arguments(study, "subjects")
     study.set_defaults(handler=cmd_study)

@@ -10,6 +10,7 @@ from matplotlib import image as mpimg
 
 from isyb.derive.group import (
     GroupInputError,
+    _fsaverage5,
     group_mean_sd,
     project_to_fsaverage5,
     surface_figure,
@@ -96,3 +97,25 @@ def test_surface_figure_writes_the_two_row_layout_with_the_blob_on_the_left(
     assert counts[0] > 500
     assert counts[1] == counts[2] == counts[3] == 0
     assert red[280:].sum() == 0
+
+
+def test_the_fsaverage5_held_in_memory_is_nilearns_and_read_only() -> None:
+    """The figure draws from meshes read once per process (:func:`_fsaverage5`); they
+    hold nilearn's coordinates, faces and sulcal depth, and no caller can change them."""
+    from nilearn import datasets
+
+    held = _fsaverage5()
+    assert held is _fsaverage5()
+    fsaverage = datasets.load_fsaverage("fsaverage5")
+    sulcal = datasets.load_fsaverage_data(mesh="fsaverage5", mesh_type="inflated",
+                                          data_type="sulcal")
+    for hemi in ("left", "right"):
+        for kind in ("pial", "white_matter", "inflated"):
+            mesh = getattr(fsaverage, kind).parts[hemi]
+            np.testing.assert_array_equal(held[kind][hemi].coordinates, mesh.coordinates)
+            np.testing.assert_array_equal(held[kind][hemi].faces, mesh.faces)
+            with pytest.raises(ValueError, match="read-only"):
+                held[kind][hemi].coordinates[0, 0] = 0.0
+        np.testing.assert_array_equal(held["sulcal"][hemi], sulcal.data.parts[hemi])
+        with pytest.raises(ValueError, match="read-only"):
+            held["sulcal"][hemi][0] = 0.0

@@ -11,6 +11,7 @@ drawn on the inflated surface over its sulcal depth.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,36 @@ def group_mean_sd(maps: Sequence[np.ndarray], valid: Sequence[np.ndarray]) -> Gr
     return GroupMaps(mean=mean, sd=sd, mask=mask, n=n)
 
 
+@functools.cache
+def _fsaverage5() -> dict[str, dict]:
+    """nilearn's fsaverage5 held in memory, read once per process: ``pial``,
+    ``white_matter`` and ``inflated`` meshes and the inflated ``sulcal`` depth, per
+    hemisphere (arrays read-only).
+
+    nilearn's ``load_fsaverage`` gives meshes that read their GIFTI file again each time
+    their coordinates are asked for: 106 reads, 0.5 CPU s of a 3.5 s figure.
+    """
+    from nilearn import datasets
+    from nilearn.surface import InMemoryMesh
+
+    def frozen(array: np.ndarray) -> np.ndarray:
+        array = np.array(array)
+        array.setflags(write=False)
+        return array
+
+    fsaverage = datasets.load_fsaverage("fsaverage5")
+    sulcal = datasets.load_fsaverage_data(mesh="fsaverage5", mesh_type="inflated",
+                                          data_type="sulcal")
+    surfaces = {kind: {hemi: InMemoryMesh(frozen(mesh.parts[hemi].coordinates),
+                                          frozen(mesh.parts[hemi].faces))
+                       for hemi in HEMISPHERES}
+                for kind, mesh in (("pial", fsaverage.pial),
+                                   ("white_matter", fsaverage.white_matter),
+                                   ("inflated", fsaverage.inflated))}
+    surfaces["sulcal"] = {hemi: frozen(sulcal.data.parts[hemi]) for hemi in HEMISPHERES}
+    return surfaces
+
+
 def project_to_fsaverage5(volume: np.ndarray, affine: np.ndarray, *,
                           mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Values of a 3-D MNI-space map at the fsaverage5 vertices, per hemisphere.
@@ -82,7 +113,7 @@ def project_to_fsaverage5(volume: np.ndarray, affine: np.ndarray, *,
     Sampled between the white and pial surfaces (10 depths, trilinear), ignoring samples
     outside ``mask`` (default: the finite voxels); NaN at vertices with no sample inside.
     """
-    from nilearn import datasets, surface
+    from nilearn import surface
 
     volume = np.asarray(volume, dtype=np.float64)
     if volume.ndim != 3:
@@ -95,13 +126,13 @@ def project_to_fsaverage5(volume: np.ndarray, affine: np.ndarray, *,
     affine = np.asarray(affine, dtype=np.float64)
     image = nib.Nifti1Image(np.where(inside, volume, 0.0), affine)
     mask_image = nib.Nifti1Image(inside.astype(np.uint8), affine)
-    fsaverage = datasets.load_fsaverage("fsaverage5")
+    fsaverage = _fsaverage5()
     textures = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
         for hemi in HEMISPHERES:
             textures[hemi] = surface.vol_to_surf(
-                image, fsaverage.pial.parts[hemi], inner_mesh=fsaverage.white_matter.parts[hemi],
+                image, fsaverage["pial"][hemi], inner_mesh=fsaverage["white_matter"][hemi],
                 mask_img=mask_image)
     return textures
 
@@ -135,7 +166,7 @@ def surface_figure(mean: np.ndarray, sd: np.ndarray, affine: np.ndarray, out_png
     from matplotlib import cm, colors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from nilearn import datasets, plotting
+    from nilearn import plotting
 
     from isyb.io import atomic_path
 
@@ -144,9 +175,7 @@ def surface_figure(mean: np.ndarray, sd: np.ndarray, affine: np.ndarray, out_png
         raise GroupInputError(f"mean {np.shape(mean)} and SD {np.shape(sd)} differ in shape")
     rows = (("mean", project_to_fsaverage5(mean, affine, mask=mask)),
             ("SD", project_to_fsaverage5(sd, affine, mask=mask)))
-    fsaverage = datasets.load_fsaverage("fsaverage5")
-    sulcal = datasets.load_fsaverage_data(mesh="fsaverage5", mesh_type="inflated",
-                                          data_type="sulcal")
+    fsaverage = _fsaverage5()
     figure = Figure(figsize=(12.0, 5.6), dpi=dpi)
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=14)
@@ -158,8 +187,8 @@ def surface_figure(mean: np.ndarray, sd: np.ndarray, affine: np.ndarray, out_png
             axes = figure.add_axes((0.06 + 0.205 * column, bottom, 0.2, 0.4),
                                    projection="3d")
             plotting.plot_surf_stat_map(
-                fsaverage.inflated.parts[hemi], textures[hemi], hemi=hemi, view=view,
-                bg_map=sulcal.data.parts[hemi], cmap=cmap, vmin=vmin, vmax=vmax,
+                fsaverage["inflated"][hemi], textures[hemi], hemi=hemi, view=view,
+                bg_map=fsaverage["sulcal"][hemi], cmap=cmap, vmin=vmin, vmax=vmax,
                 colorbar=False, axes=axes, figure=figure, bg_on_data=True, darkness=None)
             if row == 0:
                 axes.set_title(f"{hemi} {view}", fontsize=10)

@@ -10,8 +10,10 @@ leaves a half-written output behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -202,6 +204,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def move_tree(staged: Path, target: Path) -> None:
+    """Move every file below ``staged`` to the same place below ``target``, each by one
+    atomic rename, or by an atomic copy when the two are on different file systems."""
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        destination = target / path.relative_to(staged)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with atomic_path(destination) as tmp:
+                shutil.copy2(path, tmp)
 
 
 def sweep_partial(folder: str | os.PathLike) -> list[Path]:

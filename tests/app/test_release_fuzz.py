@@ -232,10 +232,15 @@ def test_a_bad_release_policy_is_refused_before_any_work(fuzzed: dict, tmp_path:
 
 
 @pytest.mark.parametrize("command", [["deface"], []], ids=["deface", "bids-app"])
+@pytest.mark.parametrize("text", [
+    '{"RepetitionTime": 2.3,',
+    # json.loads keeps the last value; the raw file would publish the first
+    '{"SeriesDescription": "Ottoline Whitcombe", "SeriesDescription": "rest"}',
+], ids=["truncated", "key-twice"])
 def test_a_malformed_sidecar_is_refused_before_any_work(tmp_path: Path, command: list[str],
-                                                        capsys) -> None:
+                                                        text: str, capsys) -> None:
     bids = build_demo_dataset(tmp_path / "bids", n_subjects=1)
-    (bids / "sub-01" / "anat" / "sub-01_T1w.json").write_text('{"RepetitionTime": 2.3,')
+    (bids / "sub-01" / "anat" / "sub-01_T1w.json").write_text(text)
     out = tmp_path / "out"
     level = [] if command else ["participant"]
     code = main([*command, str(bids), str(out), *level])

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 from isyb.app.release import ReleaseOptions, release_group, release_participants
@@ -78,6 +79,17 @@ DESCRIPTION = {"Acknowledgements": "Thanks to Leopold Farquharson, phone +49 30 
 HEADER = {"descrip": "Zoltan Hrabowski 1966-09-30", "aux_file": "AUXSECRET77",
           "extension": "PatientName=Hrabowski^Zoltan"}
 IGNORED = ("extra/notes_2010-10-11.txt", "Siobhan Tetlow")
+#: Bypasses a review found after the fuzz campaign (the release had passed with all of them):
+#: a compressed table and a ragged table with text, header
+#: text outside the four usual fields and bytes between the header and the data, a
+#: second README, a whole number equal to a dropped ID, a date in a key of a kept object.
+RAGGED_EVENTS = "onset\tduration\nHallie Brookhurst\t0\t1\n"
+PHYSIO = "0.5\t1\ncalled Evadne Quarrington, mobile 0171 555 0199\t2\n"
+HEADER_TEXT = {"data_type": b"Thornbury", "db_name": b"Ulverstone Reg"}
+GAP_TEXT = b"PatientName=Whitlowe^Ermintrude DOB=1962-04-17"
+README_TXT = "Scanned by radiographer Lavinia Oakenshaw\n"
+NUMBER_ID = 88124477
+LEVEL_DATE = "pilot 2016-03-05"
 
 
 def _values(item) -> list[str]:
@@ -93,6 +105,9 @@ def planted_values() -> list[str]:
     groups = [SIDECAR_01, KEPT_FREE_TEXT_01, SIDECAR_02, KEPT_FREE_TEXT_02, TOP_SIDECAR,
               PARTICIPANTS, SCANS_01, DESCRIPTION, HEADER]
     values = [v for group in groups for v in _values(group)]
+    values += ["Hallie Brookhurst", "Evadne Quarrington",
+               "0171 555 0199", *(v.decode() for v in HEADER_TEXT.values()), "Whitlowe",
+               "Ermintrude", "1962-04-17", "Lavinia Oakenshaw", str(NUMBER_ID), "2016-03-05"]
     values += ["Dr. Ignatius Pembrook", "555-314-1592", "2012-08-09", "Marisol Quenneville",
                IGNORED[0].split("_")[-1].removesuffix(".txt"), IGNORED[1],
                "Farquharson", "+49 30 901820", "Cordelia Vanstone", "Orla Brennigan"]
@@ -114,11 +129,26 @@ def _dates(value: str) -> list[str]:
 
 def build_planted(root: Path) -> Path:
     """The demo dataset with every item above planted."""
-    bids = build_demo_dataset(root / "bids", n_subjects=2)
+    bids = build_demo_dataset(root / "bids", n_subjects=2, modalities=("anat", "func"))
     anat1, anat2 = bids / "sub-01/anat", bids / "sub-02/anat"
     sidecar = json.loads((anat1 / "sub-01_T1w.json").read_text())
     (anat1 / "sub-01_T1w.json").write_text(json.dumps(
-        {**sidecar, **SIDECAR_01, **KEPT_FREE_TEXT_01}))
+        {**sidecar, **SIDECAR_01, **KEPT_FREE_TEXT_01, "OtherPatientNumber": str(NUMBER_ID),
+         "AcquisitionNumber": NUMBER_ID}))
+    func = bids / "sub-01/func"
+    (func / "sub-01_task-rest_events.tsv").write_text(RAGGED_EVENTS)
+    (func / "sub-01_task-rest_physio.tsv.gz").write_bytes(gzip.compress(PHYSIO.encode()))
+    (func / "sub-01_task-rest_physio.json").write_text(json.dumps(
+        {"SamplingFrequency": 50, "StartTime": 0, "Columns": ["cardiac", "respiratory"]}))
+    bold = nib.load(func / "sub-01_task-rest_bold.nii.gz")
+    for field, value in HEADER_TEXT.items():
+        bold.header[field] = value
+    raw = bytearray(nib.Nifti1Image(bold.get_fdata(dtype="float32"), bold.affine,
+                                    bold.header).to_bytes())  # vox_offset 352, then data
+    raw[352:352] = GAP_TEXT + b"\0" * (-len(GAP_TEXT) % 16)  # data moved after the text
+    raw[108:112] = np.float32(352 + len(GAP_TEXT) + (-len(GAP_TEXT) % 16)).tobytes()
+    (func / "sub-01_task-rest_bold.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    (bids / "README.txt").write_text(README_TXT)
     sidecar = json.loads((anat2 / "sub-02_T1w.json").read_text())
     (anat2 / "sub-02_T1w.json").write_text(json.dumps(
         {**sidecar, **SIDECAR_02, **KEPT_FREE_TEXT_02}))
@@ -130,7 +160,8 @@ def build_planted(root: Path) -> Path:
              for i, line in enumerate(lines[1:])]
     (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
     (bids / "participants.json").write_text(json.dumps(
-        {"mrn": {"Description": "record number, e.g. MRN0048213"}}))
+        {"mrn": {"Description": "record number, e.g. MRN0048213"},
+         "sex": {"Levels": {"F": "female", LEVEL_DATE: "first pilot"}}}))
     (bids / "sub-01/sub-01_scans.tsv").write_text(
         "filename\t" + "\t".join(SCANS_01) + "\nanat/sub-01_T1w.nii.gz\t"
         + "\t".join(SCANS_01.values()) + "\n")
@@ -310,3 +341,35 @@ def test_description_and_readme_take_only_name_license_and_authors(tmp_path: Pat
     readme = (out / "README.md").read_text()
     assert "CC-BY-4.0" in readme and "Ada Lovelace" in readme and "555" not in readme
     assert (out / "CHANGES").read_text().startswith("1.0.0 2026-01-01\n")
+
+
+def test_a_group_level_that_fails_leaves_nothing_unscrubbed_and_no_complete_claim(
+        released, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The top-level files are scrubbed in the work folder and only then moved into the
+    release, and an earlier run's ``"complete": true`` goes before the work starts."""
+    from isyb.errors import IsybError
+
+    out, bids, work = released["out"], released["bids"], released["work"]
+    published = (out / "participants.tsv").read_text()
+
+    def fail(*args, **kwargs):
+        raise IsybError("scrub failed")
+
+    monkeypatch.setattr("isyb.app.dataset_files.scrub_in_place", fail)
+    with pytest.raises(IsybError, match="scrub failed"):
+        release_group(bids, out, work, TEMPLATE, OPTIONS)
+    assert (out / "participants.tsv").read_text() == published  # not the raw copy
+    summary = json.loads((out / "derivatives/isyb/release_summary.json").read_text())
+    assert summary["complete"] is False
+    monkeypatch.undo()
+    assert release_group(bids, out, work, TEMPLATE, OPTIONS)["complete"] is True
+    assert (out / "participants.tsv").read_text() == published
+
+
+def test_a_second_readme_is_withheld_not_copied(released) -> None:
+    """The source has README and README.txt: isyb writes its own README.txt (the first
+    name BIDS lists that the source uses), and withholds the other."""
+    out, work = released["out"], released["work"]
+    assert not (out / "README").exists()
+    assert "README\tanother README" in (work / "withheld.tsv").read_text()
+    assert "Release notes (isyb)" in (out / "README.txt").read_text()

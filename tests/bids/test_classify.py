@@ -101,6 +101,13 @@ CASES = [
     ("sub-01/ses-1/anat/sub-01_T1w.nii.gz", "head", "withheld", "start with sub-01_ses-1_"),
     ("sub-01/ses-1/sub-01_ses-1_scans.tsv", "text", "copy", ""),
     ("sub-01/ses-1/sub-01_ses-1_T1w.nii.gz", "head", "withheld", "outside a datatype folder"),
+    # What the scrub could not read as other readers do: withheld, not copied as it is.
+    ("sub-01/func/sub-01_task-rest_events.tsv", "ragged", "withheld", "as many fields"),
+    ("sub-01/func/sub-01_task-rest_physio.tsv.gz", "numbers", "copy", ""),
+    ("sub-01/func/sub-01_task-rest_stim.tsv.gz", "wordsgz", "withheld", "more than numbers"),
+    ("sub-01/anat/sub-01_T1w.json", "dupjson", "withheld", "names a key twice"),
+    ("task-rest_bold.json", "dupjson", "withheld", "names a key twice"),
+    ("participants.json", "listjson", "withheld", "not a JSON object"),
 ]
 
 
@@ -117,6 +124,16 @@ def plant(root: Path, relative: str, how: str | None) -> None:
         text(path, json.dumps({"Blob": "x" * (2 << 20)}))
     elif how == "badjson":
         text(path, "[1, 2")
+    elif how == "ragged":  # pandas would take the name for a row label, outside any column
+        text(path, "onset\tduration\nHallie Brookhurst\t0\t1\n")
+    elif how in ("numbers", "wordsgz"):
+        rows = "0.5\t1\tn/a\n1.5\t-2e3\t3\n" + ("called Hallie\t0\t0\n" if how == "wordsgz"
+                                                 else "")
+        path.write_bytes(gzip.compress(rows.encode()))
+    elif how == "dupjson":
+        text(path, '{"SeriesDescription": "Ottoline Whitcombe", "SeriesDescription": "rest"}')
+    elif how == "listjson":
+        text(path, '["Ottoline Whitcombe"]')
     elif how == "dicom":
         path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 200)
     elif how == "outside":
@@ -134,7 +151,7 @@ def plant(root: Path, relative: str, how: str | None) -> None:
 
 
 @pytest.mark.parametrize(("relative", "how", "kind", "reason"), CASES,
-                         ids=[c[0] for c in CASES])
+                         ids=[f"{c[0]}:{c[1]}" for c in CASES])
 def test_each_case(dataset: Path, relative: str, how: str | None, kind: str,
                    reason: str) -> None:
     if how is not None:

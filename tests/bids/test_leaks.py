@@ -174,3 +174,66 @@ def test_pictures_embedded_in_a_page_are_searched_as_pictures(tmp_path: Path) ->
     (tmp_path / "report.html").write_text(f'<img src="data:image/png;base64,{hidden}">')
     findings = scan_release(tmp_path, needles, load_policy())
     assert [f["where"] for f in findings] == ["content", "content"]  # Jane, Doe
+
+
+def test_every_header_field_that_can_carry_text_and_the_bytes_before_the_data_are_searched(
+        tmp_path: Path) -> None:
+    """NIfTI-1's data_type and unused ANALYZE numbers, NIfTI-2's unused_str, and text a
+    writer left between the header and the data: each flagged until the scrub clears it."""
+    import gzip
+
+    from isyb.bids.scrub import scrub_nifti_file
+
+    one = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    one.header["data_type"] = b"ZXQWARD7"
+    one.header["glmax"] = 77831942
+    raw = bytearray(one.to_bytes())
+    raw[352:352] = b"Zyxwar^Quentina\0"  # 16 bytes: the data now starts at 368
+    raw[108:112] = np.float32(368).tobytes()
+    (tmp_path / "sub-01_T1w.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    two = nib.Nifti2Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    two.header["unused_str"] = b"ZXQWARD7"
+    two.to_filename(tmp_path / "sub-01_T2w.nii")
+    needles = _needles(("Zyxwar^Quentina", "name"), ("ZXQWARD7", "text"),
+                       ("77831942", "id"))
+    policy = load_policy()
+    findings = {(f["file"], f["where"], f["kind"]) for f in scan_release(tmp_path, needles,
+                                                                         policy)}
+    assert findings == {
+        ("sub-01_T1w.nii.gz", "header data_type", "not cleared"),
+        ("sub-01_T1w.nii.gz", "header data_type", "text"),
+        ("sub-01_T1w.nii.gz", "header glmax", "not cleared"),
+        ("sub-01_T1w.nii.gz", "header glmax", "id"),
+        ("sub-01_T1w.nii.gz", "header before the data", "not cleared"),
+        ("sub-01_T1w.nii.gz", "header before the data", "name"),
+        ("sub-01_T2w.nii", "header unused_str", "not cleared"),
+        ("sub-01_T2w.nii", "header unused_str", "text")}
+    for name in ("sub-01_T1w.nii.gz", "sub-01_T2w.nii"):
+        before = np.asarray(nib.load(tmp_path / name).dataobj)
+        changes = scrub_nifti_file(tmp_path / name, tmp_path / name, policy, name)
+        assert changes and all(c.action == "clear" for c in changes)
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / name).dataobj), before)
+        assert scrub_nifti_file(tmp_path / name, tmp_path / name, policy, name) == []
+    assert scan_release(tmp_path, needles, policy) == []
+
+
+def test_a_kept_whole_number_equal_to_a_dropped_id_is_found_and_dropped(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    (bids / "sub-01/anat").mkdir(parents=True)
+    sidecar = bids / "sub-01/anat/sub-01_T1w.json"
+    sidecar.write_text(json.dumps({"PatientID": "77831942", "AcquisitionNumber": 77831942,
+                                   "EchoTime": 0.003}))
+    policy = load_policy()
+    needles = dataset_needles(bids, policy)  # a kept number makes the ID no public value
+    release = tmp_path / "release"
+    shutil.copytree(bids, release)
+    assert {f["where"] for f in scan_release(release, needles, policy)} == {
+        "key PatientID", "value PatientID", "value AcquisitionNumber"}
+    changes = scrub_in_place(release, [Path("sub-01/anat/sub-01_T1w.json")], policy, b"key",
+                             needles=needles)
+    assert json.loads(sidecar.read_text())["AcquisitionNumber"] == 77831942  # the input
+    assert json.loads((release / "sub-01/anat/sub-01_T1w.json").read_text()) == {
+        "EchoTime": 0.003}
+    assert {(c.key, c.action) for c in changes} == {("PatientID", "drop"),
+                                                    ("AcquisitionNumber", "drop")}
+    assert scan_release(release, needles, policy) == []

@@ -11,14 +11,17 @@ dataset's identifying values (:mod:`isyb.bids.leaks`) is redacted.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from isyb import __version__
+from isyb.bids.classify import Item
 from isyb.bids.identifiers import REDACTED, Needles
 from isyb.bids.layout import BIDS_VERSION, describe_derivatives, read_description, source_dataset
-from isyb.bids.scrub import redact_text
-from isyb.io import write_text
+from isyb.bids.scrub import Change, Policy, redact_text, scrub_in_place
+from isyb.deface.dataset import copy_file
+from isyb.io import move_tree, write_text
 from isyb.templates.registry import Template
 
 if TYPE_CHECKING:
@@ -42,6 +45,44 @@ This release was prepared with isyb {version} on {date}:
 
 
 DESCRIPTION_FIELDS = ("Name", "License", "Authors")
+#: The names BIDS allows for a dataset's README. The release's README is written by isyb
+#: under the first of them the source uses (:func:`readme_name`); no source README is
+#: copied, and the source's other READMEs are withheld.
+README_NAMES = ("README.md", "README.rst", "README.txt", "README")
+#: The top-level files that isyb writes for the release instead of copying the source's.
+WRITTEN_BY_ISYB = ("dataset_description.json", *README_NAMES, "CHANGES")
+
+
+def readme_name(bids_dir: Path) -> str:
+    """The name of the release's README: the first of :data:`README_NAMES` in ``bids_dir``."""
+    return next((n for n in README_NAMES if (bids_dir / n).is_file()), "README")
+
+
+def withhold_other_readmes(items: list[Item], bids_dir: Path) -> list[Item]:
+    """``items`` with each source README that the release's README does not replace
+    marked withheld (free text, like the one replaced)."""
+    replaced = readme_name(bids_dir)
+    return [Item(i.relative, i.source, "withheld",
+                 reason="another README (the release's README is written by isyb)")
+            if i.kind == "top" and i.output in README_NAMES and i.output != replaced else i
+            for i in items]
+
+
+def publish_top_level(top: list[Item], out_dir: Path, stage: Path, policy: Policy,
+                      key: bytes, needles: Needles) -> list[Change]:
+    """Copy the top-level files ``top`` into a fresh ``stage`` folder, scrub them there
+    (:func:`isyb.bids.scrub.scrub_in_place`) and move them into the release: an error or a
+    kill before the scrub has finished leaves no unscrubbed file in the release, as the
+    participant level's staging does for the subjects' files. Returns the scrub's changes."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for item in top:
+        copy_file(item.source, stage / item.output)
+    changes = scrub_in_place(stage, [Path(i.output) for i in top], policy, key,
+                             needles=needles)
+    move_tree(stage, out_dir)
+    return changes
 
 
 def write_description(bids_dir: Path, out_dir: Path, template: Template,
@@ -91,8 +132,7 @@ def write_readme_and_changes(bids_dir: Path, out_dir: Path, template: Template,
                               options: ReleaseOptions, today: str, description: dict) -> None:
     """README and CHANGES from isyb's templates (the source's are never copied: they
     can hold names, phone numbers, dates). The README keeps the source's file name."""
-    readme = next((n for n in ("README.md", "README.rst", "README.txt")
-                   if (bids_dir / n).is_file()), "README")
+    readme = readme_name(bids_dir)
     authors = description.get("Authors") or ["not given"]
     text = README_TEMPLATE.format(name=description["Name"],
                                   license=description.get("License", "not given"),

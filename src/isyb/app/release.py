@@ -59,7 +59,6 @@ keeps the results independent of the executor and of the number of processes.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import json
 import logging
@@ -75,7 +74,13 @@ import pandas as pd
 
 from isyb import __version__
 from isyb.app.checks import check_executor, check_inputs
-from isyb.app.dataset_files import write_description, write_readme_and_changes
+from isyb.app.dataset_files import (
+    WRITTEN_BY_ISYB,
+    publish_top_level,
+    withhold_other_readmes,
+    write_description,
+    write_readme_and_changes,
+)
 from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
 from isyb.app.references import withhold_faces
 from isyb.bids.classify import (
@@ -96,7 +101,7 @@ from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, Steps, run_tasks
-from isyb.io import atomic_path, sweep_partial, write_text
+from isyb.io import atomic_path, move_tree, sweep_partial, write_text
 from isyb.templates.fetch import sha256_file
 from isyb.templates.registry import Template
 
@@ -333,26 +338,16 @@ def _copy_subject(task: SubjectTask, target: Path) -> None:
 
 
 def _publish(staged: Path, out_dir: Path, subject: str) -> None:
-    """Move every file of ``staged`` to the same place in ``out_dir``, each by one atomic
-    rename (an atomic copy when the work folder is on another file system), after removing
-    the files of ``out_dir/sub-<subject>`` that this run did not stage (an earlier run's
-    copy of an image whose defacing now failed, of a file no longer in the input)."""
-    files = [p for p in sorted(staged.rglob("*")) if p.is_file()]
-    keep = {p.relative_to(staged) for p in files}
+    """Move every file of ``staged`` to the same place in ``out_dir`` (:func:`move_tree`),
+    after removing the files of ``out_dir/sub-<subject>`` that this run did not stage (an
+    earlier run's copy of an image whose defacing now failed, of a file no longer in the
+    input)."""
+    keep = {p.relative_to(staged) for p in staged.rglob("*") if p.is_file()}
     root = out_dir / f"sub-{subject}"
     for path in sorted(root.rglob("*")) if root.is_dir() else ():
         if path.is_file() and path.relative_to(out_dir) not in keep:
             path.unlink()
-    for path in files:
-        target = out_dir / path.relative_to(staged)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, target)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            with atomic_path(target) as tmp:
-                shutil.copy2(path, tmp)
+    move_tree(staged, out_dir)
 
 
 def participant_tasks(bids_dir: Path, out_dir: Path, work_dir: Path, template: Template,
@@ -431,22 +426,23 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
         return summary
     for path in sweep_partial(out_dir):
         log.warning("removed %s, left by an interrupted run", path)
+    # An earlier run's "complete" must not outlive a group level that fails from here on.
+    write_text(out_dir / DERIVATIVES / "release_summary.json", json.dumps(
+        {"isyb_version": __version__, "complete": False, "group_level": "not finished"},
+        indent=2) + "\n")
     before = image_stamps(out_dir)  # the gate accepts the images this run writes
     today = release_date()
     # Deny by default: only the top-level files the release policy allows; the list of
     # withheld files stays in the work folder (file names can identify people).
-    items = classify_dataset(bids_dir, release_policy)
-    top = [i for i in items if i.kind == "top" and i.output not in (
-        "dataset_description.json", "README", "README.md", "CHANGES")]
-    for item in top:
-        copy_file(item.source, out_dir / item.output)
+    items = withhold_other_readmes(classify_dataset(bids_dir, release_policy), bids_dir)
+    top = [i for i in items if i.kind == "top" and i.output not in WRITTEN_BY_ISYB]
     faces = [Item(w["path"], bids_dir / w["path"], "withheld", reason=w["reason"])
              for m in manifests.values() for w in m.get("deface", {}).get("withheld", [])]
     items = sorted([*items, *faces], key=lambda i: i.relative)
     write_text(work_dir / "withheld.tsv", withheld_tsv(items))
     needles = dataset_needles(bids_dir, policy)
-    changes = scrub_in_place(out_dir, [Path(i.output) for i in top], policy, scrub_key(work_dir),
-                             needles=needles)
+    changes = publish_top_level(top, out_dir, work_dir / "stage" / "top", policy,
+                                scrub_key(work_dir), needles)
     description = write_description(bids_dir, out_dir, template, options, needles)
     write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
 

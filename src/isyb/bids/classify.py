@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import json
 import os
 import re
 import stat
@@ -47,7 +46,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from isyb.bids.layout import parse_entities, read_policy
+from isyb.bids.layout import (
+    BIDSInputError,
+    RepeatedKeyError,
+    parse_entities,
+    parse_json,
+    read_policy,
+    read_table,
+)
 from isyb.errors import IsybError
 
 WITHHELD_COLUMNS = ("path", "reason")
@@ -278,7 +284,9 @@ class Classifier:
         content = sniff(path)
         if content == "dicom":
             return withheld("DICOM file")
-        return self._by_place(relative, path, parts, content)
+        item = self._by_place(relative, path, parts, content)
+        why = unscrubbable(path, item.output) if item.kind in ("top", "copy") else None
+        return withheld(why) if why else item
 
     def _by_place(self, relative: str, path: Path, parts: list[str],
                   content: str | None) -> Item:
@@ -353,12 +361,6 @@ class Classifier:
         if size > self.policy.max_sidecar_bytes:
             return Item(relative, path, "withheld",
                         reason=f"sidecar larger than {self.policy.max_sidecar_bytes} bytes")
-        try:
-            value = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            value = None
-        if not isinstance(value, dict):
-            return Item(relative, path, "withheld", reason="sidecar is not a JSON object")
         kind = "top" if "/" not in relative else "copy"
         return Item(relative, path, kind, output=output)
 
@@ -369,6 +371,39 @@ class Classifier:
         parts = stem.split("_")
         return parts[-1] in self.policy.all_suffixes and \
             all(_ENTITY.match(p) and not p.startswith("sub-") for p in parts[:-1])
+
+
+def unscrubbable(path: Path, output: str) -> str | None:
+    """Why a table or JSON file cannot go into a release as the scrub would read it
+    (None: it can). A ``.tsv`` must be UTF-8 with unique column names and as many fields
+    in every row (:func:`isyb.bids.layout.read_table`): in a ragged table, pandas takes the
+    extra first field for a row label, so a name there would pass the column allow-list
+    unseen. A ``.tsv.gz`` (BIDS physiological and stimulus recordings: no header, columns
+    named in the sidecar) must hold numbers only, since no column of it can be checked.
+    A ``.json`` must be one object that names no key twice."""
+    import pandas as pd
+
+    if output.endswith(".tsv"):
+        try:
+            read_table(path)
+        except BIDSInputError:
+            return "table is not UTF-8 with one header and as many fields in every row"
+    elif output.endswith(".tsv.gz"):
+        try:
+            pd.read_csv(path, sep="\t", header=None, dtype=float, na_values=["n/a"],
+                        keep_default_na=False, compression="gzip")
+        except (OSError, EOFError, ValueError, UnicodeDecodeError):
+            return "compressed table that holds more than numbers"
+    elif output.endswith(".json"):
+        try:
+            value = parse_json(path.read_text(encoding="utf-8"))
+        except RepeatedKeyError:
+            return "JSON object that names a key twice"
+        except (OSError, UnicodeDecodeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            return "not a JSON object"
+    return None
 
 
 def _collisions(items: list[Item]) -> list[Item]:

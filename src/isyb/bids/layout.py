@@ -199,13 +199,33 @@ def metadata(bids_dir: Path, image: Path) -> dict:
 NUMERIC_FIELDS = {"RepetitionTime": 0.0}
 
 
+class RepeatedKeyError(ValueError):
+    """A JSON object that names a key twice (:func:`parse_json`)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise RepeatedKeyError(f"the key {key!r} appears more than once in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that refuses (:class:`RepeatedKeyError`) an object naming a key
+    twice. The standard reader keeps the last value, so such a sidecar would show the
+    scrubber one value and a reader that keeps the first (or the raw bytes) another."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from ``path`` (a sidecar or description); anything else, or a
     :data:`NUMERIC_FIELDS` value that is not a finite number above its bound, is a
     one-line error naming the file."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BIDSInputError(f"{path.name}: cannot be read as JSON ({exc})") from None
     if not isinstance(value, dict):
         raise BIDSInputError(f"{path.name}: expected a JSON object")

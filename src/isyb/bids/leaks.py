@@ -40,16 +40,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import numpy as np
 
 from isyb.bids.identifiers import Identifier, Needles, expand, pattern_hits
-from isyb.bids.scrub import Policy, describes_table, table_kind
+from isyb.bids.layout import parse_json
+from isyb.bids.scrub import Policy, data_gap, describes_table, header_content, table_kind
 
 PASSED_DESCRIPTION = ("Name", "BIDSVersion", "DatasetType", "License", "Authors")
 TEXT_SUFFIXES = (".tsv", ".json", ".txt", ".md", ".html", ".htm", ".svg", ".csv", ".bval",
@@ -78,12 +77,14 @@ def _kind(key: str) -> str:
     return "text"
 
 
-def _strings(value: Any) -> list[str]:
+def _strings(value: Any, numbers: bool = True) -> list[str]:
+    """The keys and values in ``value`` as text; numbers left out unless ``numbers``."""
     if isinstance(value, dict):
-        return [s for k, v in value.items() for s in (k, *_strings(v))]
+        return [s for k, v in value.items() for s in (k, *_strings(v, numbers))]
     if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, bool) or value is None:
+        return [s for v in value for s in _strings(v, numbers)]
+    if isinstance(value, bool) or value is None or (not numbers and isinstance(value, int
+                                                                               | float)):
         return []
     return [str(value)]
 
@@ -140,8 +141,8 @@ def collect_identifiers(bids_dir: Path, policy: Policy) -> tuple[list[Identifier
                     found += [i for s in _strings(value) for i in expand(s, "date", source)]
                 elif key in policy.free_text or table_json:
                     found += [i for s in _strings(value) for i in _hits(s, source)]
-                else:
-                    public.update(_strings(value))
+                else:  # a kept number makes no dropped ID public (the scrub drops it)
+                    public.update(_strings(value, numbers=False))
         elif path.name.endswith(".tsv"):
             try:
                 table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -180,8 +181,8 @@ def _numbers_only(path: Path) -> bool:
 
 def _json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        value = parse_json(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -191,26 +192,29 @@ def _is_text(path: Path) -> bool:
         return b"\x00" not in stream.read(8192)
 
 
-def _header_text(header) -> dict[str, bytes]:
-    fields = {f: np.asarray(header[f]).tobytes().strip(b"\x00 ")
-              for f in ("descrip", "aux_file", "db_name", "intent_name") if f in header}
+def _header_text(path: Path, image) -> dict[str, bytes]:
+    """What an image file holds besides geometry and voxels: :func:`header_content`, each
+    extension, and the bytes between the header and the data (:func:`data_gap`)."""
+    header = image.header
+    fields = header_content(header)
     for index, extension in enumerate(header.extensions):
         content = extension.get_content()
         fields[f"extension {index}"] = content if isinstance(content, bytes) else \
             str(content).encode()
+    fields["before the data"] = data_gap(path, image)
     return fields
 
 
 def _header_identifiers(path: Path, name: str) -> list[Identifier]:
     try:
-        header = nib.load(str(path)).header
+        fields = _header_text(path, nib.load(str(path)))
     except UNREADABLE:  # an unreadable image has no header to search
         return []
     found = []
-    for field, raw in _header_text(header).items():
+    for field, raw in fields.items():
         text = raw.decode(errors="replace")
         source = f"{name}:header {field}"
-        if field == "descrip" or field == "aux_file":
+        if field in ("descrip", "aux_file", "before the data"):
             found += expand(text, "text", source)
         found += _hits(text, source)
         for match in re.finditer(r"(?:Patient\w*|Name)\s*[=:]\s*([^\s;,]+)", text):
@@ -238,23 +242,22 @@ def scan_release(out_dir: Path, needles: Needles, policy: Policy) -> list[dict]:
         if path.name.endswith((".nii", ".nii.gz")):
             findings_before = len(findings)
             try:
-                header = nib.load(str(path)).header
+                fields = _header_text(path, nib.load(str(path)))
             except UNREADABLE:  # search its bytes instead
-                header = None
-            if header is not None:
-                for field, raw in _header_text(header).items():
-                    cleared = policy.nifti_extensions == "drop" if field.startswith(
-                        "extension") else policy.nifti_header.get(field) == "clear"
-                    if cleared and raw:
-                        add(name, f"header {field}", "not cleared")
-                    for hit in needles.search_bytes(raw):
-                        add(name, f"header {field}", hit.kind, hit.source)
-            if header is None and len(findings) == findings_before:
+                fields = None
+            for field, raw in (fields or {}).items():
+                cleared = policy.nifti_extensions == "drop" if field.startswith(
+                    "extension") else policy.nifti_header.get(field, "clear") == "clear"
+                if cleared and raw:
+                    add(name, f"header {field}", "not cleared")
+                for hit in needles.search_bytes(raw):
+                    add(name, f"header {field}", hit.kind, hit.source)
+            if fields is None and len(findings) == findings_before:
                 _search_bytes(path, name, needles, add)
         elif path.name.endswith(".json"):
             try:
-                value = json.loads(path.read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                value = parse_json(path.read_text())
+            except (UnicodeDecodeError, ValueError):  # also a key named twice
                 _search_bytes(path, name, needles, add)
                 continue
             if raw_data and isinstance(value, dict) and path.name != "dataset_description.json":
@@ -278,8 +281,8 @@ def _walk(value: Any, file: str, where: str, needles: Needles, add) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _walk(item, file, f"{where}{index}/", needles, add)
-    elif isinstance(value, str):
-        for hit in needles.search(value):
+    elif isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        for hit in needles.search(str(value)):
             add(file, f"value {where.rstrip('/')}", hit.kind, hit.source)
 
 

@@ -29,8 +29,16 @@ with the source of its lists) says what may stay; everything else goes:
   that cannot be parsed as a date or time is dropped (it cannot be shown
   safely).
 * ``nifti_header`` fields (``descrip``, ``aux_file``, ``db_name``,
-  ``intent_name``) are cleared, and ``nifti_extensions: drop`` removes every
-  header extension (where dcm2niix and scanners put DICOM text).
+  ``intent_name``) are cleared, and so is every other header field that can
+  carry content (any text field, ANALYZE's unused numbers: :func:`header_content`)
+  unless the policy lists it as ``keep``; ``nifti_extensions: drop`` removes
+  every header extension (where dcm2niix and scanners put DICOM text); bytes
+  between the header and the data are dropped.
+* A key of a kept JSON object that holds identifying text is dropped with its
+  entry, and so is a whole number equal to one of the dataset's identifying
+  values (an ID kept as a number). A table must be rectangular and a JSON
+  file one object naming each key once (:func:`isyb.bids.classify.unscrubbable`
+  withholds the others).
 
 Every change is returned as a :class:`Change` so that the caller can write
 ``scrub_report.tsv``; the old value is never recorded there (the report is
@@ -40,6 +48,7 @@ part of the release).
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import hmac
 import json
@@ -53,7 +62,7 @@ import nibabel as nib
 import numpy as np
 
 from isyb.bids.identifiers import REDACTED, Needles, pattern_hits
-from isyb.bids.layout import read_policy
+from isyb.bids.layout import parse_json, read_policy, read_table
 from isyb.errors import IsybError
 
 ACTIONS = ("keep", "drop", "shift")
@@ -179,7 +188,9 @@ def scrub_sidecar(metadata: dict, policy: Policy, offset: dt.timedelta, file: st
     for key, value in metadata.items():
         action = policy.action(key)
         if action == "keep":
-            out[key] = _redact(value, key in policy.free_text, needles, file, key, changes)
+            clean = _redact(value, key in policy.free_text, needles, file, key, changes)
+            if clean is not _DROP:
+                out[key] = clean
         elif action == "shift":
             moved = shift_value(value, offset)
             if moved is None:
@@ -200,32 +211,96 @@ def redact_text(text: str, free_text: bool, needles: Needles | None) -> str | No
     return ", ".join(kinds) or None
 
 
+#: What :func:`_redact` gives for an entry that must go with its key or list place.
+_DROP = object()
+
+
 def _redact(value: Any, free_text: bool, needles: Needles | None, file: str, path: str,
             changes: list[Change]) -> Any:
+    """``value`` with its identifying text redacted: strings are replaced by
+    ``[redacted]``; an object's key that would need it, and a whole number that is one of
+    ``needles`` (an ID kept as a number), are dropped with their entry (:data:`_DROP`)."""
+    def place(key: object) -> str:
+        return f"{path}/{key}" if path else str(key)
+
     if isinstance(value, dict):
-        return {k: _redact(v, free_text, needles, file, f"{path}/{k}", changes)
-                for k, v in value.items()}
+        out = {}
+        for key, item in value.items():
+            why = redact_text(str(key), free_text, needles)
+            if why:  # the report names the place, never the key itself
+                changes.append(Change(file, "json", place("[key]"), "drop", f"key holds {why}"))
+                continue
+            clean = _redact(item, free_text, needles, file, place(key), changes)
+            if clean is not _DROP:
+                out[key] = clean
+        return out
     if isinstance(value, list):
-        return [_redact(v, free_text, needles, file, f"{path}/{i}", changes)
-                for i, v in enumerate(value)]
+        kept = (_redact(v, free_text, needles, file, place(i), changes)
+                for i, v in enumerate(value))
+        return [v for v in kept if v is not _DROP]
     if isinstance(value, str):
         why = redact_text(value, free_text, needles)
         if why:
             changes.append(Change(file, "json", path, "redact", why))
             return REDACTED
+    if isinstance(value, int) and not isinstance(value, bool) and needles is not None \
+            and needles.search(str(value)):
+        changes.append(Change(file, "json", path, "drop", "dataset value"))
+        return _DROP
     return value
 
 
+#: ANALYZE 7.5 header numbers that NIfTI leaves unused: any tool may fill them.
+UNUSED_NUMBERS = ("extents", "session_error", "glmax", "glmin")
+#: Header text that is format, not content: NIfTI's magic string and ANALYZE's one-byte
+#: ``regular`` flag.
+FORMAT_TEXT = ("magic", "regular")
+#: The most bytes read between a header and its data (:func:`data_gap`).
+MAX_GAP_BYTES = 64 << 20
+
+
+def header_content(header: nib.Nifti1Header) -> dict[str, bytes]:
+    """Every field of a NIfTI-1/2 header that can carry content rather than geometry, as
+    bytes (empty when blank or zero): each text field but :data:`FORMAT_TEXT`
+    (``descrip``, ``aux_file``, ``intent_name``; NIfTI-1's ``data_type`` and ``db_name``;
+    NIfTI-2's ``unused_str``), and each of :data:`UNUSED_NUMBERS` in decimal."""
+    fields = {}
+    for name in header.structarr.dtype.names:
+        value = header[name]
+        if header.structarr.dtype[name].kind == "S" and name not in FORMAT_TEXT:
+            fields[name] = np.asarray(value).tobytes().strip(b"\x00 ")
+        elif name in UNUSED_NUMBERS:
+            fields[name] = str(int(value)).encode() if value else b""
+    return fields
+
+
+def data_gap(path: Path, image: nib.Nifti1Image) -> bytes:
+    """The bytes of a single-file NIfTI between its header (with extensions) and its voxel
+    data, less zeros at either end: nothing in a file nibabel wrote, but another writer
+    can leave any text there, which no header field shows (at most 64 MiB are read)."""
+    header = image.header
+    start = header.sizeof_hdr + 4 + sum(e.get_sizeondisk() for e in header.extensions)
+    end = min(int(getattr(image.dataobj, "offset", start)), start + MAX_GAP_BYTES)
+    if end <= start:
+        return b""
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as stream:
+        return stream.read(end)[start:].strip(b"\x00")
+
+
 def scrub_header(image: nib.Nifti1Image, policy: Policy, file: str) -> list[Change]:
-    """Clear the policy's NIfTI header fields and extensions of ``image`` in place."""
+    """Clear in place what ``image``'s header holds that the policy does not keep: the
+    fields it lists as ``clear``, and every field of :func:`header_content` it does not
+    list as ``keep`` (fail closed); and its extensions when it drops them."""
     changes = []
     header = image.header
-    for field, action in policy.nifti_header.items():
-        if action != "clear" or field not in header:
+    content = header_content(header)
+    listed = [f for f, action in policy.nifti_header.items() if action == "clear"]
+    for field in [*listed, *(f for f in content if f not in policy.nifti_header)]:
+        if field not in header:
             continue
-        current = np.asarray(header[field]).tobytes().strip(b"\x00 ")
+        current = content.get(field, np.asarray(header[field]).tobytes().strip(b"\x00 "))
         if current:
-            header[field] = b""
+            header[field] = b"" if header.structarr.dtype[field].kind == "S" else 0
             changes.append(Change(file, "nifti_header", field, "clear"))
     if policy.nifti_extensions == "drop" and len(header.extensions):
         codes = ",".join(str(int(e.get_code())) for e in header.extensions)
@@ -235,7 +310,8 @@ def scrub_header(image: nib.Nifti1Image, policy: Policy, file: str) -> list[Chan
 
 
 def scrub_nifti_file(source: Path, target: Path, policy: Policy, file: str) -> list[Change]:
-    """Copy ``source`` to ``target`` with a scrubbed header; voxel bytes and scaling unchanged.
+    """Copy ``source`` to ``target`` with a scrubbed header and nothing between the header
+    and the data (:func:`data_gap`); voxel bytes and scaling unchanged.
 
     Returns the changes; when there are none the caller may copy the file as is.
     """
@@ -245,6 +321,9 @@ def scrub_nifti_file(source: Path, target: Path, policy: Policy, file: str) -> l
     if not isinstance(image, nib.Nifti1Image):
         raise IsybError(f"{source}: header scrubbing needs a NIfTI-1/2 image")
     changes = scrub_header(image, policy, file)
+    if data_gap(source, image):
+        changes.append(Change(file, "nifti_header", "vox_offset", "clear",
+                              "bytes between the header and the data"))
     if not changes:
         return changes
     raw, slope, inter = stored_data(image)
@@ -331,24 +410,22 @@ def scrub_in_place(root: Path, files: list[Path], policy: Policy, key: bytes, *,
             continue
         elif path.name.endswith(".json"):
             metadata = _read_json(path)
-            if not isinstance(metadata, dict):
-                continue
+            if not isinstance(metadata, dict):  # withheld by the classification
+                raise IsybError(f"{name}: expected a JSON object, not scrubbed")
             if describes_table(path.name):
                 allowed = policy.columns.get(table_kind(path.name), ())
                 found = [Change(name, "json", k, "drop", "column not in the policy's "
                                 "allow-list") for k in metadata if k not in allowed]
-                clean = {k: _redact(v, True, needles, name, k, found)
-                         for k, v in metadata.items() if k in allowed}
+                clean = _redact({k: v for k, v in metadata.items() if k in allowed}, True,
+                                needles, name, "", found)
             else:
                 clean, found = scrub_sidecar(metadata, policy, offset, name, needles=needles)
             if found:
                 write_text(path, json.dumps(clean, indent=2) + "\n")
                 changes.extend(found)
         elif path.name.endswith(".tsv"):
-            try:
-                table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-            except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-                raise IsybError(f"{path}: cannot be read as a table ({exc})") from None
+            rows = read_table(path)  # a ragged row would shift pandas' columns
+            table = pd.DataFrame(rows[1:], columns=rows[0], dtype=str)
             clean, found = scrub_table(table, policy, offset, name, needles=needles)
             if found:
                 write_text(path, clean.to_csv(sep="\t", index=False))
@@ -358,8 +435,8 @@ def scrub_in_place(root: Path, files: list[Path], policy: Policy, key: bytes, *,
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return parse_json(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise IsybError(f"{path}: cannot be read as JSON ({exc})") from None
 
 

@@ -109,6 +109,47 @@ def test_bad_maps_and_folders_are_clear_errors(flat, tmp_path: Path, capsys) -> 
     assert_one_line_error(code, capsys.readouterr().err, "named group")
 
 
+def test_merge_keeps_the_existing_dataset_description(flat, tmp_path: Path, capsys) -> None:
+    source, mapping = flat
+    bids = tmp_path / "lab"
+    bids.mkdir()
+    description = {"Name": "Lab cohort", "BIDSVersion": "1.8.0", "License": "CC0",
+                   "Authors": ["A. Author"], "GeneratedBy": [{"Name": "heudiconv"}]}
+    (bids / "dataset_description.json").write_text(json.dumps(description))
+    (bids / "participants.tsv").write_text("participant_id\tage\nsub-L01\t40\n")
+    before = (bids / "dataset_description.json").read_bytes()
+    code = main(["import", str(source), str(bids), "--map", str(mapping), "--merge",
+                 "--name", "ignored"])
+    assert code == 0, capsys.readouterr().err
+    assert (bids / "dataset_description.json").read_bytes() == before
+    assert pd.read_csv(bids / "participants.tsv", sep="\t")["participant_id"].tolist() == [
+        "sub-L01", "sub-P001", "sub-P002"]
+
+
+def test_rerun_keeps_what_the_lab_added_to_the_description(flat, tmp_path: Path) -> None:
+    source, mapping = flat
+    bids = tmp_path / "bids"
+    import_flat(source, bids, mapping, name="first")
+    path = bids / "dataset_description.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "License": "CC0"}))
+    before = path.read_bytes()
+    import_flat(source, bids, mapping, name="second")
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", np.random.default_rng(0).bytes(300)],
+                         ids=["empty", "binary"])
+def test_unreadable_map_is_one_line_and_writes_nothing(flat, tmp_path: Path, capsys,
+                                                       content: bytes) -> None:
+    source, _ = flat
+    bad = tmp_path / "map.tsv"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    code = main(["import", str(source), str(out), "--map", str(bad)])
+    assert_one_line_error(code, capsys.readouterr().err, str(bad), "mapping table")
+    assert not out.exists()
+
+
 def test_demo_flat_folder_imports_into_a_valid_dataset(tmp_path: Path) -> None:
     from isyb.synthetic.demo import build_demo_flat
 

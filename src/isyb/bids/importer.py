@@ -69,11 +69,17 @@ class Series:
 
 
 def read_map(path: Path) -> list[Rule]:
-    """The mapping table, checked."""
+    """The mapping table, checked.
+
+    A file that is not a tab-separated UTF-8 table (empty, binary, unreadable) is a
+    one-line error naming it, raised before :func:`import_flat` writes anything.
+    """
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as exc:
-        raise IsybError(f"{path}: cannot read the mapping table ({exc})") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise IsybError(f"{path}: cannot read the mapping table; expected tab-separated "
+                        f"UTF-8 text with a header row ({exc})") from None
     missing = [c for c in MAP_COLUMNS if c not in table]
     if missing:
         raise IsybError(f"{path}: mapping table lacks column(s) {', '.join(missing)} "
@@ -193,6 +199,13 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
     dataset by mistake would silently mix two cohorts. A folder it made is filled
     again (a rerun resumes). An existing dataset must be readable. Neither folder may
     contain the other.
+
+    An existing ``dataset_description.json`` is kept as it is, never rewritten or merged
+    into: it is the dataset's own (``Name``, ``License``, ``Authors``, its ``GeneratedBy``,
+    or what the lab added to one ``isyb import`` made, and ``name`` is then ignored). No
+    ``isyb import`` entry is added to it either, as that would make a dataset imported
+    into with ``merge`` pass as one ``isyb import`` made, and later imports would no
+    longer need ``merge``.
     """
     check_separate(source, bids_dir)
     if not merge and not _made_by_import(bids_dir):
@@ -212,7 +225,7 @@ def import_flat(source: Path, bids_dir: Path, map_path: Path, *,
     participants = bids_dir / "participants.tsv"
     if participants.is_file() and "participant_id" not in read_table(participants)[0]:
         raise IsybError(f"{participants}: no participant_id column")
-    else:
+    if not description.is_file():
         write_text(description, json.dumps({"Name": name or bids_dir.name,
                                             "BIDSVersion": BIDS_VERSION,
                                             "DatasetType": "raw",

@@ -7,7 +7,8 @@ Exit codes, the same for every command:
   on stderr and in the outputs;
 * 2: refused before any work (bad input or options); one line on stderr,
   ``isyb: error: ...``, and nothing written; also a full disk or a read-only output
-  during the work (one line; files already finished are complete, none is half-written);
+  during the work (one line; files already finished are complete, none is half-written),
+  and a path the command cannot use (:data:`PATH_FAULTS`, below);
 * 130: interrupted; finished files are complete and a rerun resumes.
 
 Messages go through :mod:`logging` (logger ``isyb``) to stderr: ``-v`` adds
@@ -38,6 +39,15 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: read-only file system): one line and exit 2, like a refused input. Every output is
 #: written atomically, so nothing half-written is left; a rerun resumes.
 WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+#: Errors of a path the command cannot use: no permission, a file where a folder is needed
+#: (an output under ``notes.txt/``) or a folder where a file is (``--output`` a folder). One
+#: line, ``isyb: error: <path>: <reason>``, and exit 2. The commands check their output
+#: locations before any work, so these are mostly refusals with nothing written. One that
+#: comes during the work (the folder changed under a running command, an input that cannot
+#: be read) cannot tell here whether something was written; it then means what a read-only
+#: output means (finished files are complete, none is half-written, fix the path and rerun
+#: to resume), not exit 1, which says that the run finished with only some items failed.
+PATH_FAULTS = (errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 LEVELS = ("participant", "group")
 COMMANDS = ("deface", "templates", "evaluate", "study", "qc", "derive", "split", "import",
             "demo", APP)
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except IsybError as exc:
         return _refused(exc)
     except OSError as exc:
+        if exc.errno in PATH_FAULTS:
+            return _path_fault(exc)
         if exc.errno not in WRITE_FAULTS:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
@@ -140,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         print("isyb: interrupted; finished files are complete, rerun to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _path_fault(exc: OSError) -> int:
+    """One line for a :data:`PATH_FAULTS` error, naming the path at fault: a rename's
+    target (``filename2``; its source is isyb's temporary file), else the path."""
+    where = exc.filename2 or exc.filename
+    prefix = f"{where}: " if where else ""
+    print(f"isyb: error: {prefix}{exc.strerror or exc}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def _refused(exc: IsybError) -> int:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from isyb.cli.options import (
     check_in_out,
+    check_not_input,
+    check_output_file,
+    check_writable,
     executor_arguments,
     executor_options,
     failure,
@@ -190,6 +193,9 @@ def cmd_deface(args: argparse.Namespace) -> int:
     from isyb.io import load_image, load_volume, sweep_partial_of
 
     check_paths(args.input, args.output, force=args.force, save_mask=args.save_mask)
+    for path, option in ((args.output, "OUT"), (args.save_mask, "--save-mask")):
+        if path is not None:
+            check_output_file(path, option)  # before the minutes of work, not after
     load_image(args.input)  # a bad input fails now, not after a first template preparation
     for path in (args.output, args.save_mask):
         for partial in sweep_partial_of(path) if path else ():
@@ -234,6 +240,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from isyb.evaluate.anonymization import check_same_grid, evaluate_defacing, save_renders
     from isyb.io import load_volume, strip_image_suffix
 
+    renders = args.renders or Path(f"{strip_image_suffix(args.defaced)}_renders.png")
+    check_not_input(renders, [args.original, args.defaced, args.mask, args.brain_mask],
+                    "--renders")
+    check_output_file(renders, "--renders")
     original, defaced = load_volume(args.original), load_volume(args.defaced)
     check_same_grid(original, defaced, ("ORIG", "DEFACED"))
     mask_volume = load_volume(args.mask)
@@ -251,7 +261,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     record = evaluate_defacing(original, defaced, mask_volume.data > 0, brain=brain,
                                nmi_method=args.nmi, ensemble=args.detect == "ensemble",
                                template=template)
-    renders = args.renders or Path(f"{strip_image_suffix(args.defaced)}_renders.png")
     save_renders(defaced, renders)
     record["renders_png"] = str(renders)
     print(json.dumps(record, indent=2 if args.json else None))
@@ -264,6 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from isyb.synthetic.demo import MODALITIES, build_demo_dataset
     from isyb.templates.registry import resolve
 
+    check_writable(args.output)
     if args.flat:
         from isyb.synthetic.demo import build_demo_flat
 

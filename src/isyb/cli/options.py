@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from isyb.errors import IsybError
@@ -32,6 +34,42 @@ def check_out_folder(out_dir: Path, metavar: str) -> None:
     if not out_dir.is_dir() and out_dir.name.lower().endswith(FILE_ENDINGS):
         raise IsybError(f"{out_dir}: {metavar} must be a folder for a dataset, not a file "
                         "(name the output folder without a file extension)")
+    check_writable(out_dir)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output ``path`` (file or folder) that cannot be written:
+    the folder that would receive it (``path`` itself when it is a folder, else its nearest
+    existing parent) is a file (``notes.txt/out.nii.gz``) or a folder this user cannot write
+    into. Without this check the command would run, perhaps for minutes, and fail at its
+    first write. The message is the system's own words for the error."""
+    folder = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise IsybError(f"{path}: {os.strerror(errno.ENOTDIR)} (it is under a file, {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise IsybError(f"{folder}: {os.strerror(errno.EACCES)}")
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file ``path`` (named by ``option`` in the message)
+    that is an existing folder or cannot be written (:func:`check_writable`)."""
+    if path.is_dir():
+        raise IsybError(f"{path}: {os.strerror(errno.EISDIR)}; {option} must be a file path")
+    check_writable(path)
+
+
+def check_not_input(output: Path, inputs: Iterable[Path | None], option: str) -> None:
+    """Refuse an ``output`` (named by ``option``) that is one of the command's input
+    files, by any spelling or link, or lies inside an input folder (a dataset): the command
+    would replace or change what it reads, and nobody asked for that."""
+    target = output.resolve()
+    for source in (s for s in inputs if s is not None):
+        if source.is_dir() and (target == source.resolve() or source.resolve() in target.parents):
+            raise IsybError(f"{output}: {option} lies inside the input {source}; write it "
+                            "elsewhere")
+        if target == source.resolve() or (output.exists() and source.exists()
+                                          and os.path.samefile(output, source)):
+            raise IsybError(f"{output}: {option} is the input {source}; write it elsewhere")
 
 
 def check_in_out(source: Path, target: Path) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from isyb.cli.options import (
     QC_DATASET,
+    check_not_input,
     check_out_folder,
+    check_output_file,
     executor_arguments,
     executor_options,
     failure,
@@ -96,8 +98,11 @@ def cmd_qc(args: argparse.Namespace) -> int:
     from isyb.io import strip_image_suffix
     from isyb.qc.bold import qc_bold
 
+    stem = strip_image_suffix(args.image)
+    tsv = args.tsv or Path(f"{Path(stem).name}_qc-frames.tsv")
+    check_not_input(tsv, [args.image, Path(f"{stem}.json")], "--tsv")
+    check_output_file(tsv, "--tsv")
     qc = qc_bold(args.image, tr=args.tr, fd_threshold=args.fd_threshold)
-    tsv = args.tsv or Path(f"{Path(strip_image_suffix(args.image)).name}_qc-frames.tsv")
     qc.save_frames(tsv)
     record = {**qc.to_json(), "frames_tsv": str(tsv)}
     print(json.dumps(record, indent=2 if args.json else None))

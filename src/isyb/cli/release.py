@@ -13,7 +13,10 @@ from pathlib import Path
 from isyb.cli.options import (
     APP,
     bids_app_arguments,
+    check_not_input,
     check_out_folder,
+    check_output_file,
+    check_writable,
     executor_arguments,
     executor_options,
     failure,
@@ -150,6 +153,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.column == "participant_id" or not re.fullmatch(r"[A-Za-z0-9_]+", args.column):
         raise IsybError(f"--column {args.column!r}: expected a new column name (letters, "
                         "digits, _), not participant_id")
+    if args.output:
+        check_not_input(args.output, [args.bids_dir], "--output")
+        check_output_file(args.output, "--output")
     subjects = collect_participants(args.bids_dir)
     if not subjects:
         raise IsybError(f"{args.bids_dir}: no sub-* folders")
@@ -189,6 +195,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from isyb.bids.importer import import_flat
 
+    check_writable(args.bids_dir)
     summary = import_flat(args.source, args.bids_dir, args.map,
                           subject_pattern=args.subject_pattern,
                           session_pattern=args.session_pattern, name=args.name,
@@ -221,6 +228,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     executor = executor_options(args)
     check_out_folder(args.output_dir, "OUTPUT_DIR")
     work_dir = args.work_dir or default_work_dir(args.output_dir)
+    check_writable(work_dir)
     if args.level == "participant":
         check_executor(executor)
     check_inputs(args.bids_dir, args.output_dir, work_dir, policy=options.policy,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from isyb.cli.options import (
     check_out_folder,
+    check_writable,
     executor_arguments,
     executor_options,
     nonnegative_float,
@@ -131,6 +132,7 @@ def _stats_only(args: argparse.Namespace, options) -> int:
     if out_dir is None:
         raise IsybError("--stats-only METRICS_TSV needs OUT_DIR")
     check_output_folder(out_dir, ours=True)
+    check_writable(out_dir)
     order = [n.strip() for n in args.templates.split(",") if n.strip()] if args.templates else None
     note(f"design: {options.design_label}")
     result = stats_only(args.stats_only, out_dir, options, order=order, log=note)
@@ -140,7 +142,7 @@ def _stats_only(args: argparse.Namespace, options) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from isyb.bids.layout import collect_participants
+    from isyb.bids.layout import check_separate, collect_participants
     from isyb.io import check_output_folder
     from isyb.study.study import StudyOptions, plan_cohort, run_study
     from isyb.templates.registry import resolve
@@ -161,6 +163,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.templates.split(",") if name.strip()]
     if len(set(names)) < 2:
         raise IsybError("--templates needs at least two different templates")
+    check_separate(args.bids_dir, args.out_dir)  # OUT_DIR/work must not land in the dataset
     check_out_folder(args.out_dir, "OUT_DIR")
     check_output_folder(args.out_dir, ours=True)  # not under a file either
     collect_participants(args.bids_dir)  # a bad description or participants.tsv fails now

@@ -83,7 +83,7 @@ from isyb.derive.options import (
 from isyb.derive.processors import PROCESSORS, RUN_METRICS, RunJob, Subject, run_output
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, Steps, run_tasks
-from isyb.io import atomic_path, check_output_folder, write_text
+from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 
 LOG = logging.getLogger(__name__)
 
@@ -346,7 +346,9 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
     (a template without symmetry for VMHC) raise before any subject starts; a
     run's bad input is recorded (``status: failed``) and the other runs go on.
     Subjects run as tasks of ``executor`` (local processes or Dask; default one local
-    process). ``options`` default to :class:`DeriveOptions`'s.
+    process). ``options`` default to :class:`DeriveOptions`'s. The temporary files a killed
+    run left in these subjects' folders are removed first (only theirs: another subject's
+    run may be writing its own).
     """
     options = options or DeriveOptions()
     bids_dir, out_dir = Path(bids_dir), Path(out_dir)
@@ -362,6 +364,9 @@ def derive_participants(bids_dir: Path, out_dir: Path, *, work_dir: Path | None 
                          generated_by=GENERATED_BY)
     if options.freesurfer_dir is not None:
         _surface_tables(Path(options.freesurfer_dir), [s.label for s in subjects], out_dir)
+    for subject in subjects:
+        for path in sweep_partial(derivatives_dir(out_dir) / subject.label):
+            LOG.warning("removed %s, left by an interrupted run", path)
     jobs = [RunJob(bids_dir, out_dir, work, subject, options) for subject in subjects]
     records: list[dict] = []
     steps = Steps(lambda job: len(_wanted(job)), _RunsDone(time.time_ns()))
@@ -388,11 +393,18 @@ def _surface_tables(subjects_dir: Path, labels: list[str], out_dir: Path) -> Non
 
 
 
+def _finished_files(root: Path, pattern: str) -> list[Path]:
+    """The files under ``root`` that match ``pattern``, sorted, without hidden names: the
+    temporary files of :func:`isyb.io.atomic_path` (``.<name>.<random>.part<ext>``) match
+    the same patterns, and one a killed run left is empty or a copy of a finished file."""
+    return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
+
+
 def read_records(out_dir: Path) -> list[dict]:
     """Every participant-level derive record under ``OUT_DIR/derivatives/isyb``, sorted."""
     root = derivatives_dir(out_dir)
     return [json.loads(p.read_text())
-            for p in sorted(root.glob("sub-*/**/*_desc-derive_*.json"))]
+            for p in _finished_files(root, "sub-*/**/*_desc-derive_*.json")]
 
 
 def summary_table(records: list[dict]) -> pd.DataFrame:
@@ -414,7 +426,11 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
 
 def derive_group(out_dir: Path, *, space: str = DEFAULT_SPACE,
                  metrics: tuple[str, ...] = METRICS) -> dict:
-    """Group level: mean and SD maps per metric, their fsaverage5 figures, the summary table."""
+    """Group level: mean and SD maps per metric, their fsaverage5 figures, the summary table.
+
+    Only finished participant files are read (never the temporary files of a killed or
+    running participant run, which are left to the participant level to remove); the
+    temporary files a killed group run left in the group folder are removed."""
     from isyb.derive.group import group_mean_sd, surface_figure
 
     out_dir = Path(out_dir)
@@ -425,20 +441,22 @@ def derive_group(out_dir: Path, *, space: str = DEFAULT_SPACE,
                                "participant level first")
     group = root / "group"
     group.mkdir(parents=True, exist_ok=True)
+    for path in sweep_partial(group):
+        LOG.warning("removed %s, left by an interrupted run", path)
     table = summary_table(records)
     with atomic_path(group / "group_derive.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     result: dict = {"runs": len(records), "failed": int((table["status"] != "ok").sum()),
                     "metrics": {}}
     for kind in ("surface", "anatomy", "aparcaseg"):  # per-subject tables, stacked
-        tables = sorted(root.glob(f"sub-*/anat/*_desc-{kind}_metrics.tsv"))
+        tables = _finished_files(root, f"sub-*/anat/*_desc-{kind}_metrics.tsv")
         if tables:
             with atomic_path(group / f"group_{kind}_metrics.tsv") as tmp:
                 pd.concat([pd.read_csv(p, sep="\t") for p in tables]).to_csv(
                     tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
             result[f"{kind}_subjects"] = len(tables)
     for metric in (*metrics, *ANATOMY_MAPS):
-        paths = sorted(root.glob(f"sub-*/**/*_space-{space}_desc-{metric}_map.nii.gz"))
+        paths = _finished_files(root, f"sub-*/**/*_space-{space}_desc-{metric}_map.nii.gz")
         if len(paths) < 2:
             if paths:
                 result["metrics"][metric] = f"only {len(paths)} run: no group map"

@@ -322,3 +322,25 @@ def test_the_real_release_passes_the_gate_with_no_face_in_any_picture(real) -> N
     assert gate["passed"], gate["violations"]
     assert gate["checked"]["pictures"] >= 4  # deface QC, index page, QC pages of 2 heads
     assert gate["checked"]["anatomical_renders"] == 2
+
+
+def test_the_release_carries_no_modification_time_of_the_source(demo) -> None:
+    """A source file's modification time can date its scan: no released file keeps it
+    (copies get their own), and no released record holds it (the deface records go
+    without the stamps that a dataset deface resumes from)."""
+    source = {p.stat().st_mtime_ns for p in demo["bids"].rglob("*") if p.is_file()}
+    released = [p for p in demo["release"].rglob("*") if p.is_file()]
+    assert [p for p in released if p.stat().st_mtime_ns in source] == []
+
+    def numbers(value) -> list[int]:
+        if isinstance(value, dict):
+            return [n for v in value.values() for n in numbers(v)]
+        if isinstance(value, list):
+            return [n for v in value for n in numbers(v)]
+        return [value] if isinstance(value, int) else []
+
+    recorded = {n for p in released if p.suffix == ".json"
+                for n in numbers(json.loads(p.read_text()))}
+    assert recorded & source == set()
+    logs = sorted((demo["release"] / "derivatives/isyb/logs").glob("sub-*.json"))
+    assert logs and all("input" not in json.loads(p.read_text()) for p in logs)

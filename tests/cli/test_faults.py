@@ -199,12 +199,26 @@ def test_a_bad_scheduler_address_is_refused_before_the_scrub_key(
 
 def test_stale_partial_files_are_swept_when_a_dataset_deface_is_rerun(
         inputs: dict[str, Path], tmp_path: Path, default_template) -> None:
-    from isyb.deface.dataset import deface_dataset, record_path
+    from isyb import __version__
+    from isyb.bids.classify import classify_dataset, load_release_policy
+    from isyb.deface.dataset import (
+        DatasetJob,
+        deface_dataset,
+        input_stamps,
+        options_key,
+        record_path,
+    )
 
     out = tmp_path / "out"
     record = record_path(out, "01")  # sub-01 finished: the rerun only sweeps and summarises
     record.parent.mkdir(parents=True)
-    record.write_text(json.dumps({"subject": "01", "images": [], "isyb_version": "0"}))
+    policy = load_release_policy()
+    stamps = input_stamps(i for i in classify_dataset(inputs["bids"], policy)
+                          if i.relative.startswith("sub-01/"))
+    job = DatasetJob(inputs["bids"], out, "01", default_template, DefaceOptions())
+    record.write_text(json.dumps({"subject": "01", "images": [], "input": stamps,
+                                  "options_key": options_key(job, policy),
+                                  "isyb_version": __version__}))
     stale = [out / "sub-01/anat/.sub-01_T1w.nii.gz.k3j2x9.part.nii.gz",
              out / "derivatives/isyb/sub-01/anat/.sub-01_T1w_mask.nii.gz.ab1.part.nii.gz"]
     for path in stale:

@@ -10,7 +10,9 @@ and the runs are module-scoped fixtures that each test reuses:
   later tests rerun into the same folder and leave it as they found it;
 * the label run: ``--participant-label 01`` into a fresh folder;
 * the parallel run: ``--nprocs 2`` into a fresh folder;
-* the Dask run (slow): ``--executor dask`` for one subject into a fresh folder.
+* the Dask run (slow): ``--executor dask`` for one subject into a fresh folder;
+* ``finished_copy``: copies of ``first_run``'s input and output (same stamps), for the
+  tests that change the input or the options of a finished subject and rerun.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +208,29 @@ def test_outputs_are_readable_like_copies(first_run: FirstRun) -> None:
 # --------------------------------------------------------------------------- resume
 
 
+def record_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The labels of the subjects ``run_subject`` is called for from now on."""
+    calls: list[str] = []
+    run_subject = dataset_mod.run_subject
+
+    def spy(job: dataset_mod.DatasetJob) -> dataset_mod.SubjectRecord:
+        calls.append(job.subject)
+        return run_subject(job)
+
+    monkeypatch.setattr(dataset_mod, "run_subject", spy)
+    return calls
+
+
+@pytest.fixture
+def finished_copy(first_run: FirstRun, tmp_path: Path) -> FirstRun:
+    """``first_run``'s input and output copied with their modification times: both subjects
+    finished, for a test to change and rerun without touching the shared folders."""
+    bids = shutil.copytree(first_run.bids_in, tmp_path / "bids")
+    out = shutil.copytree(first_run.out, tmp_path / "out")
+    return FirstRun(bids, out, first_run.code, first_run.stdout, first_run.stderr,
+                    first_run.input_files, first_run.output_files)
+
+
 def test_rerun_skips_finished_subjects(first_run: FirstRun, default_template,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     def must_not_run(job: dataset_mod.DatasetJob) -> dict:
@@ -259,14 +285,7 @@ def test_interrupted_subject_is_redone(first_run: FirstRun, default_template,
     assert sha256(image) == first_run.output_files[relative]
 
     monkeypatch.setattr(run_mod, "write_stored", original)
-    calls: list[str] = []
-    run_subject = dataset_mod.run_subject
-
-    def spy(job: dataset_mod.DatasetJob) -> dict:
-        calls.append(job.subject)
-        return run_subject(job)
-
-    monkeypatch.setattr(dataset_mod, "run_subject", spy)
+    calls = record_calls(monkeypatch)
     records = dataset_mod.deface_dataset(first_run.bids_in, out, default_template,
                                          DefaceOptions(), progress=False)
     assert calls == ["02"]
@@ -275,6 +294,71 @@ def test_interrupted_subject_is_redone(first_run: FirstRun, default_template,
     assert stray_files(out) == []
     assert sha256(image) == first_run.output_files[relative]  # deterministic
     assert {p: p.stat().st_mtime_ns for p in sub01} == sub01  # sub-01 untouched
+
+
+def test_failed_subject_is_retried_after_its_input_is_fixed(
+        finished_copy: FirstRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated T1w fails (exit 1, nothing of it copied); a rerun retries it, and once
+    the file is fixed the subject is defaced, as if it had never failed."""
+    bids, out = finished_copy.bids_in, finished_copy.out.with_name("fresh")
+    relative = "sub-01/anat/sub-01_T1w.nii.gz"
+    good = (bids / relative).read_bytes()
+    (bids / relative).write_bytes(good[: len(good) // 2])
+    record = out / DERIV / "logs" / "sub-01.json"
+    argv = ["deface", bids, out, "--participant-label", "01", "--quiet"]
+    calls = record_calls(monkeypatch)
+    for _ in range(2):  # the second run: same broken input, retried all the same
+        code, _, err = cli(argv)
+        assert code == 1 and f"failed: {relative}" in err, err
+        assert json.loads(record.read_text())["images"][0]["status"] == "failed"
+        assert not (out / relative).exists()
+    assert calls == ["01", "01"]
+    (bids / relative).write_bytes(good)
+    code, _, err = cli(argv)
+    assert code == 0, err
+    assert calls == ["01", "01", "01"]
+    assert json.loads(record.read_text())["images"][0]["status"] == "ok"
+    assert sha256(out / relative) == finished_copy.output_files[relative]
+    assert stray_files(out) == []
+
+
+def test_changed_input_is_redone(finished_copy: FirstRun, default_template,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished subject whose T1w was replaced is defaced again from the new file."""
+    bids, out = finished_copy.bids_in, finished_copy.out
+    relative = "sub-01/anat/sub-01_T1w.nii.gz"
+    shutil.copyfile(bids / "sub-02/anat/sub-02_T1w.nii.gz", bids / relative)
+    calls = record_calls(monkeypatch)
+    records = dataset_mod.deface_dataset(bids, out, default_template, DefaceOptions(),
+                                         progress=False)
+    assert calls == ["01"]
+    assert [i["status"] for r in records for i in r["images"]] == ["ok", "ok"]
+    redone = nib.load(str(out / relative))
+    assert redone.shape == nib.load(str(bids / relative)).shape
+    assert sha256(out / relative) != finished_copy.output_files[relative]
+    stamp = records[0]["input"][relative]
+    assert stamp["size"] == (bids / relative).stat().st_size
+
+
+def test_changed_options_are_redone(finished_copy: FirstRun,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--method remove`` after ``blur`` redoes the subject with ``remove``; a second
+    identical rerun then does no work."""
+    bids, out = finished_copy.bids_in, finished_copy.out
+    relative = "sub-01/anat/sub-01_T1w.nii.gz"
+    calls = record_calls(monkeypatch)
+    argv = ["deface", bids, out, "--method", "remove", "--participant-label", "01", "--quiet"]
+    code, _, err = cli(argv)
+    assert code == 0, err
+    assert calls == ["01"]
+    record = json.loads((out / DERIV / "logs" / "sub-01.json").read_text())
+    assert record["images"][0]["provenance"]["method"] == "remove"
+    removed = sha256(out / relative)
+    assert removed != finished_copy.output_files[relative]
+    code, _, err = cli(argv)
+    assert code == 0, err
+    assert calls == ["01"]
+    assert sha256(out / relative) == removed
 
 
 # --------------------------------------------------------------------------- labels, errors

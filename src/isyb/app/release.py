@@ -73,14 +73,8 @@ from pathlib import Path
 import pandas as pd
 
 from isyb import __version__
+from isyb.app import dataset_files
 from isyb.app.checks import check_executor, check_inputs
-from isyb.app.dataset_files import (
-    WRITTEN_BY_ISYB,
-    publish_top_level,
-    withhold_other_readmes,
-    write_description,
-    write_readme_and_changes,
-)
 from isyb.app.gate import image_stamps, run_gate, subject_outputs, written_since
 from isyb.app.references import withhold_faces
 from isyb.bids.classify import (
@@ -91,12 +85,16 @@ from isyb.bids.classify import (
     withheld_counts,
     withheld_tsv,
 )
-from isyb.bids.layout import (
-    DERIVATIVES,
-)
+from isyb.bids.layout import DERIVATIVES
 from isyb.bids.leaks import dataset_needles, scan_release
 from isyb.bids.scrub import REPORT_COLUMNS, load_policy, scrub_in_place
-from isyb.deface.dataset import DatasetJob, copy_allowed, copy_file, run_subject
+from isyb.deface.dataset import (
+    DatasetJob,
+    copy_allowed,
+    copy_file,
+    forget_input_stamps,
+    run_subject,
+)
 from isyb.deface.engine import DefaceOptions
 from isyb.derive.dataset import DeriveOptions
 from isyb.errors import IsybError
@@ -265,6 +263,7 @@ def release_subject(task: SubjectTask) -> dict:
             job = DatasetJob(task.bids_dir, stage / "defaced", task.subject, task.template,
                              task.options.deface, task.options.release_policy)
             images = run_subject(job)["images"]
+            forget_input_stamps(stage / "defaced", task.subject)
             result = {"defaced": sum(i["status"] == "ok" for i in images),
                       "failed": [{"file": i["file"], "error": i["error"]}
                                  for i in images if i["status"] != "ok"]}
@@ -434,17 +433,18 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     today = release_date()
     # Deny by default: only the top-level files the release policy allows; the list of
     # withheld files stays in the work folder (file names can identify people).
-    items = withhold_other_readmes(classify_dataset(bids_dir, release_policy), bids_dir)
-    top = [i for i in items if i.kind == "top" and i.output not in WRITTEN_BY_ISYB]
+    items = dataset_files.withhold_other_readmes(classify_dataset(bids_dir, release_policy),
+                                                 bids_dir)
+    top = [i for i in items if i.kind == "top" and i.output not in dataset_files.WRITTEN_BY_ISYB]
     faces = [Item(w["path"], bids_dir / w["path"], "withheld", reason=w["reason"])
              for m in manifests.values() for w in m.get("deface", {}).get("withheld", [])]
     items = sorted([*items, *faces], key=lambda i: i.relative)
     write_text(work_dir / "withheld.tsv", withheld_tsv(items))
     needles = dataset_needles(bids_dir, policy)
-    changes = publish_top_level(top, out_dir, work_dir / "stage" / "top", policy,
-                                scrub_key(work_dir), needles)
-    description = write_description(bids_dir, out_dir, template, options, needles)
-    write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
+    changes = dataset_files.publish_top_level(top, out_dir, work_dir / "stage" / "top", policy,
+                                              scrub_key(work_dir), needles)
+    description = dataset_files.write_description(bids_dir, out_dir, template, options, needles)
+    dataset_files.write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
 
     reports = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
                for p in sorted((work_dir / "scrub").glob("sub-*.tsv"))]

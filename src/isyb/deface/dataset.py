@@ -13,25 +13,31 @@ failure is listed in the summary. Masks, provenance and QC pictures go to
 :func:`deface_stem`), with a ``dataset_description.json`` and an
 ``index.html`` summary.
 
-Resumable: a subject is finished when its record
-``derivatives/isyb/logs/sub-<label>.json`` exists, written after all its
-files. A rerun skips finished subjects; an interrupted subject is redone.
-Every file is written atomically, so no half-written file is ever left.
+Resumable, as ``isyb qc`` and ``isyb derive`` are: a subject's record
+``derivatives/isyb/logs/sub-<label>.json``, written after all its files, holds
+the stamps (:func:`isyb.bids.layout.file_stamp`) of the input files it was made
+from, a digest of its options (:func:`options_key`) and the isyb version. A
+rerun skips a subject whose record has every image ``ok`` with the same
+stamps, digest and version; a subject that failed, whose files, options,
+template or release policy changed, or that was interrupted (no record) is
+redone. Every file is written atomically, so no half-written file is ever left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 from isyb import __version__
 from isyb.bids.classify import (
     Item,
+    ReleasePolicy,
     classify_dataset,
     classify_subject,
     filter_scans,
@@ -45,6 +51,7 @@ from isyb.bids.layout import (
     collect_participants,
     derivatives_dir,
     describe_derivatives,
+    file_stamp,
     read_description,
 )
 from isyb.bids.participants import validate_participants
@@ -56,8 +63,8 @@ from isyb.io import atomic_path, check_output_folder, sweep_partial, write_text
 from isyb.templates.registry import Template
 
 __all__ = ["DERIVATIVES", "DatasetJob", "ImageEntry", "SubjectRecord", "check_dataset",
-           "copy_allowed", "copy_file", "deface_dataset", "deface_stem", "record_path",
-           "run_subject", "withheld_path"]
+           "copy_allowed", "copy_file", "deface_dataset", "deface_stem", "forget_input_stamps",
+           "input_stamps", "options_key", "record_path", "run_subject", "withheld_path"]
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +97,26 @@ class ImageEntry(TypedDict, total=False):
 
 
 class SubjectRecord(TypedDict):
-    """``derivatives/isyb/logs/sub-<label>.json``: a subject's images, written last."""
+    """``derivatives/isyb/logs/sub-<label>.json``: a subject's images, written last, with
+    what decides whether a rerun may reuse them: ``input`` (:func:`input_stamps`),
+    ``options_key`` (:func:`options_key`) and ``isyb_version``."""
 
     subject: str
     images: list[ImageEntry]
+    input: dict[str, dict[str, int]]
+    options_key: str
     isyb_version: str
 
 
 def copy_file(source: Path, target: Path) -> None:
-    """Copy a file (following symlinks) atomically, unless an identical copy exists."""
+    """Copy a file (following symlinks) atomically, unless an identical copy exists (the
+    same size, written since the source changed). The copy gets its own modification time,
+    not the source's: that time is often the day of the scan, and outputs are published."""
     if target.is_file() and target.stat().st_size == source.stat().st_size \
             and target.stat().st_mtime >= source.stat().st_mtime:
         return
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        shutil.copystat(source, tmp)
 
 
 def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> None:
@@ -138,8 +150,51 @@ def copy_allowed(items: list[Item], bids_out: Path, written: dict[str, str]) -> 
 
 
 def record_path(bids_out: Path, subject: str) -> Path:
-    """Where a subject's record goes; its presence marks the subject finished."""
+    """Where a subject's record goes (written last: without it the subject is unfinished)."""
     return derivatives_dir(bids_out) / "logs" / f"sub-{subject}.json"
+
+
+def forget_input_stamps(bids_out: Path, subject: str) -> None:
+    """Drop the source files' stamps from a subject's record, for an output that will be
+    published (the release): their modification times can date the scans. The subject is
+    then redone by a later dataset deface into ``bids_out``; the release resumes from its
+    own manifest instead."""
+    path = record_path(bids_out, subject)
+    record = json.loads(path.read_text())
+    record.pop("input", None)
+    write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def input_stamps(items: Iterable[Item]) -> dict[str, dict[str, int]]:
+    """:func:`isyb.bids.layout.file_stamp` of each file a subject's output is made from (the
+    ones the release policy defaces or copies), by dataset path: a file changed, added or
+    removed changes them, and its subject is redone."""
+    return {i.relative: file_stamp(i.source) for i in items if i.kind in ("deface", "copy")}
+
+
+def options_key(job: DatasetJob, policy: ReleasePolicy) -> str:
+    """A short digest of what, besides its input files, decides a subject's output: the
+    defacing options, the template (name and its prepared files' SHA-256) and the text of
+    the release policy (which files are defaced, copied or withheld)."""
+    text = json.dumps({"options": asdict(job.options), "template": job.template.name,
+                       "template_files": job.template.info.get("files"),
+                       "release_policy": Path(policy.source).read_text()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, stamps: dict[str, dict[str, int]], key: str,
+              ) -> SubjectRecord | None:
+    """The subject's record if it can be reused: every image ``ok``, made by this isyb
+    version from the same input files (``stamps``) with the same options (``key``). A
+    failed subject is always retried: its input may have been fixed since."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = record.get("input") == stamps and record.get("options_key") == key \
+        and record.get("isyb_version") == __version__ \
+        and all(i.get("status") == "ok" for i in record.get("images", []))
+    return record if same else None
 
 
 def withheld_path(bids_out: Path) -> Path:
@@ -187,9 +242,12 @@ def _deface_image(job: DatasetJob, item: Item) -> ImageEntry:
 
 def run_subject(job: DatasetJob) -> SubjectRecord:
     """Copy what the release policy allows of one subject and deface its anatomical
-    images; withheld files are left out. Write its record last."""
+    images; withheld files are left out. Write its record last, with the stamps of its
+    inputs taken before the work (a file changed meanwhile makes the next run redo it)."""
     images: list[ImageEntry] = []
-    items = classify_subject(job.bids_in, job.subject, load_release_policy(job.release_policy))
+    policy = load_release_policy(job.release_policy)
+    items = classify_subject(job.bids_in, job.subject, policy)
+    stamps = input_stamps(items)
     written: dict[str, str] = {}
     for item in items:
         if item.kind == "deface":
@@ -197,7 +255,8 @@ def run_subject(job: DatasetJob) -> SubjectRecord:
             if images[-1]["status"] == "ok":
                 written[item.relative] = item.output
     copy_allowed(items, job.bids_out, written)
-    record: SubjectRecord = {"subject": job.subject, "images": images,
+    record: SubjectRecord = {"subject": job.subject, "images": images, "input": stamps,
+                             "options_key": options_key(job, policy),
                              "isyb_version": __version__}
     write_text(record_path(job.bids_out, job.subject), json.dumps(record, indent=2) + "\n")
     return record
@@ -254,7 +313,8 @@ def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: D
     """Deface a BIDS dataset into ``bids_out``; return one record per subject, in label order.
 
     ``executor`` says where subjects run (default: one local process; see
-    :mod:`isyb.executor`). Finished subjects (their record exists) are skipped. The inputs
+    :mod:`isyb.executor`). Subjects whose record can be reused (:func:`_finished`) are
+    skipped; the others (failed, changed or unfinished) are redone. The inputs
     (description, ``participants.tsv``, sidecars) and ``bids_out`` (new, empty or isyb's
     own) are checked before anything is written; temporary files a killed run left are
     removed. ``release_policy``: the release policy file (None: isyb's default).
@@ -266,16 +326,21 @@ def deface_dataset(bids_in: Path, bids_out: Path, template: Template, options: D
         log.warning("removed %s, left by an interrupted run", path)
     write_dataset_files(bids_in, bids_out, template, options, items)
     records: dict[str, SubjectRecord] = {}
-    todo = []
+    jobs: list[DatasetJob] = []
     for subject in todo_all:
-        done = record_path(bids_out, subject)
-        if done.is_file():
-            records[subject] = json.loads(done.read_text())
-        else:
-            todo.append(subject)
-    if len(todo) < len(todo_all):
-        log.info("%d subject(s) already finished, skipped", len(todo_all) - len(todo))
-    jobs = [DatasetJob(bids_in, bids_out, s, template, options, release_policy) for s in todo]
+        job = DatasetJob(bids_in, bids_out, subject, template, options, release_policy)
+        path = record_path(bids_out, subject)
+        stamps = input_stamps(i for i in items if i.relative.startswith(f"sub-{subject}/"))
+        done = _finished(path, stamps, options_key(job, policy))
+        if done is not None:
+            records[subject] = done
+            continue
+        if path.is_file():
+            log.info("sub-%s: redone (it failed, or what it was made from changed)",
+                     subject)
+        jobs.append(job)
+    if len(jobs) < len(todo_all):
+        log.info("%d subject(s) already finished, skipped", len(todo_all) - len(jobs))
     for record in run_tasks(run_subject, jobs, executor or ExecutorOptions(),
                             progress=progress, desc="defacing"):
         records[record["subject"]] = record

@@ -212,6 +212,8 @@ def _header_identifiers(path: Path, name: str) -> list[Identifier]:
         return []
     found = []
     for field, raw in fields.items():
+        if not raw:
+            continue
         text = raw.decode(errors="replace")
         source = f"{name}:header {field}"
         if field in ("descrip", "aux_file", "before the data"):

@@ -373,3 +373,13 @@ def test_a_second_readme_is_withheld_not_copied(released) -> None:
     assert not (out / "README").exists()
     assert "README\tanother README" in (work / "withheld.tsv").read_text()
     assert "Release notes (isyb)" in (out / "README.txt").read_text()
+
+
+def test_a_top_level_file_no_longer_released_is_removed_by_the_next_group_level(
+        released) -> None:
+    """An earlier run (or an older isyb) may have published what is now withheld."""
+    out, bids, work = released["out"], released["bids"], released["work"]
+    stale = out / "README.md"
+    stale.write_text(README_TXT)
+    assert release_group(bids, out, work, TEMPLATE, OPTIONS)["complete"] is True
+    assert not stale.exists() and (out / "README.txt").is_file()

@@ -105,6 +105,9 @@ CASES = [
     ("sub-01/func/sub-01_task-rest_events.tsv", "ragged", "withheld", "as many fields"),
     ("sub-01/func/sub-01_task-rest_physio.tsv.gz", "numbers", "copy", ""),
     ("sub-01/func/sub-01_task-rest_stim.tsv.gz", "wordsgz", "withheld", "more than numbers"),
+    ("sub-01/func/sub-01_task-rest_physio.tsv.gz", "nangz", "copy", ""),
+    ("sub-01/func/sub-01_task-rest_recording-bad_physio.tsv.gz", "badgz", "withheld",
+     "more than numbers"),
     ("sub-01/anat/sub-01_T1w.json", "dupjson", "withheld", "names a key twice"),
     ("task-rest_bold.json", "dupjson", "withheld", "names a key twice"),
     ("participants.json", "listjson", "withheld", "not a JSON object"),
@@ -130,6 +133,12 @@ def plant(root: Path, relative: str, how: str | None) -> None:
         rows = "0.5\t1\tn/a\n1.5\t-2e3\t3\n" + ("called Hallie\t0\t0\n" if how == "wordsgz"
                                                  else "")
         path.write_bytes(gzip.compress(rows.encode()))
+    elif how == "nangz":  # a dropped sample, and a tab at the end of a row
+        path.write_bytes(gzip.compress(b"0.5\tnan\t\n1.5\t2\t\n"))
+    elif how == "badgz":  # a damaged block
+        data = bytearray(gzip.compress(b"0.5\t1\n" * 1000))
+        data[20:30] = b"\xff" * 10
+        path.write_bytes(bytes(data))
     elif how == "dupjson":
         text(path, '{"SeriesDescription": "Ottoline Whitcombe", "SeriesDescription": "rest"}')
     elif how == "listjson":

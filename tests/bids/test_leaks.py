@@ -190,7 +190,7 @@ def test_every_header_field_that_can_carry_text_and_the_bytes_before_the_data_ar
     raw = bytearray(one.to_bytes())
     raw[352:352] = b"Zyxwar^Quentina\0"  # 16 bytes: the data now starts at 368
     raw[108:112] = np.float32(368).tobytes()
-    (tmp_path / "sub-01_T1w.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    (tmp_path / "sub-01_T1w.nii.gz").write_bytes(gzip.compress(bytes(raw), mtime=0))
     two = nib.Nifti2Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
     two.header["unused_str"] = b"ZXQWARD7"
     two.to_filename(tmp_path / "sub-01_T2w.nii")
@@ -211,7 +211,7 @@ def test_every_header_field_that_can_carry_text_and_the_bytes_before_the_data_ar
     for name in ("sub-01_T1w.nii.gz", "sub-01_T2w.nii"):
         before = np.asarray(nib.load(tmp_path / name).dataobj)
         changes = scrub_nifti_file(tmp_path / name, tmp_path / name, policy, name)
-        assert changes and all(c.action == "clear" for c in changes)
+        assert changes and all(c.action in ("clear", "drop") for c in changes)
         np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / name).dataobj), before)
         assert scrub_nifti_file(tmp_path / name, tmp_path / name, policy, name) == []
     assert scan_release(tmp_path, needles, policy) == []
@@ -237,3 +237,61 @@ def test_a_kept_whole_number_equal_to_a_dropped_id_is_found_and_dropped(tmp_path
     assert {(c.key, c.action) for c in changes} == {("PatientID", "drop"),
                                                     ("AcquisitionNumber", "drop")}
     assert scan_release(release, needles, policy) == []
+
+
+def _outside_the_image(folder: Path, how: str) -> Path:
+    """A small image with text where no header field shows it (``how``)."""
+    import gzip
+    import io
+
+    raw = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4)).to_bytes()
+    if how == "appended":
+        path = folder / "sub-01_T1w.nii"
+        path.write_bytes(raw + b"PatientName=Zyxwar^Quentina")
+        return path
+    if how == "extension-size":  # an extension of 24 bytes, then text up to the data
+        extension = (24).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"x" * 16
+        body = bytearray(raw[:348] + b"\x01\0\0\0" + extension + b"Zyxwar^Q" + raw[352:])
+        body[108:112] = np.float32(352 + 24 + 8).tobytes()
+        path = folder / "sub-01_T1w.nii"
+        path.write_bytes(bytes(body))
+        return path
+    path = folder / "sub-01_T1w.nii.gz"
+    if how == "member":  # a second gzip member: gzip readers join them
+        path.write_bytes(gzip.compress(raw, mtime=0) + gzip.compress(b"Zyxwar^Quentina"))
+    else:  # gzip header fields: the original file name, the time it was compressed
+        buffer = io.BytesIO()
+        with gzip.GzipFile("Zyxwar_Quentina_T1w.nii" if how == "gzip-name" else "",
+                           "wb", fileobj=buffer, mtime=1262304000 if how == "gzip-time" else 0,
+                           ) as stream:
+            stream.write(raw)
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.mark.parametrize(("how", "place"), [
+    ("appended", "after the data"), ("member", "after the data"),
+    ("extension-size", "before the data"),
+    ("gzip-name", "gzip file name"), ("gzip-time", "gzip modification time")])
+def test_text_outside_the_image_is_found_and_dropped(tmp_path: Path, how: str,
+                                                     place: str) -> None:
+    from isyb.bids.scrub import scrub_nifti_file
+
+    path = _outside_the_image(tmp_path, how)
+    needles, policy = _needles(("Zyxwar^Quentina", "name")), load_policy()
+    findings = {(f["where"], f["kind"]) for f in scan_release(tmp_path, needles, policy)}
+    assert (f"header {place}", "not cleared") in findings
+    if how != "gzip-time":
+        assert (f"header {place}", "name") in findings
+    before = np.asarray(nib.load(path).dataobj)
+    changes = scrub_nifti_file(path, path, policy, path.name)
+    assert ("nifti_file", place) in [(c.location, c.key) for c in changes]
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), before)
+    assert b"Zyxwar" not in path.read_bytes() and scan_release(tmp_path, needles, policy) == []
+
+
+def test_the_values_of_a_json_naming_a_key_twice_are_still_searched_for(tmp_path: Path) -> None:
+    (tmp_path / "participants.json").write_text(
+        '{"group": {"Description": "Ottoline Whitcombe"}, "group": {"Description": "arm"}}')
+    identifiers, _ = collect_identifiers(tmp_path, load_policy())
+    assert "Ottoline Whitcombe" in {i.value for i in identifiers}

@@ -129,3 +129,21 @@ def test_a_binary_table_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "participants.tsv").write_bytes(b"\xff\xfe\x00\x81binary")
     with pytest.raises(IsybError, match=r"participants\.tsv: cannot be read as UTF-8"):
         scrub_in_place(tmp_path, [Path("participants.tsv")], load_policy(), b"key")
+
+
+def test_a_table_with_a_byte_order_mark_or_quotes_keeps_its_allowed_columns(
+        tmp_path: Path) -> None:
+    """Spreadsheets write a BOM, R's write.table quotes: the columns are still the
+    policy's, not dropped as unknown names."""
+    folder = tmp_path / "sub-01/func"
+    folder.mkdir(parents=True)
+    (folder / "sub-01_task-x_events.tsv").write_bytes(
+        '\ufeffonset\tduration\trater\n1\t2\tJane\n'.encode())
+    (folder / "sub-01_task-y_events.tsv").write_text(
+        '"onset"\t"duration"\t"rater"\n"1"\t"2"\t"Jane"\n')
+    files = [Path("sub-01/func/sub-01_task-x_events.tsv"),
+             Path("sub-01/func/sub-01_task-y_events.tsv")]
+    changes = scrub_in_place(tmp_path, files, load_policy(), b"key")
+    for path in files:
+        assert (tmp_path / path).read_text() == "onset\tduration\n1\t2\n"
+    assert [c.key for c in changes] == ["rater", "rater"]

@@ -340,6 +340,22 @@ def test_changed_input_is_redone(finished_copy: FirstRun, default_template,
     assert stamp["size"] == (bids / relative).stat().st_size
 
 
+def test_a_copied_file_replaced_by_an_older_one_of_the_same_size_is_copied_again(
+        finished_copy: FirstRun, default_template, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cp -p`` or a restore: the new sidecar has the old one's size and an older time.
+    The subject is redone (its stamps changed) and the copy must follow the source."""
+    bids, out = finished_copy.bids_in, finished_copy.out
+    sidecar = bids / "sub-01/anat/sub-01_T1w.json"
+    text = sidecar.read_text()
+    sidecar.write_text(text.replace("2", "3", 1) if "2" in text else text.upper())
+    assert len(sidecar.read_text()) == len(text) and sidecar.read_text() != text
+    os.utime(sidecar, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    calls = record_calls(monkeypatch)
+    dataset_mod.deface_dataset(bids, out, default_template, DefaceOptions(), progress=False)
+    assert calls == ["01"]
+    assert (out / "sub-01/anat/sub-01_T1w.json").read_text() == sidecar.read_text()
+
+
 def test_changed_options_are_redone(finished_copy: FirstRun,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``--method remove`` after ``blur`` redoes the subject with ``remove``; a second

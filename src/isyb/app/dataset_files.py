@@ -11,6 +11,7 @@ dataset's identifying values (:mod:`isyb.bids.leaks`) is redacted.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from isyb.bids.scrub import Change, Policy, redact_text, scrub_in_place
 from isyb.deface.dataset import copy_file
 from isyb.io import move_tree, write_text
 from isyb.templates.registry import Template
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from isyb.app.release import ReleaseOptions
@@ -68,12 +71,20 @@ def withhold_other_readmes(items: list[Item], bids_dir: Path) -> list[Item]:
             for i in items]
 
 
-def publish_top_level(top: list[Item], out_dir: Path, stage: Path, policy: Policy,
-                      key: bytes, needles: Needles) -> list[Change]:
+def publish_top_level(top: list[Item], bids_dir: Path, out_dir: Path, stage: Path,
+                      policy: Policy, key: bytes, needles: Needles) -> list[Change]:
     """Copy the top-level files ``top`` into a fresh ``stage`` folder, scrub them there
     (:func:`isyb.bids.scrub.scrub_in_place`) and move them into the release: an error or a
     kill before the scrub has finished leaves no unscrubbed file in the release, as the
-    participant level's staging does for the subjects' files. Returns the scrub's changes."""
+    participant level's staging does for the subjects' files. Any other file at the top
+    of the release (one an earlier run or an older isyb published, now withheld) is
+    removed, but for those isyb writes itself. Returns the scrub's changes."""
+    keep = {i.output for i in top} | {"dataset_description.json", "CHANGES",
+                                      readme_name(bids_dir)}
+    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else ():
+        if path.is_file() and path.name not in keep:
+            log.warning("removed %s from the release: no longer in it", path.name)
+            path.unlink()
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)

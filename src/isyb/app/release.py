@@ -441,8 +441,8 @@ def release_group(bids_dir: Path, out_dir: Path, work_dir: Path, template: Templ
     items = sorted([*items, *faces], key=lambda i: i.relative)
     write_text(work_dir / "withheld.tsv", withheld_tsv(items))
     needles = dataset_needles(bids_dir, policy)
-    changes = dataset_files.publish_top_level(top, out_dir, work_dir / "stage" / "top", policy,
-                                              scrub_key(work_dir), needles)
+    changes = dataset_files.publish_top_level(top, bids_dir, out_dir, work_dir / "stage" / "top",
+                                              policy, scrub_key(work_dir), needles)
     description = dataset_files.write_description(bids_dir, out_dir, template, options, needles)
     dataset_files.write_readme_and_changes(bids_dir, out_dir, template, options, today, description)
 

@@ -41,6 +41,7 @@ import gzip
 import os
 import re
 import stat
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -146,7 +147,7 @@ def sniff(path: Path) -> str | None:
         if head[:2] == b"\x1f\x8b":
             with gzip.open(path, "rb") as stream:
                 head = stream.read(600)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, zlib.error):  # damaged gzip: no image content seen
         return None
     if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
         return "nifti1"
@@ -379,7 +380,8 @@ def unscrubbable(path: Path, output: str) -> str | None:
     in every row (:func:`isyb.bids.layout.read_table`): in a ragged table, pandas takes the
     extra first field for a row label, so a name there would pass the column allow-list
     unseen. A ``.tsv.gz`` (BIDS physiological and stimulus recordings: no header, columns
-    named in the sidecar) must hold numbers only, since no column of it can be checked.
+    named in the sidecar) must hold numbers only (``n/a``, ``nan`` and empty cells
+    allowed), since no column of it can be checked; a corrupt one is withheld too.
     A ``.json`` must be one object that names no key twice."""
     import pandas as pd
 
@@ -390,9 +392,9 @@ def unscrubbable(path: Path, output: str) -> str | None:
             return "table is not UTF-8 with one header and as many fields in every row"
     elif output.endswith(".tsv.gz"):
         try:
-            pd.read_csv(path, sep="\t", header=None, dtype=float, na_values=["n/a"],
-                        keep_default_na=False, compression="gzip")
-        except (OSError, EOFError, ValueError, UnicodeDecodeError):
+            pd.read_csv(path, sep="\t", header=None, dtype=float, compression="gzip",
+                        na_values=["n/a", "nan", "NaN", ""], keep_default_na=False)
+        except (OSError, EOFError, ValueError, UnicodeDecodeError, zlib.error):
             return "compressed table that holds more than numbers"
     elif output.endswith(".json"):
         try:

@@ -244,7 +244,7 @@ def read_table(path: Path) -> list[list[str]]:
     file unless it is UTF-8 text with a header of unique names and as many fields in every
     row (a binary or ragged ``participants.tsv`` must not reach pandas)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no column name
     except (OSError, UnicodeDecodeError) as exc:
         raise BIDSInputError(f"{path.name}: cannot be read as UTF-8 text ({exc})") from None
     if "\x00" in text:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -47,15 +48,17 @@ from typing import Any
 import nibabel as nib
 
 from isyb.bids.identifiers import Identifier, Needles, expand, pattern_hits
-from isyb.bids.layout import parse_json
-from isyb.bids.scrub import Policy, data_gap, describes_table, header_content, table_kind
+from isyb.bids.layout import RepeatedKeyError, parse_json
+from isyb.bids.nifti_bytes import header_content, outside_the_image
+from isyb.bids.scrub import Policy, describes_table, table_kind
 
 PASSED_DESCRIPTION = ("Name", "BIDSVersion", "DatasetType", "License", "Authors")
 TEXT_SUFFIXES = (".tsv", ".json", ".txt", ".md", ".html", ".htm", ".svg", ".csv", ".bval",
                  ".bvec", ".rst", ".xml", ".bidsignore")
 DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/]+)=*")
 ENTITY = re.compile(r"[a-zA-Z]+-[a-zA-Z0-9]+")  # a BIDS key-label pair, such as sub-01
-UNREADABLE = (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError)
+UNREADABLE = (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError,
+              nib.spatialimages.HeaderDataError)
 MAX_BYTES = 64 << 20  # a larger non-image file is searched in its first 64 MiB
 
 
@@ -180,8 +183,14 @@ def _numbers_only(path: Path) -> bool:
 
 
 def _json(path: Path) -> dict:
+    """The JSON object in ``path`` ({} when there is none). One that names a key twice is
+    withheld or refused, but its values still identify someone: they come back as the
+    values of one dropped key, so that the other files are searched for them."""
     try:
         value = parse_json(path.read_text())
+    except RepeatedKeyError:
+        return {"[a key named twice]": json.loads(
+            path.read_text(), object_pairs_hook=lambda pairs: [v for _, v in pairs])}
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -194,14 +203,14 @@ def _is_text(path: Path) -> bool:
 
 def _header_text(path: Path, image) -> dict[str, bytes]:
     """What an image file holds besides geometry and voxels: :func:`header_content`, each
-    extension, and the bytes between the header and the data (:func:`data_gap`)."""
+    extension, and what lies outside the image (:func:`outside_the_image`)."""
     header = image.header
     fields = header_content(header)
     for index, extension in enumerate(header.extensions):
         content = extension.get_content()
         fields[f"extension {index}"] = content if isinstance(content, bytes) else \
             str(content).encode()
-    fields["before the data"] = data_gap(path, image)
+    fields.update(outside_the_image(path, image))
     return fields
 
 
@@ -216,7 +225,8 @@ def _header_identifiers(path: Path, name: str) -> list[Identifier]:
             continue
         text = raw.decode(errors="replace")
         source = f"{name}:header {field}"
-        if field in ("descrip", "aux_file", "before the data"):
+        if field in ("descrip", "aux_file", "before the data", "after the data",
+                     "gzip file name", "gzip comment"):
             found += expand(text, "text", source)
         found += _hits(text, source)
         for match in re.finditer(r"(?:Patient\w*|Name)\s*[=:]\s*([^\s;,]+)", text):

@@ -33,7 +33,8 @@ with the source of its lists) says what may stay; everything else goes:
   carry content (any text field, ANALYZE's unused numbers: :func:`header_content`)
   unless the policy lists it as ``keep``; ``nifti_extensions: drop`` removes
   every header extension (where dcm2niix and scanners put DICOM text); bytes
-  between the header and the data are dropped.
+  before or after the data and the gzip header's name, comment and time are
+  dropped (:mod:`isyb.bids.nifti_bytes`).
 * A key of a kept JSON object that holds identifying text is dropped with its
   entry, and so is a whole number equal to one of the dataset's identifying
   values (an ID kept as a number). A table must be rectangular and a JSON
@@ -48,7 +49,6 @@ part of the release).
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import hashlib
 import hmac
 import json
@@ -63,6 +63,7 @@ import numpy as np
 
 from isyb.bids.identifiers import REDACTED, Needles, pattern_hits
 from isyb.bids.layout import parse_json, read_policy, read_table
+from isyb.bids.nifti_bytes import header_content, outside_the_image
 from isyb.errors import IsybError
 
 ACTIONS = ("keep", "drop", "shift")
@@ -250,43 +251,6 @@ def _redact(value: Any, free_text: bool, needles: Needles | None, file: str, pat
     return value
 
 
-#: ANALYZE 7.5 header numbers that NIfTI leaves unused: any tool may fill them.
-UNUSED_NUMBERS = ("extents", "session_error", "glmax", "glmin")
-#: Header text that is format, not content: NIfTI's magic string and ANALYZE's one-byte
-#: ``regular`` flag.
-FORMAT_TEXT = ("magic", "regular")
-#: The most bytes read between a header and its data (:func:`data_gap`).
-MAX_GAP_BYTES = 64 << 20
-
-
-def header_content(header: nib.Nifti1Header) -> dict[str, bytes]:
-    """Every field of a NIfTI-1/2 header that can carry content rather than geometry, as
-    bytes (empty when blank or zero): each text field but :data:`FORMAT_TEXT`
-    (``descrip``, ``aux_file``, ``intent_name``; NIfTI-1's ``data_type`` and ``db_name``;
-    NIfTI-2's ``unused_str``), and each of :data:`UNUSED_NUMBERS` in decimal."""
-    fields = {}
-    for name in header.structarr.dtype.names:
-        value = header[name]
-        if header.structarr.dtype[name].kind == "S" and name not in FORMAT_TEXT:
-            fields[name] = np.asarray(value).tobytes().strip(b"\x00 ")
-        elif name in UNUSED_NUMBERS:
-            fields[name] = str(int(value)).encode() if value else b""
-    return fields
-
-
-def data_gap(path: Path, image: nib.Nifti1Image) -> bytes:
-    """The bytes of a single-file NIfTI between its header (with extensions) and its voxel
-    data, less zeros at either end: nothing in a file nibabel wrote, but another writer
-    can leave any text there, which no header field shows (at most 64 MiB are read)."""
-    header = image.header
-    start = header.sizeof_hdr + 4 + sum(e.get_sizeondisk() for e in header.extensions)
-    end = min(int(getattr(image.dataobj, "offset", start)), start + MAX_GAP_BYTES)
-    if end <= start:
-        return b""
-    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as stream:
-        return stream.read(end)[start:].strip(b"\x00")
-
-
 def scrub_header(image: nib.Nifti1Image, policy: Policy, file: str) -> list[Change]:
     """Clear in place what ``image``'s header holds that the policy does not keep: the
     fields it lists as ``clear``, and every field of :func:`header_content` it does not
@@ -310,8 +274,9 @@ def scrub_header(image: nib.Nifti1Image, policy: Policy, file: str) -> list[Chan
 
 
 def scrub_nifti_file(source: Path, target: Path, policy: Policy, file: str) -> list[Change]:
-    """Copy ``source`` to ``target`` with a scrubbed header and nothing between the header
-    and the data (:func:`data_gap`); voxel bytes and scaling unchanged.
+    """Copy ``source`` to ``target`` with a scrubbed header and nothing outside the image
+    (:func:`isyb.bids.nifti_bytes.outside_the_image`: bytes before or after the data, gzip
+    header fields); voxel bytes and scaling unchanged.
 
     Returns the changes; when there are none the caller may copy the file as is.
     """
@@ -321,9 +286,8 @@ def scrub_nifti_file(source: Path, target: Path, policy: Policy, file: str) -> l
     if not isinstance(image, nib.Nifti1Image):
         raise IsybError(f"{source}: header scrubbing needs a NIfTI-1/2 image")
     changes = scrub_header(image, policy, file)
-    if data_gap(source, image):
-        changes.append(Change(file, "nifti_header", "vox_offset", "clear",
-                              "bytes between the header and the data"))
+    changes += [Change(file, "nifti_file", place, "drop")
+                for place, extra in outside_the_image(source, image).items() if extra]
     if not changes:
         return changes
     raw, slope, inter = stored_data(image)
@@ -424,8 +388,9 @@ def scrub_in_place(root: Path, files: list[Path], policy: Policy, key: bytes, *,
                 write_text(path, json.dumps(clean, indent=2) + "\n")
                 changes.extend(found)
         elif path.name.endswith(".tsv"):
-            rows = read_table(path)  # a ragged row would shift pandas' columns
-            table = pd.DataFrame(rows[1:], columns=rows[0], dtype=str)
+            read_table(path)  # a ragged row would shift pandas' columns: refused
+            table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False,
+                                index_col=False, encoding="utf-8-sig")
             clean, found = scrub_table(table, policy, offset, name, needles=needles)
             if found:
                 write_text(path, clean.to_csv(sep="\t", index=False))

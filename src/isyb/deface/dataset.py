@@ -109,12 +109,11 @@ class SubjectRecord(TypedDict):
 
 
 def copy_file(source: Path, target: Path) -> None:
-    """Copy a file (following symlinks) atomically, unless an identical copy exists (the
-    same size, written since the source changed). The copy gets its own modification time,
-    not the source's: that time is often the day of the scan, and outputs are published."""
-    if target.is_file() and target.stat().st_size == source.stat().st_size \
-            and target.stat().st_mtime >= source.stat().st_mtime:
-        return
+    """Copy a file (following symlinks) atomically. Always: a subject whose record is
+    reused is not copied again, and one that is redone may have a source replaced by an
+    older file of the same size (``cp -p``, a restore). The copy gets its own modification
+    time, not the source's: that time is often the day of the scan, and outputs are
+    published."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 

@@ -516,3 +516,14 @@ def test_good_run_outputs_respect_umask(good_run: GoodRun) -> None:
     expected = 0o666 & ~umask()
     for path in (good_run.out, good_run.mask, *good_run.out.parent.glob("*_isyb.*")):
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    ([], "COMMAND"),
+    (["--quiet", "deface", "in.nii.gz", "out.nii.gz"], "go after the command"),
+    (["-v", "qc", "anat", "in.nii.gz"], "go after the command"),
+    (["--bogus", "deface", "in.nii.gz", "out.nii.gz"], "--bogus"),
+])
+def test_a_bad_top_level_call_is_one_line(argv: list[str], fragment: str, capsys) -> None:
+    """The top-level parser refuses as the commands' parsers do: one line, exit 2."""
+    assert_one_line_error(main(argv), capsys.readouterr().err, fragment)

@@ -83,9 +83,19 @@ def _check_command(argv: list[str]) -> None:
                         f"{', '.join(known)}, or isyb BIDS_DIR OUTPUT_DIR participant|group")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser that reports a bad option or a missing argument as one line and exit 2,
+    like any refused input, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = " (-v and --quiet go after the command)" if self.prog == "isyb" and any(
+            flag in message for flag in ("-v", "--verbose", "--quiet")) else ""
+        raise IsybError(f"{self.prog}: {message}{hint} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``isyb`` parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="isyb", description="Get MRI datasets ready for public sharing: template-aware "
         "face masking with a brain guard, checked and documented.")
     parser.add_argument("--version", action="version", version=f"isyb {__version__}")
@@ -104,15 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _subparser_class(parent: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
     """Sub-command parsers that all take the verbosity options (-v, --quiet), and report a
     bad option (a missing value, a number out of range) as one line and exit 2, like any
-    refused input."""
+    refused input (:class:`OneLineParser`)."""
 
-    class Parser(argparse.ArgumentParser):
+    class Parser(OneLineParser):
         def __init__(self, *args, **kwargs) -> None:
             kwargs["parents"] = [*kwargs.get("parents", []), parent]
             super().__init__(*args, **kwargs)
-
-        def error(self, message: str) -> NoReturn:
-            raise IsybError(f"{self.prog}: {message} (see {self.prog} --help)")
 
     return Parser
 

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from isyb import __version__
 from isyb.errors import InputError, IsybError
 from isyb.io import IMAGE_SUFFIXES, strip_image_suffix, write_text
 
@@ -276,6 +277,19 @@ def file_stamp(path: Path) -> dict[str, int]:
     """Size and modification time of a file: what resume checks compare."""
     stat = path.stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def unchanged_record(path: Path, expected: dict[str, Any]) -> dict | None:
+    """The JSON record at ``path`` if this isyb version wrote it and each of ``expected``
+    (the input stamps, an options digest...) is the same in it; else None, and the
+    caller computes it again. What qc, derive and dataset deface resume from."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = isinstance(record, dict) and record.get("isyb_version") == __version__ and all(
+        record.get(key) == value for key, value in expected.items())
+    return record if same else None
 
 
 def source_dataset(bids_dir: Path, description: dict) -> dict:

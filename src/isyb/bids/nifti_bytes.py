@@ -107,7 +107,7 @@ def outside_the_image(path: Path, image: nib.Nifti1Image) -> dict[str, bytes]:
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path.name}: the image data end early or cannot be "
                              f"decompressed ({exc})") from None
-        after = b""
+        after = bytearray()
         try:
             while len(after) < MAX_EXTRA_BYTES and (chunk := stream.read(1 << 20)):
                 after += chunk
@@ -115,7 +115,7 @@ def outside_the_image(path: Path, image: nib.Nifti1Image) -> dict[str, bytes]:
             with open(path, "rb") as plain:
                 after += plain.read()[-MAX_EXTRA_BYTES:]
     found = {"before the data": raw[_extensions_end(raw, header):].strip(b"\x00"),
-             "after the data": after[:MAX_EXTRA_BYTES].strip(b"\x00")}
+             "after the data": bytes(after[:MAX_EXTRA_BYTES]).strip(b"\x00")}
     if compressed:
         found.update({f"gzip {k}": v for k, v in _gzip_header(path).items()})
     return found

@@ -53,6 +53,7 @@ from isyb.bids.layout import (
     describe_derivatives,
     file_stamp,
     read_description,
+    unchanged_record,
 )
 from isyb.bids.participants import validate_participants
 from isyb.deface.engine import DefaceOptions
@@ -186,14 +187,9 @@ def _finished(path: Path, stamps: dict[str, dict[str, int]], key: str,
     """The subject's record if it can be reused: every image ``ok``, made by this isyb
     version from the same input files (``stamps``) with the same options (``key``). A
     failed subject is always retried: its input may have been fixed since."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    same = record.get("input") == stamps and record.get("options_key") == key \
-        and record.get("isyb_version") == __version__ \
-        and all(i.get("status") == "ok" for i in record.get("images", []))
-    return record if same else None
+    record = unchanged_record(path, {"input": stamps, "options_key": key})
+    ok = record is not None and all(i.get("status") == "ok" for i in record.get("images", []))
+    return record if ok else None
 
 
 def withheld_path(bids_out: Path) -> Path:

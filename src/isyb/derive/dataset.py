@@ -69,6 +69,7 @@ from isyb.bids.layout import (
     derivatives_dir,
     describe_derivatives,
     file_stamp,
+    unchanged_record,
 )
 from isyb.derive.anatomy import AnatomySource, load_ras, load_template, save_map
 from isyb.derive.options import (
@@ -129,13 +130,7 @@ def find_subjects(bids_dir: Path, labels: Iterable[str] | None = None) -> list[S
 
 
 def _finished(path: Path, stamp: dict, options: DeriveOptions) -> dict | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    same = (record.get("input") == stamp and record.get("isyb_version") == __version__
-            and record.get("options_key") == options.key())
-    return record if same else None
+    return unchanged_record(path, {"input": stamp, "options_key": options.key()})
 
 
 

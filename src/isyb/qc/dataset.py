@@ -40,6 +40,7 @@ from isyb.bids.layout import (
     describe_derivatives,
     file_stamp,
     metadata,
+    unchanged_record,
 )
 from isyb.errors import IsybError
 from isyb.executor import ExecutorOptions, run_tasks
@@ -69,13 +70,10 @@ def run_output(run: BIDSFile, out_dir: Path, kind: str, extension: str) -> Path:
 
 
 def _finished(json_path: Path, stamp: dict, fd_threshold: float) -> dict | None:
-    """The run's record if it was computed by this isyb version from the same input."""
-    try:
-        record = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    same = record.get("input") == stamp and record.get("isyb_version") == __version__ \
-        and record.get("fd_threshold_mm", fd_threshold) == fd_threshold
+    """The run's record if it was computed by this isyb version from the same input (and
+    FD threshold, for the records that have one)."""
+    record = unchanged_record(json_path, {"input": stamp})
+    same = record is not None and record.get("fd_threshold_mm", fd_threshold) == fd_threshold
     return record if same else None
 
 
